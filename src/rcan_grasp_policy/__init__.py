@@ -1,0 +1,1 @@
+"""rcan_grasp_policy: QT-Opt Q-network, CEM, replay, trainer, evaluation and the policy node."""

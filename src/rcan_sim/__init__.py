@@ -1,0 +1,1 @@
+"""rcan_sim: the pybullet grasping world, randomized/canonical rendering, grasp env, paired-data generation."""
