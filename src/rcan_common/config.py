@@ -134,8 +134,7 @@ def parse_cli(cls: type[T], args: Sequence[str] | None = None, description: str 
     import tyro
 
     try:
-        return tyro.cli(cls, args=args, description=description, default=default,
-                        config=(tyro.conf.FlagConversionOff,))
+        return tyro.cli(cls, args=args, description=description, default=default)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
