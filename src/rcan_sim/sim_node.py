@@ -1,0 +1,209 @@
+"""sim_node: the pybullet grasping world behind the same ROS interfaces as the real robot.
+
+Subscribes to the joint_trajectory_controller command topic (trajectory_msgs/JointTrajectory)
+and the gripper command; publishes /joint_states, /camera/image_raw (rgb8),
+/camera/camera_info and the gripper state; serves ~/reset and ~/grasp_success
+(std_srvs/Trigger).  All logic lives in rcan_sim.sim_core; this file is wiring only.
+
+Topic names are the real robot's defaults; move them with remappings.  A malformed
+message is logged once per cause and dropped: the node keeps running.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from rcan_common.config import ConfigError, require
+from rcan_common.ros_image import rgb_to_image_msg
+from rcan_sim.domains import DOMAINS
+from rcan_sim.sim_core import SimCore, TrajectoryError, arm_joint_names
+
+TRAJECTORY_TOPIC = "/lbr/joint_trajectory_controller/joint_trajectory"
+GRIPPER_COMMAND_TOPIC = "/rcan/gripper/command"
+
+
+@dataclass(frozen=True)
+class SimNodeParams:
+    """ROS parameters of sim_node (config/sim.yaml)."""
+
+    domain: str = "canonical"
+    seed: int = 0
+    object_split: str = "test"
+    image_size: int = 472
+    camera_rate_hz: float = 10.0
+    joint_state_rate_hz: float = 50.0
+    control_rate_hz: float = 100.0
+    physics_hz: float = 240.0
+    real_time_factor: float = 1.0
+    joint_prefix: str = "lbr_"
+    camera_frame: str = "camera_optical_frame"
+    base_frame: str = "lbr_link_0"
+    image_qos_reliability: str = "best_effort"
+    qos_depth: int = 10
+
+    def __post_init__(self) -> None:
+        require(self.domain in DOMAINS, "domain", f"must be one of {DOMAINS}")
+        require(self.object_split in ("train", "test"), "object_split", "must be 'train' or 'test'")
+        require(self.image_size >= 16, "image_size", "must be >= 16")
+        for name in ("camera_rate_hz", "joint_state_rate_hz", "control_rate_hz", "physics_hz", "real_time_factor"):
+            require(getattr(self, name) > 0, name, "must be > 0")
+        require(self.image_qos_reliability in ("reliable", "best_effort"), "image_qos_reliability",
+                "must be 'reliable' or 'best_effort'")
+        require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
+
+
+def make_world(params: SimNodeParams):
+    """The pybullet world (DIRECT), configured for the node's camera size."""
+    from rcan_sim.world import GraspWorld, WorldConfig
+
+    return GraspWorld(WorldConfig(image_size=params.image_size, object_split=params.object_split,
+                                  physics_hz=params.physics_hz))
+
+
+class SimNode(Node):
+    def __init__(self, world_factory=make_world):
+        super().__init__("sim_node")
+        defaults = SimNodeParams()
+        values = {}
+        for name in SimNodeParams.__dataclass_fields__:
+            values[name] = self.declare_parameter(name, getattr(defaults, name)).value
+        self.params = SimNodeParams(**values)
+        p = self.params
+        self.world = world_factory(p)
+        self.core = SimCore(self.world, arm_joint_names(p.joint_prefix), p.physics_hz, seed=p.seed)
+        self.core.reset()
+        self._logged: set[str] = set()
+
+        image_qos = QoSProfile(depth=p.qos_depth, history=HistoryPolicy.KEEP_LAST,
+                               reliability=ReliabilityPolicy.BEST_EFFORT if p.image_qos_reliability == "best_effort"
+                               else ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.create_publisher(Image, "/camera/image_raw", image_qos)
+        self.info_pub = self.create_publisher(CameraInfo, "/camera/camera_info", image_qos)
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", p.qos_depth)
+        self.gripper_pub = self.create_publisher(Bool, "~/gripper_open", p.qos_depth)
+        self.episode_pub = self.create_publisher(String, "~/episode", p.qos_depth)
+        self.create_subscription(JointTrajectory, TRAJECTORY_TOPIC, self.on_trajectory, p.qos_depth)
+        self.create_subscription(Bool, GRIPPER_COMMAND_TOPIC, self.on_gripper, p.qos_depth)
+        self.create_service(Trigger, "~/reset", self.on_reset)
+        self.create_service(Trigger, "~/grasp_success", self.on_grasp_success)
+
+        self._last_wall = time.monotonic()
+        self.create_timer(1.0 / p.control_rate_hz, self.on_control)
+        self.create_timer(1.0 / p.joint_state_rate_hz, self.publish_joint_state)
+        self.create_timer(1.0 / p.camera_rate_hz, self.publish_camera)
+        self.frames = 0
+        self.get_logger().info(
+            f"sim_node: domain={p.domain} image={p.image_size}px camera={p.camera_rate_hz}Hz "
+            f"rtf={p.real_time_factor} joints={list(self.core.joint_names)}")
+
+    def log_once(self, cause: str, message: str) -> None:
+        if cause not in self._logged:
+            self._logged.add(cause)
+            self.get_logger().warning(f"{message} (further '{cause}' problems are dropped silently)")
+
+    # --- commands -------------------------------------------------------------------------
+    def on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            points = [(p.time_from_start.sec + p.time_from_start.nanosec * 1e-9, list(p.positions)) for p in msg.points]
+            self.core.on_trajectory(list(msg.joint_names), points)
+        except TrajectoryError as exc:
+            self.log_once(f"trajectory:{exc.reason}", f"ignored joint trajectory: {exc}")
+
+    def on_gripper(self, msg: Bool) -> None:
+        # std_msgs/Bool: true = open, false = close (the driver's gripper output convention).
+        self.core.on_gripper(bool(msg.data))
+
+    # --- time -----------------------------------------------------------------------------
+    def on_control(self) -> None:
+        now = time.monotonic()
+        wall_dt = now - self._last_wall
+        self._last_wall = now
+        # Cap the catch-up after a stall (slow render, suspended process) so physics never bursts.
+        self.core.advance(min(wall_dt, 0.1) * self.params.real_time_factor)
+
+    def publish_joint_state(self) -> None:
+        names, q, qd = self.core.joint_state()
+        msg = JointState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.name = list(names)
+        msg.position = [float(v) for v in q]
+        msg.velocity = [float(v) for v in qd]
+        self.joint_pub.publish(msg)
+        self.gripper_pub.publish(Bool(data=self.core.gripper_open()))
+
+    def publish_camera(self) -> None:
+        frame = self.world.render(self.params.domain, randomization_seed=self.core.seed + self.core.episode)
+        stamp = self.get_clock().now().to_msg()
+        image = rgb_to_image_msg(frame.rgb)
+        image.header.stamp = stamp
+        image.header.frame_id = self.params.camera_frame
+        self.image_pub.publish(image)
+        self.info_pub.publish(camera_info(frame, stamp, self.params.camera_frame))
+        self.frames += 1
+
+    # --- services -------------------------------------------------------------------------
+    def on_reset(self, request, response):
+        info = self.core.reset()
+        response.success = True
+        response.message = json.dumps(info, default=str)
+        self.episode_pub.publish(String(data=response.message))
+        self.publish_joint_state()
+        return response
+
+    def on_grasp_success(self, request, response):
+        success, detail = self.world.grasp_success()
+        response.success = bool(success)
+        response.message = detail
+        return response
+
+
+def camera_info(frame, stamp, frame_id: str) -> CameraInfo:
+    """CameraInfo from the world's pinhole intrinsics (no distortion)."""
+    msg = CameraInfo()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    h, w = frame.rgb.shape[:2]
+    msg.height, msg.width = int(h), int(w)
+    k = [float(v) for v in frame.intrinsics.reshape(-1)]
+    msg.k = k
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    return msg
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    # SIGTERM (the launcher's second try) ends the spin like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    node = None
+    try:
+        node = SimNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ConfigError as exc:
+        print(f"sim_node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
