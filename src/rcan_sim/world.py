@@ -1,0 +1,685 @@
+"""The pybullet grasping world (paper 4.1): KUKA iiwa + gripper, tray with a divider, 5 objects.
+
+Plain Python (no ROS).  One `GraspWorld` owns one pybullet DIRECT client.  The robot base
+frame is the world frame (base at the origin, identity orientation), so poses reported in
+"base frame" are world poses; `base_pose` says so explicitly for consumers.
+
+Rendering uses pybullet's TinyRenderer (the paper's "default renderer").  A render only
+touches visual properties (textures, colours, light) and, for pose jitter, moves the arm
+base and the tray visual for the duration of the capture and puts them back exactly, so
+the physics state is never changed by rendering.
+
+Randomization cost is kept low by loading bank textures into pybullet once (per index,
+on demand) and re-assigning texture ids per render; each episode draws a palette of bank
+indices from its seed, and renders draw from that palette.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pybullet as pb
+
+from rcan_common.config import require
+from rcan_sim import classes, objects
+from rcan_sim.domains import DomainSpec, domain_spec
+from rcan_sim.textures import TextureBank
+
+# Arm joints exposed to ROS, named like lbr_fri_ros2_stack's joints (pybullet calls them J0..J6).
+JOINT_NAMES = tuple(f"lbr_A{i}" for i in range(1, 8))
+ARM_JOINTS = tuple(range(7))
+FLANGE_LINK = 6
+GRIPPER_BASE_JOINT = 7
+FINGER_JOINTS = (8, 11)  # left, right finger (opposite signs)
+FINGERTIP_JOINTS = (10, 13)
+GRIPPER_LINKS = tuple(range(7, 14))
+FINGER_OPEN = 0.3  # rad, as pybullet's kuka.py
+ARM_FORCE = 200.0
+FINGER_FORCES = (2.0, 2.5)
+TIP_FORCE = 2.0
+
+FLOOR_Z = -0.2
+TRAY_POS = (0.55, 0.0, FLOOR_Z)
+TRAY_BOTTOM_Z = FLOOR_Z + 0.015  # top of traybox.urdf's floor box
+TRAY_INNER_HALF = 0.22  # usable half-width inside the slanted walls
+DIVIDER_SIZE = (0.012, 0.42, 0.05)  # thickness, length, height (m)
+TOP_DOWN = (0.0, -math.pi, 0.0)  # flange euler for a vertical, downward gripper
+
+CANON_FLOOR = (0.55, 0.55, 0.55)
+CANON_PEDESTAL = (0.30, 0.30, 0.32)
+CANON_TRAY = (0.85, 0.80, 0.65)
+CANON_DIVIDER = (0.20, 0.35, 0.75)
+# One fixed, distinct colour per arm visual (base, 7 links, gripper parts), paper 4.1.
+CANON_ARM = (
+    (0.90, 0.10, 0.10), (0.95, 0.55, 0.10), (0.95, 0.90, 0.15), (0.55, 0.85, 0.15),
+    (0.10, 0.75, 0.35), (0.10, 0.80, 0.80), (0.15, 0.45, 0.90), (0.35, 0.20, 0.85),
+    (0.70, 0.20, 0.85), (0.90, 0.25, 0.60), (0.60, 0.40, 0.25), (0.95, 0.95, 0.95),
+    (0.40, 0.60, 0.55), (0.85, 0.65, 0.55), (0.25, 0.25, 0.25),
+)
+CANON_LIGHT = dict(lightDirection=(0.3, 0.6, 1.0), lightColor=(1.0, 1.0, 1.0), lightDistance=2.0,
+                   lightAmbientCoeff=0.6, lightDiffuseCoeff=0.35, lightSpecularCoeff=0.05)
+# Object tops that rise more than this above the tray bottom after the lift count as lifted.
+
+
+@dataclass
+class WorldConfig:
+    """The simulated scene: objects, textures, physics and camera."""
+
+    image_size: int = 472
+    """Square render size in pixels (paper/robot: 472; tests: 64)."""
+    split: Literal["train", "test"] = "train"
+    """Object split the 5 objects per episode are drawn from (test objects never in training)."""
+    num_objects: int = 5
+    """Objects dropped into the tray per episode."""
+    texture_size: int = 128
+    """Side of each bank texture in pixels."""
+    texture_folder: Path | None = None
+    """Folder of images to use as the texture bank instead of the procedural one."""
+    texture_cache_dir: Path | None = None
+    """Where bank textures are written as PNG for pybullet (default: $RCAN_TEXTURE_CACHE or /tmp/rcan_textures)."""
+    episode_textures: int = 48
+    """Bank textures drawn per episode; each render assigns textures from this palette."""
+    max_loaded_textures: int = 1500
+    """Rebuild the pybullet scene at the next reset once this many textures are loaded (bounds memory)."""
+    time_step: float = 1.0 / 120.0
+    """Physics time step (s)."""
+    solver_iterations: int = 40
+    """Constraint solver iterations per physics step."""
+    settle_steps: int = 100
+    """Physics steps to let dropped objects come to rest at reset."""
+    jitter_position: float = 0.01
+    """Half-range of the uniform arm/tray position jitter in randomized renders (m)."""
+    jitter_yaw_deg: float = 2.0
+    """Half-range of the uniform arm/tray yaw jitter (degrees)."""
+    jitter_scale: float = 0.04
+    """Half-range of the relative tray size jitter."""
+    shadows: bool = True
+    """Render shadows (TinyRenderer shadow map)."""
+    camera_eye: tuple[float, float, float] = (-0.2, 0.6, 0.8)
+    """Over-the-shoulder camera position in the base frame (m)."""
+    camera_target: tuple[float, float, float] = (0.55, 0.0, -0.15)
+    """Point the camera looks at (m)."""
+    camera_fov_deg: float = 40.0
+    """Vertical field of view (degrees)."""
+    camera_near: float = 0.1
+    """Near clip plane (m)."""
+    camera_far: float = 4.0
+    """Far clip plane (m); depth beyond it reads as far."""
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.image_size, int) and 16 <= self.image_size <= 2048, "image_size", "must be an int in 16..2048")
+        require(self.split in objects.SPLITS, "split", f"must be one of {objects.SPLITS}")
+        require(1 <= self.num_objects <= 20, "num_objects", "must be in 1..20")
+        require(8 <= self.texture_size <= 1024, "texture_size", "must be in 8..1024")
+        require(self.texture_folder is None or Path(self.texture_folder).is_dir(), "texture_folder",
+                f"{self.texture_folder} is not a directory")
+        require(4 <= self.episode_textures <= 512, "episode_textures", "must be in 4..512")
+        require(self.max_loaded_textures >= 4 * self.episode_textures, "max_loaded_textures",
+                "must be at least 4 x episode_textures")
+        require(0 < self.time_step <= 0.05, "time_step", "must be in (0, 0.05]")
+        require(1 <= self.solver_iterations <= 500, "solver_iterations", "must be in 1..500")
+        require(0 <= self.settle_steps <= 5000, "settle_steps", "must be in 0..5000")
+        require(0 <= self.jitter_position <= 0.05, "jitter_position", "must be in [0, 0.05] m")
+        require(0 <= self.jitter_yaw_deg <= 10, "jitter_yaw_deg", "must be in [0, 10]")
+        require(0 <= self.jitter_scale <= 0.2, "jitter_scale", "must be in [0, 0.2]")
+        require(5 <= self.camera_fov_deg <= 120, "camera_fov_deg", "must be in [5, 120]")
+        require(0 < self.camera_near < self.camera_far, "camera_near", "must be > 0 and < camera_far")
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """Pinhole camera of a render.  K is OpenCV style (x right, y down); `extrinsics` maps
+    world/base-frame points to the OpenCV camera frame (z forward)."""
+
+    width: int
+    height: int
+    K: np.ndarray  # 3x3
+    extrinsics: np.ndarray  # 4x4 world -> camera
+    near: float
+    far: float
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray  # HxWx3 uint8
+    depth: np.ndarray  # HxW float32, metres along the optical axis
+    segmentation: np.ndarray  # HxW uint8 class ids (rcan_sim.classes)
+    camera: CameraInfo
+
+
+@dataclass
+class PairedFrame:
+    """Randomized and canonical renders of one frozen state (identical geometry)."""
+
+    randomized_rgb: np.ndarray
+    canonical_rgb: np.ndarray
+    segmentation: np.ndarray
+    depth: np.ndarray
+    camera: CameraInfo
+
+
+@dataclass
+class _Episode:
+    seed: int
+    object_ids: list[int]
+    object_uids: list[int]
+    palette: dict[bool, list[int]] = field(default_factory=dict)  # held_out -> bank indices
+    identity: list[tuple[int, tuple[float, float, float]]] = field(default_factory=list)
+
+
+class GraspWorld:
+    """KUKA iiwa grasping scene in a private pybullet DIRECT client."""
+
+    joint_names = JOINT_NAMES
+
+    def __init__(self, cfg: WorldConfig | None = None):
+        self.cfg = cfg or WorldConfig()
+        self.bank = TextureBank(self.cfg.texture_size, self.cfg.texture_folder, self.cfg.texture_cache_dir)
+        self._object_pool = objects.object_ids(self.cfg.split)
+        self._cid = pb.connect(pb.DIRECT)
+        if self._cid < 0:
+            raise RuntimeError("pybullet could not open a DIRECT client")
+        self._episode: _Episode | None = None
+        self._gripper_open = True
+        self._build()
+        self._camera = self._make_camera()
+
+    # ------------------------------------------------------------------ scene
+    def _build(self) -> None:
+        c = self._cid
+        pb.resetSimulation(physicsClientId=c)
+        pb.setGravity(0, 0, -9.81, physicsClientId=c)
+        pb.setTimeStep(self.cfg.time_step, physicsClientId=c)
+        pb.setPhysicsEngineParameter(numSolverIterations=self.cfg.solver_iterations, physicsClientId=c)
+        root = objects.data_root()
+        self._textures: dict[int, int] = {}  # bank index -> pybullet texture id
+        self.floor = pb.loadURDF(str(root / "plane.urdf"), [0, 0, FLOOR_Z], physicsClientId=c)
+        ped_half = (0.12, 0.12, -FLOOR_Z / 2)
+        self.pedestal = pb.createMultiBody(
+            0, pb.createCollisionShape(pb.GEOM_BOX, halfExtents=ped_half, physicsClientId=c),
+            pb.createVisualShape(pb.GEOM_BOX, halfExtents=ped_half, physicsClientId=c),
+            [0, 0, FLOOR_Z / 2], physicsClientId=c)
+        self.arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"), physicsClientId=c)[0]
+        pb.resetBasePositionAndOrientation(self.arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=c)
+        self._arm_visual_links = sorted({v[1] for v in pb.getVisualShapeData(self.arm, physicsClientId=c)})
+        self._movable = [j for j in range(pb.getNumJoints(self.arm, physicsClientId=c))
+                         if pb.getJointInfo(self.arm, j, physicsClientId=c)[2] != pb.JOINT_FIXED]
+        info = [pb.getJointInfo(self.arm, j, physicsClientId=c) for j in self._movable]
+        self._ik_lower = [i[8] for i in info]
+        self._ik_upper = [i[9] if i[9] > i[8] else i[8] for i in info]
+        self._ik_range = [max(u - l, 0.1) for l, u in zip(self._ik_lower, self._ik_upper)]
+        self.arm_limits = np.array([[info[j][8], info[j][9]] for j in ARM_JOINTS])
+
+        # Tray: collision-only body (traybox.urdf's boxes) + visual-only mesh bodies at a few
+        # scales, so renders can jitter the tray size without touching physics.
+        boxes = [((0.3, 0.3, 0.01), (0, 0, 0.005), (0, 0, 0))]
+        for sx, sy, rx, ry in ((0.25, 0, 0, 0.575469961), (-0.25, 0, 0, -0.575469961),
+                               (0, -0.25, 0.575469961, 0), (0, 0.25, -0.575469961, 0)):
+            half = (0.01, 0.3, 0.075) if sx else (0.3, 0.01, 0.075)
+            boxes.append((half, (sx, sy, 0.059), (rx, ry, 0)))
+        col = pb.createCollisionShapeArray(
+            [pb.GEOM_BOX] * len(boxes), halfExtents=[b[0] for b in boxes],
+            collisionFramePositions=[b[1] for b in boxes],
+            collisionFrameOrientations=[pb.getQuaternionFromEuler(b[2]) for b in boxes], physicsClientId=c)
+        self.tray = pb.createMultiBody(0, col, -1, TRAY_POS, physicsClientId=c)
+        scales = [1.0] + ([1.0 - self.cfg.jitter_scale, 1.0 - self.cfg.jitter_scale / 2,
+                           1.0 + self.cfg.jitter_scale / 2, 1.0 + self.cfg.jitter_scale]
+                          if self.cfg.jitter_scale > 0 else [])
+        self._tray_visuals = []
+        for s in scales:
+            vis = pb.createVisualShape(pb.GEOM_MESH, fileName=str(root / "tray" / "tray_textured.obj"),
+                                       meshScale=[0.5 * s] * 3, physicsClientId=c)
+            self._tray_visuals.append(pb.createMultiBody(0, -1, vis, self._parked(len(self._tray_visuals)),
+                                                         physicsClientId=c))
+        pb.resetBasePositionAndOrientation(self._tray_visuals[0], TRAY_POS, [0, 0, 0, 1], physicsClientId=c)
+        self.tray_visual = self._tray_visuals[0]
+
+        half = [s / 2 for s in DIVIDER_SIZE]
+        self.divider = pb.createMultiBody(
+            0, pb.createCollisionShape(pb.GEOM_BOX, halfExtents=half, physicsClientId=c),
+            pb.createVisualShape(pb.GEOM_BOX, halfExtents=half, physicsClientId=c),
+            [TRAY_POS[0], 0, TRAY_BOTTOM_Z + half[2]], physicsClientId=c)
+
+        # Tool centre point: between the fingertip pads, found from the model at build time.
+        self._reset_arm_joints([0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0])
+        self.tool_offset = self._measure_tool_offset()
+        self.home_tcp = np.array([TRAY_POS[0], 0.0, TRAY_BOTTOM_Z + 0.30])
+        self.home_q = self.solve_ik(self.home_tcp, 0.0, rest=[0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0], iterations=300)
+        self._reset_arm_joints(self.home_q)
+        if self._episode is not None:
+            self._episode.object_uids = []
+
+    @staticmethod
+    def _parked(i: int) -> list[float]:
+        return [50.0 + 5 * i, 50.0, -50.0]  # far outside the camera frustum
+
+    def _measure_tool_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        c = self._cid
+        flange = pb.getLinkState(self.arm, FLANGE_LINK, computeForwardKinematics=True, physicsClientId=c)
+        tips = [np.array(pb.getLinkState(self.arm, j, computeForwardKinematics=True, physicsClientId=c)[4])
+                for j in FINGERTIP_JOINTS]
+        inv_pos, inv_orn = pb.invertTransform(flange[4], flange[5])
+        mid, _ = pb.multiplyTransforms(inv_pos, inv_orn, ((tips[0] + tips[1]) / 2).tolist(), [0, 0, 0, 1])
+        # The tip link frames sit at the fingertip joints; the pads' centre is 2.5 cm further out.
+        mid = np.array(mid) + np.array([0, 0, 0.025])
+        return mid, np.array([0.0, 0.0, 0.0, 1.0])
+
+    def _make_camera(self) -> CameraInfo:
+        cfg = self.cfg
+        self._view = pb.computeViewMatrix(cfg.camera_eye, cfg.camera_target, [0, 0, 1], physicsClientId=self._cid)
+        self._proj = pb.computeProjectionMatrixFOV(cfg.camera_fov_deg, 1.0, cfg.camera_near, cfg.camera_far,
+                                                   physicsClientId=self._cid)
+        n = cfg.image_size
+        f = (n / 2) / math.tan(math.radians(cfg.camera_fov_deg) / 2)
+        K = np.array([[f, 0, n / 2], [0, f, n / 2], [0, 0, 1]])
+        view_gl = np.array(self._view).reshape(4, 4).T  # pybullet matrices are column-major
+        extr = np.diag([1.0, -1.0, -1.0, 1.0]) @ view_gl  # OpenGL camera (-z forward) -> OpenCV
+        return CameraInfo(n, n, K, extr, cfg.camera_near, cfg.camera_far)
+
+    @property
+    def camera(self) -> CameraInfo:
+        return self._camera
+
+    @property
+    def base_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Robot base pose in the world (identity: base frame == world frame)."""
+        pos, orn = pb.getBasePositionAndOrientation(self.arm, physicsClientId=self._cid)
+        return np.array(pos), np.array(orn)
+
+    @property
+    def tray_bottom_z(self) -> float:
+        return TRAY_BOTTOM_Z
+
+    @property
+    def episode_seed(self) -> int | None:
+        return None if self._episode is None else self._episode.seed
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Dataset ids (random_urdfs NNN) of this episode's objects."""
+        return [] if self._episode is None else list(self._episode.object_ids)
+
+    def close(self) -> None:
+        if self._cid >= 0:
+            pb.disconnect(physicsClientId=self._cid)
+            self._cid = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: pybullet may already be gone
+            pass
+
+    # ---------------------------------------------------------------- episodes
+    def reset(self, seed: int, object_ids: list[int] | None = None) -> None:
+        """New episode: divider position, `num_objects` objects from the split dropped into the tray.
+
+        `object_ids` overrides the random draw (ids must exist; they need not be in the split).
+        """
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        c = self._cid
+        if len(self._textures) > self.cfg.max_loaded_textures:
+            self._build()  # pybullet cannot unload textures; a fresh scene frees them
+        rng = np.random.default_rng([int(seed), 0xB1A5])
+        if object_ids is None:
+            chosen = [int(i) for i in rng.choice(self._object_pool, self.cfg.num_objects, replace=False)]
+        else:
+            chosen = [int(i) for i in object_ids]
+        paths = [objects.urdf_path(i) for i in chosen]  # validate before touching the scene
+        if self._episode is not None:
+            for uid in self._episode.object_uids:
+                pb.removeBody(uid, physicsClientId=c)
+
+        # Divider: across the tray (along y or x), offset randomly from the centre.
+        along_y = rng.random() < 0.5
+        offset = rng.uniform(-0.12, 0.12)
+        yaw = 0.0 if along_y else math.pi / 2
+        pos = [TRAY_POS[0] + (offset if along_y else 0.0), TRAY_POS[1] + (0.0 if along_y else offset),
+               TRAY_BOTTOM_Z + DIVIDER_SIZE[2] / 2]
+        pb.resetBasePositionAndOrientation(self.divider, pos, pb.getQuaternionFromEuler([0, 0, yaw]),
+                                           physicsClientId=c)
+
+        self._reset_arm_joints(self.home_q)
+        self.set_gripper(True)
+        self._hold_arm_targets(self.home_q)
+        uids = []
+        for k, path in enumerate(paths):
+            x, y = rng.uniform(-0.15, 0.15, size=2)
+            orn = pb.getQuaternionFromEuler(rng.uniform(-math.pi, math.pi, size=3).tolist())
+            uids.append(pb.loadURDF(str(path), [TRAY_POS[0] + x, TRAY_POS[1] + y, TRAY_BOTTOM_Z + 0.06 + 0.05 * k],
+                                    orn, physicsClientId=c))
+        self._episode = _Episode(int(seed), chosen, uids)
+        self._rebuild_seg_lut()
+        self.step_physics(self.cfg.settle_steps)
+        # Per-episode object identity (canonical look): a bank texture and a tint per object.
+        pal = self._palette(False)
+        self._episode.identity = [(pal[int(rng.integers(len(pal)))], tuple(rng.uniform(0.5, 1.0, 3)))
+                                  for _ in uids]
+
+    def _palette(self, held_out: bool) -> list[int]:
+        ep = self._require_episode()
+        if held_out not in ep.palette:
+            rng = np.random.default_rng([ep.seed, 0x7E47, int(held_out)])
+            pool = self.bank.indices(held_out)
+            ep.palette[held_out] = [pool.start + int(i) for i in
+                                    rng.choice(len(pool), min(self.cfg.episode_textures, len(pool)), replace=False)]
+        return ep.palette[held_out]
+
+    def _require_episode(self) -> _Episode:
+        if self._episode is None:
+            raise RuntimeError("GraspWorld.reset(seed) must be called before this")
+        return self._episode
+
+    def _rebuild_seg_lut(self) -> None:
+        ep = self._require_episode()
+        bodies = {self.floor: classes.BACKGROUND, self.pedestal: classes.BACKGROUND, self.arm: classes.ARM,
+                  self.tray: classes.TRAY, self.divider: classes.DIVIDER}
+        bodies.update({v: classes.TRAY for v in self._tray_visuals})
+        bodies.update({u: classes.OBJECT for u in ep.object_uids})
+        lut = np.zeros(max(bodies) + 2, dtype=np.uint8)  # index uid+1 so "nothing" (-1) -> 0
+        for uid, cls in bodies.items():
+            lut[uid + 1] = cls
+        self._seg_lut = lut
+
+    # ------------------------------------------------------------------ robot
+    def _reset_arm_joints(self, q7) -> None:
+        c = self._cid
+        for j, v in zip(ARM_JOINTS, q7):
+            pb.resetJointState(self.arm, j, float(v), physicsClientId=c)
+        pb.resetJointState(self.arm, GRIPPER_BASE_JOINT, 0.0, physicsClientId=c)
+        pb.resetJointState(self.arm, FINGER_JOINTS[0], -FINGER_OPEN, physicsClientId=c)
+        pb.resetJointState(self.arm, FINGER_JOINTS[1], FINGER_OPEN, physicsClientId=c)
+        for j in FINGERTIP_JOINTS:
+            pb.resetJointState(self.arm, j, 0.0, physicsClientId=c)
+
+    def _hold_arm_targets(self, q7, max_velocity: float = 2.0) -> None:
+        c = self._cid
+        for j, v in zip(ARM_JOINTS, q7):
+            pb.setJointMotorControl2(self.arm, j, pb.POSITION_CONTROL, targetPosition=float(v), targetVelocity=0,
+                                     force=ARM_FORCE, maxVelocity=max_velocity, positionGain=0.3,
+                                     velocityGain=1.0, physicsClientId=c)
+        pb.setJointMotorControl2(self.arm, GRIPPER_BASE_JOINT, pb.POSITION_CONTROL, targetPosition=0.0,
+                                 force=ARM_FORCE, physicsClientId=c)
+
+    def joint_positions(self) -> np.ndarray:
+        """The 7 arm joint angles (rad), in `joint_names` order."""
+        return np.array([s[0] for s in pb.getJointStates(self.arm, ARM_JOINTS, physicsClientId=self._cid)])
+
+    def joint_velocities(self) -> np.ndarray:
+        return np.array([s[1] for s in pb.getJointStates(self.arm, ARM_JOINTS, physicsClientId=self._cid)])
+
+    def set_arm_joint_targets(self, q7, max_velocity: float = 2.0) -> None:
+        """Position-control targets for the 7 arm joints (clipped to the joint limits)."""
+        q = np.asarray(q7, dtype=np.float64)
+        if q.shape != (7,) or not np.isfinite(q).all():
+            raise ValueError(f"arm joint targets must be 7 finite numbers, got {q7!r}")
+        self._hold_arm_targets(np.clip(q, self.arm_limits[:, 0], self.arm_limits[:, 1]), max_velocity)
+
+    def set_gripper(self, open: bool) -> None:
+        """Command the fingers open or closed (they move during the following physics steps)."""
+        c = self._cid
+        angle = FINGER_OPEN if open else 0.0
+        pb.setJointMotorControl2(self.arm, FINGER_JOINTS[0], pb.POSITION_CONTROL, targetPosition=-angle,
+                                 force=FINGER_FORCES[0], physicsClientId=c)
+        pb.setJointMotorControl2(self.arm, FINGER_JOINTS[1], pb.POSITION_CONTROL, targetPosition=angle,
+                                 force=FINGER_FORCES[1], physicsClientId=c)
+        for j in FINGERTIP_JOINTS:
+            pb.setJointMotorControl2(self.arm, j, pb.POSITION_CONTROL, targetPosition=0.0, force=TIP_FORCE,
+                                     physicsClientId=c)
+        self._gripper_open = bool(open)
+
+    def gripper_is_open(self) -> bool:
+        """The commanded gripper state (the paper's binary aperture indicator)."""
+        return self._gripper_open
+
+    def step_physics(self, n: int = 1) -> None:
+        for _ in range(int(n)):
+            pb.stepSimulation(physicsClientId=self._cid)
+
+    def flange_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        s = pb.getLinkState(self.arm, FLANGE_LINK, computeForwardKinematics=True, physicsClientId=self._cid)
+        return np.array(s[4]), np.array(s[5])
+
+    def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tool centre point (between the fingertips) in the base frame: (xyz, quat xyzw)."""
+        pos, orn = self.flange_pose()
+        p, q = pb.multiplyTransforms(pos.tolist(), orn.tolist(), self.tool_offset[0].tolist(),
+                                     self.tool_offset[1].tolist())
+        return np.array(p), np.array(q)
+
+    def gripper_yaw(self) -> float:
+        """Rotation of the top-down gripper about the vertical (rad)."""
+        _, orn = self.flange_pose()
+        m = np.array(pb.getMatrixFromQuaternion(orn.tolist())).reshape(3, 3)
+        return math.atan2(m[1, 0], m[0, 0])
+
+    def gripper_height(self) -> float:
+        """TCP height above the tray bottom (m), the paper's g_height."""
+        return float(self.ee_pose()[0][2] - TRAY_BOTTOM_Z)
+
+    @staticmethod
+    def top_down_orientation(yaw: float) -> tuple[float, float, float, float]:
+        return pb.getQuaternionFromEuler([TOP_DOWN[0], TOP_DOWN[1], TOP_DOWN[2] + yaw])
+
+    def solve_ik(self, tcp_pos, yaw: float, rest=None, iterations: int = 100) -> np.ndarray:
+        """7 arm joint angles putting the TCP at `tcp_pos` with the gripper vertical at `yaw`."""
+        orn = self.top_down_orientation(yaw)
+        m = np.array(pb.getMatrixFromQuaternion(orn)).reshape(3, 3)
+        flange = np.asarray(tcp_pos, dtype=np.float64) - m @ self.tool_offset[0]
+        rest_full = list(rest if rest is not None else self.joint_positions()) + [0.0] * (len(self._movable) - 7)
+        q = pb.calculateInverseKinematics(
+            self.arm, FLANGE_LINK, flange.tolist(), orn, lowerLimits=self._ik_lower, upperLimits=self._ik_upper,
+            jointRanges=self._ik_range, restPoses=rest_full, maxNumIterations=iterations,
+            residualThreshold=1e-4, physicsClientId=self._cid)
+        return np.array(q[:7])
+
+    # ---------------------------------------------------------------- objects
+    def object_poses(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        ep = self._require_episode()
+        out = []
+        for uid in ep.object_uids:
+            p, q = pb.getBasePositionAndOrientation(uid, physicsClientId=self._cid)
+            out.append((np.array(p), np.array(q)))
+        return out
+
+    def object_heights(self) -> np.ndarray:
+        """Height of each object's base above the tray bottom (m)."""
+        return np.array([p[2] - TRAY_BOTTOM_Z for p, _ in self.object_poses()])
+
+    def object_aabbs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [tuple(np.array(v) for v in pb.getAABB(u, physicsClientId=self._cid))
+                for u in self._require_episode().object_uids]
+
+    def held_objects(self) -> list[int]:
+        """Indices of objects touching the gripper and touching neither tray, divider nor floor."""
+        c = self._cid
+        held = []
+        for i, uid in enumerate(self._require_episode().object_uids):
+            grip = [pt for pt in pb.getContactPoints(self.arm, uid, physicsClientId=c) if pt[3] in GRIPPER_LINKS]
+            if not grip:
+                continue
+            if any(pb.getContactPoints(b, uid, physicsClientId=c) for b in (self.tray, self.divider, self.floor)):
+                continue
+            held.append(i)
+        return held
+
+    def physics_state(self) -> dict[str, np.ndarray]:
+        """Poses/velocities of every dynamic thing (for tests that rendering changes nothing)."""
+        c = self._cid
+        bodies = [self.arm, self.tray, self.divider] + list(self._require_episode().object_uids)
+        poses = []
+        for b in bodies:
+            p, q = pb.getBasePositionAndOrientation(b, physicsClientId=c)
+            v, w = pb.getBaseVelocity(b, physicsClientId=c)
+            poses.append(np.concatenate([p, q, v, w]))
+        joints = np.array([s[:2] for s in pb.getJointStates(self.arm, self._movable, physicsClientId=c)])
+        return {"bodies": np.array(poses), "joints": joints}
+
+    # -------------------------------------------------------------- rendering
+    def _texture_id(self, index: int) -> int:
+        tid = self._textures.get(index)
+        if tid is None:
+            tid = pb.loadTexture(str(self.bank.png_path(index)), physicsClientId=self._cid)
+            if tid < 0:
+                raise RuntimeError(f"pybullet could not load texture {self.bank.png_path(index)}")
+            self._textures[index] = tid
+        return tid
+
+    def _paint(self, body: int, link: int, rgb, texture: int = -1) -> None:
+        pb.changeVisualShape(body, link, textureUniqueId=texture, rgbaColor=[*rgb, 1.0], physicsClientId=self._cid)
+
+    def _apply_canonical(self, objects_too: bool) -> None:
+        self._paint(self.floor, -1, CANON_FLOOR)
+        self._paint(self.pedestal, -1, CANON_PEDESTAL)
+        for v in self._tray_visuals:
+            self._paint(v, -1, CANON_TRAY)
+        self._paint(self.divider, -1, CANON_DIVIDER)
+        for k, link in enumerate(self._arm_visual_links):
+            self._paint(self.arm, link, CANON_ARM[k % len(CANON_ARM)])
+        if objects_too:
+            ep = self._require_episode()
+            for uid, (tex, tint) in zip(ep.object_uids, ep.identity):
+                self._paint(uid, -1, tint, self._texture_id(tex))
+
+    def _apply_random(self, spec: DomainSpec, rng: np.random.Generator) -> dict:
+        """Assign textures/colours for `spec`; returns the light keyword arguments."""
+        ep = self._require_episode()
+        pal = self._palette(spec.held_out)
+
+        def tex() -> int:
+            return self._texture_id(pal[int(rng.integers(len(pal)))])
+
+        def tint(lo: float = 0.6) -> np.ndarray:
+            return rng.uniform(lo, 1.0, 3)
+
+        if spec.floor == "canonical":
+            self._paint(self.floor, -1, CANON_FLOOR)
+            self._paint(self.pedestal, -1, CANON_PEDESTAL)
+        elif spec.floor == "fixed6":  # six fixed "real camera" backgrounds (paper 5.2, mild)
+            fixed = self.bank.indices(False)[:6]
+            self._paint(self.floor, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(6))]))
+            self._paint(self.pedestal, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(6))]))
+        else:
+            self._paint(self.floor, -1, tint(), tex())
+            self._paint(self.pedestal, -1, tint(), tex())
+        tray_tex, tray_tint = (tex(), tint()) if spec.tray == "bank" else (-1, CANON_TRAY)
+        for v in self._tray_visuals:
+            self._paint(v, -1, tray_tint, tray_tex)
+        self._paint(self.divider, -1, tint(), tex())
+        for k, link in enumerate(self._arm_visual_links):
+            if spec.arm == "bank":
+                self._paint(self.arm, link, tint(0.3), tex())
+            elif spec.arm == "color":
+                self._paint(self.arm, link, rng.uniform(0.05, 1.0, 3))
+            else:
+                self._paint(self.arm, link, CANON_ARM[k % len(CANON_ARM)])
+        for uid in ep.object_uids:
+            self._paint(uid, -1, tint(0.2) if spec.object_tint else (1, 1, 1), tex())
+        return self._light(spec, rng)
+
+    @staticmethod
+    def _light(spec: DomainSpec, rng: np.random.Generator) -> dict:
+        if spec.light == "fixed":
+            return dict(CANON_LIGHT)
+        # Training lights come from above 30 deg elevation with mild colour; held-out lights are
+        # low (10-30 deg) with a strong colour cast, ranges no training domain samples.
+        elev = math.radians(rng.uniform(10, 30) if spec.held_out else rng.uniform(30, 90))
+        azim = rng.uniform(-math.pi, math.pi)
+        direction = (math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev))
+        if spec.light == "direction_brightness":
+            b = rng.uniform(0.6, 1.3)
+            return dict(lightDirection=direction, lightColor=(1.0, 1.0, 1.0), lightDistance=2.0,
+                        lightAmbientCoeff=0.6 * b, lightDiffuseCoeff=0.35 * b, lightSpecularCoeff=0.05)
+        color = rng.uniform(0.55, 1.0, 3)
+        if spec.held_out:
+            color[int(rng.integers(3))] = rng.uniform(0.1, 0.45)
+        return dict(lightDirection=direction, lightColor=tuple(color), lightDistance=rng.uniform(1.0, 4.0),
+                    lightAmbientCoeff=rng.uniform(0.3, 0.8), lightDiffuseCoeff=rng.uniform(0.2, 0.7),
+                    lightSpecularCoeff=rng.uniform(0.0, 0.3))
+
+    def _jitter(self, rng: np.random.Generator):
+        """Move arm base and tray visual for a render; returns a function that restores them."""
+        c, cfg = self._cid, self.cfg
+        j, yaw = cfg.jitter_position, math.radians(cfg.jitter_yaw_deg)
+        arm_pose = pb.getBasePositionAndOrientation(self.arm, physicsClientId=c)
+        arm_pos = np.array(arm_pose[0]) + rng.uniform(-j, j, 3) * (1, 1, 0.5)
+        pb.resetBasePositionAndOrientation(self.arm, arm_pos.tolist(),
+                                           pb.getQuaternionFromEuler([0, 0, rng.uniform(-yaw, yaw)]),
+                                           physicsClientId=c)
+        k = int(rng.integers(len(self._tray_visuals)))
+        vis = self._tray_visuals[k]
+        tray_pos = np.array(TRAY_POS) + np.append(rng.uniform(-j, j, 2), 0.0)
+        pb.resetBasePositionAndOrientation(self._tray_visuals[0], self._parked(0), [0, 0, 0, 1], physicsClientId=c)
+        pb.resetBasePositionAndOrientation(vis, tray_pos.tolist(),
+                                           pb.getQuaternionFromEuler([0, 0, rng.uniform(-yaw, yaw)]),
+                                           physicsClientId=c)
+
+        def restore() -> None:
+            pb.resetBasePositionAndOrientation(self.arm, arm_pose[0], arm_pose[1], physicsClientId=c)
+            pb.resetBasePositionAndOrientation(vis, self._parked(k), [0, 0, 0, 1], physicsClientId=c)
+            pb.resetBasePositionAndOrientation(self._tray_visuals[0], TRAY_POS, [0, 0, 0, 1], physicsClientId=c)
+
+        return restore
+
+    def _capture(self, light: dict, full: bool):
+        n = self.cfg.image_size
+        flags = 0 if full else pb.ER_NO_SEGMENTATION_MASK
+        _, _, rgba, zbuf, seg = pb.getCameraImage(
+            n, n, self._view, self._proj, renderer=pb.ER_TINY_RENDERER, shadow=int(self.cfg.shadows),
+            flags=flags, physicsClientId=self._cid, **light)
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(n, n, 4)[..., :3].copy()
+        if not full:
+            return rgb, None, None
+        near, far = self.cfg.camera_near, self.cfg.camera_far
+        z = np.asarray(zbuf, dtype=np.float64).reshape(n, n)
+        depth = (far * near / (far - (far - near) * z)).astype(np.float32)
+        labels = self._seg_lut[np.clip(np.asarray(seg).reshape(n, n), -1, len(self._seg_lut) - 2) + 1]
+        return rgb, depth, labels
+
+    def render(self, domain: str = "canonical", randomization_seed: int = 0) -> Frame:
+        """Render the current state in `domain`; the randomization is a function of
+        (episode seed, randomization_seed), and the physics state is left untouched."""
+        spec = domain_spec(domain)
+        self._require_episode()
+        rng = self._render_rng(randomization_seed)
+        if spec.name == "canonical":
+            self._apply_canonical(objects_too=True)
+            light = self._light(spec, rng)
+        else:
+            light = self._apply_random(spec, rng)
+        restore = self._jitter(rng) if spec.jitter else None
+        try:
+            rgb, depth, seg = self._capture(light, full=True)
+        finally:
+            if restore:
+                restore()
+        return Frame(rgb, depth, seg, self._camera)
+
+    def render_pair(self, randomization_seed: int = 0, domain: str = "randomized") -> PairedFrame:
+        """Randomized then canonical render of the frozen state, same jitter for both; the
+        canonical render keeps the objects' randomized textures (paper 4.1)."""
+        spec = domain_spec(domain)
+        if spec.name == "canonical":
+            raise ValueError("render_pair needs a randomized source domain, not 'canonical'")
+        self._require_episode()
+        rng = self._render_rng(randomization_seed)
+        light = self._apply_random(spec, rng)
+        restore = self._jitter(rng) if spec.jitter else None
+        try:
+            rand_rgb, _, _ = self._capture(light, full=False)
+            self._apply_canonical(objects_too=False)
+            canon_rgb, depth, seg = self._capture(dict(CANON_LIGHT), full=True)
+        finally:
+            if restore:
+                restore()
+        return PairedFrame(rand_rgb, canon_rgb, seg, depth, self._camera)
+
+    def _render_rng(self, randomization_seed: int) -> np.random.Generator:
+        if isinstance(randomization_seed, bool) or not isinstance(randomization_seed, (int, np.integer)) \
+                or randomization_seed < 0:
+            raise ValueError(f"randomization_seed must be a non-negative int, got {randomization_seed!r}")
+        return np.random.default_rng([self._require_episode().seed, int(randomization_seed), 0x4E4D])
