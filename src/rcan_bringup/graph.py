@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from rcan_common.config import require
+from rcan_sim.domains import DOMAINS
 
 PACKAGE = "rcan_bringup"
 
@@ -27,7 +28,6 @@ DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_CAMERA_INFO_TOPIC = "/camera/camera_info"
 
 Condition = Literal["always", "use_sim", "not use_sim", "rviz"]
-Domain = Literal["canonical", "randomized", "held-out"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class LaunchArgs:
     """Prefix of the arm joint names: <prefix>A1 .. <prefix>A7 (lbr_fri_ros2_stack convention)."""
     camera_source: str = DEFAULT_IMAGE_TOPIC
     """Image topic perception and policy read; the camera_info topic is its sibling `camera_info`."""
-    domain: Domain = "canonical"
-    """sim_node's rendering domain: canonical, randomized or held-out (use_sim only)."""
+    domain: str = "canonical"
+    """sim_node's rendering domain: canonical, randomized, held-out, mild, medium or heavy (use_sim only)."""
     image_size: int = 472
     """sim_node camera resolution (square, pixels; use_sim only)."""
     seed: int = 0
@@ -60,6 +60,7 @@ class LaunchArgs:
     def __post_init__(self) -> None:
         require(self.controller_topic.startswith("/"), "controller_topic", "must be an absolute topic name")
         require(self.camera_source.startswith("/"), "camera_source", "must be an absolute topic name")
+        require(self.domain in DOMAINS, "domain", f"must be one of {DOMAINS}")
         require(self.image_size >= 16, "image_size", "must be >= 16")
         require(self.generator_model != "", "generator_model", "must not be empty")
         require(self.policy_model != "", "policy_model", "must not be empty")

@@ -58,7 +58,8 @@ def find_executable(spec: NodeSpec) -> str | None:
     return shutil.which(spec.executable)
 
 
-def node_command(spec: NodeSpec, root: Path | None = None, executable: str | None = None) -> list[str]:
+def node_command(spec: NodeSpec, root: Path | None = None, executable: str | None = None,
+                 check_files: bool = True) -> list[str]:
     """argv for `spec`, equivalent to what launch_ros.actions.Node builds."""
     root = root or share_dir()
     exe = executable or find_executable(spec)
@@ -69,7 +70,7 @@ def node_command(spec: NodeSpec, root: Path | None = None, executable: str | Non
         argv += ["-r", f"__ns:=/{spec.namespace.strip('/')}"]
     for rel in spec.parameter_files:
         path = resolve(rel, root)
-        if not path.is_file():
+        if check_files and not path.is_file():
             raise LaunchError(f"{spec.name}: parameter file {path} does not exist")
         argv += ["--params-file", str(path)]
     for key, value in spec.parameters.items():
@@ -223,15 +224,26 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def group_alive(pid: int) -> bool:
-    """True while any process of the process group `pid` exists."""
-    try:
-        os.killpg(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any live process of the process group `pgid` exists."""
+    return bool(group_members(pgid))
 
 
 @dataclass(frozen=True)

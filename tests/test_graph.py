@@ -1,0 +1,150 @@
+"""The node graph description and the launcher's command lines (no processes started)."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+import yaml
+
+from rcan_bringup.graph import (DEFAULT_CONTROLLER_TOPIC, LaunchArgs, build_graph, enabled_nodes, resolve,
+                                share_dir)
+from rcan_bringup.launcher import GraphProcesses, LaunchError, group_alive, node_command, param_text, runnable
+from rcan_common.config import ConfigError
+
+
+def names(args: LaunchArgs) -> list[str]:
+    return [s.name for s in enabled_nodes(args)]
+
+
+def test_conditions_select_robot_or_sim_and_rviz():
+    assert names(LaunchArgs()) == ["camera_node", "perception_node", "policy_node", "iiwa_driver_node"]
+    assert names(LaunchArgs(use_sim=True)) == ["sim_node", "perception_node", "policy_node", "iiwa_driver_node"]
+    assert names(LaunchArgs(use_sim=True, rviz=True))[-1] == "rviz2"
+    # build_graph lists every node whatever the arguments; conditions decide what runs.
+    assert {s.name for s in build_graph(LaunchArgs())} == {
+        "sim_node", "camera_node", "perception_node", "policy_node", "iiwa_driver_node", "rviz2"}
+
+
+def test_arguments_reach_the_nodes():
+    args = LaunchArgs(use_sim=True, namespace="robot1", controller_topic="/ctrl/jt", joint_prefix="iiwa_",
+                      camera_source="/cam/color/image_raw", domain="randomized", image_size=64,
+                      generator_model="/abs/g.onnx", policy_model="models/p.onnx")
+    specs = {s.name: s for s in enabled_nodes(args)}
+    assert all(s.namespace == "robot1" for s in specs.values())
+    # One argument moves both ends of each connection.
+    assert (DEFAULT_CONTROLLER_TOPIC, "/ctrl/jt") in specs["sim_node"].remappings
+    assert (DEFAULT_CONTROLLER_TOPIC, "/ctrl/jt") in specs["iiwa_driver_node"].remappings
+    for name in ("sim_node", "perception_node", "policy_node"):
+        assert ("/camera/image_raw", "/cam/color/image_raw") in specs[name].remappings
+        assert ("/camera/camera_info", "/cam/color/camera_info") in specs[name].remappings
+    assert specs["sim_node"].parameters["joint_prefix"] == "iiwa_"
+    assert specs["iiwa_driver_node"].parameters["joint_prefix"] == "iiwa_"
+    assert specs["sim_node"].parameters["domain"] == "randomized"
+    assert specs["perception_node"].parameters["model_path"] == "/abs/g.onnx"
+    assert specs["policy_node"].parameters["model_path"] == str(share_dir() / "models/p.onnx")
+    # Defaults add no remappings at all.
+    assert all(not s.remappings for s in enabled_nodes(LaunchArgs(use_sim=True)))
+
+
+@pytest.mark.parametrize("bad", [dict(domain="nowhere"), dict(controller_topic="relative/topic"),
+                                 dict(image_size=8), dict(namespace="bad ns!")])
+def test_invalid_arguments_name_the_field(bad):
+    field = next(iter(bad))
+    with pytest.raises(ConfigError, match=field):
+        LaunchArgs(**bad)
+
+
+def test_launch_strings_round_trip():
+    args = LaunchArgs(use_sim=True, rviz=False, image_size=64, seed=7, domain="held-out")
+    assert LaunchArgs.from_strings(args.as_strings()) == args
+    assert LaunchArgs.from_strings({"use_sim": "True"}).use_sim is True
+    with pytest.raises(ValueError, match="use_sim"):
+        LaunchArgs.from_strings({"use_sim": "yes please"})
+    with pytest.raises(ValueError, match="unknown launch argument"):
+        LaunchArgs.from_strings({"sim": "true"})
+
+
+def test_param_text_keeps_types():
+    assert param_text(True) == "true"
+    assert param_text(64) == "64"
+    assert param_text(0.5) == "0.5"
+    assert param_text("canonical") == "canonical"
+    # Strings YAML would read as another type are quoted so they stay strings.
+    for text in ("123", "true", "", "1.5"):
+        assert yaml.safe_load(param_text(text)) == text
+    assert param_text([1.0, 2.0]) == "[1.0, 2.0]"
+
+
+def test_every_parameter_file_exists_and_addresses_its_node():
+    root = share_dir()
+    for spec in build_graph(LaunchArgs()):
+        for rel in spec.parameter_files:
+            path = resolve(rel, root)
+            assert path.is_file(), f"{spec.name}: missing {rel}"
+            data = yaml.safe_load(path.read_text())
+            keys = set(data)
+            assert keys & {spec.name, "/**", f"/{spec.name}"}, f"{rel} has no section for {spec.name}: {keys}"
+            section = data.get(spec.name) or data.get("/**") or data.get(f"/{spec.name}")
+            assert "ros__parameters" in section
+
+
+def test_node_command_matches_launch_ros_conventions(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "sim.yaml").write_text("sim_node:\n  ros__parameters: {}\n")
+    spec = next(s for s in build_graph(LaunchArgs(use_sim=True, namespace="r1", controller_topic="/x/jt",
+                                                  image_size=64)) if s.name == "sim_node")
+    argv = node_command(spec, tmp_path, executable="/bin/sim_node")
+    assert argv[:5] == ["/bin/sim_node", "--ros-args", "-r", "__node:=sim_node", "-r"]
+    assert argv[5] == "__ns:=/r1"
+    assert argv[argv.index("--params-file") + 1] == str(tmp_path / "config" / "sim.yaml")
+    assert "image_size:=64" in argv and "domain:=canonical" in argv
+    assert f"{DEFAULT_CONTROLLER_TOPIC}:=/x/jt" in argv
+    (tmp_path / "config" / "sim.yaml").unlink()
+    with pytest.raises(LaunchError, match="parameter file"):
+        node_command(spec, tmp_path, executable="/bin/sim_node")
+
+
+def test_missing_rviz_is_skipped_with_a_warning(monkeypatch):
+    monkeypatch.setattr("rcan_bringup.launcher.find_executable", lambda spec: None)
+    specs, warnings = runnable(enabled_nodes(LaunchArgs(use_sim=True, rviz=True)))
+    assert "rviz2" not in [s.name for s in specs] and len(specs) == 4
+    assert warnings and "rviz2" in warnings[0]
+
+
+def test_dry_run_prints_one_command_per_node(capsys):
+    from rcan_bringup.launcher import main
+
+    assert main(["--use-sim", "--image-size", "64", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0].rsplit("/", 1)[-1] for line in lines] == [
+        "sim_node", "perception_node", "policy_node", "iiwa_driver_node"]
+
+
+def test_graph_processes_stop_whole_groups(tmp_path, monkeypatch):
+    """Children that ignore SIGINT and spawn grandchildren are still gone after shutdown."""
+    from rcan_bringup.graph import NodeSpec
+
+    script = tmp_path / "stubborn"
+    script.write_text(
+        f"#!{sys.executable}\nimport signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "subprocess.Popen(['sleep', '60'])\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n")
+    script.chmod(0o755)
+    monkeypatch.setattr("rcan_bringup.launcher.node_command", lambda spec, root=None, executable=None: [str(script)])
+    with GraphProcesses(env={"PATH": "/usr/bin:/bin"}, log_dir=tmp_path / "logs", root=tmp_path) as graph:
+        graph.start(NodeSpec(name="stubborn", executable="stubborn"))
+        deadline = time.monotonic() + 10
+        while "ready" not in graph.log_tail("stubborn") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pgid = graph.pid("stubborn")
+        assert group_alive(pgid)
+        t0 = time.monotonic()
+        codes = graph.shutdown(sigint_timeout=0.5, sigterm_timeout=0.5)
+        assert time.monotonic() - t0 < 5
+        assert codes["stubborn"] == -signal.SIGTERM
+        assert not group_alive(pgid), "a grandchild survived the shutdown"
+        assert graph.poll_deaths() == [("stubborn", -signal.SIGTERM)]
+        assert graph.poll_deaths() == []

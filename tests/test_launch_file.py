@@ -1,0 +1,110 @@
+"""launch/grasp.launch.py and `rcan launch` start the same nodes with the same arguments.
+
+`launch` and `launch_ros` are not wheels, so this test never imports them: it reads the
+launch file's source (ast) for its structure, then runs it against small stand-ins for
+the four launch classes it uses and turns each Node it builds into the command line
+launch_ros would run, comparing that with the launcher's.
+"""
+from __future__ import annotations
+
+import ast
+import runpy
+import sys
+import types
+
+import pytest
+
+from rcan_bringup.graph import LaunchArgs, enabled_nodes, share_dir
+from rcan_bringup.launcher import node_command
+
+LAUNCH_FILE = share_dir() / "launch" / "grasp.launch.py"
+
+
+def test_launch_file_is_a_thin_adapter_over_build_graph():
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("rcan_bringup.graph", "build_graph") in imported
+    assert ("launch_ros.actions", "Node") in imported
+    assert ("launch.actions", "OpaqueFunction") in imported
+    node_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"]
+    assert len(node_calls) == 1, "every node must come from the graph description, not be written out"
+    kwargs = {k.arg: ast.unparse(k.value) for k in node_calls[0].keywords}
+    for field in ("package", "executable", "name", "namespace", "remappings", "arguments", "parameters"):
+        assert field in kwargs, f"Node(...) does not pass {field}"
+    assert kwargs["package"] == "spec.package" and kwargs["executable"] == "spec.executable"
+    assert kwargs["name"] == "spec.name" and kwargs["namespace"] == "spec.namespace"
+    # No literal topic names or parameter files in the adapter.
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    assert not [s for s in strings if s.startswith("/") or s.endswith(".yaml")]
+
+
+class _Recorder:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration:
+    def __init__(self, name):
+        self.name = name
+
+    def perform(self, context):
+        return context[self.name]
+
+
+def _stub_modules() -> dict[str, types.ModuleType]:
+    mods = {name: types.ModuleType(name) for name in
+            ("launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions")}
+    for cls in ("DeclareLaunchArgument", "OpaqueFunction"):
+        setattr(mods["launch.actions"], cls, type(cls, (_Recorder,), {}))
+    mods["launch"].LaunchDescription = type("LaunchDescription", (_Recorder,), {})
+    mods["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
+    mods["launch_ros.actions"].Node = type("Node", (_Recorder,), {})
+    return mods
+
+
+def _launch_ros_argv(node: _Recorder, executable: str) -> list[str]:
+    """The command line launch_ros.actions.Node builds (dict parameters become -p here:
+    launch_ros writes them to a temporary params file, which sets the same values)."""
+    kw = node.kwargs
+    argv = [executable, *kw["arguments"], "--ros-args", "-r", f"__node:={kw['name']}"]
+    if kw["namespace"]:
+        argv += ["-r", f"__ns:=/{kw['namespace'].strip('/')}"]
+    from rcan_bringup.launcher import param_text
+
+    for entry in kw["parameters"]:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                argv += ["-p", f"{key}:={param_text(value)}"]
+        else:
+            argv += ["--params-file", entry]
+    for src, dst in kw["remappings"]:
+        argv += ["-r", f"{src}:={dst}"]
+    return argv
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"use_sim": "true", "image_size": "64", "domain": "randomized"},
+    {"use_sim": "true", "rviz": "true", "namespace": "robot1", "controller_topic": "/c/jt",
+     "camera_source": "/cam/image_raw", "joint_prefix": "iiwa_", "generator_model": "/m/g.onnx"},
+])
+def test_launch_file_and_launcher_start_the_same_processes(monkeypatch, overrides):
+    for name, module in _stub_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    ns = runpy.run_path(str(LAUNCH_FILE))
+    description = ns["generate_launch_description"]()
+    entities = description.args[0]
+    declared = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    assert declared == LaunchArgs().as_strings()
+    assert all(e.kwargs["description"] for e in entities if type(e).__name__ == "DeclareLaunchArgument")
+    (opaque,) = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+
+    context = {**declared, **overrides}
+    nodes = opaque.kwargs["function"](context)
+    args = LaunchArgs.from_strings(context)
+    specs = enabled_nodes(args)
+    assert [n.kwargs["name"] for n in nodes] == [s.name for s in specs]
+    root = share_dir()
+    for node, spec in zip(nodes, specs):
+        exe = f"/opt/{spec.package}/{spec.executable}"
+        assert _launch_ros_argv(node, exe) == node_command(spec, root, executable=exe, check_files=False)
