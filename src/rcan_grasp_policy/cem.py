@@ -1,0 +1,180 @@
+"""Cross-entropy method (CEM) over grasp actions: QT-Opt's argmax_a Q(s, a).
+
+One CEM drives every Q-function backend through the small `QFunction` protocol:
+
+    ctx = qf.embed(images, state)   # images uint8 (B, H, W, C), state float32 (B, 2); trunk runs once
+    q   = qf.score(ctx, actions)    # actions float32 (B, N, 8) -> Q float32 (B, N) in [0, 1]
+
+The search is batched over B states and N candidates.  The action has continuous and
+discrete parts, and each keeps its own distribution, refitted from the elites every iteration:
+
+* translation (dx, dy, dz) and rotation angle dtheta: independent Gaussians, clipped to the
+  action bounds; dtheta is encoded as (sin, cos) only when the action vector is built;
+* gripper command in {none, close, open}: a categorical distribution (the one-hot is built
+  from the sampled class, never rounded from a continuous value);
+* terminate: a Bernoulli.
+
+The result is the best candidate scored in any iteration (QT-Opt executes the best sample,
+not the final mean).  Randomness comes only from the numpy Generator passed in, so the same
+seed gives the same decision on the torch and the ONNX Runtime backends.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from rcan_common.config import require
+from rcan_sim.action import ACTION_DIM, CLOSE, COS, OPEN, SIN, STATE_DIM, TERMINATE, ActionBounds
+
+# Gripper classes of the categorical part, in this order.
+GRIPPER_CLASSES = ("none", "close", "open")
+
+
+class QFunction(Protocol):
+    """What CEM needs from a Q-network backend (torch module, ONNX Runtime session, test double)."""
+
+    def embed(self, images: np.ndarray, state: np.ndarray) -> Any:
+        """Per-state context (image features) for uint8 images (B, H, W, C) and state (B, 2)."""
+
+    def score(self, context: Any, actions: np.ndarray) -> np.ndarray:
+        """Q values (B, N) in [0, 1] of candidate actions (B, N, 8) for the embedded states."""
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    samples: int = 64
+    """Candidate actions per state and iteration (QT-Opt: 64)."""
+    elites: int = 6
+    """Best candidates the distribution is refitted to (QT-Opt: 6)."""
+    iterations: int = 2
+    """Sample-score-refit rounds (QT-Opt: 2)."""
+    min_std: float = 0.05
+    """Floor on the refitted Gaussian std, as a fraction of the bound, so a round never collapses to a point."""
+    terminate_prob: float = 0.1
+    """Initial Bernoulli probability of the terminate bit (grasps usually need several steps)."""
+
+    def __post_init__(self) -> None:
+        require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
+        require(1 <= self.elites <= self.samples, "elites", f"must be in 1..samples ({self.samples}), got {self.elites}")
+        require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        require(0 <= self.min_std <= 1, "min_std", f"must be in [0, 1], got {self.min_std}")
+        require(0 <= self.terminate_prob <= 1, "terminate_prob", f"must be in [0, 1], got {self.terminate_prob}")
+
+
+@dataclass
+class SearchDistribution:
+    """The CEM distribution for a batch of B states (continuous part: dx, dy, dz, dtheta)."""
+
+    mean: np.ndarray  # (B, 4)
+    std: np.ndarray  # (B, 4)
+    gripper_probs: np.ndarray  # (B, 3) over GRIPPER_CLASSES
+    terminate_prob: np.ndarray  # (B,)
+
+    @classmethod
+    def initial(cls, batch: int, cfg: CEMConfig, bounds: ActionBounds) -> "SearchDistribution":
+        limit = _limits(bounds)
+        return cls(mean=np.zeros((batch, 4)), std=np.tile(limit, (batch, 1)),
+                   gripper_probs=np.full((batch, 3), 1.0 / 3.0), terminate_prob=np.full(batch, cfg.terminate_prob))
+
+
+def _limits(bounds: ActionBounds) -> np.ndarray:
+    t = bounds.max_translation
+    return np.array([t, t, t, bounds.max_rotation])
+
+
+def build_actions(continuous: np.ndarray, gripper: np.ndarray, terminate: np.ndarray) -> np.ndarray:
+    """Action vectors (..., 8) from (dx, dy, dz, dtheta) (..., 4), gripper class (...) and terminate bit (...)."""
+    out = np.zeros(continuous.shape[:-1] + (ACTION_DIM,), dtype=np.float32)
+    out[..., :3] = continuous[..., :3]
+    out[..., SIN] = np.sin(continuous[..., 3])
+    out[..., COS] = np.cos(continuous[..., 3])
+    out[..., CLOSE] = gripper == 1
+    out[..., OPEN] = gripper == 2
+    out[..., TERMINATE] = terminate
+    return out
+
+
+def sample(dist: SearchDistribution, n: int, bounds: ActionBounds, rng: np.random.Generator):
+    """n candidates per state: continuous (B, n, 4), gripper class (B, n), terminate bit (B, n)."""
+    b = dist.mean.shape[0]
+    limit = _limits(bounds)
+    noise = rng.standard_normal((b, n, 4))
+    continuous = np.clip(dist.mean[:, None] + dist.std[:, None] * noise, -limit, limit)
+    # Inverse-CDF draws keep the number of random numbers fixed whatever the probabilities are.
+    cdf = np.cumsum(dist.gripper_probs, axis=1)
+    u = rng.random((b, n))
+    gripper = np.minimum((u[..., None] >= cdf[:, None, :]).sum(axis=2), 2)
+    terminate = rng.random((b, n)) < dist.terminate_prob[:, None]
+    return continuous, gripper, terminate
+
+
+def refit(continuous: np.ndarray, gripper: np.ndarray, terminate: np.ndarray, elite_idx: np.ndarray,
+          cfg: CEMConfig, bounds: ActionBounds) -> SearchDistribution:
+    """Maximum-likelihood refit of every part of the distribution to the elites (B, K) indices."""
+    take = lambda x: np.take_along_axis(x, elite_idx if x.ndim == 2 else elite_idx[..., None], axis=1)  # noqa: E731
+    ec, eg, et = take(continuous), take(gripper), take(terminate)
+    std = np.maximum(ec.std(axis=1), cfg.min_std * _limits(bounds))
+    probs = np.stack([(eg == k).mean(axis=1) for k in range(len(GRIPPER_CLASSES))], axis=1)
+    return SearchDistribution(mean=ec.mean(axis=1), std=std, gripper_probs=probs, terminate_prob=et.mean(axis=1))
+
+
+def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator, cfg: CEMConfig = CEMConfig(),
+               bounds: ActionBounds = ActionBounds()) -> tuple[np.ndarray, np.ndarray]:
+    """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`."""
+    dist = SearchDistribution.initial(batch, cfg, bounds)
+    best_q = np.full(batch, -np.inf)
+    best_a = np.zeros((batch, ACTION_DIM), dtype=np.float32)
+    rows = np.arange(batch)
+    for it in range(cfg.iterations):
+        continuous, gripper, terminate = sample(dist, cfg.samples, bounds, rng)
+        actions = build_actions(continuous, gripper, terminate)
+        q = np.asarray(qf.score(context, actions), dtype=np.float64)
+        if q.shape != (batch, cfg.samples):
+            raise ValueError(f"QFunction.score returned shape {q.shape}, expected {(batch, cfg.samples)}")
+        order = np.argsort(-q, axis=1, kind="stable")
+        top = order[:, 0]
+        better = q[rows, top] > best_q
+        best_q = np.where(better, q[rows, top], best_q)
+        best_a[better] = actions[rows[better], top[better]]
+        if it + 1 < cfg.iterations:
+            dist = refit(continuous, gripper, terminate, order[:, :cfg.elites], cfg, bounds)
+    return best_a, best_q.astype(np.float32)
+
+
+def random_actions(batch: int, bounds: ActionBounds, rng: np.random.Generator,
+                   terminate_prob: float = 0.1) -> np.ndarray:
+    """Uniformly random actions (B, 8) within the bounds (epsilon-greedy exploration)."""
+    limit = _limits(bounds)
+    continuous = rng.uniform(-limit, limit, size=(batch, 4))
+    gripper = rng.integers(0, len(GRIPPER_CLASSES), size=batch)
+    terminate = rng.random(batch) < terminate_prob
+    return build_actions(continuous, gripper, terminate)
+
+
+class CEMPolicy:
+    """Greedy (or epsilon-greedy) policy: argmax_a Q(s, a) by CEM, for any QFunction backend."""
+
+    def __init__(self, qf: QFunction, cfg: CEMConfig = CEMConfig(), bounds: ActionBounds = ActionBounds(),
+                 seed: int | np.random.Generator = 0, epsilon: float = 0.0):
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.qf, self.cfg, self.bounds, self.epsilon = qf, cfg, bounds, epsilon
+        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+    def act(self, images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Actions (B, 8) and the Q estimate (B,) of the greedy choice for uint8 images (B, H, W, C), state (B, 2)."""
+        images = np.asarray(images)
+        state = np.asarray(state, dtype=np.float32)
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
+        if state.shape != (images.shape[0], STATE_DIM):
+            raise ValueError(f"state must have shape ({images.shape[0]}, {STATE_DIM}), got {state.shape}")
+        ctx = self.qf.embed(images, state)
+        actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds)
+        if self.epsilon > 0:
+            explore = self.rng.random(images.shape[0]) < self.epsilon
+            if explore.any():
+                actions[explore] = random_actions(int(explore.sum()), self.bounds, self.rng, self.cfg.terminate_prob)
+        return actions, q

@@ -1,0 +1,108 @@
+"""The QT-Opt Q-network of RCAN (paper Appendix B), a pure ``nn.Module``.
+
+    images (B, C, S, S) in [0, 1] ── 7 convs ──────────────► feats (B, W, S/8, S/8)
+    [action, state] (B, N, 10) ── 2 FC ──► emb (B, N, W) ──(+ broadcast over space)──┘
+    merged (B*N, W, S/8, S/8) ── 9 convs ── 2 FC ──► logit (B, N);  Q = sigmoid(logit)
+
+Every layer except the last has BatchNorm + ReLU.  The image trunk does not depend on the
+action, so `trunk` runs once per state and `head_logits` scores N candidate actions against
+those features: that is what keeps CEM (64 candidates x 2 iterations) cheap.
+C = 6 for RCAN ([x, G(x)]), 3 for the baselines.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rcan_common.config import require
+
+ACTION_DIM = 8
+STATE_DIM = 2
+TRUNK_CONVS = 7
+HEAD_CONVS = 9
+
+
+@dataclass(frozen=True)
+class QNetConfig:
+    in_channels: int = 6
+    """Image channels: 6 for RCAN ([x_source, G(x_source)]), 3 for canonical / domain-randomized baselines."""
+    image_size: int = 64
+    """Square input size in pixels; a multiple of 32 (the network halves it five times)."""
+    width: int = 32
+    """Channels of every convolution."""
+    fc_width: int = 64
+    """Units of the hidden fully connected layers (action/state embedding and output)."""
+
+    def __post_init__(self) -> None:
+        require(self.in_channels in (3, 6), "in_channels", f"must be 3 or 6, got {self.in_channels}")
+        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
+                f"must be a multiple of 32 (>= 32), got {self.image_size}")
+        require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
+        require(self.fc_width >= 1, "fc_width", f"must be >= 1, got {self.fc_width}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    # Conv bias is redundant before BatchNorm.
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _fc(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+
+
+class QNetwork(nn.Module):
+    """Q(s, a) in [0, 1] for a grasping state (image + gripper state) and an 8-d action."""
+
+    def __init__(self, cfg: QNetConfig = QNetConfig()):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.trunk = nn.Sequential(
+            *_conv(cfg.in_channels, w, stride=2),   # S/2
+            *_conv(w, w), nn.MaxPool2d(2),          # S/4
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),  # S/8
+            *_conv(w, w), *_conv(w, w),
+        )
+        self.action_state = nn.Sequential(*_fc(ACTION_DIM + STATE_DIM, cfg.fc_width), *_fc(cfg.fc_width, w))
+        self.head_convs = nn.Sequential(
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),  # S/16
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),  # S/32
+            *_conv(w, w), *_conv(w, w), *_conv(w, w),
+        )
+        side = cfg.image_size // 32
+        self.head_fc = nn.Sequential(nn.Flatten(), *_fc(w * side * side, cfg.fc_width), nn.Linear(cfg.fc_width, 1))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features (B, W, S/8, S/8) from images (B, C, S, S) scaled to [0, 1]."""
+        c, s = self.cfg.in_channels, self.cfg.image_size
+        if images.dim() != 4 or images.shape[1:] != (c, s, s):
+            raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        # Centre the [0, 1] input; the first BatchNorm does the rest.
+        return self.trunk(images - 0.5)
+
+    def head_logits(self, feats: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N) of N candidate actions (B, N, 8) per state, reusing the trunk features."""
+        b, n = actions.shape[0], actions.shape[1]
+        if actions.dim() != 3 or actions.shape[2] != ACTION_DIM:
+            raise ValueError(f"actions must have shape (B, N, {ACTION_DIM}), got {tuple(actions.shape)}")
+        if state.shape != (b, STATE_DIM):
+            raise ValueError(f"state must have shape ({b}, {STATE_DIM}), got {tuple(state.shape)}")
+        a_s = torch.cat([actions, state.unsqueeze(1).expand(b, n, STATE_DIM)], dim=2).reshape(b * n, -1)
+        emb = self.action_state(a_s)
+        merged = feats.unsqueeze(1) + emb.reshape(b, n, -1, 1, 1)  # broadcast over space and candidates
+        x = self.head_convs(merged.reshape((b * n,) + tuple(feats.shape[1:])))
+        return self.head_fc(x).reshape(b, n)
+
+    def forward(self, images: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N) for images (B, C, S, S), state (B, 2), actions (B, N, 8); Q = sigmoid(logits)."""
+        return self.head_logits(self.embed(images), state, actions)
+
+
+def count_convs(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules())

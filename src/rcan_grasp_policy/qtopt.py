@@ -1,0 +1,144 @@
+"""QT-Opt (Kalashnikov et al. 2018), the learning algorithm, kept apart from the network.
+
+    target(s, a, r, s') = r + gamma * (1 - done) * V(s'),
+    V(s') = min_{i=1,2} Q_target_i(s', a*),   a* = argmax_a' Q_target_1(s', a')  (by CEM)
+    loss  = BCE(Q(s, a), clip(target, 0, 1))                                     (cross-entropy Bellman loss)
+
+Target network 1 tracks the online network by Polyak averaging; target network 2 is a lagged
+copy of target 1 (QT-Opt's clipped double Q).  Rewards are 1 / 0 at the end of an episode
+and -0.05 otherwise, so a target can dip below 0; it is clipped to [0, 1] because Q is a
+sigmoid and BCE needs a probability target.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rcan_common.config import require
+from rcan_grasp_policy.backends import TorchQFunction, images_to_nchw
+from rcan_grasp_policy.cem import CEMConfig, cem_search
+from rcan_grasp_policy.qnet import QNetwork
+from rcan_grasp_policy.replay import Transitions
+from rcan_sim.action import ActionBounds
+
+
+@dataclass(frozen=True)
+class QTOptConfig:
+    gamma: float = 0.9
+    """Discount factor (paper: 0.9)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    batch_size: int = 32
+    """Transitions per gradient update."""
+    tau: float = 0.01
+    """Polyak rate of target network 1: target1 <- tau * online + (1 - tau) * target1, every update."""
+    target2_lag: int = 200
+    """Updates between copies of target network 1 into the lagged target network 2."""
+    grad_clip: float = 10.0
+    """Global gradient-norm clip (0 disables)."""
+    target_cem: CEMConfig = field(default_factory=CEMConfig)
+    """CEM settings of argmax_a' Q_target_1(s', a') in the Bellman target."""
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.gamma < 1.0, "gamma", f"must be in [0, 1), got {self.gamma}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.batch_size >= 2, "batch_size", f"must be >= 2 (BatchNorm), got {self.batch_size}")
+        require(0.0 < self.tau <= 1.0, "tau", f"must be in (0, 1], got {self.tau}")
+        require(self.target2_lag >= 1, "target2_lag", f"must be >= 1, got {self.target2_lag}")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+
+
+def bellman_target(reward: torch.Tensor, done: torch.Tensor, q1_next: torch.Tensor, q2_next: torch.Tensor,
+                   gamma: float) -> torch.Tensor:
+    """clip(r + gamma * (1 - done) * min(q1', q2'), 0, 1): the clipped double-Q target."""
+    v = torch.minimum(q1_next, q2_next)
+    return (reward + gamma * (1.0 - done.float()) * v).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- tau * source + (1 - tau) * target, for parameters and float buffers (BatchNorm stats)."""
+    for t, s in zip(target.parameters(), source.parameters()):
+        t.lerp_(s, tau)
+    for t, s in zip(target.buffers(), source.buffers()):
+        if t.dtype.is_floating_point:
+            t.lerp_(s, tau)
+        else:
+            t.copy_(s)  # e.g. BatchNorm's num_batches_tracked
+
+
+class QTOpt:
+    """Online Q-network, two target networks, Adam, and the Bellman update."""
+
+    def __init__(self, net: QNetwork, cfg: QTOptConfig = QTOptConfig(), bounds: ActionBounds = ActionBounds()):
+        self.cfg, self.bounds = cfg, bounds
+        self.q = net.train()
+        self.target1 = copy.deepcopy(net).eval().requires_grad_(False)
+        self.target2 = copy.deepcopy(net).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
+        self.updates = 0
+
+    @torch.no_grad()
+    def next_q(self, batch: Transitions, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q_target_i(s', a*) for i = 1, 2 with a* = argmax_a' Q_target_1(s', a') by CEM (0 where done)."""
+        q1_next, q2_next = torch.zeros(len(batch)), torch.zeros(len(batch))
+        live = np.flatnonzero(~batch.done)
+        if live.size == 0:
+            return q1_next, q2_next
+        images, state = batch.next_image[live], batch.next_state[live]
+        t1, t2 = TorchQFunction(self.target1), TorchQFunction(self.target2)
+        ctx1 = t1.embed(images, state)
+        best_a, q1 = cem_search(t1, ctx1, live.size, rng, self.cfg.target_cem, self.bounds)
+        q2 = t2.score(t2.embed(images, state), best_a[:, None, :])[:, 0]
+        q1_next[torch.from_numpy(live)] = torch.from_numpy(q1)
+        q2_next[torch.from_numpy(live)] = torch.from_numpy(q2)
+        return q1_next, q2_next
+
+    def update(self, batch: Transitions, rng: np.random.Generator) -> dict[str, float]:
+        """One gradient step on `batch`, then the target-network updates.  Returns scalar metrics."""
+        q1_next, q2_next = self.next_q(batch, rng)
+        target = bellman_target(torch.from_numpy(batch.reward), torch.from_numpy(batch.done), q1_next, q2_next,
+                                self.cfg.gamma)
+        images = torch.from_numpy(images_to_nchw(batch.image))
+        logits = self.q(images, torch.from_numpy(batch.state), torch.from_numpy(batch.action)[:, None, :])[:, 0]
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (nn.utils.clip_grad_norm_(self.q.parameters(), self.cfg.grad_clip)
+                     if self.cfg.grad_clip > 0 else torch.tensor(0.0))
+        self.optimizer.step()
+        self.updates += 1
+        polyak_update(self.target1, self.q, self.cfg.tau)
+        if self.updates % self.cfg.target2_lag == 0:
+            self.target2.load_state_dict(self.target1.state_dict())
+        return {"loss": float(loss.detach()), "q_mean": float(torch.sigmoid(logits.detach()).mean()),
+                "target_mean": float(target.mean()), "grad_norm": float(grad_norm)}
+
+    # -- checkpointing: flat tensors (safetensors) + JSON-able extras -------------------------
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {}
+        for name, module in (("q", self.q), ("target1", self.target1), ("target2", self.target2)):
+            tensors.update({f"{name}.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()})
+        opt = self.optimizer.state_dict()
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"optim.{pid}.{k}"] = torch.as_tensor(v).clone().contiguous()
+        return tensors, {"updates": self.updates, "optim_param_groups": opt["param_groups"]}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        for name, module in (("q", self.q), ("target1", self.target1), ("target2", self.target2)):
+            prefix = name + "."
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": extra["optim_param_groups"]})
+        self.updates = int(extra["updates"])

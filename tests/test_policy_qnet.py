@@ -1,0 +1,68 @@
+"""Q-network architecture facts (paper Appendix B) and the trunk-once scoring path."""
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)  # several test processes share 2 cores; OpenMP spinning makes >1 thread slower
+from torch import nn
+
+from rcan_common.config import ConfigError
+from rcan_grasp_policy.backends import TorchQFunction, images_to_nchw
+from rcan_grasp_policy.qnet import HEAD_CONVS, TRUNK_CONVS, QNetConfig, QNetwork, count_convs
+
+
+def _net(**kw):
+    torch.manual_seed(0)
+    return QNetwork(QNetConfig(image_size=32, width=8, fc_width=16, **kw))
+
+
+def test_layer_counts_follow_the_paper():
+    net = _net()
+    assert (TRUNK_CONVS, HEAD_CONVS) == (7, 9)
+    assert count_convs(net.trunk) == 7
+    assert count_convs(net.head_convs) == 9
+    assert sum(isinstance(m, nn.Linear) for m in net.action_state.modules()) == 2
+    assert sum(isinstance(m, nn.Linear) for m in net.head_fc.modules()) == 2
+    # BatchNorm after every conv and every hidden FC, none after the output layer.
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert len(bns) == 7 + 9 + 2 + 1
+    assert isinstance(net.head_fc[-1], nn.Linear)
+
+
+def test_input_channels_from_config():
+    assert _net(in_channels=6).trunk[0].in_channels == 6
+    assert _net(in_channels=3).trunk[0].in_channels == 3
+    with pytest.raises(ConfigError, match="in_channels"):
+        QNetConfig(in_channels=4)
+    with pytest.raises(ConfigError, match="image_size"):
+        QNetConfig(image_size=48)
+
+
+def test_q_is_a_probability_and_shapes_are_checked():
+    net = _net().eval()
+    x = torch.rand(3, 6, 32, 32)
+    logits = net(x, torch.rand(3, 2), 10 * torch.randn(3, 5, 8))
+    q = torch.sigmoid(logits)
+    assert q.shape == (3, 5) and bool(((q >= 0) & (q <= 1)).all())
+    with pytest.raises(ValueError, match="images must have shape"):
+        net(torch.rand(3, 3, 32, 32), torch.rand(3, 2), torch.rand(3, 5, 8))
+    with pytest.raises(ValueError, match="state must have shape"):
+        net(x, torch.rand(2, 2), torch.rand(3, 5, 8))
+
+
+def test_trunk_once_equals_per_candidate_evaluation():
+    net = _net().eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 32, 32, 6), dtype=np.uint8)
+    state = rng.random((2, 2), dtype=np.float32)
+    actions = rng.standard_normal((2, 7, 8)).astype(np.float32)
+    qf = TorchQFunction(net)
+    batched = qf.score(qf.embed(images, state), actions)
+    x = torch.from_numpy(images_to_nchw(images))
+    with torch.no_grad():
+        naive = np.array([[torch.sigmoid(net(x[b:b + 1], torch.from_numpy(state[b:b + 1]),
+                                             torch.from_numpy(actions[b:b + 1, n:n + 1]))).item()
+                           for n in range(7)] for b in range(2)])
+    np.testing.assert_allclose(batched, naive, atol=1e-5)
+    # Different actions must be able to change Q (the merge is really used).
+    assert batched.std() > 0
