@@ -1,0 +1,147 @@
+"""perception_node as a real process with a tiny untrained generator exported from GEN's model."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from rcan_common.ros_image import image_msg_to_rgb, rgb_to_image_msg
+from test_camera_node import NodeProcess, harness, write_params  # noqa: F401  (fixture)
+from test_runtime import export_tiny_generator
+
+pytestmark = pytest.mark.ros
+
+OUT = {"image": "/rcan/canonical/image", "seg": "/rcan/canonical/segmentation",
+       "labels": "/rcan/canonical/segmentation/labels", "depth": "/rcan/canonical/depth"}
+
+
+@pytest.fixture(scope="module")
+def tiny_gen(tmp_path_factory):
+    return export_tiny_generator(tmp_path_factory.mktemp("pn") / "g.onnx")
+
+
+def _frame(stamp_s: int, size=96, seed=0, encoding="rgb8") -> tuple[Image, np.ndarray]:
+    rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    msg = rgb_to_image_msg(rgb)
+    msg.header.stamp.sec, msg.header.frame_id = stamp_s, "cam"
+    if encoding == "bgr8":
+        msg.encoding, msg.data = "bgr8", rgb[:, :, ::-1].tobytes()
+    return msg, rgb
+
+
+def _bad(kind: str) -> Image:
+    msg, _ = _frame(900)
+    if kind == "step":
+        msg.step = 100
+    elif kind == "data_length":
+        msg.data = bytes(msg.data)[:-7]
+    elif kind == "empty":
+        msg.height = msg.width = msg.step = 0
+        msg.data = b""
+    elif kind == "encoding":
+        msg.encoding = "yuv422"
+    elif kind == "too_large":
+        msg.height = msg.width = 60000
+        msg.step = 180000
+    return msg
+
+
+def _start(tmp_path, env, model, **extra):
+    params = {"model_path": str(model), "warmup_runs": 1, "intra_op_threads": 1, "stats_period_s": 0.3, **extra}
+    return NodeProcess("perception_node", write_params(tmp_path / "p.yaml", params), env)
+
+
+def _stamp(m) -> int:
+    return m.header.stamp.sec
+
+
+def test_outputs_headers_and_malformed_inputs(tmp_path, ros_env, harness, tiny_gen):
+    from rcan_perception.perception_core import CanonicalGenerator
+
+    got = {k: harness.collect(Image, t) for k, t in OUT.items()}
+    stats = harness.collect(String, "/rcan/perception/latency")
+    pub = harness.node.create_publisher(Image, "/camera/image_raw", 20)
+    # Deep input queue: the 10 bad frames are sent in a burst and every one must reach the check.
+    node = _start(tmp_path, ros_env, tiny_gen, input_qos_depth=20)
+    try:
+        assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
+        frames = {}
+        for stamp, enc in ((1, "rgb8"), (2, "bgr8")):
+            msg, rgb = _frame(stamp, seed=stamp, encoding=enc)
+            frames[stamp] = rgb
+            pub.publish(msg)
+            assert harness.spin_until(lambda: any(_stamp(m) == stamp for m in got["depth"]), 20.0, node)
+        # Malformed frames, each cause twice: rejected, logged once per cause, node keeps serving.
+        causes = ("step", "data_length", "empty", "encoding", "too_large")
+        for kind in causes * 2:
+            pub.publish(_bad(kind))
+        msg, frames[3] = _frame(3, seed=3)
+        pub.publish(msg)
+        assert harness.spin_until(lambda: any(_stamp(m) == 3 for m in got["depth"]), 20.0, node), node.output
+        assert harness.spin_until(
+            lambda: stats and json.loads(stats[-1].data)["rejected"] == {c: 2 for c in causes}, 10.0, node), \
+            [s.data for s in stats[-1:]]
+        assert node.alive()
+    finally:
+        assert node.stop() == 0
+    for cause in causes:
+        assert sum(f"'{cause}' problems" in line for line in node.lines) == 1, node.output
+    assert sum("runs on CPUExecutionProvider" in line for line in node.lines) == 1
+
+    for key, enc, shape in (("image", "rgb8", 3), ("seg", "rgb8", 3), ("labels", "mono8", 1), ("depth", "32FC1", 1)):
+        msgs = got[key]
+        assert sorted(_stamp(m) for m in msgs) == [1, 2, 3], key
+        for m in msgs:
+            assert (m.encoding, m.width, m.height, m.header.frame_id) == (enc, 64, 64, "cam")
+    labels = np.frombuffer(got["labels"][0].data, np.uint8)
+    depth = np.frombuffer(got["depth"][0].data, np.float32)
+    assert labels.max() < 5 and 0.0 <= depth.min() and depth.max() <= 2.0
+    # The node's canonical image is exactly G(x) through the contract (bgr8 was converted to RGB).
+    g = CanonicalGenerator(tiny_gen)
+    for m in got["image"]:
+        np.testing.assert_array_equal(image_msg_to_rgb(m), g(frames[_stamp(m)]).canonical[0])
+    summary = json.loads(stats[-1].data)
+    assert summary["count"] == 3 and summary["p50_ms"] > 0 and summary["provider"] == "CPUExecutionProvider"
+
+
+def test_slow_model_drops_old_frames_instead_of_queueing(tmp_path, ros_env, harness):
+    """Full-width G at 256 px (~0.1 s a frame): a burst of 15 frames must not be queued."""
+    import torch
+
+    from rcan_perception.contract import GeneratorContract, contract_path
+    from rcan_perception.model import Generator
+
+    model = tmp_path / "big.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Generator().eval(), (torch.zeros(1, 3, 256, 256),), str(model), input_names=["image"],
+                          output_names=["canonical", "segmentation_logits", "depth"], dynamo=False)
+    GeneratorContract(input_height=256, input_width=256).save(contract_path(model))
+    out = harness.collect(Image, OUT["image"], qos=50)
+    stats = harness.collect(String, "/rcan/perception/latency")
+    pub = harness.node.create_publisher(Image, "/camera/image_raw", 50)
+    node = _start(tmp_path, ros_env, model, input_qos_depth=50)
+    try:
+        assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
+        for stamp in range(1, 16):
+            pub.publish(_frame(stamp, size=256, seed=stamp)[0])
+        assert harness.spin_until(lambda: any(_stamp(m) == 15 for m in out), 30.0, node), node.output
+        done = lambda: stats and (s := json.loads(stats[-1].data))["count"] + s["dropped"] == 15  # noqa: E731
+        assert harness.spin_until(done, 10.0, node), [s.data for s in stats[-2:]]
+    finally:
+        assert node.stop() == 0
+    stamps = [_stamp(m) for m in out]
+    assert stamps == sorted(stamps) and stamps[-1] == 15
+    summary = json.loads(stats[-1].data)
+    assert summary["dropped"] >= 5 and len(stamps) == summary["count"] <= 10, (stamps, summary)
+
+
+def test_mismatched_model_fails_at_start_naming_file(tmp_path, ros_env):
+    model = export_tiny_generator(tmp_path / "four_channel.onnx", in_channels=4)
+    node = _start(tmp_path, ros_env, model)
+    assert node.wait_exit(30.0) == 1
+    assert "four_channel.onnx" in node.output and "channels = 4, expected 3" in node.output
