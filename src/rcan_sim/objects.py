@@ -5,8 +5,13 @@ test objects are never seen in training, whichever machine or numpy version runs
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 NUM_OBJECTS = 1000
 SPLITS = ("train", "test")
@@ -50,3 +55,49 @@ def urdf_path(object_id: int) -> Path:
     if not path.is_file():
         raise UnknownObjectError(f"object {object_id} has no URDF at {path} (is pybullet_data complete?)")
     return path
+
+
+OBJECT_HULL_POINTS = 40
+
+
+@dataclass(frozen=True)
+class ObjectModel:
+    """What the world needs to build an object body from its URDF."""
+
+    object_id: int
+    mesh_path: Path
+    scale: float
+    mass: float
+    lateral_friction: float
+    hull_points: np.ndarray  # (<= OBJECT_HULL_POINTS, 3) scaled vertices spanning the mesh
+
+
+@functools.lru_cache(maxsize=1024)
+def object_model(object_id: int) -> ObjectModel:
+    """Parse random_urdfs/NNN (mesh, scale, mass, friction) and pick a reduced collision hull."""
+    path = urdf_path(object_id)
+    root = ET.parse(path).getroot()
+    mesh = root.find("./link/visual/geometry/mesh")
+    if mesh is None:
+        raise UnknownObjectError(f"object {object_id}: {path} has no visual mesh")
+    scale = float(mesh.get("scale", "1 1 1").split()[0])
+    mass_el = root.find("./link/inertial/mass")
+    friction_el = root.find("./link/contact/lateral_friction")
+    mesh_path = path.parent / mesh.get("filename")
+    verts = np.array([[float(v) for v in line.split()[1:4]] for line in mesh_path.read_text().splitlines()
+                      if line.startswith("v ")]) * scale
+    return ObjectModel(object_id, mesh_path, scale, float(mass_el.get("value")) if mass_el is not None else 0.1,
+                       float(friction_el.get("value")) if friction_el is not None else 1.0,
+                       _farthest_points(verts, OBJECT_HULL_POINTS))
+
+
+def _farthest_points(points: np.ndarray, k: int) -> np.ndarray:
+    """Greedy farthest-point subset: keeps the extremes, so the hull stays close to the mesh's."""
+    if len(points) <= k:
+        return points
+    chosen = [int(np.argmax(np.linalg.norm(points - points.mean(0), axis=1)))]
+    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
+    for _ in range(k - 1):
+        chosen.append(int(np.argmax(dist)))
+        dist = np.minimum(dist, np.linalg.norm(points - points[chosen[-1]], axis=1))
+    return points[chosen]

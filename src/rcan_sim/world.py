@@ -38,6 +38,7 @@ FINGERTIP_JOINTS = (10, 13)
 GRIPPER_LINKS = tuple(range(7, 14))
 FINGER_OPEN = 0.3  # rad, as pybullet's kuka.py
 ARM_FORCE = 200.0
+ARM_POSITION_GAIN = 0.3
 FINGER_FORCES = (2.0, 2.5)
 TIP_FORCE = 2.0
 
@@ -182,6 +183,7 @@ class GraspWorld:
         self._cid = pb.connect(pb.DIRECT)
         if self._cid < 0:
             raise RuntimeError("pybullet could not open a DIRECT client")
+        self._kin_cid = pb.connect(pb.DIRECT)  # kinematics-only copy of the arm for IK
         self._episode: _Episode | None = None
         self._gripper_open = True
         self._build()
@@ -203,6 +205,9 @@ class GraspWorld:
             pb.createVisualShape(pb.GEOM_BOX, halfExtents=ped_half, physicsClientId=c),
             [0, 0, FLOOR_Z / 2], physicsClientId=c)
         self.arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"), physicsClientId=c)[0]
+        pb.resetSimulation(physicsClientId=self._kin_cid)
+        self._kin_arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"), physicsClientId=self._kin_cid)[0]
+        pb.resetBasePositionAndOrientation(self._kin_arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=self._kin_cid)
         pb.resetBasePositionAndOrientation(self.arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=c)
         self._arm_visual_links = sorted({v[1] for v in pb.getVisualShapeData(self.arm, physicsClientId=c)})
         self._movable = [j for j in range(pb.getNumJoints(self.arm, physicsClientId=c))
@@ -247,7 +252,7 @@ class GraspWorld:
         self._reset_arm_joints([0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0])
         self.tool_offset = self._measure_tool_offset()
         self.home_tcp = np.array([TRAY_POS[0], 0.0, TRAY_BOTTOM_Z + 0.30])
-        self.home_q = self.solve_ik(self.home_tcp, 0.0, rest=[0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0], iterations=300)
+        self.home_q = self.solve_ik(self.home_tcp, 0.0, rest=[0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0], iterations=30)
         self._reset_arm_joints(self.home_q)
         if self._episode is not None:
             self._episode.object_uids = []
@@ -305,6 +310,7 @@ class GraspWorld:
     def close(self) -> None:
         if self._cid >= 0:
             pb.disconnect(physicsClientId=self._cid)
+            pb.disconnect(physicsClientId=self._kin_cid)
             self._cid = -1
 
     def __del__(self) -> None:
@@ -329,7 +335,8 @@ class GraspWorld:
             chosen = [int(i) for i in rng.choice(self._object_pool, self.cfg.num_objects, replace=False)]
         else:
             chosen = [int(i) for i in object_ids]
-        paths = [objects.urdf_path(i) for i in chosen]  # validate before touching the scene
+        for i in chosen:  # validate before touching the scene
+            objects.urdf_path(i)
         if self._episode is not None:
             for uid in self._episode.object_uids:
                 pb.removeBody(uid, physicsClientId=c)
@@ -347,11 +354,11 @@ class GraspWorld:
         self.set_gripper(True)
         self._hold_arm_targets(self.home_q)
         uids = []
-        for k, path in enumerate(paths):
+        for k, obj_id in enumerate(chosen):
             x, y = rng.uniform(-0.15, 0.15, size=2)
             orn = pb.getQuaternionFromEuler(rng.uniform(-math.pi, math.pi, size=3).tolist())
-            uids.append(pb.loadURDF(str(path), [TRAY_POS[0] + x, TRAY_POS[1] + y, TRAY_BOTTOM_Z + 0.06 + 0.05 * k],
-                                    orn, physicsClientId=c))
+            uids.append(self._load_object(obj_id, [TRAY_POS[0] + x, TRAY_POS[1] + y,
+                                                   TRAY_BOTTOM_Z + 0.06 + 0.05 * k], orn))
         self._episode = _Episode(int(seed), chosen, uids)
         self._rebuild_seg_lut()
         self.step_physics(self.cfg.settle_steps)
@@ -368,6 +375,18 @@ class GraspWorld:
             ep.palette[held_out] = [pool.start + int(i) for i in
                                     rng.choice(len(pool), min(self.cfg.episode_textures, len(pool)), replace=False)]
         return ep.palette[held_out]
+
+    def _load_object(self, object_id: int, pos, orn) -> int:
+        """Object body with the URDF's mesh and mass, but a collision hull of at most
+        OBJECT_HULL_POINTS vertices (the full hulls of hundreds of points made physics ~2x slower)."""
+        c = self._cid
+        model = objects.object_model(object_id)
+        col = pb.createCollisionShape(pb.GEOM_MESH, vertices=model.hull_points.tolist(), physicsClientId=c)
+        vis = pb.createVisualShape(pb.GEOM_MESH, fileName=str(model.mesh_path), meshScale=[model.scale] * 3,
+                                   physicsClientId=c)
+        uid = pb.createMultiBody(model.mass, col, vis, pos, orn, physicsClientId=c)
+        pb.changeDynamics(uid, -1, lateralFriction=model.lateral_friction, physicsClientId=c)
+        return uid
 
     def _require_episode(self) -> _Episode:
         if self._episode is None:
@@ -400,7 +419,7 @@ class GraspWorld:
         c = self._cid
         for j, v in zip(ARM_JOINTS, q7):
             pb.setJointMotorControl2(self.arm, j, pb.POSITION_CONTROL, targetPosition=float(v), targetVelocity=0,
-                                     force=ARM_FORCE, maxVelocity=max_velocity, positionGain=0.3,
+                                     force=ARM_FORCE, maxVelocity=max_velocity, positionGain=ARM_POSITION_GAIN,
                                      velocityGain=1.0, physicsClientId=c)
         pb.setJointMotorControl2(self.arm, GRIPPER_BASE_JOINT, pb.POSITION_CONTROL, targetPosition=0.0,
                                  force=ARM_FORCE, physicsClientId=c)
@@ -455,7 +474,8 @@ class GraspWorld:
         """Rotation of the top-down gripper about the vertical (rad)."""
         _, orn = self.flange_pose()
         m = np.array(pb.getMatrixFromQuaternion(orn.tolist())).reshape(3, 3)
-        return math.atan2(m[1, 0], m[0, 0])
+        # The top-down flange's x axis is the base x axis turned by pi (see TOP_DOWN).
+        return math.remainder(math.atan2(m[1, 0], m[0, 0]) + math.pi, 2 * math.pi)
 
     def gripper_height(self) -> float:
         """TCP height above the tray bottom (m), the paper's g_height."""
@@ -465,17 +485,30 @@ class GraspWorld:
     def top_down_orientation(yaw: float) -> tuple[float, float, float, float]:
         return pb.getQuaternionFromEuler([TOP_DOWN[0], TOP_DOWN[1], TOP_DOWN[2] + yaw])
 
-    def solve_ik(self, tcp_pos, yaw: float, rest=None, iterations: int = 100) -> np.ndarray:
-        """7 arm joint angles putting the TCP at `tcp_pos` with the gripper vertical at `yaw`."""
+    def solve_ik(self, tcp_pos, yaw: float, rest=None, iterations: int = 8, tolerance: float = 5e-4) -> np.ndarray:
+        """7 arm joint angles putting the TCP at `tcp_pos` with the gripper vertical at `yaw`.
+
+        Solved on a kinematic copy of the arm (its own pybullet client), re-seeding pybullet's
+        IK with its own answer until the TCP is within `tolerance`, so the live arm is untouched.
+        """
         orn = self.top_down_orientation(yaw)
         m = np.array(pb.getMatrixFromQuaternion(orn)).reshape(3, 3)
         flange = np.asarray(tcp_pos, dtype=np.float64) - m @ self.tool_offset[0]
-        rest_full = list(rest if rest is not None else self.joint_positions()) + [0.0] * (len(self._movable) - 7)
-        q = pb.calculateInverseKinematics(
-            self.arm, FLANGE_LINK, flange.tolist(), orn, lowerLimits=self._ik_lower, upperLimits=self._ik_upper,
-            jointRanges=self._ik_range, restPoses=rest_full, maxNumIterations=iterations,
-            residualThreshold=1e-4, physicsClientId=self._cid)
-        return np.array(q[:7])
+        k = self._kin_cid
+        q = np.asarray(rest if rest is not None else self.joint_positions(), dtype=np.float64)
+        rest_full = list(q) + [0.0] * (len(self._movable) - 7)
+        for _ in range(iterations):
+            for j, v in zip(ARM_JOINTS, q):
+                pb.resetJointState(self._kin_arm, j, float(v), physicsClientId=k)
+            pos = pb.getLinkState(self._kin_arm, FLANGE_LINK, computeForwardKinematics=True, physicsClientId=k)[4]
+            if np.linalg.norm(np.array(pos) - flange) < tolerance and _ > 0:
+                break
+            sol = pb.calculateInverseKinematics(
+                self._kin_arm, FLANGE_LINK, flange.tolist(), orn, lowerLimits=self._ik_lower,
+                upperLimits=self._ik_upper, jointRanges=self._ik_range, restPoses=rest_full,
+                maxNumIterations=50, residualThreshold=1e-5, physicsClientId=k)
+            q = np.clip(np.array(sol[:7]), self.arm_limits[:, 0], self.arm_limits[:, 1])
+        return q
 
     # ---------------------------------------------------------------- objects
     def object_poses(self) -> list[tuple[np.ndarray, np.ndarray]]:
