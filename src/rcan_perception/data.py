@@ -1,0 +1,126 @@
+"""Paired frames for generator training, held in memory as compact tensors.
+
+The generator trains on small images (64 px: ~45 KB per frame), so the whole sharded dataset
+(:mod:`rcan_sim.shards` layout) is read once, shard by shard, into uint8/float32 tensors;
+batches are then plain index gathers, with no loader workers to compete for the CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """The dataset is missing, empty or malformed; the message names the path."""
+
+
+@dataclass
+class Frames:
+    """N paired frames: randomized / canonical uint8 (N,3,H,W), segmentation uint8 (N,H,W), depth m (N,H,W)."""
+
+    randomized: torch.Tensor
+    canonical: torch.Tensor
+    segmentation: torch.Tensor
+    depth: torch.Tensor
+    episode: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n, c, h, w = self.randomized.shape
+        shapes = {"randomized": (n, 3, h, w), "canonical": (n, 3, h, w), "segmentation": (n, h, w),
+                  "depth": (n, h, w), "episode": (n,)}
+        for name, shape in shapes.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise DataError(f"frames field '{name}' has shape {tuple(getattr(self, name).shape)}, expected {shape}")
+        if c != 3 or self.randomized.dtype != torch.uint8 or self.canonical.dtype != torch.uint8:
+            raise DataError("randomized/canonical must be uint8 RGB")
+
+    def __len__(self) -> int:
+        return self.randomized.shape[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.randomized.shape[-2:])  # type: ignore[return-value]
+
+    def select(self, index: torch.Tensor) -> "Frames":
+        return Frames(self.randomized[index], self.canonical[index], self.segmentation[index],
+                      self.depth[index], self.episode[index])
+
+
+def shard_files(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset directory not found: {root}")
+    files = sorted(root.glob("shard-*.h5"))
+    if not files:
+        raise DataError(f"no shard-*.h5 files in {root}: not an rcan paired dataset (run `rcan datagen`)")
+    return files
+
+
+def manifest(root: str | Path) -> dict:
+    """The dataset's manifest.json (for model cards), or {} when it has none."""
+    import json
+
+    p = Path(root) / "manifest.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_frames(root: str | Path, max_frames: int = 0) -> Frames:
+    """Read complete shards of `root` (in shard order) into memory; ``max_frames`` > 0 caps the count."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("randomized", "canonical", "segmentation", "depth", "episode")}
+    total = 0
+    for path in shard_files(root):
+        try:
+            with h5py.File(path, "r") as f:
+                if not bool(f.attrs.get("complete", False)):
+                    continue
+                n = int(f["randomized"].shape[0])
+                if max_frames:
+                    n = min(n, max_frames - total)
+                for k in parts:
+                    parts[k].append(f[k][:n])
+        except (OSError, KeyError) as exc:
+            raise DataError(f"cannot read shard {path}: {exc}") from exc
+        total += n
+        if max_frames and total >= max_frames:
+            break
+    if total == 0:
+        raise DataError(f"dataset {root} holds no complete frames")
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return Frames(
+        randomized=torch.from_numpy(cat["randomized"]).permute(0, 3, 1, 2).contiguous(),
+        canonical=torch.from_numpy(cat["canonical"]).permute(0, 3, 1, 2).contiguous(),
+        segmentation=torch.from_numpy(cat["segmentation"].astype(np.uint8)),
+        depth=torch.from_numpy(cat["depth"].astype(np.float32)),
+        episode=torch.from_numpy(cat["episode"].astype(np.int64)),
+    )
+
+
+def split_by_episode(frames: Frames, fraction: float) -> tuple[Frames, Frames]:
+    """Hold out the last ``fraction`` of episodes (whole episodes, so no near-duplicate frame leaks)."""
+    episodes = torch.unique(frames.episode)
+    n_val = max(1, int(round(len(episodes) * fraction)))
+    if n_val >= len(episodes):
+        raise DataError(f"cannot hold out {fraction:.0%} of {len(episodes)} episode(s) and still train")
+    val_eps = episodes[-n_val:]
+    is_val = torch.isin(frames.episode, val_eps)
+    return frames.select(torch.nonzero(~is_val)[:, 0]), frames.select(torch.nonzero(is_val)[:, 0])
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Frame indices of training step `step`: a fresh seeded permutation per epoch.
+
+    A pure function of (step, seed), so a resumed run draws exactly the batches it would have.
+    """
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise DataError(f"batch_size {batch_size} exceeds the {n} training frames")
+    epoch, pos = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)[pos * batch_size:(pos + 1) * batch_size]

@@ -1,0 +1,272 @@
+"""`rcan export-generator RUN --out models/x.onnx`: ONNX export + parity check + model card.
+
+Writes, side by side (nothing is left at the target paths if any check fails):
+
+* ``x.onnx``: the generator alone (opset >= 17; batch, height and width are dynamic axes).
+* ``x.contract.json``: pre/post-processing contract (:mod:`rcan_perception.contract`).
+* ``x.safetensors`` + ``x.config.json``: the same weights for torch (:func:`model.load_generator`).
+* ``x.card.json`` + ``x.card.md``: config, dataset manifest, training time and hardware,
+  held-out metrics, parity result and the exact commands.
+
+Parity: held-out frames (or seeded random images if the run's data is gone) go through
+:func:`contract.preprocess`, then through torch and ONNX Runtime (CPU, fp32); the max abs
+difference over all outputs must be <= ``parity_tol``, else the export fails with exit 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+
+from rcan_common.config import ConfigError, from_dict, parse_cli, require
+from rcan_common.io import OutputError, atomic_write_bytes, atomic_write_json, ensure_writable_dir
+from rcan_perception import checkpoint as ckpt
+from rcan_perception.contract import GeneratorContract, contract_path, preprocess
+from rcan_perception.model import Generator, save_generator
+from tyro.conf import Positional
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and torch disagree beyond the tolerance."""
+
+
+@dataclass
+class ExportConfig:
+    """Export a trained generator run to ONNX with a parity check, contract and model card."""
+
+    run: Annotated[Path, Positional]
+    """Run directory written by `rcan train-generator` (runs/<name>)."""
+    out: Path = Path("models/generator.onnx")
+    """ONNX file to write; contract, weights and card go beside it."""
+    checkpoint: Path | None = None
+    """A specific checkpoint JSON (runs/<name>/checkpoints/step-NNNNNN.json); default: the latest."""
+    opset: int = 17
+    """ONNX opset (>= 17)."""
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    """torch.onnx exporter: torchscript (fast, opset 17 as asked) or dynamo (torch.export based, opset 18 native)."""
+    parity_tol: float = 1e-4
+    """Max abs difference allowed between torch and ONNX Runtime fp32 outputs."""
+    parity_frames: int = 8
+    """Held-out frames used for the parity check (run as one batch, and the first alone)."""
+
+    def __post_init__(self) -> None:
+        require(self.opset >= 17, "opset", f"must be >= 17, got {self.opset}")
+        require(self.parity_tol > 0, "parity_tol", "must be > 0")
+        require(self.parity_frames >= 1, "parity_frames", "must be >= 1")
+        require(self.out.suffix == ".onnx", "out", f"must end in .onnx, got {self.out}")
+
+
+def export_onnx(generator: Generator, contract: GeneratorContract, out: str | Path, opset: int = 17,
+                exporter: str = "torchscript") -> Path:
+    """Write the generator graph to `out` (atomically), with dynamic batch/height/width; returns out."""
+    import onnx
+
+    out = Path(out)
+    generator = generator.eval().cpu()
+    x = torch.zeros(1, 3, contract.input_height, contract.input_width)
+    names = list(contract.output_names)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "g.onnx"
+        if exporter == "dynamo":
+            dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+            torch.onnx.export(generator, (x,), str(path), dynamo=True, opset_version=max(opset, 18),
+                              input_names=[contract.input_name], output_names=names,
+                              dynamic_shapes={"x": dims}, external_data=False)
+        elif exporter == "torchscript":
+            import warnings
+
+            with warnings.catch_warnings():
+                # InstanceNorm always normalises with the input's statistics; the "train=True" notice is moot.
+                warnings.simplefilter("ignore")
+                torch.onnx.export(generator, (x,), str(path), dynamo=False, opset_version=opset,
+                                  input_names=[contract.input_name], output_names=names,
+                                  dynamic_axes={n: axes for n in [contract.input_name, *names]},
+                                  do_constant_folding=True)
+        else:
+            raise ValueError(f"unknown exporter {exporter!r}")
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        atomic_write_bytes(out, model.SerializeToString())
+    return out
+
+
+def check_parity(generator: Generator, onnx_path: str | Path, contract: GeneratorContract,
+                 images_u8: np.ndarray, tol: float) -> dict:
+    """Compare torch and ONNX Runtime (CPU) on `images_u8` (N,H,W,3), as a batch and the first frame alone.
+
+    Returns the measured errors; raises ParityError when any output differs by more than `tol`.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got_in = [i.name for i in sess.get_inputs()]
+    got_out = [o.name for o in sess.get_outputs()]
+    if got_in != [contract.input_name] or got_out != list(contract.output_names):
+        raise ParityError(f"ONNX I/O names {got_in} -> {got_out} do not match the contract "
+                          f"{contract.input_name} -> {list(contract.output_names)}")
+    x = preprocess(contract, images_u8)
+    generator = generator.eval().cpu()
+    errors: dict[str, float] = {}
+    for label, batch in (("batch", x), ("single", x[:1])):
+        with torch.no_grad():
+            ref = [t.numpy() for t in generator(torch.from_numpy(batch))]
+        out = sess.run(None, {contract.input_name: batch})
+        for name, r, o in zip(contract.output_names, ref, out):
+            if r.shape != o.shape:
+                raise ParityError(f"{label} output {name}: ONNX shape {o.shape} != torch shape {r.shape}")
+            errors[f"{label}/{name}"] = float(np.abs(r.astype(np.float64) - o).max())
+    worst = max(errors.values())
+    result = {"max_abs_err": worst, "tolerance": tol, "frames": int(len(x)), "per_output": errors}
+    if not worst <= tol:  # also catches NaN
+        raise ParityError(f"ONNX Runtime vs torch max abs error {worst:.3g} exceeds {tol:.3g}: {errors}")
+    return result
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _summarise(obj, depth: int = 0):
+    """Shrink a dataset manifest for the card: long lists become their length."""
+    if isinstance(obj, dict):
+        return {k: _summarise(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list) and len(obj) > 16:
+        return f"<{len(obj)} entries>"
+    return obj
+
+
+def parity_images(run_cfg: dict, contract: GeneratorContract, n: int) -> tuple[np.ndarray, str]:
+    """Held-out randomized frames of the run (uint8 NHWC) or, if its data is gone, seeded random images."""
+    from rcan_perception.data import DataError, load_frames, split_by_episode
+
+    try:
+        if run_cfg.get("eval_data"):
+            frames = load_frames(run_cfg["eval_data"], n)
+            source = f"held-out frames of {run_cfg['eval_data']}"
+        else:
+            frames = split_by_episode(load_frames(run_cfg["data"], run_cfg.get("max_frames", 0)),
+                                      run_cfg.get("val_fraction", 0.05))[1]
+            source = f"held-out episodes of {run_cfg['data']}"
+        return frames.randomized[:n].permute(0, 2, 3, 1).numpy(), source
+    except (DataError, KeyError, OSError):
+        rng = np.random.default_rng(0)
+        imgs = rng.integers(0, 256, (n, contract.input_height, contract.input_width, 3), dtype=np.uint8)
+        return imgs, "seeded random images (the run's dataset was not found)"
+
+
+def _markdown(card: dict) -> str:
+    m = card.get("held_out_metrics") or {}
+    t = card.get("training") or {}
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    lines = [
+        f"# {card['name']}", "",
+        "RCAN generator G (U-Net, Appendix A): randomized/real RGB -> canonical RGB, segmentation (5 classes), depth.", "",
+        f"- ONNX: `{card['files']['onnx']}` (opset {card['opset']}, {card['exporter']} exporter; dynamic batch/height/width)",
+        f"- Contract: `{card['files']['contract']}`; input {card['contract']['input_height']}x{card['contract']['input_width']} RGB, "
+        f"uint8*{card['contract']['input_scale']:.6g}{card['contract']['input_offset']:+g}; argmax and depth scaling are outside the graph",
+        f"- Generator channels: {card['generator']['channels']} ({card['parameters']} parameters)",
+        f"- Trained {t.get('steps')} steps x batch {card['train_config']['batch_size']} in {fmt(t.get('train_wall_s'), '.0f')} s "
+        f"on {(t.get('hardware') or {}).get('cpu', 'unknown')} ({(t.get('hardware') or {}).get('device', '?')})",
+        f"- Data: `{card['train_config']['data']}` ({t.get('train_frames')} frames), held-out: "
+        f"{card['train_config'].get('eval_data') or 'last episodes of the training data'} ({m.get('frames')} frames)", "",
+        "| held-out metric | value |", "|---|---|",
+        f"| PSNR canonical RGB (dB) | {fmt(m.get('psnr_db'), '.2f')} |",
+        f"| SSIM canonical RGB | {fmt(m.get('ssim'), '.3f')} |",
+        f"| segmentation mIoU | {fmt(m.get('seg_miou'), '.3f')} |",
+        f"| object-class IoU | {fmt(m.get('seg_object_iou'), '.3f')} |",
+        f"| depth RMSE (m) | {fmt(m.get('depth_rmse_m'), '.4f')} |", "",
+        f"Parity torch vs ONNX Runtime CPU fp32: max abs err {card['parity']['max_abs_err']:.2e} "
+        f"(tolerance {card['parity']['tolerance']:.0e}, {card['parity']['source']}).", "",
+        "Commands:", "", "```",
+        *card["commands"]["train"], card["commands"]["export"], "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def export_run(cfg: ExportConfig, command: str = "") -> dict:
+    """Export `cfg.run`; returns the model card. Raises ParityError/CheckpointError/ConfigError."""
+    run = cfg.run
+    if not (run / "config.json").is_file():
+        raise ConfigError(f"invalid config field 'run': {run} is not a train-generator run (no config.json)")
+    run_cfg = json.loads((run / "config.json").read_text())
+    contract = GeneratorContract.load(run / "contract.json")
+    meta, tensors = ckpt.read_checkpoint(cfg.checkpoint or run / "checkpoints")
+    from rcan_perception.model import GeneratorConfig
+
+    generator = Generator(from_dict(GeneratorConfig, run_cfg["generator"]))
+    ckpt.restore(meta, tensors, generator, None, None, None, restore_rng=False)
+    generator.eval()
+
+    ensure_writable_dir(cfg.out.parent)
+    stem = cfg.out.with_suffix("")
+    with tempfile.TemporaryDirectory(dir=cfg.out.parent) as tmp:
+        tmp_onnx = Path(tmp) / cfg.out.name
+        t0 = time.monotonic()
+        export_onnx(generator, contract, tmp_onnx, cfg.opset, cfg.exporter)
+        export_s = time.monotonic() - t0
+        images, source = parity_images(run_cfg, contract, cfg.parity_frames)
+        parity = {**check_parity(generator, tmp_onnx, contract, images, cfg.parity_tol), "source": source}
+        tmp_onnx.replace(cfg.out)
+    contract.save(contract_path(cfg.out))
+    weights = stem.with_suffix(".safetensors")
+    save_generator(generator, weights)
+
+    def read_json(name: str):
+        p = run / name
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    from rcan_perception.data import manifest
+
+    train_cmds = (run / "command.txt").read_text().splitlines() if (run / "command.txt").is_file() else []
+    card = {
+        "name": cfg.out.stem,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": {"onnx": cfg.out.name, "onnx_sha256": _sha256(cfg.out), "onnx_bytes": cfg.out.stat().st_size,
+                  "contract": contract_path(cfg.out).name, "weights": weights.name,
+                  "weights_config": stem.name + ".config.json"},
+        "opset": cfg.opset if cfg.exporter == "torchscript" else max(cfg.opset, 18),
+        "exporter": cfg.exporter, "export_s": round(export_s, 2),
+        "checkpoint_step": int(meta["step"]),
+        "parameters": sum(p.numel() for p in generator.parameters()),
+        "generator": run_cfg["generator"],
+        "train_config": run_cfg,
+        "contract": json.loads(contract_path(cfg.out).read_text()),
+        "dataset_manifest": _summarise(manifest(run_cfg["data"])),
+        "eval_dataset_manifest": _summarise(manifest(run_cfg["eval_data"])) if run_cfg.get("eval_data") else None,
+        "training": read_json("train_info.json"),
+        "held_out_metrics": read_json("metrics.json"),
+        "parity": parity,
+        "commands": {"train": train_cmds, "export": command or f"rcan export-generator {run} --out {cfg.out}"},
+        "software": {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+                     "onnx": __import__("onnx").__version__},
+    }
+    atomic_write_json(stem.with_suffix(".card.json"), card)
+    atomic_write_bytes(stem.with_suffix(".card.md"), _markdown(card).encode())
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_cli(ExportConfig, argv, description="Export a trained RCAN generator to ONNX (parity-checked).")
+    command = "rcan export-generator " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+    try:
+        card = export_run(cfg, command)
+    except ParityError as exc:
+        print(f"error: parity check failed, nothing written to {cfg.out}: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, ckpt.CheckpointError, OutputError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"onnx": str(cfg.out), "parity_max_abs_err": card["parity"]["max_abs_err"],
+                      "held_out_metrics": {k: v for k, v in (card["held_out_metrics"] or {}).items()
+                                           if k != "seg_iou_per_class"}}))
+    return 0
