@@ -140,7 +140,6 @@ class SimCore:
         self.episode = -1
         self.time = 0.0
         self._carry = 0.0
-        self._velocity = np.zeros(len(self.joint_names))
         self.follower = TrajectoryFollower(self.joint_names, self.arm_positions())
 
     def arm_positions(self) -> np.ndarray:
@@ -150,10 +149,9 @@ class SimCore:
         """New episode (seed = base seed + episode index unless given); returns episode info."""
         self.episode += 1
         episode_seed = self.seed + self.episode if seed is None else int(seed)
-        info = self.world.reset(episode_seed) or {}
+        self.world.reset(episode_seed)
         self.follower.hold(self.arm_positions())
-        self._velocity[:] = 0.0
-        return {"episode": self.episode, "seed": episode_seed, **(info if isinstance(info, dict) else {})}
+        return {"episode": self.episode, "seed": episode_seed, "object_ids": list(self.world.object_ids)}
 
     def on_trajectory(self, names: Sequence[str], points: Sequence[tuple[float, Sequence[float]]]) -> None:
         self.follower.set_trajectory(self.time, names, points)
@@ -173,13 +171,20 @@ class SimCore:
         self._carry = exact - steps
         if steps == 0:
             return 0
-        before = self.arm_positions()
         for _ in range(steps):
             self.time += 1.0 / self.physics_hz
             self.world.set_arm_joint_targets(self.follower.setpoint(self.time))
             self.world.step_physics(1)
-        self._velocity = (self.arm_positions() - before) / (steps / self.physics_hz)
         return steps
 
     def joint_state(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-        return self.joint_names, self.arm_positions(), self._velocity.copy()
+        return self.joint_names, self.arm_positions(), np.asarray(self.world.joint_velocities(), dtype=np.float64)
+
+    def grasp_success(self, success_height: float) -> tuple[bool, dict]:
+        """An object held by the gripper (touching nothing else) with its base above
+        `success_height` over the tray bottom: the env's success rule, checked on the spot."""
+        held = self.world.held_objects()
+        heights = self.world.object_heights()
+        success = any(heights[i] > success_height for i in held)
+        return bool(success), {"held": [int(i) for i in held], "heights": [round(float(h), 4) for h in heights],
+                               "success_height": success_height, "episode": self.episode}

@@ -11,15 +11,12 @@ message is logged once per cause and dropped: the node keeps running.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -27,6 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from rcan_common.config import ConfigError, require
 from rcan_common.ros_image import rgb_to_image_msg
+from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
 from rcan_sim.domains import DOMAINS
 from rcan_sim.sim_core import SimCore, TrajectoryError, arm_joint_names
 
@@ -45,7 +43,8 @@ class SimNodeParams:
     camera_rate_hz: float = 10.0
     joint_state_rate_hz: float = 50.0
     control_rate_hz: float = 100.0
-    physics_hz: float = 240.0
+    physics_hz: float = 120.0
+    success_height: float = 0.08
     real_time_factor: float = 1.0
     joint_prefix: str = "lbr_"
     camera_frame: str = "camera_optical_frame"
@@ -57,7 +56,8 @@ class SimNodeParams:
         require(self.domain in DOMAINS, "domain", f"must be one of {DOMAINS}")
         require(self.object_split in ("train", "test"), "object_split", "must be 'train' or 'test'")
         require(self.image_size >= 16, "image_size", "must be >= 16")
-        for name in ("camera_rate_hz", "joint_state_rate_hz", "control_rate_hz", "physics_hz", "real_time_factor"):
+        for name in ("camera_rate_hz", "joint_state_rate_hz", "control_rate_hz", "physics_hz", "real_time_factor",
+                     "success_height"):
             require(getattr(self, name) > 0, name, "must be > 0")
         require(self.image_qos_reliability in ("reliable", "best_effort"), "image_qos_reliability",
                 "must be 'reliable' or 'best_effort'")
@@ -68,8 +68,8 @@ def make_world(params: SimNodeParams):
     """The pybullet world (DIRECT), configured for the node's camera size."""
     from rcan_sim.world import GraspWorld, WorldConfig
 
-    return GraspWorld(WorldConfig(image_size=params.image_size, object_split=params.object_split,
-                                  physics_hz=params.physics_hz))
+    return GraspWorld(WorldConfig(image_size=params.image_size, split=params.object_split,
+                                  time_step=1.0 / params.physics_hz))
 
 
 class SimNode(Node):
@@ -77,18 +77,19 @@ class SimNode(Node):
         super().__init__("sim_node")
         defaults = SimNodeParams()
         values = {}
-        for name in SimNodeParams.__dataclass_fields__:
-            values[name] = self.declare_parameter(name, getattr(defaults, name)).value
-        self.params = SimNodeParams(**values)
+        try:
+            for name in SimNodeParams.__dataclass_fields__:
+                values[name] = self.declare_parameter(name, getattr(defaults, name)).value
+            self.params = SimNodeParams(**values)
+        except (ConfigError, InvalidParameterTypeException) as exc:
+            raise StartupError(f"sim_node: {exc}") from exc
         p = self.params
         self.world = world_factory(p)
         self.core = SimCore(self.world, arm_joint_names(p.joint_prefix), p.physics_hz, seed=p.seed)
         self.core.reset()
-        self._logged: set[str] = set()
+        self.log_once = OnceLog(self.get_logger().warning)
 
-        image_qos = QoSProfile(depth=p.qos_depth, history=HistoryPolicy.KEEP_LAST,
-                               reliability=ReliabilityPolicy.BEST_EFFORT if p.image_qos_reliability == "best_effort"
-                               else ReliabilityPolicy.RELIABLE)
+        image_qos = qos_profile(p.image_qos_reliability, p.qos_depth)
         self.image_pub = self.create_publisher(Image, "/camera/image_raw", image_qos)
         self.info_pub = self.create_publisher(CameraInfo, "/camera/camera_info", image_qos)
         self.joint_pub = self.create_publisher(JointState, "/joint_states", p.qos_depth)
@@ -108,10 +109,8 @@ class SimNode(Node):
             f"sim_node: domain={p.domain} image={p.image_size}px camera={p.camera_rate_hz}Hz "
             f"rtf={p.real_time_factor} joints={list(self.core.joint_names)}")
 
-    def log_once(self, cause: str, message: str) -> None:
-        if cause not in self._logged:
-            self._logged.add(cause)
-            self.get_logger().warning(f"{message} (further '{cause}' problems are dropped silently)")
+    def close(self) -> None:
+        self.world.close()
 
     # --- commands -------------------------------------------------------------------------
     def on_trajectory(self, msg: JointTrajectory) -> None:
@@ -144,8 +143,10 @@ class SimNode(Node):
         self.gripper_pub.publish(Bool(data=self.core.gripper_open()))
 
     def publish_camera(self) -> None:
-        frame = self.world.render(self.params.domain, randomization_seed=self.core.seed + self.core.episode)
+        # Stamped at capture start, like a real camera's exposure time: latency downstream
+        # then includes the render, as it would include exposure and readout.
         stamp = self.get_clock().now().to_msg()
+        frame = self.world.render(self.params.domain, randomization_seed=self.core.seed + self.core.episode)
         image = rgb_to_image_msg(frame.rgb)
         image.header.stamp = stamp
         image.header.frame_id = self.params.camera_frame
@@ -163,9 +164,9 @@ class SimNode(Node):
         return response
 
     def on_grasp_success(self, request, response):
-        success, detail = self.world.grasp_success()
-        response.success = bool(success)
-        response.message = detail
+        success, detail = self.core.grasp_success(self.params.success_height)
+        response.success = success
+        response.message = json.dumps(detail)
         return response
 
 
@@ -176,7 +177,7 @@ def camera_info(frame, stamp, frame_id: str) -> CameraInfo:
     msg.header.frame_id = frame_id
     h, w = frame.rgb.shape[:2]
     msg.height, msg.width = int(h), int(w)
-    k = [float(v) for v in frame.intrinsics.reshape(-1)]
+    k = [float(v) for v in frame.camera.K.reshape(-1)]
     msg.k = k
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     msg.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
@@ -186,23 +187,7 @@ def camera_info(frame, stamp, frame_id: str) -> CameraInfo:
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    # SIGTERM (the launcher's second try) ends the spin like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    node = None
-    try:
-        node = SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as exc:
-        print(f"sim_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(SimNode, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""sim_node as a real process over loopback DDS: the robot's interfaces, robustness, services."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+
+import pytest
+
+from rcan_bringup.graph import LaunchArgs, build_graph
+from rcan_bringup.launcher import GraphProcesses
+
+pytestmark = pytest.mark.ros
+
+
+def sim_spec(**params):
+    spec = next(s for s in build_graph(LaunchArgs(use_sim=True, image_size=64)) if s.name == "sim_node")
+    return dataclasses.replace(spec, parameters={**spec.parameters, **params})
+
+
+def trajectory(names, positions, seconds):
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    msg = JointTrajectory()
+    msg.joint_names = list(names)
+    point = JointTrajectoryPoint()
+    point.positions = [float(v) for v in positions]
+    point.time_from_start = Duration(sec=int(seconds), nanosec=int((seconds % 1) * 1e9))
+    msg.points = [point]
+    return msg
+
+
+def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+    from std_msgs.msg import Bool
+
+    from rcan_bringup.probe import Probe
+
+    names = [f"lbr_A{i}" for i in range(1, 8)]
+    with GraphProcesses(ros_env, log_dir=tmp_path) as graph, Probe("sim_probe") as probe:
+        graph.start(sim_spec(camera_rate_hz=20.0))
+        probe.listen("/joint_states", JointState)
+        probe.listen("/camera/image_raw", Image)
+        probe.listen("/camera/camera_info", CameraInfo)
+        probe.listen("/sim_node/gripper_open", Bool)
+        assert probe.wait_count("/camera/image_raw", 3, timeout=30), graph.log_tail("sim_node")
+
+        js = probe.last("/joint_states").msg
+        assert list(js.name) == names and len(js.position) == 7
+        img = probe.last("/camera/image_raw").msg
+        assert (img.width, img.height, img.encoding) == (64, 64, "rgb8")
+        info = probe.last("/camera/camera_info").msg
+        assert info.k[2] == pytest.approx(32.0) and info.k[0] > 0
+        # Camera rate: about 20 Hz at 64x64.
+        t0 = time.monotonic()
+        time.sleep(2.0)
+        rate = probe.count("/camera/image_raw", since=t0) / 2.0
+        assert 10.0 <= rate <= 22.0, rate
+
+        # A trajectory moves the arm; the follower reaches the goal.
+        start = list(js.position)
+        goal = list(start)
+        goal[0] += 0.25
+        probe.publish("/lbr/joint_trajectory_controller/joint_trajectory", trajectory(names, goal, 0.5))
+        assert probe.wait_for(lambda: abs(probe.last("/joint_states").msg.position[0] - goal[0]) < 0.01, 10), \
+            probe.last("/joint_states").msg.position
+
+        # Malformed trajectories are dropped (arm stays), logged once per cause, node survives.
+        bad = [trajectory(names[:6], goal[:6], 0.5), trajectory(names, [math.nan] * 7, 0.5),
+               trajectory(names, goal[:6], 0.5), trajectory(names[::-1][:6] + ["x"], goal, 0.5)]
+        for _ in range(3):
+            for msg in bad:
+                probe.publish("/lbr/joint_trajectory_controller/joint_trajectory", msg)
+        time.sleep(1.0)
+        assert abs(probe.last("/joint_states").msg.position[0] - goal[0]) < 0.01
+        assert graph.running() == ["sim_node"]
+        log = graph.log_tail("sim_node", 100_000)
+        assert log.count("ignored joint trajectory") == 3, log  # joint_names, non_finite, point_size
+
+        # Gripper command reaches the sim and its state comes back.
+        probe.publish("/rcan/gripper/command", Bool(data=False))
+        assert probe.wait_for(lambda: probe.last("/sim_node/gripper_open").msg.data is False, 5)
+
+        ok, message = probe.trigger("/sim_node/grasp_success")
+        assert ok is False and json.loads(message)["held"] == []
+        ok, message = probe.trigger("/sim_node/reset")
+        info = json.loads(message)
+        assert ok and info["episode"] == 1 and info["seed"] == 1 and len(info["object_ids"]) == 5
+        assert probe.wait_for(lambda: probe.last("/sim_node/gripper_open").msg.data is True, 5)
+
+        assert graph.kill("sim_node", signal.SIGINT, wait=10) == 0, graph.log_tail("sim_node")
