@@ -49,8 +49,8 @@ class SimNodeParams:
     joint_prefix: str = "lbr_"
     camera_frame: str = "camera_optical_frame"
     base_frame: str = "lbr_link_0"
-    image_qos_reliability: str = "best_effort"
-    qos_depth: int = 10
+    image_qos_reliability: str = "reliable"
+    qos_depth: int = 5
 
     def __post_init__(self) -> None:
         require(self.domain in DOMAINS, "domain", f"must be one of {DOMAINS}")
