@@ -51,10 +51,17 @@ class Frames:
 
 
 def shard_files(root: str | Path) -> list[Path]:
+    """Shards listed in the manifest (only fully written shards are listed), else every shard-*.h5."""
+    import json
+
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset directory not found: {root}")
-    files = sorted(root.glob("shard-*.h5"))
+    try:
+        listed = json.loads((root / "manifest.json").read_text())["shards"]
+        files = sorted(root / s["file"] for s in listed)
+    except (OSError, ValueError, KeyError, TypeError):
+        files = sorted(root.glob("shard-*.h5"))
     if not files:
         raise DataError(f"no shard-*.h5 files in {root}: not an rcan paired dataset (run `rcan datagen`)")
     return files
@@ -124,3 +131,31 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
     epoch, pos = divmod(step, per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)[pos * batch_size:(pos + 1) * batch_size]
+
+
+def synthetic_frames(n: int, size: int = 32, seed: int = 0, frames_per_episode: int = 4) -> Frames:
+    """Procedural paired frames (smoke tests, no simulator): coloured blocks on a textured tray.
+
+    The canonical image is a fixed colour per class (objects keep a per-frame colour), the
+    randomized image the same layout with random colour shifts and noise; depth is lower
+    where there is something on the tray.
+    """
+    g = torch.Generator().manual_seed(seed)
+    seg = torch.zeros(n, size, size, dtype=torch.uint8)
+    q = max(size // 8, 1)
+    seg[:, q:size - q, q:size - q] = 2                      # tray
+    seg[:, q:size - q, size // 2 - 1:size // 2 + 1] = 3     # divider
+    seg[:, :2 * q, :] = 4                                   # arm along the top
+    canonical = torch.tensor([[40, 40, 40], [0, 0, 0], [120, 90, 60], [200, 200, 200], [60, 160, 60]],
+                             dtype=torch.float32)[seg.long()]
+    for i in range(n):
+        y, x = (int(v) for v in torch.randint(2 * q, size - 3 * q, (2,), generator=g))
+        seg[i, y:y + 2 * q, x:x + 2 * q] = 1
+        canonical[i, y:y + 2 * q, x:x + 2 * q] = torch.randint(50, 255, (3,), generator=g).float()
+    shift = torch.randint(-60, 60, (n, 1, 1, 3), generator=g).float()
+    noise = torch.randn(n, size, size, 3, generator=g) * 12
+    randomized = (canonical + shift + noise).clamp(0, 255)
+    depth = torch.where(seg == 0, 1.0, 0.9) - 0.05 * (seg == 1).float()
+    return Frames(randomized.to(torch.uint8).permute(0, 3, 1, 2).contiguous(),
+                  canonical.to(torch.uint8).permute(0, 3, 1, 2).contiguous(), seg, depth.float(),
+                  torch.arange(n) // frames_per_episode)

@@ -316,7 +316,7 @@ class Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
-            out["loss_d"] = float(d_loss)
+            out["loss_d"] = float(d_loss.detach())
             self.D.requires_grad_(False)  # G's GAN term must not leave gradients on D
         l_img, l_seg, l_dep = mpse(rgb, target), segmentation_l2(logits, seg), depth_l2(dep, depth)
         loss = cfg.weights.image * l_img + cfg.weights.segmentation * l_seg + cfg.weights.depth * l_dep

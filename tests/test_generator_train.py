@@ -1,0 +1,151 @@
+"""train-generator: exact resume, run directory contents, checkpoint errors, CLI on real shards."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rcan_common.config import ConfigError
+from rcan_perception import checkpoint as ckpt
+from rcan_perception.data import DataError, batch_indices, synthetic_frames
+from rcan_perception.model import GeneratorConfig
+from rcan_perception.train import TrainConfig, Trainer, main
+
+TINY = GeneratorConfig(channels=(8, 12, 16, 16))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def cfg(tmp_path, name, steps, **kw):
+    base = dict(data=tmp_path / "unused", runs_dir=tmp_path / "runs", name=name, steps=steps, batch_size=4,
+                generator=TINY, deterministic=True, threads=1, progress=False, log_every=1,
+                sample_every=0, eval_every=0, checkpoint_every=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def train(c):
+    t = Trainer(c, synthetic_frames(16, 32, seed=0), synthetic_frames(4, 32, seed=1))
+    t.run()
+    return t
+
+
+def test_resume_is_exact(tmp_path):
+    full = train(cfg(tmp_path, "full", 6))
+    train(cfg(tmp_path, "split", 3))
+    resumed = train(cfg(tmp_path, "split", 6, resume=True))
+    assert resumed.step == 6
+    for (k, a), b in zip(full.G.state_dict().items(), resumed.G.state_dict().values()):
+        assert torch.equal(a, b), k
+    for a, b in zip(full.D.state_dict().values(), resumed.D.state_dict().values()):
+        assert torch.equal(a, b)
+    # one continuous metrics.csv: header once, rows for steps 1..6
+    rows = (tmp_path / "runs/split/metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 7)]
+
+
+def test_run_directory_contents(tmp_path):
+    t = train(cfg(tmp_path, "r", 2, sample_every=1, eval_every=1, checkpoint_every=1, keep_checkpoints=1))
+    run = tmp_path / "runs/r"
+    for name in ("config.json", "contract.json", "metrics.csv", "metrics.json", "eval.json", "train_info.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000001.png", "step-000002.png"]
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["step-000002.json"]  # pruned
+    assert list((run / "tb").iterdir())
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("psnr_db", "ssim", "seg_miou", "seg_object_iou", "depth_rmse_m"):
+        assert np.isfinite(m[key]), key
+    assert m["step"] == 2 and m["frames"] == 4
+    assert len(json.loads((run / "eval.json").read_text())) == 2
+    from PIL import Image
+
+    grid = Image.open(run / "samples/step-000002.png")
+    assert grid.size == (7 * 32, 4 * 32)
+    assert t.contract.input_height == 32
+
+
+def test_existing_run_needs_resume_and_same_config(tmp_path):
+    train(cfg(tmp_path, "r", 1))
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg(tmp_path, "r", 2))
+    with pytest.raises(ConfigError, match="lr_g"):
+        train(cfg(tmp_path, "r", 2, resume=True, lr_g=1e-3))
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
+        ckpt.read_checkpoint(tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.read_checkpoint(tmp_path / "step-000001.json")
+    train(cfg(tmp_path, "r", 1))
+    cdir = tmp_path / "runs/r/checkpoints"
+    blob = cdir / "step-000001.safetensors"
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.read_checkpoint(cdir)
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        train(cfg(tmp_path, "r", 2, resume=True))
+    blob.unlink()
+    with pytest.raises(ckpt.CheckpointError, match="missing"):
+        ckpt.read_checkpoint(cdir)
+    (cdir / "step-000001.json").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match="bad JSON"):
+        ckpt.read_checkpoint(cdir / "step-000001.json")
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(ckpt.CheckpointError):
+        train(cfg(tmp_path, "fresh", 2, resume=True))
+
+
+def test_batch_order_is_a_function_of_step():
+    a = [batch_indices(10, 3, s, seed=5) for s in range(7)]
+    assert all(torch.equal(x, y) for x, y in zip(a, [batch_indices(10, 3, s, seed=5) for s in range(7)]))
+    assert len(set(torch.cat(a[:3]).tolist())) == 9  # no repeats inside an epoch
+    with pytest.raises(DataError, match="batch_size"):
+        batch_indices(2, 3, 0, 0)
+
+
+def write_dataset(root, frames, episodes_per_shard=2):
+    """Write `frames` as a real rcan_sim sharded dataset (manifest + HDF5 shards)."""
+    from rcan_sim import shards
+
+    root.mkdir(parents=True)
+    size = frames.image_size[0]
+    eps = frames.episode.unique().tolist()
+    infos = []
+    for si, start in enumerate(range(0, len(eps), episodes_per_shard)):
+        group = eps[start:start + episodes_per_shard]
+        with shards.ShardWriter(root, si, group[0], group[-1] + 1, size, "test") as w:
+            for e in group:
+                sel = torch.nonzero(frames.episode == e)[:, 0]
+                n = len(sel)
+                w.append_episode({
+                    "randomized": frames.randomized[sel].permute(0, 2, 3, 1).numpy(),
+                    "canonical": frames.canonical[sel].permute(0, 2, 3, 1).numpy(),
+                    "segmentation": frames.segmentation[sel].numpy(), "depth": frames.depth[sel].numpy(),
+                    "episode": np.full(n, e), "step": np.arange(n), "episode_seed": np.zeros(n),
+                    "randomization_seed": np.zeros(n), "state": np.zeros((n, 2)), "action": np.zeros((n, 8)),
+                    "reward": np.zeros(n), "terminal": np.arange(n) == n - 1})
+            infos.append(w.commit().to_json())
+    shards.write_manifest(root, {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION,
+                                 "config": {"image_size": size}, "shards": infos})
+
+
+def test_cli_trains_from_shards(tmp_path, capsys):
+    write_dataset(tmp_path / "data", synthetic_frames(24, 32, seed=3))
+    argv = ["--data", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), "--name", "cli",
+            "--steps", "2", "--batch-size", "4", "--generator.channels", "8", "12", "16", "16",
+            "--threads", "1", "--no-progress", "--val-fraction", "0.2"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["step"] == 2 and out["frames"] == 4  # round(0.2 * 6 episodes) = 1 episode of 4 frames held out
+    assert "rcan train-generator --data" in (tmp_path / "runs/cli/command.txt").read_text()
+    assert main(["--data", str(tmp_path / "missing"), "--runs-dir", str(tmp_path / "runs")]) == 2
