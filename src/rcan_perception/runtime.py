@@ -154,6 +154,15 @@ class OrtModel:
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self.output_names = [o.name for o in self.outputs]
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._expected: dict[str, Sequence[Dim]] = {}
+        self.check_io(expected_inputs, expected_outputs)
+        self._device = "cuda" if self.on_gpu else "cpu"
+        self.warmup(cfg.warmup_runs)
+
+    def check_io(self, expected_inputs: Mapping[str, Sequence[Dim]] | None = None,
+                 expected_outputs: Sequence[str] | None = None) -> None:
+        """Raise ModelError unless the graph has exactly these inputs (compatible shapes) and these outputs."""
         if expected_inputs is not None:
             names = {s.name for s in self.inputs}
             if names != set(expected_inputs):
@@ -161,13 +170,14 @@ class OrtModel:
                                  f"{sorted(expected_inputs)}")
             for spec in self.inputs:
                 _check_shape(self.path, spec, expected_inputs[spec.name])
+            self._expected = dict(expected_inputs)
         if expected_outputs is not None:
             missing = [n for n in expected_outputs if n not in self.output_names]
             if missing:
                 raise ModelError(f"model {self.path}: missing outputs {missing}; it has {self.output_names}")
-        self._expected = dict(expected_inputs or {})
-        self._device = "cuda" if self.on_gpu else "cpu"
-        for _ in range(cfg.warmup_runs):
+
+    def warmup(self, runs: int) -> None:
+        for _ in range(runs):
             self.run(self.dummy_inputs())
 
     def _create(self, ort, model: bytes, opts, chain: list[str]):

@@ -1,0 +1,386 @@
+"""The ROS-free part of policy_node: Q-function loading, observation building, the episode state machine.
+
+One control step (paper 4.3, mirroring rcan_sim.env.GraspEnv.step):
+    fresh [source, G(source)] pair stamped after the previous command settled + fresh EE/gripper state
+    -> CEM argmax_a Q(s, a) -> target pose = current EE pose + clipped translation, rotated by
+       dtheta about the vertical (absolute, base frame) -> wait until the arm arrives
+    -> gripper command (if the action changes it) -> wait until the gripper reports it
+    -> next step, or after `terminate` / `max_steps`: lift -> success check -> reset.
+Success check and reset are the sim node's Trigger services in sim mode; on the robot the
+episode ends after the lift and is reported (an operator judges and starts the next one).
+
+The state machine never blocks and never talks to ROS: ``tick`` returns a :class:`Decision`
+(what to publish or which service to call, or why nothing was sent) and the node does the I/O.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Literal, NamedTuple
+
+import numpy as np
+
+from rcan_common.config import require
+from rcan_sim.action import ActionBounds, decode_action
+
+ImageInputs = Literal["auto", "source+canonical", "canonical", "source"]
+INPUT_CHANNELS = {"source+canonical": 6, "canonical": 3, "source": 3}
+
+
+# ---- small geometry helpers (quaternions are x, y, z, w like geometry_msgs)
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array([aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw,
+                     aw * bw - ax * bx - ay * by - az * bz])
+
+
+def yaw_quat(dtheta: float) -> np.ndarray:
+    return np.array([0.0, 0.0, math.sin(dtheta / 2), math.cos(dtheta / 2)])
+
+
+def apply_action(pos: np.ndarray, quat: np.ndarray, translation: np.ndarray, dtheta: float):
+    """Absolute target: position + translation (base frame), orientation rotated about the base vertical."""
+    q = quat_multiply(yaw_quat(dtheta), np.asarray(quat, dtype=np.float64))
+    return np.asarray(pos, dtype=np.float64) + translation, q / np.linalg.norm(q)
+
+
+# ---- inputs
+class EEState(NamedTuple):
+    pos: np.ndarray  # (3,) m, base frame
+    quat: np.ndarray  # (4,) x, y, z, w
+    stamp: float  # s, ROS time
+
+
+class GripperState(NamedTuple):
+    open: bool
+    stamp: float
+
+
+class ImagePair(NamedTuple):
+    stamp: float
+    source: np.ndarray  # HxWx3 uint8 RGB
+    canonical: np.ndarray  # HxWx3 uint8 RGB
+
+
+def build_policy_images(source: np.ndarray, canonical: np.ndarray, inputs: str, size: int) -> np.ndarray:
+    """The Q-network image (size, size, C) uint8: [source, canonical] (C=6) or one of them (C=3)."""
+    import cv2
+
+    def fit(img: np.ndarray) -> np.ndarray:
+        if img.shape[:2] == (size, size):
+            return img
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        return cv2.resize(img, (size, size), interpolation=interp)
+
+    if inputs == "source+canonical":
+        return np.concatenate([fit(source), fit(canonical)], axis=2)
+    return fit(canonical if inputs == "canonical" else source)
+
+
+# ---- the Q-function through the project's ONNX Runtime wrapper
+class RuntimeQFunction:
+    """A QFunction (see rcan_grasp_policy.cem) over an exported Q-network run by rcan_perception.runtime.
+
+    Same graph contract and image conversion as rcan_grasp_policy.backends.OrtQFunction, but with
+    provider choice/fallback, thread settings, warm-up and start-up shape checks.
+    """
+
+    def __init__(self, path: str | Path, runtime, log: Callable[[str], None] | None = None):
+        import dataclasses
+
+        from rcan_common.config import ConfigError, from_dict
+        from rcan_grasp_policy.backends import ONNX_METADATA_KEY
+        from rcan_grasp_policy.qnet import QNetConfig
+        from rcan_perception.runtime import ModelError, OrtModel
+
+        # The expected input shapes come from the model's own metadata: check after loading, then warm up.
+        self.model = OrtModel(path, dataclasses.replace(runtime, warmup_runs=0), log=log)
+        if ONNX_METADATA_KEY not in self.model.metadata:
+            raise ModelError(f"policy model {path} has no '{ONNX_METADATA_KEY}' metadata; "
+                             "was it made by the project's policy export?")
+        try:
+            self.meta = json.loads(self.model.metadata[ONNX_METADATA_KEY])
+            self.qnet_cfg = from_dict(QNetConfig, self.meta["qnet"])
+        except (ValueError, KeyError, TypeError, ConfigError) as exc:
+            raise ModelError(f"policy model {path}: unreadable '{ONNX_METADATA_KEY}' metadata: {exc}") from exc
+        c, s = self.qnet_cfg.in_channels, self.qnet_cfg.image_size
+        self.model.check_io({"images": (None, c, s, s), "state": (None, 2), "actions": (None, None, 8)}, ["q"])
+        self.model.warmup(runtime.warmup_runs)
+
+    def embed(self, images: np.ndarray, state: np.ndarray):
+        from rcan_grasp_policy.backends import images_to_nchw
+
+        return images_to_nchw(images), np.asarray(state, dtype=np.float32)
+
+    def score(self, context, actions: np.ndarray) -> np.ndarray:
+        images, state = context
+        return self.model.run({"images": images, "state": state,
+                               "actions": np.asarray(actions, dtype=np.float32)})["q"]
+
+
+class Planner(NamedTuple):
+    act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (H,W,C) uint8, (2,) -> action, Q
+    in_channels: int
+    image_size: int
+    meta: dict
+    provider: str
+
+
+def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds, seed: int,
+                 log: Callable[[str], None] | None = None) -> Planner:
+    """CEM over the policy at `model_path` (.onnx: ONNX Runtime via the runtime wrapper; .safetensors: torch)."""
+    from rcan_grasp_policy.cem import CEMPolicy
+
+    path = Path(model_path)
+    if path.suffix == ".onnx":
+        qf: Any = RuntimeQFunction(path, runtime, log=log)
+        cfg, meta, provider = qf.qnet_cfg, qf.meta, qf.model.provider
+    else:
+        from rcan_grasp_policy.backends import load_qfunction
+
+        qf, meta = load_qfunction(path, threads=runtime.intra_op_threads)
+        cfg, provider = qf.net.cfg, f"torch:{qf.device}"
+    policy = CEMPolicy(qf, cem_cfg, bounds, seed=seed)
+
+    def act(images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
+        actions, q = policy.act(images[None], np.asarray(state, dtype=np.float32)[None])
+        return actions[0], float(q[0])
+
+    return Planner(act, cfg.in_channels, cfg.image_size, meta, provider)
+
+
+def resolve_inputs(requested: str, in_channels: int) -> str:
+    """The image variant: 'auto' follows the model (6 channels: [source, G(source)], 3: canonical only)."""
+    if requested == "auto":
+        return "source+canonical" if in_channels == 6 else "canonical"
+    if requested not in INPUT_CHANNELS:
+        raise ValueError(f"image_inputs must be one of {['auto', *INPUT_CHANNELS]}, got {requested!r}")
+    if INPUT_CHANNELS[requested] != in_channels:
+        raise ValueError(f"image_inputs '{requested}' gives {INPUT_CHANNELS[requested]} channels but the "
+                         f"policy model takes {in_channels}")
+    return requested
+
+
+# ---- the episode state machine
+class Phase(str, Enum):
+    IDLE = "idle"  # waiting for start_episode
+    RESET = "reset"  # about to call the sim's reset
+    AWAIT_RESET = "await_reset"
+    ACT = "act"  # waiting for fresh inputs, then choose an action
+    MOVE = "move"  # waiting for the arm to reach the target
+    GRIP = "grip"  # waiting for the gripper to open/close
+    LIFT = "lift"  # waiting for the arm to finish the lift
+    CHECK = "check"  # about to call the sim's grasp_success
+    AWAIT_CHECK = "await_check"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    max_steps: int = 20
+    """Actions per episode (paper: at most 20); then lift and check as if terminated."""
+    max_input_age: float = 0.5
+    """Images and EE/gripper state older than this (s) are stale: no command is sent."""
+    tray_bottom_z: float = -0.185
+    """Tray bottom height in the base frame (m); state gripper_height = ee z - this."""
+    lift_height: float = 0.2
+    """Lift after termination (m), as the sim env."""
+    settle_tolerance: float = 0.01
+    """The arm has arrived when the EE position is this close to the target (m)."""
+    settle_timeout: float = 3.0
+    """Give up waiting for the arm after this long (s) and go on (the next step re-checks freshness)."""
+    gripper_timeout: float = 2.0
+    """Give up waiting for the gripper state after this long (s)."""
+    sim_mode: bool = False
+    """Use the sim node's grasp_success/reset services; otherwise lift and report."""
+    autostart: bool = True
+    """Start the first episode at once (else wait for start_episode)."""
+    max_episodes: int = 0
+    """Stop after this many episodes (0 = no limit; sim mode resets and goes on)."""
+    bounds: ActionBounds = field(default_factory=ActionBounds)
+
+    def __post_init__(self) -> None:
+        require(self.max_steps >= 1, "max_steps", "must be >= 1")
+        require(self.max_input_age > 0, "max_input_age", "must be > 0")
+        require(self.lift_height >= 0, "lift_height", "must be >= 0")
+        require(self.settle_tolerance > 0, "settle_tolerance", "must be > 0")
+        require(self.settle_timeout > 0, "settle_timeout", "must be > 0")
+        require(self.gripper_timeout > 0, "gripper_timeout", "must be > 0")
+        require(self.max_episodes >= 0, "max_episodes", "must be >= 0")
+
+
+@dataclass
+class Decision:
+    """What the node should do after one tick (all None: nothing)."""
+
+    target: tuple[np.ndarray, np.ndarray] | None = None  # absolute (pos, quat) in the base frame
+    gripper_open: bool | None = None
+    service: str | None = None  # "reset" or "grasp_success"
+    wait: str | None = None  # why no command was sent (a stable cause key for log-once)
+    action: np.ndarray | None = None
+    q: float | None = None
+    event: str | None = None  # a state change worth one log line
+
+
+class EpisodeCore:
+    def __init__(self, cfg: CoreConfig, planner_act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+                 image_inputs: str, image_size: int):
+        self.cfg = cfg
+        self.act = planner_act
+        self.image_inputs = image_inputs
+        self.image_size = image_size
+        self.episode = 0
+        self.step = 0
+        self.settled_at = -math.inf  # images must be stamped after this
+        self.results: list[dict] = []
+        self.last_action: np.ndarray | None = None
+        self.last_q: float | None = None
+        self._target: tuple[np.ndarray, np.ndarray] | None = None
+        self._since = 0.0
+        self._pending_gripper: bool | None = None
+        self._end_reason: str | None = None
+        self._retry_at = -math.inf
+        self.phase = Phase.IDLE
+        if cfg.autostart:
+            self.start_episode(-math.inf)  # any fresh image will do for the first step
+
+    # -- episode control
+    def start_episode(self, now: float) -> tuple[bool, str]:
+        if self.phase not in (Phase.IDLE, Phase.DONE):
+            return False, f"an episode is running (phase {self.phase.value})"
+        if self.cfg.sim_mode:
+            self.phase = Phase.RESET
+            return True, "resetting the sim for a new episode"
+        self._begin(now)
+        return True, f"episode {self.episode} started"
+
+    def _begin(self, now: float) -> None:
+        self.episode += 1
+        self.step = 0
+        self.settled_at = now
+        self._end_reason = None
+        self.phase = Phase.ACT
+
+    def on_service_result(self, name: str, ok: bool, message: str, now: float) -> str:
+        """Feed back a Trigger response; returns a line for the log."""
+        if name == "reset" and self.phase is Phase.AWAIT_RESET:
+            if not ok:
+                self.phase, self._retry_at = Phase.RESET, now + 1.0
+                return f"sim reset failed ({message}); retrying"
+            self._begin(now)
+            return f"episode {self.episode} started (sim reset)"
+        if name == "grasp_success" and self.phase is Phase.AWAIT_CHECK:
+            return self._finish(bool(ok), message, now)
+        return f"ignored a late '{name}' response in phase {self.phase.value}"
+
+    def on_service_unavailable(self, name: str, now: float) -> None:
+        self.phase = Phase.RESET if name == "reset" else Phase.CHECK
+        self._retry_at = now + 1.0
+
+    def _finish(self, success: bool | None, detail: str, now: float) -> str:
+        self.results.append({"episode": self.episode, "steps": self.step, "success": success,
+                             "ended_by": self._end_reason, "detail": detail})
+        done = self.cfg.max_episodes and len(self.results) >= self.cfg.max_episodes
+        if self.cfg.sim_mode and not done:
+            self.phase = Phase.RESET
+        else:
+            self.phase = Phase.DONE
+        verdict = {True: "success", False: "failure", None: "lifted (success not checked on the robot)"}[success]
+        return f"episode {self.episode} ended after {self.step} steps ({self._end_reason}): {verdict}"
+
+    # -- the control step
+    def tick(self, now: float, ee: EEState | None, gripper: GripperState | None,
+             pair: ImagePair | None) -> Decision:
+        ph = self.phase
+        if ph in (Phase.RESET, Phase.CHECK):
+            if now < self._retry_at:
+                return Decision()
+            self.phase = Phase.AWAIT_RESET if ph is Phase.RESET else Phase.AWAIT_CHECK
+            return Decision(service="reset" if ph is Phase.RESET else "grasp_success")
+        if ph is Phase.ACT:
+            return self._act(now, ee, gripper, pair)
+        if ph is Phase.MOVE and self._arrived(now, ee):
+            if self._pending_gripper is not None:
+                self.phase, self._since = Phase.GRIP, now
+                return Decision(gripper_open=self._pending_gripper)
+            return self._after_step(now)
+        if ph is Phase.GRIP:
+            reached = gripper is not None and gripper.stamp > self._since and gripper.open == self._pending_gripper
+            if reached or now - self._since > self.cfg.gripper_timeout:
+                return self._after_step(now)
+        if ph is Phase.LIFT and self._arrived(now, ee):
+            if self.cfg.sim_mode:
+                self.phase = Phase.CHECK
+                return self.tick(now, ee, gripper, pair)
+            return Decision(event=self._finish(None, "robot mode", now))
+        return Decision()
+
+    def _stale(self, now: float, ee, gripper, pair) -> str | None:
+        age = self.cfg.max_input_age
+        if ee is None:
+            return "ee_pose_missing"
+        if now - ee.stamp > age:
+            return "ee_pose_stale"
+        if gripper is None:
+            return "gripper_state_missing"
+        if now - gripper.stamp > age:
+            return "gripper_state_stale"
+        if pair is None:
+            return "images_missing"
+        if pair.stamp <= self.settled_at:
+            return "waiting_for_images_after_settle"
+        if now - pair.stamp > age:
+            return "images_stale"
+        return None
+
+    def _act(self, now: float, ee, gripper, pair) -> Decision:
+        reason = self._stale(now, ee, gripper, pair)
+        if reason:
+            return Decision(wait=reason)
+        images = build_policy_images(pair.source, pair.canonical, self.image_inputs, self.image_size)
+        state = np.array([1.0 if gripper.open else 0.0, ee.pos[2] - self.cfg.tray_bottom_z], dtype=np.float32)
+        action, q = self.act(images, state)
+        cmd = decode_action(action, self.cfg.bounds)
+        self.step += 1
+        self.last_action, self.last_q = np.asarray(action, dtype=np.float32), float(q)
+        self._target = apply_action(ee.pos, ee.quat, cmd.translation, cmd.dtheta)
+        wanted = None if cmd.gripper is None else cmd.gripper == "open"
+        self._pending_gripper = wanted if wanted is not None and wanted != gripper.open else None
+        if cmd.terminate:
+            self._end_reason = "terminate"
+        elif self.step >= self.cfg.max_steps:
+            self._end_reason = "max_steps"
+        self.phase, self._since = Phase.MOVE, now
+        return Decision(target=self._target, action=self.last_action, q=self.last_q)
+
+    def _arrived(self, now: float, ee: EEState | None) -> bool:
+        pos, _ = self._target
+        if ee is not None and ee.stamp > self._since and np.linalg.norm(ee.pos - pos) <= self.cfg.settle_tolerance:
+            return True
+        return now - self._since > self.cfg.settle_timeout
+
+    def _after_step(self, now: float) -> Decision:
+        self.settled_at = now
+        if self._end_reason is None:
+            self.phase = Phase.ACT
+            return Decision()
+        pos, quat = self._target
+        self._target = (pos + np.array([0.0, 0.0, self.cfg.lift_height]), quat)
+        self.phase, self._since = Phase.LIFT, now
+        return Decision(target=self._target, event=f"episode {self.episode}: {self._end_reason} after "
+                                                      f"{self.step} steps; lifting {self.cfg.lift_height} m")
+
+    def status(self) -> dict:
+        successes = sum(r["success"] is True for r in self.results)
+        return {"phase": self.phase.value, "episode": self.episode, "step": self.step,
+                "max_steps": self.cfg.max_steps, "image_inputs": self.image_inputs,
+                "last_q": self.last_q,
+                "last_action": None if self.last_action is None else [round(float(v), 4) for v in self.last_action],
+                "episodes_finished": len(self.results), "successes": successes,
+                "last_result": self.results[-1] if self.results else None}

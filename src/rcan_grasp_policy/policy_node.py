@@ -1,0 +1,257 @@
+"""policy_node: [source, G(source)] + EE/gripper state -> CEM over the Q-network -> target EE pose.
+
+Subscribes: ``/camera/image_raw`` and ``/rcan/canonical/image`` (paired by exact header
+stamp), ``/rcan/ee_pose`` (PoseStamped, base frame), the driver's gripper state (Bool,
+True = open).  Publishes: ``/rcan/target_pose`` (PoseStamped, absolute, frame
+``lbr_link_0``), ``/rcan/gripper_command`` (Bool, True = open, as the driver takes it),
+``/rcan/policy/markers`` (MarkerArray: action arrow + Q text), ``/rcan/policy/status``
+(String JSON).  Serves ``~/start_episode`` (Trigger).  In sim mode it calls the sim node's
+``reset`` and ``grasp_success`` Trigger services.
+
+The episode logic lives in policy_core.EpisodeCore; this file is wiring only.  Stale or
+missing inputs mean NO command (logged once per cause); malformed messages are rejected
+(logged once per cause) and the node keeps running.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+from geometry_msgs.msg import Point, PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from rcan_common.config import ConfigError
+from rcan_common.ros_image import COLOR_ENCODINGS, ImageError, check_image_header, image_msg_to_rgb
+from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
+from rcan_grasp_policy.backends import PolicyLoadError
+from rcan_grasp_policy.cem import CEMConfig
+from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair,
+                                           load_planner, resolve_inputs)
+from rcan_grasp_policy.stamp_matcher import StampMatcher
+from rcan_perception.runtime import ModelError, RuntimeConfig
+from rcan_sim.action import ActionBounds
+
+# Causes that are part of normal operation (waiting for the next frame), not problems.
+_NORMAL_WAITS = {"waiting_for_images_after_settle"}
+
+
+def _stamp_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("policy_node", **kwargs)
+        p = lambda name, default: self.declare_parameter(name, default).value  # noqa: E731
+        model_path = p("model_path", "models/policy_rcan_64.onnx")
+        self.base_frame = p("base_frame", "lbr_link_0")
+        rate_hz = float(p("control_rate_hz", 10.0))
+        reliability = p("qos_reliability", "reliable")
+        image_depth = int(p("image_qos_depth", 5))
+        depth = int(p("qos_depth", 5))
+        try:
+            runtime = RuntimeConfig(provider=p("provider", "cpu"), intra_op_threads=int(p("intra_op_threads", 0)),
+                                    inter_op_threads=int(p("inter_op_threads", 0)), fp16=bool(p("fp16", False)),
+                                    warmup_runs=int(p("warmup_runs", 2)))
+            cem = CEMConfig(samples=int(p("cem_samples", 64)), elites=int(p("cem_elites", 6)),
+                            iterations=int(p("cem_iterations", 2)))
+            bounds = ActionBounds(max_translation=float(p("max_translation", 0.05)),
+                                  max_rotation=float(p("max_rotation", 0.5)))
+            core_cfg = CoreConfig(
+                max_steps=int(p("max_steps", 20)), max_input_age=float(p("max_input_age", 0.5)),
+                tray_bottom_z=float(p("tray_bottom_z", -0.185)), lift_height=float(p("lift_height", 0.2)),
+                settle_tolerance=float(p("settle_tolerance", 0.01)), settle_timeout=float(p("settle_timeout", 3.0)),
+                gripper_timeout=float(p("gripper_timeout", 2.0)), sim_mode=bool(p("sim_mode", False)),
+                autostart=bool(p("autostart", True)), max_episodes=int(p("max_episodes", 0)), bounds=bounds)
+            if not rate_hz > 0:
+                raise ValueError(f"control_rate_hz must be > 0, got {rate_hz}")
+            image_qos, qos = qos_profile(reliability, image_depth), qos_profile(reliability, depth)
+            self.planner = load_planner(model_path, runtime, cem, bounds, int(p("seed", 0)),
+                                        log=self.get_logger().info)
+            inputs = resolve_inputs(p("image_inputs", "auto"), self.planner.in_channels)
+            self.matcher = StampMatcher(int(p("matcher_capacity", 10)))
+        except (ValueError, ConfigError, ModelError, PolicyLoadError) as exc:
+            raise StartupError(str(exc)) from exc
+        self.core = EpisodeCore(core_cfg, self.planner.act, inputs, self.planner.image_size)
+        self.uses = {"source": inputs != "canonical", "canonical": inputs != "source"}
+
+        self.rejects = OnceLog(self.get_logger().warning)
+        self.waits = OnceLog(self.get_logger().warning)
+        self.ee: EEState | None = None
+        self.gripper: GripperState | None = None
+        self._pair_cache: ImagePair | None = None
+        self._pending: dict[str, object] = {}
+
+        self.target_pub = self.create_publisher(PoseStamped, p("target_pose_topic", "/rcan/target_pose"), qos)
+        self.gripper_pub = self.create_publisher(Bool, p("gripper_command_topic", "/rcan/gripper_command"), qos)
+        self.marker_pub = self.create_publisher(MarkerArray, p("markers_topic", "/rcan/policy/markers"), qos)
+        self.status_pub = self.create_publisher(String, p("status_topic", "/rcan/policy/status"), qos)
+        source_topic = p("source_topic", "/camera/image_raw")
+        canonical_topic = p("canonical_topic", "/rcan/canonical/image")
+        self.create_subscription(Image, source_topic, lambda m: self._on_image("source", m), image_qos)
+        self.create_subscription(Image, canonical_topic, lambda m: self._on_image("canonical", m), image_qos)
+        self.create_subscription(PoseStamped, p("ee_pose_topic", "/rcan/ee_pose"), self._on_ee, qos)
+        self.create_subscription(Bool, p("gripper_state_topic", "/iiwa_driver_node/gripper_state"),
+                                 self._on_gripper, qos)
+        self.sim_clients = {"reset": self.create_client(Trigger, p("reset_service", "/sim_node/reset")),
+                        "grasp_success": self.create_client(Trigger, p("grasp_success_service",
+                                                                       "/sim_node/grasp_success"))}
+        self.create_service(Trigger, "~/start_episode", self._on_start)
+        self.create_timer(1.0 / rate_hz, self._tick)
+        self.create_timer(1.0, self._publish_status)
+        mode = "sim" if core_cfg.sim_mode else "robot"
+        self.get_logger().info(f"policy {model_path} ({self.planner.provider}, inputs {inputs}, "
+                               f"{self.planner.image_size}px, CEM {cem.samples}/{cem.elites}/{cem.iterations}) "
+                               f"at {rate_hz:g} Hz, {mode} mode")
+
+    # -- inputs
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, stream: str, msg: Image) -> None:
+        try:
+            check_image_header(msg, COLOR_ENCODINGS, 3)
+        except ImageError as exc:
+            self.rejects(f"{stream}:{exc.reason}", f"rejected {stream} image: {exc}")
+            return
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if not self.uses["canonical"] or not self.uses["source"]:
+            # A single-stream variant pairs the image with itself.
+            if self.uses[stream]:
+                self.matcher.add("source", stamp_ns, msg)
+                self.matcher.add("canonical", stamp_ns, msg)
+            return
+        self.matcher.add(stream, stamp_ns, msg)
+
+    def _on_ee(self, msg: PoseStamped) -> None:
+        pos = np.array([msg.pose.position.x, msg.pose.position.y, msg.pose.position.z])
+        o = msg.pose.orientation
+        quat = np.array([o.x, o.y, o.z, o.w])
+        if msg.header.frame_id != self.base_frame:
+            self.rejects("ee_frame", f"rejected EE pose in frame '{msg.header.frame_id}', expected "
+                                     f"'{self.base_frame}'")
+            return
+        norm = np.linalg.norm(quat)
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat)) and norm > 1e-6):
+            self.rejects("ee_values", f"rejected EE pose with non-finite values or a zero quaternion: {pos}, {quat}")
+            return
+        self.ee = EEState(pos, quat / norm, _stamp_s(msg.header.stamp))
+
+    def _on_gripper(self, msg: Bool) -> None:
+        self.gripper = GripperState(bool(msg.data), self._now())  # Bool has no header: stamp on receipt
+
+    def _pair(self) -> ImagePair | None:
+        pair = self.matcher.latest()
+        if pair is None:
+            return None
+        stamp = pair.stamp_ns * 1e-9
+        if self._pair_cache is None or self._pair_cache.stamp != stamp:
+            try:
+                self._pair_cache = ImagePair(stamp, image_msg_to_rgb(pair.source), image_msg_to_rgb(pair.canonical))
+            except ImageError as exc:  # headers were checked on receipt; keep the node up regardless
+                self.rejects(f"pair:{exc.reason}", f"cannot convert image pair: {exc}")
+                return None
+        return self._pair_cache
+
+    # -- control
+    def _tick(self) -> None:
+        now = self._now()
+        try:
+            d = self.core.tick(now, self.ee, self.gripper, self._pair())
+        except Exception as exc:  # a planner failure must not kill the node; no command is sent
+            self.waits(f"planner:{type(exc).__name__}", f"policy step failed, no command sent: {exc!r}")
+            return
+        if d.wait and d.wait not in _NORMAL_WAITS:
+            self.waits(d.wait, f"no command: {d.wait.replace('_', ' ')}")
+        if d.target is not None:
+            for cause in list(self.waits.counts):
+                self.waits.reset(cause)  # inputs are healthy again: log the next problem anew
+            self._publish_target(*d.target)
+            if d.action is not None:
+                self._publish_markers(d.target[0], d.action, d.q)
+        if d.gripper_open is not None:
+            self.gripper_pub.publish(Bool(data=d.gripper_open))
+        if d.service:
+            self._call(d.service, now)
+        if d.event:
+            self.get_logger().info(d.event)
+        if d.target is not None or d.event or d.service:
+            self._publish_status()
+
+    def _publish_target(self, pos: np.ndarray, quat: np.ndarray) -> None:
+        msg = PoseStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.base_frame
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pos)
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in quat)
+        self.target_pub.publish(msg)
+
+    def _publish_markers(self, target: np.ndarray, action: np.ndarray, q: float) -> None:
+        stamp = self.get_clock().now().to_msg()
+        start = self.ee.pos if self.ee is not None else target
+        arrow = Marker(ns="rcan_action", id=0, type=Marker.ARROW, action=Marker.ADD)
+        arrow.header.frame_id, arrow.header.stamp = self.base_frame, stamp
+        arrow.points = [Point(x=float(start[0]), y=float(start[1]), z=float(start[2])),
+                        Point(x=float(target[0]), y=float(target[1]), z=float(target[2]))]
+        arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.005, 0.01, 0.01
+        arrow.color.r, arrow.color.g, arrow.color.b, arrow.color.a = 1.0 - q, q, 0.2, 1.0
+        arrow.pose.orientation.w = 1.0
+        grip = "close" if action[5] > 0.5 else "open" if action[6] > 0.5 else "-"
+        text = Marker(ns="rcan_q", id=1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+        text.header = arrow.header
+        text.pose.position.x, text.pose.position.y = float(start[0]), float(start[1])
+        text.pose.position.z = float(start[2]) + 0.08
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.03
+        text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+        dtheta = math.degrees(math.atan2(action[3], action[4]))
+        text.text = (f"Q={q:.3f} step {self.core.step}/{self.core.cfg.max_steps} "
+                     f"dtheta={dtheta:+.0f}deg gripper={grip}{' TERMINATE' if action[7] > 0.5 else ''}")
+        self.marker_pub.publish(MarkerArray(markers=[arrow, text]))
+
+    def _call(self, name: str, now: float) -> None:
+        client = self.sim_clients[name]
+        if not client.service_is_ready():
+            self.waits(f"service:{name}", f"service {client.srv_name} is not available; retrying")
+            self.core.on_service_unavailable(name, now)
+            return
+        future = client.call_async(Trigger.Request())
+        self._pending[name] = future  # keep a reference until it completes
+
+        def done(fut, name=name):
+            self._pending.pop(name, None)
+            try:
+                resp = fut.result()
+                ok, message = bool(resp.success), resp.message
+            except Exception as exc:
+                ok, message = False, repr(exc)
+            self.get_logger().info(self.core.on_service_result(name, ok, message, self._now()))
+            self._publish_status()
+
+        future.add_done_callback(done)
+
+    def _on_start(self, request, response):
+        response.success, response.message = self.core.start_episode(self._now())
+        self.get_logger().info(f"start_episode: {response.message}")
+        return response
+
+    def _publish_status(self) -> None:
+        status = self.core.status()
+        status.update(matched_pairs=self.matcher.matched, unmatched_dropped=self.matcher.dropped,
+                      rejected=dict(self.rejects.counts), provider=self.planner.provider)
+        self.status_pub.publish(String(data=json.dumps(status)))
+
+
+def main(args=None) -> None:
+    sys.exit(spin_node(PolicyNode, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""policy_node's plain-Python parts: stamp matcher, observation building, the episode state machine.
+
+The Q-function here is a stub defined in this test (no model file).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rcan_common.config import ConfigError
+from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair, Phase,
+                                           apply_action, build_policy_images, resolve_inputs)
+from rcan_grasp_policy.stamp_matcher import StampMatcher
+from rcan_sim.action import make_action
+
+
+# ---- stamp matcher
+def test_matcher_pairs_exact_stamps_only():
+    m = StampMatcher(capacity=3)
+    assert m.add("source", 100, "s100") is None
+    assert m.add("canonical", 101, "c101") is None  # different stamp: no pair
+    assert m.latest() is None
+    pair = m.add("canonical", 100, "c100")
+    assert pair == (100, "s100", "c100") and m.latest() == pair
+    assert m.pending() == {"source": 0, "canonical": 1}  # c101 still waits for its source
+
+
+def test_matcher_drops_older_unmatched_and_is_bounded():
+    m = StampMatcher(capacity=2)
+    for t in (1, 2, 3):
+        m.add("source", t, f"s{t}")
+    assert m.pending()["source"] == 2 and m.dropped == 1  # s1 evicted by capacity
+    m.add("canonical", 5, "c5")
+    m.add("source", 5, "s5")
+    assert m.latest().stamp_ns == 5
+    assert m.pending() == {"source": 0, "canonical": 0}  # s2, s3 can never be the newest pair
+    assert m.add("canonical", 3, "c3") is None  # older than the newest pair: dropped at once
+    assert m.latest(after_ns=5) is None and m.latest(after_ns=4).stamp_ns == 5
+    with pytest.raises(ValueError):
+        m.add("depth", 1, None)
+
+
+# ---- observation and geometry
+def test_build_policy_images_variants():
+    src = np.full((472, 472, 3), 10, np.uint8)
+    can = np.full((64, 64, 3), 200, np.uint8)
+    six = build_policy_images(src, can, "source+canonical", 64)
+    assert six.shape == (64, 64, 6) and six.dtype == np.uint8
+    assert (six[..., :3] == 10).all() and (six[..., 3:] == 200).all()  # source first, then G(source)
+    assert (build_policy_images(src, can, "canonical", 32) == 200).all()
+    assert build_policy_images(src, can, "source", 32).shape == (32, 32, 3)
+
+
+def test_resolve_inputs():
+    assert resolve_inputs("auto", 6) == "source+canonical"
+    assert resolve_inputs("auto", 3) == "canonical"
+    with pytest.raises(ValueError, match="gives 3 channels but the policy model takes 6"):
+        resolve_inputs("canonical", 6)
+    with pytest.raises(ValueError, match="image_inputs must be one of"):
+        resolve_inputs("depth", 6)
+
+
+def test_apply_action_rotates_about_vertical():
+    down = np.array([1.0, 0.0, 0.0, 0.0])  # gripper pointing down (180 deg about x)
+    pos, q = apply_action(np.array([0.5, 0.0, 0.1]), down, np.array([0.01, -0.02, 0.0]), math.pi / 2)
+    np.testing.assert_allclose(pos, [0.51, -0.02, 0.1])
+    # Rz(90) * Rx(180): the x axis of the tool now points along base +y, z still down.
+    x, y, z, w = q
+    rot = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                    [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                    [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    np.testing.assert_allclose(rot[:, 0], [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(rot[:, 2], [0, 0, -1], atol=1e-12)
+
+
+# ---- episode state machine with a scripted stub Q-function
+class Script:
+    """Returns the queued actions in order (and records what it was shown)."""
+
+    def __init__(self, *actions):
+        self.actions = list(actions)
+        self.seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __call__(self, images, state):
+        self.seen.append((images, state))
+        return self.actions.pop(0), 0.5
+
+
+DOWN = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def ee(t, pos=(0.55, 0.0, 0.115)):
+    return EEState(np.array(pos, dtype=float), DOWN, t)
+
+
+def pair(t):
+    return ImagePair(t, np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8))
+
+
+def make_core(script, **kw):
+    return EpisodeCore(CoreConfig(**kw), script, "source+canonical", 8)
+
+
+def test_stale_or_missing_inputs_send_nothing():
+    core = make_core(Script(make_action((0.01, 0, 0))), max_input_age=0.5)
+    g = GripperState(True, 10.0)
+    assert core.tick(10.0, None, g, pair(10.0)).wait == "ee_pose_missing"
+    assert core.tick(10.0, ee(9.0), g, pair(10.0)).wait == "ee_pose_stale"
+    assert core.tick(10.0, ee(10.0), None, pair(10.0)).wait == "gripper_state_missing"
+    assert core.tick(10.0, ee(10.0), GripperState(True, 9.0), pair(10.0)).wait == "gripper_state_stale"
+    assert core.tick(10.0, ee(10.0), g, None).wait == "images_missing"
+    assert core.tick(10.0, ee(10.0), g, pair(9.2)).wait == "images_stale"
+    assert core.step == 0 and core.phase is Phase.ACT
+    d = core.tick(10.0, ee(10.0), g, pair(9.9))
+    assert d.target is not None and core.step == 1
+
+
+def test_step_uses_only_images_after_settle_and_builds_state():
+    script = Script(make_action((0.01, 0.0, -0.2), gripper="close"), make_action((0.0, 0.0, 0.0)))
+    core = make_core(script, tray_bottom_z=-0.185, settle_tolerance=0.005)
+    d = core.tick(1.0, ee(1.0), GripperState(True, 1.0), pair(0.95))
+    pos, quat = d.target
+    np.testing.assert_allclose(pos, [0.56, 0.0, 0.115 - 0.05])  # dz clipped to max_translation
+    np.testing.assert_allclose(quat, DOWN)
+    images, state = script.seen[0]
+    assert images.shape == (8, 8, 6) and (images[..., 3:] == 255).all()
+    np.testing.assert_allclose(state, [1.0, 0.3], atol=1e-6)  # open, height above the tray bottom
+    # Not arrived yet (EE far from target, no timeout): nothing happens.
+    assert core.tick(1.1, ee(1.1), GripperState(True, 1.1), pair(1.05)) .target is None and core.phase is Phase.MOVE
+    # Arrived -> the close command follows the motion, then waits for the gripper state.
+    d = core.tick(1.2, ee(1.2, pos), GripperState(True, 1.2), pair(1.15))
+    assert d.gripper_open is False and core.phase is Phase.GRIP
+    assert core.tick(1.3, ee(1.3, pos), GripperState(True, 1.3), pair(1.25)).wait is None and core.phase is Phase.GRIP
+    core.tick(1.4, ee(1.4, pos), GripperState(False, 1.4), pair(1.35))
+    assert core.phase is Phase.ACT and core.settled_at == 1.4
+    # A pair stamped before the command settled is not used.
+    d = core.tick(1.45, ee(1.45, pos), GripperState(False, 1.45), pair(1.35))
+    assert d.wait == "waiting_for_images_after_settle" and len(script.seen) == 1
+    assert core.tick(1.5, ee(1.5, pos), GripperState(False, 1.5), pair(1.46)).target is not None
+
+
+def test_robot_mode_terminate_lifts_and_reports():
+    core = make_core(Script(make_action((0.0, 0.0, 0.0), terminate=True)), lift_height=0.2, settle_timeout=0.5)
+    g = GripperState(False, 0.0)
+    target, _ = core.tick(0.0, ee(0.0), g, pair(0.0)).target
+    d = core.tick(0.1, ee(0.1, target), g, pair(0.1))  # arrived -> lift
+    np.testing.assert_allclose(d.target[0], target + [0, 0, 0.2])
+    assert core.phase is Phase.LIFT and "terminate" in d.event
+    assert core.tick(0.2, ee(0.2, target), g, pair(0.2)).event is None  # still lifting
+    d = core.tick(0.8, ee(0.8, target), g, pair(0.8))  # settle timeout also ends the wait
+    assert core.phase is Phase.DONE and "lifted" in d.event
+    assert core.results[-1]["success"] is None and core.results[-1]["ended_by"] == "terminate"
+    assert core.tick(0.9, ee(0.9), g, pair(0.9)).target is None  # done: no commands until started
+    assert core.start_episode(1.0)[0] and core.phase is Phase.ACT and core.episode == 2
+
+
+def test_sim_mode_max_steps_then_check_and_reset():
+    core = make_core(Script(*[make_action((0.0, 0.0, 0.0))] * 2), sim_mode=True, max_steps=2, max_episodes=2)
+    assert core.phase is Phase.RESET
+    assert core.tick(0.0, None, None, None).service == "reset" and core.phase is Phase.AWAIT_RESET
+    assert core.tick(0.05, None, None, None).service is None  # one call at a time
+    core.on_service_result("reset", True, "{}", 0.1)
+    assert core.phase is Phase.ACT and core.episode == 1 and core.settled_at == 0.1
+    g = GripperState(True, 0.0)
+    t = 0.2
+    for _ in range(2):
+        target, _ = core.tick(t, ee(t), g._replace(stamp=t), pair(t)).target
+        core.tick(t + 0.01, ee(t + 0.01, target), g._replace(stamp=t), pair(t))
+        t += 0.1
+    assert core.phase is Phase.LIFT and core.step == 2
+    d = core.tick(t, ee(t, target + [0, 0, 0.2]), g._replace(stamp=t), pair(t))
+    assert d.service == "grasp_success" and core.phase is Phase.AWAIT_CHECK
+    assert "failure" in core.on_service_result("grasp_success", False, "nothing held", t)
+    assert core.results[-1]["ended_by"] == "max_steps" and core.phase is Phase.RESET
+    # A missing service is retried after a pause, not hammered.
+    assert core.tick(t, None, None, None).service == "reset"
+    core.on_service_unavailable("reset", t)
+    assert core.tick(t + 0.5, None, None, None).service is None
+    assert core.tick(t + 1.1, None, None, None).service == "reset"
+    core.on_service_result("reset", False, "boom", t + 1.2)
+    assert core.phase is Phase.RESET
+    assert "late" in core.on_service_result("grasp_success", True, "", t + 1.3)
+
+
+def test_core_config_validation():
+    with pytest.raises(ConfigError, match="max_steps"):
+        CoreConfig(max_steps=0)
+    with pytest.raises(ConfigError, match="max_input_age"):
+        CoreConfig(max_input_age=0.0)
