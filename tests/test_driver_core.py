@@ -146,3 +146,12 @@ def test_shipped_config_file_matches_the_defaults():
     params = yaml.safe_load(path.read_text())["iiwa_driver_node"]["ros__parameters"]
     cfg = from_dict(DriverConfig, params)
     assert cfg == DriverConfig()
+
+
+def test_log_once_causes_separate_kinds_of_problem_but_not_their_numbers():
+    from kuka_iiwa_driver.driver_node import cause_of
+
+    assert cause_of("stale target: stamp is 3.000 s old") == cause_of("stale target: stamp is 9.1 s old")
+    assert cause_of("joint A4 target -121.0 deg outside") == cause_of("joint A2 would move 40.0 deg")
+    assert cause_of("stale target: x") != cause_of("non-finite value (NaN/inf) in target")
+    assert cause_of("workspace clamp (x=0.9->0.8)") != cause_of("step clamp (0.3 m -> 0.05 m)")

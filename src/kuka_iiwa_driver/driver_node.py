@@ -98,8 +98,8 @@ class IiwaDriverNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _warn_once(self, reason: str) -> None:
-        self.log_once(cause_of(reason), reason)
+    def _warn_once(self, reason: str, prefix: str = "") -> None:
+        self.log_once(cause_of(reason), f"{prefix}{reason}")
 
     def _guarded(self, what: str, fn, *args) -> None:
         """Run a callback; an unexpected error is logged once and the node carries on."""
@@ -118,10 +118,10 @@ class IiwaDriverNode(Node):
         result = self.core.on_target((p.x, p.y, p.z), (o.x, o.y, o.z, o.w), msg.header.frame_id,
                                      _stamp_s(msg.header.stamp), self._now())
         if result.status is Status.REJECTED:
-            self._warn_once(f"target rejected: {result.reason}")
+            self._warn_once(result.reason, "target rejected: ")
         else:
             if result.status is Status.CLAMPED:
-                self._warn_once(f"target clamped: {result.reason}")
+                self._warn_once(result.reason, "target clamped: ")
             self._send(result.command)
         self._publish_status()
 
@@ -157,8 +157,11 @@ class IiwaDriverNode(Node):
 
     def _on_release(self, request, response):
         response.success, response.message = self.core.release_estop()
-        log = self.get_logger().info if response.success else self.get_logger().warning
-        log(f"release_estop: {response.message}")
+        # rclpy forbids two severities from one call site, hence two calls.
+        if response.success:
+            self.get_logger().info(f"release_estop: {response.message}")
+        else:
+            self.get_logger().warning(f"release_estop: {response.message}")
         self._publish_status()
         return response
 

@@ -1,0 +1,189 @@
+"""iiwa_driver_node as a real process over loopback DDS, driven by an rclpy node in the test.
+
+The test node plays the robot (publishes /joint_states at the home posture) and the policy
+(targets, gripper, e-stop), and watches the JointTrajectory output and the JSON status.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_camera_node import NodeProcess, RosHarness, write_params
+
+from kuka_iiwa_driver.kinematics import Kinematics, load_model, matrix_to_quat
+from kuka_iiwa_driver.safety import top_down
+
+pytestmark = pytest.mark.ros
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "iiwa_driver.yaml"
+NAMES = [f"lbr_A{i}" for i in range(1, 8)]
+HOME = np.radians([0.0, 30.0, 0.0, -90.0, 0.0, 60.0, 0.0])
+TRAJ = "/lbr/joint_trajectory_controller/joint_trajectory"
+
+
+class Rig:
+    """Test-side robot + policy around one driver process."""
+
+    def __init__(self, tmp_path: Path, env: dict, **params):
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Bool, String
+        from std_srvs.srv import Trigger
+        from trajectory_msgs.msg import JointTrajectory
+
+        self.h = RosHarness("driver_test")
+        node = self.h.node
+        self.trajs = self.h.collect(JointTrajectory, TRAJ)
+        self.grippers = self.h.collect(Bool, "/rcan/gripper/command")
+        self.statuses = self.h.collect(String, "/iiwa_driver_node/status")
+        self.target_pub = node.create_publisher(PoseStamped, "/rcan/target_pose", 10)
+        self.gripper_pub = node.create_publisher(Bool, "/rcan/gripper_command", 10)
+        self.estop_pub = node.create_publisher(Bool, "/rcan/estop", 10)
+        self.js_pub = node.create_publisher(JointState, "/joint_states", 10)
+        self.release = node.create_client(Trigger, "/iiwa_driver_node/release_estop")
+        self.js_names = list(NAMES)
+        node.create_timer(0.02, self._publish_joint_states)
+        overrides = write_params(tmp_path / "overrides.yaml", params)
+        self.proc = NodeProcess("iiwa_driver_node", CONFIG, env, ("--params-file", str(overrides)))
+        self.kin = Kinematics(load_model("iiwa14"), (0.0, 0.024, 0.1968))
+        self.home_p, _ = self.kin.fk(HOME)
+
+    def _publish_joint_states(self) -> None:
+        from sensor_msgs.msg import JointState
+
+        msg = JointState(name=self.js_names, position=[float(v) for v in HOME])
+        msg.header.stamp = self.h.node.get_clock().now().to_msg()
+        self.js_pub.publish(msg)
+
+    def status(self) -> dict:
+        return json.loads(self.statuses[-1].data) if self.statuses else {}
+
+    def wait(self, cond, timeout: float = 10.0) -> bool:
+        return self.h.spin_until(cond, timeout, self.proc)
+
+    def send_target(self, pos, yaw=math.pi, frame="lbr_link_0", quat=None, age=0.0):
+        from geometry_msgs.msg import PoseStamped
+
+        msg = PoseStamped()
+        now_ns = self.h.node.get_clock().now().nanoseconds - int(age * 1e9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
+        msg.header.frame_id = frame
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pos)
+        q = matrix_to_quat(top_down(yaw)) if quat is None else quat
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in q)
+        self.target_pub.publish(msg)
+
+    def counter(self, name: str) -> int:
+        return self.status().get("counters", {}).get(name, 0)
+
+    def close(self) -> int:
+        try:
+            return self.proc.stop()
+        finally:
+            self.h.close()
+
+
+def _assert_valid_trajectory(msg, limits_model="iiwa14"):
+    m = load_model(limits_model)
+    assert list(msg.joint_names) == NAMES
+    assert len(msg.points) == 1
+    pt = msg.points[0]
+    q = np.array(pt.positions)
+    assert q.shape == (7,) and np.all(np.isfinite(q))
+    assert np.all(q >= m.lower) and np.all(q <= m.upper)
+    t = pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9
+    assert t > 0
+    return q, t
+
+
+def test_targets_are_checked_converted_and_watched(tmp_path, ros_env):
+    # Slow moves (velocity_scale) so the watchdog sees a move in flight when targets stop.
+    rig = Rig(tmp_path, ros_env, velocity_scale=0.05, command_timeout_s=0.6, status_rate_hz=10.0)
+    try:
+        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        # 1. A good target -> one JointTrajectory reaching it, within joint and speed limits.
+        goal = rig.home_p + [0.02, 0.0, -0.03]
+        rig.send_target(goal)
+        assert rig.wait(lambda: len(rig.trajs) == 1), rig.proc.output
+        q, t = _assert_valid_trajectory(rig.trajs[0])
+        np.testing.assert_allclose(rig.kin.fk(q)[0], goal, atol=1e-3)
+        speed = np.abs(q - HOME) / t
+        assert np.all(speed <= load_model("iiwa14").max_velocity * 0.05 + 1e-6)
+        # 2. Watchdog: no further target while that move runs -> one hold at the measured posture.
+        assert rig.wait(lambda: len(rig.trajs) == 2, 5.0), rig.proc.output
+        hold, t_hold = _assert_valid_trajectory(rig.trajs[1])
+        np.testing.assert_allclose(hold, HOME, atol=1e-9)
+        assert t_hold == pytest.approx(0.2)
+        assert rig.wait(lambda: "no target" in rig.status().get("watchdog", {}).get("last_hold_reason", ""))
+        # 3. Out of the workspace -> clamped (still sent), with the reason in status.
+        rig.send_target(rig.home_p + [0.0, 0.0, -1.0])
+        assert rig.wait(lambda: len(rig.trajs) == 3)
+        q, _ = _assert_valid_trajectory(rig.trajs[2])
+        assert rig.kin.fk(q)[0][2] == pytest.approx(rig.home_p[2] - 0.05, abs=1e-3)  # step clamp
+        assert rig.wait(lambda: "workspace clamp" in rig.status().get("last_clamp_reason", ""))
+        assert rig.wait(lambda: len(rig.trajs) == 4, 5.0)  # the slow move is held again
+        # 4. NaN, bad frame, zero quaternion, stale stamp -> rejected, nothing sent.
+        bad = [dict(pos=(float("nan"), 0.0, 0.0)), dict(pos=rig.home_p, frame="world"),
+               dict(pos=rig.home_p, quat=(0.0, 0.0, 0.0, 0.0)), dict(pos=rig.home_p, age=3.0)]
+        for kw in bad:
+            rig.send_target(**kw)
+        assert rig.wait(lambda: rig.counter("rejected") == 4), rig.status()
+        # 5. Malformed joint_states (joints missing) are counted, not fatal.
+        rig.js_names = NAMES[:5] + ["x", "y"]
+        assert rig.wait(lambda: rig.counter("joint_states_rejected") >= 3)
+        assert rig.wait(lambda: rig.status().get("state") == "waiting_for_joint_states")
+        rig.js_names = list(NAMES)
+        rig.h.spin_for(0.3)
+        assert len(rig.trajs) == 4
+        # Still serving: a fresh good target is executed.
+        rig.send_target(rig.home_p + [0.0, 0.01, 0.0])
+        assert rig.wait(lambda: len(rig.trajs) == 5), rig.proc.output
+        assert rig.proc.alive()
+    finally:
+        assert rig.close() == 0
+    assert "target rejected: non-finite" in rig.proc.output
+
+
+def test_estop_latches_blocks_and_releases_only_on_request(tmp_path, ros_env):
+    from std_msgs.msg import Bool
+    from std_srvs.srv import Trigger
+
+    rig = Rig(tmp_path, ros_env, status_rate_hz=10.0)
+    try:
+        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        rig.gripper_pub.publish(Bool(data=False))
+        assert rig.wait(lambda: len(rig.grippers) == 1) and rig.grippers[0].data is False
+        rig.estop_pub.publish(Bool(data=True))
+        assert rig.wait(lambda: len(rig.trajs) == 1), rig.proc.output  # hold on latch
+        np.testing.assert_allclose(rig.trajs[0].points[0].positions, HOME, atol=1e-9)
+        assert rig.wait(lambda: rig.status().get("state") == "estop")
+        rig.send_target(rig.home_p + [0.01, 0.0, 0.0])
+        rig.gripper_pub.publish(Bool(data=True))
+        assert rig.wait(lambda: "e-stop latched" in rig.status().get("last_reject_reason", ""))
+        rig.h.spin_for(0.3)
+        assert len(rig.trajs) == 1 and len(rig.grippers) == 1
+
+        assert rig.release.wait_for_service(timeout_sec=5.0)
+
+        def call_release():
+            future = rig.release.call_async(Trigger.Request())
+            assert rig.wait(future.done)
+            return future.result()
+
+        res = call_release()
+        assert not res.success and "still asserted" in res.message
+        rig.estop_pub.publish(Bool(data=False))
+        assert rig.wait(lambda: rig.status().get("estop", {}).get("input_asserted") is False)
+        assert rig.status()["state"] == "estop"  # False alone does not release
+        res = call_release()
+        assert res.success, res.message
+        assert rig.wait(lambda: rig.status().get("state") == "idle")
+        rig.send_target(rig.home_p + [0.01, 0.0, 0.0])
+        assert rig.wait(lambda: len(rig.trajs) == 2), rig.proc.output
+        _assert_valid_trajectory(rig.trajs[1])
+    finally:
+        assert rig.close() == 0
