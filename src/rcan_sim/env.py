@@ -39,7 +39,7 @@ class EnvConfig:
     """Per-step limits on translation and rotation."""
     action_substeps: int = 20
     """Physics steps executed per action (with the default 1/120 s: 0.17 s)."""
-    gripper_substeps: int = 30
+    gripper_substeps: int = 40
     """Physics steps to let the fingers open or close."""
     lift_height: float = 0.2
     """Automatic lift after termination (m)."""
@@ -51,8 +51,8 @@ class EnvConfig:
     """Reward of every non-final step."""
     workspace_half_width: float = 0.17
     """TCP x/y stay within this distance of the tray centre (m)."""
-    min_height: float = 0.01
-    """Lowest TCP height above the tray bottom (m)."""
+    min_height: float = 0.015
+    """Lowest TCP height above the tray bottom (m); the TCP is 1 cm above the fingertips."""
     max_height: float = 0.35
     """Highest TCP height above the tray bottom (m)."""
     max_yaw: float = math.pi / 2
@@ -155,7 +155,7 @@ class GraspEnv:
             "tcp": pos, "tcp_target": self._target.copy(), "yaw": self._yaw, "gripper_open": w.gripper_is_open(),
             "tray_bottom_z": w.tray_bottom_z, "object_positions": np.array([p for p, _ in w.object_poses()]),
             "object_orientations": np.array([q for _, q in w.object_poses()]), "object_aabbs": w.object_aabbs(),
-            "held_objects": w.held_objects(), "workspace_low": self.workspace_low.copy(),
+            "held_objects": w.held_objects(), "divider_segment": w.divider_segment(), "workspace_low": self.workspace_low.copy(),
             "workspace_high": self.workspace_high.copy(), "steps": self._steps, "max_steps": self.cfg.max_steps,
             "max_translation": self.cfg.bounds.max_translation,
         }

@@ -30,55 +30,88 @@ class ScriptedGraspPolicy:
     """Callable `policy(obs, env) -> action` using `env.privileged_state()`."""
 
     def __init__(self, approach_height: float = 0.08, xy_tolerance: float = 0.006, yaw_tolerance: float = 0.08,
-                 z_tolerance: float = 0.006, grasp_clearance: float = 0.025):
+                 z_tolerance: float = 0.006, grasp_clearance: float = 0.015, finger_reach: float = 0.09,
+                 divider_clearance: float = 0.03, max_width: float = 0.11):
         self.approach_height = approach_height  # above the grasp height while still moving sideways (m)
         self.xy_tolerance = xy_tolerance
         self.yaw_tolerance = yaw_tolerance
         self.z_tolerance = z_tolerance
         self.grasp_clearance = grasp_clearance  # TCP above the object's lowest point when closing (m)
-        self._target: tuple[int | None, int] | None = None  # (episode seed, object index)
+        self.finger_reach = finger_reach  # open fingertips' distance from the TCP (m)
+        self.divider_clearance = divider_clearance
+        self.max_width = max_width  # widest object the open gripper takes comfortably (m)
+        self._target: tuple[int | None, int, float] | None = None  # (episode seed, object index, yaw)
 
     def __call__(self, obs, env: GraspEnv) -> np.ndarray:
         s = env.privileged_state()
         if not s["gripper_open"]:
             return make_action(terminate=True)
-        idx = self._choose(env, s)
-        pos, orn = s["object_positions"][idx], s["object_orientations"][idx]
-        lo, hi = s["object_aabbs"][idx]
+        idx, yaw = self._choose(env, s)
+        lo, _ = s["object_aabbs"][idx]
+        centre = self._centre(env.world.object_ids[idx], s["object_positions"][idx], s["object_orientations"][idx])
         grasp_z = max(s["workspace_low"][2], lo[2] + self.grasp_clearance)
-        yaw = self._grasp_yaw(env.world.object_ids[idx], pos, orn)
         target = s["tcp_target"]
-        dxy = pos[:2] - target[:2]
-        dyaw = math.remainder(yaw - s["yaw"], math.pi)  # the gripper is symmetric under half turns
+        dxy = np.clip(centre, s["workspace_low"][:2], s["workspace_high"][:2]) - target[:2]
+        dyaw = yaw - s["yaw"]
         step = s["max_translation"]
         aligned = np.linalg.norm(dxy) <= self.xy_tolerance and abs(dyaw) <= self.yaw_tolerance
         if not aligned:
             dz = np.clip(max(grasp_z + self.approach_height, target[2] - step) - target[2], -step, step)
-            move = np.clip(np.array([*dxy, dz]), -step, step)
-            return make_action(move, dyaw)
+            return make_action(np.clip(np.array([*dxy, dz]), -step, step), dyaw)
         if target[2] - grasp_z > self.z_tolerance:
             return make_action([*dxy, max(grasp_z - target[2], -step)], dyaw)
         return make_action(gripper="close")
 
-    def _choose(self, env: GraspEnv, s) -> int:
+    def _choose(self, env: GraspEnv, s) -> tuple[int, float]:
+        """Pick (once per episode) the reachable object nearest the gripper whose fingers
+        clear the divider, and the grasp yaw for it."""
         key = env.world.episode_seed
         if self._target is None or self._target[0] != key:
-            xy = s["object_positions"][:, :2]
-            inside = np.all((xy >= s["workspace_low"][:2]) & (xy <= s["workspace_high"][:2]), axis=1)
-            dist = np.linalg.norm(xy - s["tcp"][:2], axis=1) + np.where(inside, 0.0, 10.0)
-            self._target = (key, int(np.argmin(dist)))
-        return self._target[1]
+            best = (math.inf, 0, 0.0)
+            a, b = s["divider_segment"]
+            for i, oid in enumerate(env.world.object_ids):
+                pos, orn = s["object_positions"][i], s["object_orientations"][i]
+                centre = self._centre(oid, pos, orn)
+                cost = float(np.linalg.norm(centre - s["tcp"][:2]))
+                if np.any(centre < s["workspace_low"][:2]) or np.any(centre > s["workspace_high"][:2]):
+                    cost += 10.0
+                yaw, width = self._grasp_yaw(oid, orn)
+                tips = [centre + sign * self.finger_reach * np.array([math.cos(yaw), math.sin(yaw)]) for sign in (-1, 1)]
+                if min(_segment_distance(t, a, b) for t in tips) < self.divider_clearance:
+                    cost += 1.0
+                if width > self.max_width:
+                    cost += 2.0
+                best = min(best, (cost, i, yaw))
+            self._target = (key, best[1], best[2])
+        return self._target[1], self._target[2]
 
     @staticmethod
-    def _grasp_yaw(object_id: int, pos, orn) -> float:
-        """Yaw that closes the fingers (along the gripper's x axis) across the narrow axis."""
+    def _hull_xy(object_id: int, orn) -> np.ndarray:
         pts = objects.object_model(object_id).hull_points
         rot = np.array(pb.getMatrixFromQuaternion(list(orn))).reshape(3, 3)
-        xy = (pts @ rot.T)[:, :2]
+        return (pts @ rot.T)[:, :2]
+
+    def _centre(self, object_id: int, pos, orn) -> np.ndarray:
+        """Horizontal centre of the object's hull (the mesh origin can be off-centre)."""
+        xy = self._hull_xy(object_id, orn)
+        return pos[:2] + (xy.min(0) + xy.max(0)) / 2
+
+    def _grasp_yaw(self, object_id: int, orn) -> tuple[float, float]:
+        """Yaw that closes the fingers (along the gripper's x axis) across the narrow axis,
+        and the object's width along it."""
+        xy = self._hull_xy(object_id, orn)
         xy = xy - xy.mean(0)
         _, vecs = np.linalg.eigh(xy.T @ xy)
         minor = vecs[:, 0]  # eigenvalues ascending: narrowest direction first
-        return math.remainder(math.atan2(minor[1], minor[0]), math.pi)
+        width = float(np.ptp(xy @ minor))
+        # The gripper is symmetric under half turns, so [-pi/2, pi/2] (the env's yaw range) covers all.
+        return math.remainder(math.atan2(minor[1], minor[0]), math.pi), width
+
+
+def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    ab = b - a
+    t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-12), 0.0, 1.0))
+    return float(np.linalg.norm(p - (a + t * ab)))
 
 
 @dataclass

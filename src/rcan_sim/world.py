@@ -39,8 +39,8 @@ GRIPPER_LINKS = tuple(range(7, 14))
 FINGER_OPEN = 0.3  # rad, as pybullet's kuka.py
 ARM_FORCE = 200.0
 ARM_POSITION_GAIN = 0.3
-FINGER_FORCES = (2.0, 2.5)
-TIP_FORCE = 2.0
+FINGER_FORCES = (5.0, 6.0)  # stronger than kuka.py (2, 2.5): fewer objects slip out during the lift
+TIP_FORCE = 5.0
 
 FLOOR_Z = -0.2
 TRAY_POS = (0.55, 0.0, FLOOR_Z)
@@ -248,8 +248,6 @@ class GraspWorld:
             pb.createVisualShape(pb.GEOM_BOX, halfExtents=half, physicsClientId=c),
             [TRAY_POS[0], 0, TRAY_BOTTOM_Z + half[2]], physicsClientId=c)
 
-        # Tool centre point: between the fingertip pads, found from the model at build time.
-        self._reset_arm_joints([0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0])
         self.tool_offset = self._measure_tool_offset()
         self.home_tcp = np.array([TRAY_POS[0], 0.0, TRAY_BOTTOM_Z + 0.30])
         self.home_q = self.solve_ik(self.home_tcp, 0.0, rest=[0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0], iterations=30)
@@ -262,15 +260,21 @@ class GraspWorld:
         return [50.0 + 5 * i, 50.0, -50.0]  # far outside the camera frustum
 
     def _measure_tool_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flange -> TCP: centred between the fingertips, 1 cm above their lowest point, so
+        gripper_height ~ fingertip clearance + 1 cm.  Measured on the model, gripper pointing down."""
         c = self._cid
+        self.tool_offset = (np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
+        self._reset_arm_joints(self.solve_ik([TRAY_POS[0], 0.0, 0.3], 0.0, rest=[0.0, 0.4, 0.0, -1.6, 0.0, 1.1, 0.0],
+                                             iterations=30))
         flange = pb.getLinkState(self.arm, FLANGE_LINK, computeForwardKinematics=True, physicsClientId=c)
         tips = [np.array(pb.getLinkState(self.arm, j, computeForwardKinematics=True, physicsClientId=c)[4])
                 for j in FINGERTIP_JOINTS]
+        lowest = min(pb.getAABB(self.arm, j, physicsClientId=c)[0][2] for j in FINGERTIP_JOINTS)
+        tcp = (tips[0] + tips[1]) / 2
+        tcp[2] = lowest + 0.01
         inv_pos, inv_orn = pb.invertTransform(flange[4], flange[5])
-        mid, _ = pb.multiplyTransforms(inv_pos, inv_orn, ((tips[0] + tips[1]) / 2).tolist(), [0, 0, 0, 1])
-        # The tip link frames sit at the fingertip joints; the pads' centre is 2.5 cm further out.
-        mid = np.array(mid) + np.array([0, 0, 0.025])
-        return mid, np.array([0.0, 0.0, 0.0, 1.0])
+        mid, _ = pb.multiplyTransforms(inv_pos, inv_orn, tcp.tolist(), [0, 0, 0, 1])
+        return np.array(mid), np.array([0.0, 0.0, 0.0, 1.0])
 
     def _make_camera(self) -> CameraInfo:
         cfg = self.cfg
@@ -526,6 +530,13 @@ class GraspWorld:
     def object_aabbs(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [tuple(np.array(v) for v in pb.getAABB(u, physicsClientId=self._cid))
                 for u in self._require_episode().object_uids]
+
+    def divider_segment(self) -> tuple[np.ndarray, np.ndarray]:
+        """End points (x, y) of the divider's centre line, for scripted grasp planning."""
+        pos, orn = pb.getBasePositionAndOrientation(self.divider, physicsClientId=self._cid)
+        yaw = pb.getEulerFromQuaternion(orn)[2]
+        half = DIVIDER_SIZE[1] / 2 * np.array([-math.sin(yaw), math.cos(yaw)])  # box length runs along local y
+        return np.array(pos[:2]) - half, np.array(pos[:2]) + half
 
     def held_objects(self) -> list[int]:
         """Indices of objects touching the gripper and touching neither tray, divider nor floor."""
