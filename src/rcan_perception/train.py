@@ -324,12 +324,12 @@ class Trainer:
             with self._autocast():
                 g_gan = generator_gan_loss(self.D(rgb))
             loss = loss + cfg.weights.gan * g_gan
-            out["loss_g_gan"] = float(g_gan)
+            out["loss_g_gan"] = float(g_gan.detach())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
-        out.update(loss_g=float(loss), loss_image_mpse=float(l_img), loss_seg_l2=float(l_seg),
-                   loss_depth_l2=float(l_dep))
+        out.update(loss_g=float(loss.detach()), loss_image_mpse=float(l_img.detach()),
+                   loss_seg_l2=float(l_seg.detach()), loss_depth_l2=float(l_dep.detach()))
         return out
 
     def save(self) -> None:
