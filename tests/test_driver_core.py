@@ -155,3 +155,11 @@ def test_log_once_causes_separate_kinds_of_problem_but_not_their_numbers():
     assert cause_of("joint A4 target -121.0 deg outside") == cause_of("joint A2 would move 40.0 deg")
     assert cause_of("stale target: x") != cause_of("non-finite value (NaN/inf) in target")
     assert cause_of("workspace clamp (x=0.9->0.8)") != cause_of("step clamp (0.3 m -> 0.05 m)")
+
+
+def test_ee_pose_is_only_reported_while_joint_states_are_fresh(core):
+    p, r, measured = core.fresh_ee_pose(10.1)
+    assert measured == 10.0
+    np.testing.assert_allclose(p, core.kin.fk(HOME)[0])
+    assert core.fresh_ee_pose(10.0 + core.cfg.joint_state_timeout_s + 0.01) is None
+    assert core.gripper is True  # initial_gripper_open until the first command

@@ -72,6 +72,9 @@ class DriverConfig:
     rest_posture_deg: list[float] = field(default_factory=lambda: [0.0, 30.0, 0.0, -90.0, 0.0, 60.0, 0.0])
     """Second IK seed when the measured posture does not converge (tool pointing down)."""
 
+    initial_gripper_open: bool = True
+    """Gripper state reported before the first gripper command (open the gripper before starting)."""
+
     state_rate_hz: float = 20.0
     """Rate of the watchdog check and of the EE pose / gripper state publications."""
     status_rate_hz: float = 2.0

@@ -63,7 +63,7 @@ class DriverCore:
         self.watchdog = Watchdog(cfg.command_timeout_s, cfg.joint_state_timeout_s)
         self.rest_posture = np.radians(cfg.rest_posture_deg)
         self.q: np.ndarray | None = None  # last measured joint positions (A1..A7 order)
-        self.gripper: bool | None = None  # last forwarded gripper command (True open)
+        self.gripper = cfg.initial_gripper_open  # last forwarded gripper command (True open)
         self.counters = Counters()
         self.last_reject_reason = ""
         self.last_clamp_reason = ""
@@ -177,9 +177,20 @@ class DriverCore:
 
     # -- state ------------------------------------------------------------------------------
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Tool pose from the last joint_states (None before the first)."""
         if self.q is None:
             return None
         return self.kin.fk(self.q)
+
+    def fresh_ee_pose(self, now: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Tool pose and the time its joint_states arrived, only while they are fresh.
+
+        A stale robot state is not re-published as if it were current.
+        """
+        if self.q is None or not self.watchdog.joint_states_fresh(now):
+            return None
+        p, r = self.kin.fk(self.q)
+        return p, r, self.watchdog.last_joint_state
 
     def state(self, now: float) -> str:
         if self.estop.latched:

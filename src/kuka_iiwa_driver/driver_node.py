@@ -18,6 +18,7 @@ from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
+from rclpy.time import Time
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -31,6 +32,7 @@ from kuka_iiwa_driver.kinematics import ModelError, matrix_to_quat
 from kuka_iiwa_driver.safety import Status
 
 _PARAM_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
     str: ParameterType.PARAMETER_STRING,
     int: ParameterType.PARAMETER_INTEGER,
     float: ParameterType.PARAMETER_DOUBLE,
@@ -175,19 +177,18 @@ class IiwaDriverNode(Node):
             self.get_logger().warning(f"{hold.reason}: holding position")
             self._send(hold)
             self._publish_status()
-        pose = self.core.ee_pose()
+        pose = self.core.fresh_ee_pose(self._now())
         if pose is not None:
-            pos, rot = pose
+            pos, rot, measured = pose
             msg = PoseStamped()
-            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.stamp = Time(nanoseconds=int(measured * 1e9)).to_msg()
             msg.header.frame_id = self.cfg.base_frame
             msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pos)
             q = matrix_to_quat(rot)
             o = msg.pose.orientation
             o.x, o.y, o.z, o.w = (float(v) for v in q)
             self.ee_pub.publish(msg)
-        if self.core.gripper is not None:
-            self.gripper_state_pub.publish(Bool(data=self.core.gripper))
+        self.gripper_state_pub.publish(Bool(data=self.core.gripper))
 
     def _publish_status(self) -> None:
         self.status_pub.publish(String(data=json.dumps(self.core.status(self._now()))))
