@@ -235,19 +235,32 @@ class ShardTask:
         return f"shard {self.index} (episodes {self.start}..{self.stop - 1})"
 
 
+# One env per worker process, reused across its shard tasks: building the scene and loading
+# textures into pybullet costs more than a short episode, and reset(seed) alone determines an
+# episode (tests check a reused env reproduces a fresh one bit for bit).
+_worker_env: tuple[str, DatagenEnv] | None = None
+
+
+def _env_for(data_cfg: dict[str, Any]) -> DatagenEnv:
+    global _worker_env
+    key = json.dumps(to_dict(env_config(data_cfg)), sort_keys=True)
+    if _worker_env is None or _worker_env[0] != key:
+        if _worker_env is not None:
+            _worker_env[1].close()
+        _worker_env = (key, DatagenEnv(env_config(data_cfg)))
+    return _worker_env[1]
+
+
 def generate_shard(task: ShardTask) -> dict[str, Any]:
     """Worker entry point (local process or Ray task): write one shard, return its ShardInfo json."""
     cfg = json.loads(task.data_cfg_json)
-    env = DatagenEnv(env_config(cfg))
-    try:
-        policy = resolve_policy_factory(cfg["policy"])()
-        with shards.ShardWriter(task.root, task.index, task.start, task.stop, cfg["image_size"], task.fp,
-                                cfg["compression"], cfg["compression_level"]) as writer:
-            for episode in range(task.start, task.stop):
-                writer.append_episode(run_episode(env, policy, cfg, episode))
-            info = writer.commit()
-    finally:
-        env.close()
+    env = _env_for(cfg)
+    policy = resolve_policy_factory(cfg["policy"])()
+    with shards.ShardWriter(task.root, task.index, task.start, task.stop, cfg["image_size"], task.fp,
+                            cfg["compression"], cfg["compression_level"]) as writer:
+        for episode in range(task.start, task.stop):
+            writer.append_episode(run_episode(env, policy, cfg, episode))
+        info = writer.commit()
     return info.to_json()
 
 
@@ -395,7 +408,10 @@ def run(cfg: DatagenConfig) -> dict[str, Any]:
                  f"{cfg.episodes} episodes; rerun with --resume to continue")
         if isinstance(exc, KeyboardInterrupt):
             raise KeyboardInterrupt(state) from exc
-        raise GenerationError(f"{exc}\n{state}") from exc
+        cause = exc.__cause__ if isinstance(exc, WorkerError) else exc
+        what = "disk full" if shards.is_disk_full(exc) or (cause is not None and shards.is_disk_full(cause)) \
+            else "generation failed"
+        raise GenerationError(f"{what}: {exc}\n{state}") from exc
     finally:
         bar.close()
         executor.close()
