@@ -42,8 +42,13 @@ def test_arguments_reach_the_nodes():
     assert specs["sim_node"].parameters["joint_prefix"] == "iiwa_"
     assert specs["iiwa_driver_node"].parameters["joint_prefix"] == "iiwa_"
     assert specs["sim_node"].parameters["domain"] == "randomized"
+    assert specs["policy_node"].parameters["sim_mode"] is True
+    assert ("/sim_node/reset", "/robot1/sim_node/reset") in specs["policy_node"].remappings
+    assert ("/iiwa_driver_node/gripper_state", "/robot1/iiwa_driver_node/gripper_state") in \
+        specs["policy_node"].remappings
     assert specs["perception_node"].parameters["model_path"] == "/abs/g.onnx"
     assert specs["policy_node"].parameters["model_path"] == str(share_dir() / "models/p.onnx")
+    assert next(s for s in enabled_nodes(LaunchArgs()) if s.name == "policy_node").parameters["sim_mode"] is False
     # Defaults add no remappings at all.
     assert all(not s.remappings for s in enabled_nodes(LaunchArgs(use_sim=True)))
 

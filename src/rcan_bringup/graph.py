@@ -168,6 +168,16 @@ def _controller_remaps(args: LaunchArgs) -> tuple[tuple[str, str], ...]:
     return ((DEFAULT_CONTROLLER_TOPIC, args.controller_topic),)
 
 
+def _private_remaps(args: LaunchArgs) -> tuple[tuple[str, str], ...]:
+    """The policy addresses other nodes' private names (~/gripper_state, ~/reset) absolutely;
+    in a namespace those move, so follow them."""
+    if not args.namespace:
+        return ()
+    ns = "/" + args.namespace.strip("/")
+    return tuple((name, ns + name) for name in (
+        "/iiwa_driver_node/gripper_state", "/sim_node/reset", "/sim_node/grasp_success"))
+
+
 def build_graph(args: LaunchArgs) -> list[NodeSpec]:
     """Every node of the graph (enabled or not, see NodeSpec.condition), in start order."""
     ns = args.namespace
@@ -204,8 +214,9 @@ def build_graph(args: LaunchArgs) -> list[NodeSpec]:
             name="policy_node",
             executable="policy_node",
             parameter_files=("config/policy.yaml",),
-            parameters={"model_path": str(resolve(args.policy_model))},
-            remappings=images,
+            # In sim the policy runs whole episodes: it resets the sim and asks it for success.
+            parameters={"model_path": str(resolve(args.policy_model)), "sim_mode": args.use_sim},
+            remappings=images + _private_remaps(args),
             namespace=ns,
         ),
         NodeSpec(

@@ -33,7 +33,10 @@ class Probe:
     def __init__(self, name: str = "rcan_probe", keep: int = 2000):
         self._owns_context = not rclpy.ok()
         if self._owns_context:
-            rclpy.init()
+            from rclpy.signals import SignalHandlerOptions
+
+            # Signals belong to the program using the probe (demo, bench, pytest), not to rclpy.
+            rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node(name)
         self.keep = keep
         self.messages: dict[str, deque[Received]] = {}

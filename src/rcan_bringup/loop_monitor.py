@@ -1,0 +1,173 @@
+"""Watch the perception -> policy -> driver loop from outside and time its stages.
+
+All times come from one observer process (the Probe), on the host clock that also
+stamps the camera images (ROS time = system time here), so they can be compared:
+
+* camera -> canonical: canonical image received - its header stamp (perception copies
+  the camera frame's header, so the stamp is the capture time);
+* canonical -> command: an action's marker array received - the newest canonical image
+  received before it (includes the policy's wait for its next control tick);
+* command -> trajectory: JointTrajectory received - the target pose received before it;
+* loop: JointTrajectory received - capture stamp of the image the action was chosen on.
+
+Each figure includes one DDS hop to the observer (well under a millisecond on loopback).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rcan_bringup.probe import Probe, Received, stamp_seconds
+
+CAMERA = "/camera/image_raw"
+CANONICAL = "/rcan/canonical/image"
+TARGET = "/rcan/target_pose"
+MARKERS = "/rcan/policy/markers"
+STATUS = "/rcan/policy/status"
+TRAJECTORY = "/lbr/joint_trajectory_controller/joint_trajectory"
+JOINT_STATES = "/joint_states"
+
+
+def percentiles(values: list[float]) -> dict:
+    """count, p50, p95, max in milliseconds (None when empty)."""
+    if not values:
+        return {"count": 0, "p50_ms": None, "p95_ms": None, "max_ms": None}
+    a = np.asarray(values) * 1000.0
+    return {"count": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 1),
+            "p95_ms": round(float(np.percentile(a, 95)), 1), "max_ms": round(float(a.max()), 1)}
+
+
+@dataclass
+class Step:
+    """One policy action as seen from outside."""
+
+    marker_t: float  # wall time the marker array arrived
+    image_stamp: float | None  # capture stamp of the canonical image it was (most likely) chosen on
+    canonical_t: float | None
+    target_t: float | None = None
+    trajectory_t: float | None = None
+    status: dict | None = None  # the policy status that followed (last_action, last_q, step)
+
+
+@dataclass
+class LoopMonitor:
+    probe: Probe
+    keep_images: int = 400
+    steps: list[Step] = field(default_factory=list)
+    statuses: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from sensor_msgs.msg import Image, JointState
+        from geometry_msgs.msg import PoseStamped
+        from std_msgs.msg import String
+        from trajectory_msgs.msg import JointTrajectory
+        from visualization_msgs.msg import MarkerArray
+
+        self._lock = threading.Lock()
+        self._canonical: deque[tuple[float, float]] = deque(maxlen=self.keep_images)  # (receipt, stamp)
+        self._images: dict[str, dict[float, np.ndarray]] = {"source": {}, "canonical": {}}
+        self._targets: deque[float] = deque(maxlen=1000)
+        self.cam_to_canonical: list[float] = []
+        self.command_to_trajectory: list[float] = []
+        self.trajectories = 0
+        p = self.probe
+        p.listen(CAMERA, Image, callback=lambda r: self._on_image("source", r))
+        p.listen(CANONICAL, Image, callback=self._on_canonical)
+        p.listen(TARGET, PoseStamped, callback=self._on_target)
+        p.listen(MARKERS, MarkerArray, callback=self._on_markers)
+        p.listen(TRAJECTORY, JointTrajectory, callback=self._on_trajectory)
+        p.listen(STATUS, String, callback=self._on_status)
+        p.listen(JOINT_STATES, JointState)
+
+    # -- callbacks (probe thread)
+    def _on_image(self, kind: str, rec: Received) -> None:
+        from rcan_common.ros_image import ImageError, image_msg_to_rgb
+
+        try:
+            rgb = image_msg_to_rgb(rec.msg)
+        except ImageError:
+            return
+        with self._lock:
+            store = self._images[kind]
+            store[stamp_seconds(rec.msg.header.stamp)] = rgb
+            while len(store) > self.keep_images:
+                store.pop(next(iter(store)))
+
+    def _on_canonical(self, rec: Received) -> None:
+        stamp = stamp_seconds(rec.msg.header.stamp)
+        with self._lock:
+            self._canonical.append((rec.wall, stamp))
+            self.cam_to_canonical.append(rec.wall - stamp)
+        self._on_image("canonical", rec)
+
+    def _on_target(self, rec: Received) -> None:
+        with self._lock:
+            self._targets.append(rec.wall)
+            if self.steps and self.steps[-1].target_t is None and rec.wall - self.steps[-1].marker_t < 0.5:
+                self.steps[-1].target_t = rec.wall
+
+    def _on_markers(self, rec: Received) -> None:
+        with self._lock:
+            before = [c for c in self._canonical if c[0] <= rec.wall]
+            receipt, stamp = before[-1] if before else (None, None)
+            # The target pose is published just before the markers in the same tick.
+            target = self._targets[-1] if self._targets and rec.wall - self._targets[-1] < 0.5 else None
+            self.steps.append(Step(rec.wall, stamp, receipt, target_t=target))
+
+    def _on_trajectory(self, rec: Received) -> None:
+        with self._lock:
+            self.trajectories += 1
+            if self._targets and 0 <= rec.wall - self._targets[-1] < 1.0:
+                self.command_to_trajectory.append(rec.wall - self._targets[-1])
+            for step in reversed(self.steps[-3:]):
+                # A target the driver rejected gets no trajectory; do not pair it with a later one.
+                if step.trajectory_t is None and step.target_t is not None and 0 <= rec.wall - step.target_t < 1.0:
+                    step.trajectory_t = rec.wall
+                    break
+
+    def _on_status(self, rec: Received) -> None:
+        try:
+            status = json.loads(rec.msg.data)
+        except ValueError:
+            return
+        with self._lock:
+            self.statuses.append(status)
+            if self.steps and self.steps[-1].status is None and status.get("last_action") is not None:
+                self.steps[-1].status = status
+
+    # -- queries
+    def latest_status(self) -> dict | None:
+        with self._lock:
+            return self.statuses[-1] if self.statuses else None
+
+    def image(self, kind: str, stamp: float) -> np.ndarray | None:
+        with self._lock:
+            return self._images[kind].get(stamp)
+
+    def canonical_rate(self, since_wall: float, until_wall: float) -> float:
+        with self._lock:
+            times = [c[0] for c in self._canonical]
+        n = len(times) - bisect.bisect_left(times, since_wall)
+        return n / max(1e-9, until_wall - since_wall)
+
+    def summary(self) -> dict:
+        with self._lock:
+            steps = list(self.steps)
+            cam = list(self.cam_to_canonical)
+            cmd = list(self.command_to_trajectory)
+        canon_to_cmd = [s.marker_t - s.canonical_t for s in steps if s.canonical_t is not None]
+        loop = [s.trajectory_t - s.image_stamp for s in steps
+                if s.trajectory_t is not None and s.image_stamp is not None]
+        return {
+            "camera_to_canonical": percentiles(cam),
+            "canonical_to_command": percentiles(canon_to_cmd),
+            "command_to_trajectory": percentiles(cmd),
+            "camera_to_trajectory": percentiles(loop),
+            "actions": len(steps),
+            "trajectories": self.trajectories,
+        }
