@@ -1,0 +1,195 @@
+"""Generator latency: torch eager vs ONNX Runtime (CPU), batch 1, at the shipped size and at 472.
+
+Writes bench/results/perception.json with p50/p95 latencies, their ratio, FLOPs per frame
+(counted from the convolutions actually run, via forward hooks), achieved GFLOP/s and the
+fraction of this CPU's nominal fp32 peak.  Uses the shipped model (models/generator_64.*)
+when present, else a default-width generator with random weights (latency does not depend
+on the weight values).  Run: ``python -m bench.bench_perception``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rcan_common.io import atomic_write_json
+from rcan_perception.contract import GeneratorContract, contract_path, postprocess, preprocess
+from rcan_perception.export import export_onnx
+from rcan_perception.model import Generator, load_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "generator_64.onnx"
+RESULT = ROOT / "bench" / "results" / "perception.json"
+SIZES = (64, 472)
+BUDGET_S = {64: 6.0, 472: 15.0}  # timed seconds per (size, backend); the whole bench stays well under 3 min
+
+
+def conv_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs (2 x multiply-accumulates, + bias adds) of every Conv2d in one forward pass on x."""
+    total = 0
+
+    def hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        total += out.numel() * (2 * k + (1 if m.bias is not None else 0))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def elementwise_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Rough count of the non-conv work: InstanceNorm ~7, ReLU 1, bilinear resize ~8 FLOPs per output element."""
+    from rcan_perception.model import UpStage
+
+    total = 0
+
+    def hook(m, _inp, out):
+        nonlocal total
+        total += out.numel() * (7 if isinstance(m, nn.InstanceNorm2d) else 1)
+
+    def resize_hook(_m, args):
+        nonlocal total
+        h, skip = args
+        total += 8 * h.shape[0] * h.shape[1] * skip.shape[-2] * skip.shape[-1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.InstanceNorm2d, nn.ReLU))]
+    handles += [m.register_forward_pre_hook(resize_hook) for m in model.modules() if isinstance(m, UpStage)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def cpu_peak() -> dict:
+    """Nominal fp32 peak = logical cores x clock x FLOPs/cycle (FMA width x 2 FLOPs x 2 FMA pipes)."""
+    flags, mhz, model = set(), None, platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key == "flags" and not flags:
+                flags = set(val.split())
+            elif key == "cpu MHz" and mhz is None:
+                mhz = float(val)
+            elif key == "model name":
+                model = val.strip()
+    except OSError:
+        pass
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    fma = "fma" in flags or "avx512f" in flags
+    per_cycle = lanes * (2 if fma else 1) * 2
+    cores = os.cpu_count() or 1
+    peak = cores * (mhz or 0) * 1e6 * per_cycle / 1e9 if mhz else None
+    return {"cpu": model, "logical_cores": cores, "clock_mhz": mhz,
+            "simd": "avx512" if lanes == 16 else "avx2" if lanes == 8 else "sse", "fma": fma,
+            "flops_per_cycle_per_core": per_cycle, "peak_gflops": peak,
+            "assumption": (f"{cores} logical cores x {mhz} MHz (/proc/cpuinfo, as reported by the VM) x "
+                           f"{lanes} fp32 lanes x {'2 (FMA)' if fma else '1'} x 2 SIMD pipes per core; "
+                           "SMT siblings counted as cores, so the true peak may be half this")}
+
+
+def time_it(fn, budget_s: float, min_iters: int = 5, warmup: int = 3) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - start < budget_s:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 1000:
+            break
+    ms = np.array(times) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "mean_ms": float(ms.mean()), "iters": len(times)}
+
+
+def main() -> dict:
+    import onnxruntime as ort
+
+    threads = int(os.environ.get("RCAN_BENCH_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    shipped = MODEL.is_file() and MODEL.with_suffix(".safetensors").is_file()
+    with tempfile.TemporaryDirectory() as tmp:
+        if shipped:
+            g = load_generator(MODEL.with_suffix(".safetensors"))
+            contract = GeneratorContract.load(contract_path(MODEL))
+            onnx_path = MODEL
+        else:
+            torch.manual_seed(0)
+            g = Generator().eval()
+            contract = GeneratorContract()
+            onnx_path = export_onnx(g, contract, Path(tmp) / "g.onnx")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        peak = cpu_peak()
+        sizes = {}
+        for size in SIZES:
+            x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+            xt = torch.from_numpy(x)
+            flops = conv_flops(g, xt)
+            other = elementwise_flops(g, xt)
+
+            def run_torch():
+                with torch.no_grad():
+                    g(xt)
+
+            def run_ort():
+                sess.run(None, {contract.input_name: x})
+
+            warmup = 3 if size <= 128 else 1  # one 472 pass already warms every kernel
+            t_torch = time_it(run_torch, BUDGET_S[size], warmup=warmup)
+            t_ort = time_it(run_ort, BUDGET_S[size], warmup=warmup)
+            entry = {"conv_gflop_per_frame": flops / 1e9, "elementwise_gflop_per_frame_estimate": other / 1e9,
+                     "torch_eager": t_torch, "onnxruntime_cpu": t_ort,
+                     "ort_speedup_p50": t_torch["p50_ms"] / t_ort["p50_ms"]}
+            for name, t in (("torch_eager", t_torch), ("onnxruntime_cpu", t_ort)):
+                gflops = flops / 1e9 / (t["p50_ms"] / 1e3)
+                t["achieved_gflops"] = gflops
+                t["fraction_of_peak"] = gflops / peak["peak_gflops"] if peak["peak_gflops"] else None
+            sizes[str(size)] = entry
+        # the perception node's work around the graph: 472x472 camera image -> input, outputs -> images
+        cam = np.random.default_rng(1).integers(0, 256, (472, 472, 3), dtype=np.uint8)
+        outs = sess.run(None, {contract.input_name: preprocess(contract, cam)})
+        pre = time_it(lambda: preprocess(contract, cam), 2.0)
+        post = time_it(lambda: postprocess(contract, outs, output_size=(472, 472)), 2.0)
+    result = {
+        "model": str(onnx_path.relative_to(ROOT)) if shipped else "default GeneratorConfig, random weights "
+                                                                  "(models/generator_64.* not found)",
+        "generator_channels": list(g.cfg.channels),
+        "parameters": sum(p.numel() for p in g.parameters()),
+        "batch": 1, "threads": threads,
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "sizes": sizes,
+        "contract_pre_post_472_camera": {"preprocess": pre, "postprocess_with_resize_to_472": post},
+        "cpu": peak,
+        "flops_note": "conv FLOPs = 2 x MACs (+bias) of every Conv2d actually executed, counted with forward hooks; "
+                      "InstanceNorm/ReLU/resize work is listed separately as a rough estimate and not used for GFLOP/s",
+        "gpu": None,
+        "gpu_reason": ("no GPU on this machine (torch.cuda.is_available() is False)" if not torch.cuda.is_available()
+                       else "GPU present but this bench measures CPU only"),
+        "software": {"torch": torch.__version__, "onnxruntime": ort.__version__},
+    }
+    atomic_write_json(RESULT, result)
+    print(json.dumps({s: {"torch_p50_ms": round(e["torch_eager"]["p50_ms"], 2),
+                          "ort_p50_ms": round(e["onnxruntime_cpu"]["p50_ms"], 2),
+                          "ort_speedup": round(e["ort_speedup_p50"], 2)} for s, e in sizes.items()}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
