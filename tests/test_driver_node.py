@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +81,12 @@ class Rig:
     def counter(self, name: str) -> int:
         return self.status().get("counters", {}).get(name, 0)
 
-    def close(self) -> int:
+    def close(self, sig=signal.SIGINT) -> int:
+        """Stop the driver like Ctrl-C (or systemd's SIGTERM); a clean shutdown exits 0."""
         try:
-            return self.proc.stop()
+            if self.proc.alive():
+                self.proc.proc.send_signal(sig)
+            return self.proc.wait_exit(10.0)
         finally:
             self.h.close()
 
@@ -186,4 +190,4 @@ def test_estop_latches_blocks_and_releases_only_on_request(tmp_path, ros_env):
         assert rig.wait(lambda: len(rig.trajs) == 2), rig.proc.output
         _assert_valid_trajectory(rig.trajs[1])
     finally:
-        assert rig.close() == 0
+        assert rig.close(signal.SIGTERM) == 0, rig.proc.output

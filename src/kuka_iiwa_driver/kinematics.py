@@ -55,7 +55,11 @@ def available_models() -> list[str]:
 
 
 def _load_models_file() -> dict:
-    text = resources.files("kuka_iiwa_driver").joinpath("data", MODELS_FILE).read_text()
+    path = resources.files("kuka_iiwa_driver").joinpath("data", MODELS_FILE)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ModelError(f"robot model data {path} is missing (package data not installed)") from exc
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ModelError(f"{MODELS_FILE} must map model names to model data")
