@@ -1,8 +1,8 @@
 """The QT-Opt Q-network of RCAN (paper Appendix B), a pure ``nn.Module``.
 
-    images (B, C, S, S) in [0, 1] ── 7 convs ──────────────► feats (B, W, S/8, S/8)
+    images (B, C, S, S) in [0, 1] ── 7 convs ─────────────► feats (B, W, S/16, S/16)
     [action, state] (B, N, 10) ── 2 FC ──► emb (B, N, W) ──(+ broadcast over space)──┘
-    merged (B*N, W, S/8, S/8) ── 9 convs ── 2 FC ──► logit (B, N);  Q = sigmoid(logit)
+    merged (B*N, W, S/16, S/16) ── 9 convs ── 2 FC ──► logit (B, N);  Q = sigmoid(logit)
 
 Every layer except the last has BatchNorm + ReLU.  The image trunk does not depend on the
 action, so `trunk` runs once per state and `head_logits` scores N candidate actions against
@@ -30,7 +30,7 @@ class QNetConfig:
     in_channels: int = 6
     """Image channels: 6 for RCAN ([x_source, G(x_source)]), 3 for canonical / domain-randomized baselines."""
     image_size: int = 64
-    """Square input size in pixels; a multiple of 32 (the network halves it five times)."""
+    """Square input size in pixels; a multiple of 32."""
     width: int = 32
     """Channels of every convolution."""
     fc_width: int = 64
@@ -63,23 +63,24 @@ class QNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
+        # Pooling is spread so the merge happens at S/16 (4x4 at 64 px): the head runs once per
+        # CEM candidate, so its resolution sets the cost of a decision and of a Bellman target.
         self.trunk = nn.Sequential(
-            *_conv(cfg.in_channels, w, stride=2),   # S/2
-            *_conv(w, w), nn.MaxPool2d(2),          # S/4
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),  # S/8
-            *_conv(w, w), *_conv(w, w),
+            *_conv(cfg.in_channels, w, stride=2), nn.MaxPool2d(2),              # S/4
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/8
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/16
         )
         self.action_state = nn.Sequential(*_fc(ACTION_DIM + STATE_DIM, cfg.fc_width), *_fc(cfg.fc_width, w))
         self.head_convs = nn.Sequential(
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),  # S/16
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),  # S/32
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),  # S/32
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),  # S/64 (at least 1)
             *_conv(w, w), *_conv(w, w), *_conv(w, w),
         )
-        side = cfg.image_size // 32
+        side = max(1, cfg.image_size // 64)
         self.head_fc = nn.Sequential(nn.Flatten(), *_fc(w * side * side, cfg.fc_width), nn.Linear(cfg.fc_width, 1))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features (B, W, S/8, S/8) from images (B, C, S, S) scaled to [0, 1]."""
+        """Image features (B, W, S/16, S/16) from images (B, C, S, S) scaled to [0, 1]."""
         c, s = self.cfg.in_channels, self.cfg.image_size
         if images.dim() != 4 or images.shape[1:] != (c, s, s):
             raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")

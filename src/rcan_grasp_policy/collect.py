@@ -1,0 +1,159 @@
+"""Episode collection for QT-Opt and evaluation, run in worker processes via rcan_common.executor.
+
+One picklable task (`CollectTask`) -> one `CollectResult`.  A task runs a list of episode
+seeds with either the privileged scripted policy (QT-Opt's bootstrap data) or the current
+Q-network (weights shipped in the task as safetensors bytes) through CEM with
+epsilon-greedy exploration.  Each worker process keeps its pybullet env and generator
+session between tasks (building them costs more than an episode).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from rcan_grasp_policy.cem import CEMConfig, CEMPolicy, random_actions
+from rcan_grasp_policy.inputs import InputEncoder, state_vector
+from rcan_grasp_policy.replay import SOURCES, Transitions
+
+PolicyKind = Literal["scripted", "qnet"]
+
+
+@dataclass(frozen=True)
+class CollectTask:
+    """Everything a worker needs to run some episodes (plain data: it crosses process boundaries)."""
+
+    seeds: tuple[int, ...]
+    """Episode seeds (scene and randomization are functions of the seed)."""
+    variant: str
+    """Policy input variant (rcan_grasp_policy.inputs.VARIANTS)."""
+    domain: str
+    """Sim domain the observations are rendered in."""
+    image_size: int
+    split: str = "train"
+    """Object split: 'train' for learning, 'test' for evaluation."""
+    max_steps: int = 20
+    generator: str | None = None
+    """Generator ONNX path or 'oracle' (variant rcan)."""
+    policy: PolicyKind = "qnet"
+    weights: bytes | None = None
+    """safetensors bytes of the QNetwork state dict (policy 'qnet')."""
+    qnet: dict | None = None
+    """QNetConfig as a dict (policy 'qnet')."""
+    onnx_path: str | None = None
+    """Alternatively an exported policy ONNX file (policy 'qnet', evaluation)."""
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    epsilon: float = 0.0
+    """Probability of a uniformly random action per step (exploration)."""
+    cem_seed: int = 0
+    """Seed of the CEM / exploration random stream of this task."""
+    record: bool = True
+    """Return the transitions (False for evaluation: only per-episode records)."""
+    threads: int = 1
+    """torch / ONNX Runtime threads in the worker."""
+
+
+@dataclass
+class CollectResult:
+    transitions: Transitions | None
+    episodes: list[dict[str, Any]]
+    """Per episode: seed, success, steps, return, object_ids."""
+    env_steps: int
+    seconds: float
+
+
+_CACHE: dict[Any, Any] = {}  # per worker process: envs and encoders keyed by their settings
+
+
+def _env(task: CollectTask):
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import WorldConfig
+
+    key = ("env", task.domain, task.image_size, task.split, task.max_steps)
+    if key not in _CACHE:
+        cfg = EnvConfig(world=WorldConfig(image_size=task.image_size, split=task.split), domain=task.domain,
+                        max_steps=task.max_steps)
+        _CACHE[key] = GraspEnv(cfg)
+    return _CACHE[key]
+
+
+def _encoder(task: CollectTask) -> InputEncoder:
+    key = ("encoder", task.variant, task.generator)
+    if key not in _CACHE:
+        _CACHE[key] = InputEncoder(task.variant, task.generator, threads=task.threads)
+    return _CACHE[key]
+
+
+def _qfunction(task: CollectTask):
+    if task.onnx_path is not None:
+        from rcan_grasp_policy.backends import OrtQFunction
+
+        key = ("onnx", task.onnx_path)
+        if key not in _CACHE:
+            _CACHE[key] = OrtQFunction(task.onnx_path, threads=task.threads)
+        return _CACHE[key]
+    from safetensors.torch import load as load_tensors
+
+    from rcan_common.config import from_dict
+    from rcan_grasp_policy.backends import TorchQFunction
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    if task.weights is None or task.qnet is None:
+        raise ValueError("a 'qnet' collect task needs weights + qnet config, or onnx_path")
+    net = QNetwork(from_dict(QNetConfig, task.qnet))
+    net.load_state_dict(load_tensors(task.weights))
+    return TorchQFunction(net)
+
+
+def collect_episodes(task: CollectTask) -> CollectResult:
+    """Run the task's episodes; the worker entry point (top-level so it pickles)."""
+    import torch
+
+    torch.set_num_threads(task.threads)
+    t0 = time.perf_counter()
+    env, encoder = _env(task), _encoder(task)
+    rng = np.random.default_rng(task.cem_seed)
+    if task.policy == "scripted":
+        from rcan_sim.scripted import ScriptedGraspPolicy
+
+        scripted = ScriptedGraspPolicy()
+        act = lambda obs, image, state: scripted(obs, env)  # noqa: E731
+    else:
+        policy = CEMPolicy(_qfunction(task), task.cem, env.cfg.bounds, seed=rng)
+        act = lambda obs, image, state: policy.act(image[None], state[None])[0][0]  # noqa: E731
+    source = SOURCES.index("scripted" if task.policy == "scripted" else "policy")
+    parts: list[dict[str, list]] = []
+    episodes, env_steps = [], 0
+    for seed in task.seeds:
+        obs, info = env.reset(int(seed))
+        image, state = encoder(obs, env), state_vector(obs)
+        buf: dict[str, list] = {f: [] for f in Transitions.FIELDS}
+        done, ret = False, 0.0
+        while not done:
+            if task.epsilon > 0 and rng.random() < task.epsilon:
+                action = random_actions(1, env.cfg.bounds, rng, task.cem.terminate_prob)[0]
+            else:
+                action = np.asarray(act(obs, image, state), dtype=np.float32)
+            obs, reward, terminated, truncated, step_info = env.step(action)
+            done = terminated or truncated
+            next_image, next_state = encoder(obs, env), state_vector(obs)
+            if task.record:
+                for f, v in (("image", image), ("state", state), ("action", action), ("reward", reward),
+                             ("done", done), ("next_image", next_image), ("next_state", next_state),
+                             ("source", source)):
+                    buf[f].append(v)
+            image, state, ret = next_image, next_state, ret + reward
+            env_steps += 1
+        episodes.append({"seed": int(seed), "success": bool(step_info["success"]), "steps": int(step_info["steps"]),
+                         "return": float(ret), "object_ids": [int(i) for i in info["object_ids"]]})
+        if task.record:
+            parts.append(buf)
+    transitions = None
+    if task.record and parts:
+        dtypes = {"image": np.uint8, "next_image": np.uint8, "state": np.float32, "next_state": np.float32,
+                  "action": np.float32, "reward": np.float32, "done": bool, "source": np.uint8}
+        transitions = Transitions(**{f: np.asarray([v for p in parts for v in p[f]], dtype=dtypes[f])
+                                     for f in Transitions.FIELDS})
+    return CollectResult(transitions, episodes, env_steps, time.perf_counter() - t0)

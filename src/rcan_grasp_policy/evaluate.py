@@ -1,0 +1,177 @@
+"""`rcan eval-policy`: the paper's evaluation protocol (5.1) in simulation.
+
+N grasp attempts (default 102) on unseen TEST objects, at most 20 steps each, in a chosen
+visual domain; success rate with a 95% Wilson interval.  The policy is an exported ONNX
+file, a policy.safetensors (+ .json), a training run directory, or `scripted` (the
+privileged scripted baseline, same seeds).  Episode i uses scene seed `seed + i` and a CEM
+random stream derived from (seed, i) only, so the same command gives the same result
+whatever the number of workers.  The JSON holds per-episode records, seeds, file hashes and
+library versions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from rcan_common.config import ConfigError, parse_cli, require, to_dict
+from rcan_common.executor import make_executor
+from rcan_common.io import atomic_write_json, ensure_writable_dir
+from rcan_grasp_policy.cem import CEMConfig
+from rcan_grasp_policy.collect import CollectTask, collect_episodes
+from rcan_grasp_policy.inputs import ORACLE
+from rcan_sim.stats import wilson_interval
+
+Domain = Literal["canonical", "randomized", "held-out", "mild", "medium", "heavy"]
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a grasping policy on unseen test objects (paper protocol)."""
+
+    policy: str = "models/policy_rcan_64.onnx"
+    """Policy: .onnx, .safetensors (with its .json), a training run directory, or 'scripted'."""
+    generator: str | None = None
+    """Generator ONNX for an rcan policy (default: the one recorded in the policy's metadata); 'oracle' = sim's paired canonical render (diagnostic)."""
+    domain: Domain = "canonical"
+    """Visual domain of the camera images."""
+    episodes: int = 102
+    """Grasp attempts (paper: 102)."""
+    seed: int = 0
+    """Episode i uses scene seed seed + i."""
+    split: Literal["train", "test"] = "test"
+    """Object split (test = objects never seen in training)."""
+    max_steps: int = 20
+    """Steps per attempt (paper: 20)."""
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    """CEM settings of the greedy policy."""
+    workers: int = 1
+    """Evaluation processes."""
+    ray: bool = False
+    """Run episodes as Ray tasks."""
+    threads: int = 1
+    """Inference threads per worker."""
+    out: Path | None = None
+    """Write the JSON report here."""
+
+    def __post_init__(self) -> None:
+        require(self.episodes >= 1, "episodes", "must be >= 1")
+        require(self.seed >= 0, "seed", "must be >= 0")
+        require(1 <= self.max_steps <= 1000, "max_steps", "must be in 1..1000")
+        require(self.workers >= 1, "workers", "must be >= 1")
+        require(self.threads >= 1, "threads", "must be >= 1")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import pybullet
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "pybullet": str(pybullet.getAPIVersion()),
+            "platform": platform.platform(), "git_commit": commit}
+
+
+def resolve_policy(cfg: EvalConfig) -> dict:
+    """Policy file, its metadata and the generator to use; raises ConfigError with the field named."""
+    if cfg.policy == "scripted":
+        return {"kind": "scripted", "variant": "canonical", "image_size": 64, "generator": None, "files": {}}
+    path = Path(cfg.policy)
+    if path.is_dir():
+        path = path / "policy.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"invalid config field 'policy': {path} does not exist")
+    if path.suffix == ".onnx":
+        from rcan_grasp_policy.backends import OrtQFunction
+
+        meta = OrtQFunction(path).meta
+    elif path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise ConfigError(f"invalid config field 'policy': {path} needs its metadata file {sidecar}")
+        meta = json.loads(sidecar.read_text())
+    else:
+        raise ConfigError(f"invalid config field 'policy': expected .onnx, .safetensors or a run directory, got {path}")
+    generator = cfg.generator
+    if meta["variant"] == "rcan":
+        generator = generator or meta.get("generator")
+        if generator is None or (generator != ORACLE and not Path(generator).is_file()):
+            raise ConfigError(f"invalid config field 'generator': the rcan policy needs a generator ONNX "
+                              f"(got {generator!r}); pass --generator")
+    files = {"policy": {"path": str(path), "sha256": _sha256(path)}}
+    if generator not in (None, ORACLE):
+        files["generator"] = {"path": str(generator), "sha256": _sha256(Path(generator))}
+    return {"kind": path.suffix.lstrip("."), "path": path, "variant": meta["variant"],
+            "image_size": int(meta["qnet"]["image_size"]), "generator": generator, "files": files, "meta": meta}
+
+
+def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
+    pol = resolve_policy(cfg)
+    weights = qnet = onnx_path = None
+    if pol["kind"] == "safetensors":
+        weights, qnet = pol["path"].read_bytes(), pol["meta"]["qnet"]
+    elif pol["kind"] == "onnx":
+        onnx_path = str(pol["path"])
+    tasks = [CollectTask(seeds=(cfg.seed + i,), variant=pol["variant"], domain=cfg.domain,
+                         image_size=pol["image_size"], split=cfg.split, max_steps=cfg.max_steps,
+                         generator=pol["generator"], policy="scripted" if pol["kind"] == "scripted" else "qnet",
+                         weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
+                         cem_seed=int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]),
+                         record=False, threads=cfg.threads)
+             for i in range(cfg.episodes)]
+    t0 = time.perf_counter()
+    records, env_steps = [], 0
+    executor = make_executor(cfg.workers, cfg.ray)
+    try:
+        for task, res in executor.map_unordered(collect_episodes, tasks):
+            records.extend(res.episodes)
+            env_steps += res.env_steps
+            if progress:
+                wins = sum(r["success"] for r in records)
+                print(f"\r{len(records)}/{cfg.episodes} episodes, {wins} successes", end="", file=sys.stderr)
+    finally:
+        executor.close()
+    if progress:
+        print(file=sys.stderr)
+    records.sort(key=lambda r: r["seed"])
+    successes = sum(r["success"] for r in records)
+    lo, hi = wilson_interval(successes, cfg.episodes)
+    seconds = time.perf_counter() - t0
+    return {"success_rate": successes / cfg.episodes, "successes": successes, "episodes": cfg.episodes,
+            "wilson95": [lo, hi], "mean_steps": float(np.mean([r["steps"] for r in records])),
+            "domain": cfg.domain, "split": cfg.split, "variant": pol["variant"], "policy": cfg.policy,
+            "generator": pol["generator"], "files": pol["files"], "seeds": [r["seed"] for r in records],
+            "records": records, "seconds": round(seconds, 1), "env_steps_per_s": round(env_steps / seconds, 2),
+            "versions": _versions(), "config": to_dict(cfg)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_cli(EvalConfig, argv, description=__doc__.splitlines()[0])
+    if cfg.out is not None:
+        ensure_writable_dir(Path(cfg.out).parent)
+    result = evaluate(cfg, progress=True)
+    lo, hi = result["wilson95"]
+    print(f"{cfg.policy} ({result['variant']}), {cfg.split} objects, {cfg.domain} domain: "
+          f"{result['successes']}/{cfg.episodes} = {result['success_rate']:.3f} "
+          f"(95% Wilson interval {lo:.3f}-{hi:.3f}), {result['mean_steps']:.1f} steps/episode, {result['seconds']:.0f} s")
+    if cfg.out is not None:
+        atomic_write_json(cfg.out, result)
+        print(f"wrote {cfg.out}")
+    return 0

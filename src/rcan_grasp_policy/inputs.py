@@ -1,0 +1,100 @@
+"""What the Q-network sees for each training variant (paper 4.3 and 5.2).
+
+    rcan        [x_source, G(x_source)]  6 channels; x_source rendered in the randomized domain
+    canonical   x_canonical              3 channels; the canonical sim, no adaptation
+    dr-mild     x_mild                   3 channels; domain-randomized baselines of Table 1
+    dr-medium   x_medium
+    dr-heavy    x_heavy
+
+G is the exported RCAN generator run through ONNX Runtime with its contract
+(`OnnxAdapter`).  For training only, `generator="oracle"` stands in the simulator's
+paired canonical render of the same frozen state for G(x): the target G is trained to
+produce.  An oracle-trained policy is not deployable on its own: it must be evaluated (and
+should be fine-tuned) with the real G.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+VARIANTS = ("rcan", "canonical", "dr-mild", "dr-medium", "dr-heavy")
+Variant = Literal["rcan", "canonical", "dr-mild", "dr-medium", "dr-heavy"]
+ORACLE = "oracle"
+
+
+def variant_channels(variant: str) -> int:
+    _check(variant)
+    return 6 if variant == "rcan" else 3
+
+
+def training_domain(variant: str) -> str:
+    """The sim domain a variant is trained in."""
+    _check(variant)
+    return {"rcan": "randomized", "canonical": "canonical"}.get(variant, variant.removeprefix("dr-"))
+
+
+def _check(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown policy variant {variant!r}; expected one of {VARIANTS}")
+
+
+class Adapter(Protocol):
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 RGB (B, H, W, 3) -> canonical-looking uint8 RGB (B, H, W, 3)."""
+
+
+class OnnxAdapter:
+    """G(x) through ONNX Runtime with the generator's saved pre/post-processing contract."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        from rcan_perception.perception_core import CanonicalGenerator
+        from rcan_perception.runtime import RuntimeConfig
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"generator ONNX not found: {self.path} (variant 'rcan' needs --generator)")
+        self._g = CanonicalGenerator(self.path, RuntimeConfig(intra_op_threads=threads, warmup_runs=0))
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from rcan_perception.contract import postprocess, preprocess
+
+        c = self._g.contract
+        outputs = self._g.model.run({c.input_name: preprocess(c, rgb)})
+        return postprocess(c, outputs, output_size=tuple(rgb.shape[1:3])).canonical
+
+
+class InputEncoder:
+    """Turns sim observations into the policy's uint8 (H, W, C) image for one variant."""
+
+    def __init__(self, variant: str, generator: str | Path | None = None, threads: int = 1):
+        _check(variant)
+        self.variant = variant
+        self.oracle = variant == "rcan" and str(generator) == ORACLE
+        self.adapter: Adapter | None = None
+        if variant == "rcan" and not self.oracle:
+            if generator is None:
+                raise ValueError("variant 'rcan' needs a generator ONNX path (or 'oracle' for sim-only training)")
+            self.adapter = OnnxAdapter(generator, threads=threads)
+
+    @property
+    def channels(self) -> int:
+        return variant_channels(self.variant)
+
+    def __call__(self, obs: dict[str, Any], env: Any = None) -> np.ndarray:
+        """Policy image for `obs`; the oracle also needs the env (its paired canonical render)."""
+        x = obs["image"]
+        if self.variant != "rcan":
+            return x
+        if self.oracle:
+            if env.cfg.domain == "canonical":
+                return np.concatenate([x, x], axis=2)
+            pair = env.world.render_pair(env.steps, domain=env.cfg.domain)
+            return np.concatenate([pair.randomized_rgb, pair.canonical_rgb], axis=2)
+        return np.concatenate([x, self.adapter(x[None])[0]], axis=2)
+
+
+def state_vector(obs: dict[str, Any]) -> np.ndarray:
+    """(gripper_open, gripper_height) as float32 (2,)."""
+    return np.array([obs["gripper_open"], obs["gripper_height"]], dtype=np.float32)
