@@ -13,7 +13,7 @@ from rcan_common.config import ConfigError
 from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair, Phase,
                                            apply_action, build_policy_images, resolve_inputs)
 from rcan_grasp_policy.stamp_matcher import StampMatcher
-from rcan_sim.action import make_action
+from rcan_sim.action import ActionBounds, make_action
 
 
 # ---- stamp matcher
@@ -56,6 +56,9 @@ def test_build_policy_images_variants():
 def test_resolve_inputs():
     assert resolve_inputs("auto", 6) == "source+canonical"
     assert resolve_inputs("auto", 3) == "canonical"
+    assert resolve_inputs("auto", 3, "dr-heavy") == "source"
+    assert resolve_inputs("auto", 3, "canonical") == "canonical"
+    assert resolve_inputs("auto", 6, "rcan") == "source+canonical"
     with pytest.raises(ValueError, match="gives 3 channels but the policy model takes 6"):
         resolve_inputs("canonical", 6)
     with pytest.raises(ValueError, match="image_inputs must be one of"):
@@ -189,3 +192,37 @@ def test_core_config_validation():
         CoreConfig(max_steps=0)
     with pytest.raises(ConfigError, match="max_input_age"):
         CoreConfig(max_input_age=0.0)
+
+
+# ---- the ONNX Runtime Q-function matches POL's backend exactly
+def test_runtime_qfunction_agrees_with_backends(tmp_path):
+    from rcan_grasp_policy import backends
+    from rcan_grasp_policy.cem import CEMConfig
+    from rcan_grasp_policy.policy_core import ONNX_METADATA_KEY, RuntimeQFunction, images_to_nchw, load_planner
+    from rcan_perception.runtime import RuntimeConfig
+    from test_policy_node import export_tiny_qnet
+
+    assert ONNX_METADATA_KEY == backends.ONNX_METADATA_KEY
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 32, 32, 6), dtype=np.uint8)
+    np.testing.assert_array_equal(images_to_nchw(images), backends.images_to_nchw(images))
+    path = export_tiny_qnet(tmp_path / "q.onnx")
+    ours, theirs = RuntimeQFunction(path, RuntimeConfig(warmup_runs=1)), backends.OrtQFunction(path)
+    state = rng.random((2, 2), dtype=np.float32)
+    actions = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    np.testing.assert_allclose(ours.score(ours.embed(images, state), actions),
+                               theirs.score(theirs.embed(images, state), actions), rtol=1e-6)
+    planner = load_planner(path, RuntimeConfig(), CEMConfig(samples=8, elites=2), ActionBounds(), seed=3)
+    assert (planner.in_channels, planner.image_size, planner.meta["variant"]) == (6, 32, "rcan")
+    action, q = planner.act(images[0], state[0])
+    assert action.shape == (8,) and 0.0 <= q <= 1.0
+
+
+def test_runtime_qfunction_rejects_models_without_metadata(tmp_path):
+    from rcan_grasp_policy.policy_core import RuntimeQFunction
+    from rcan_perception.runtime import ModelError, RuntimeConfig
+    from test_runtime import export_tiny_generator
+
+    gen = export_tiny_generator(tmp_path / "not_a_policy.onnx")
+    with pytest.raises(ModelError, match=r"not_a_policy\.onnx has no 'rcan_policy' metadata"):
+        RuntimeQFunction(gen, RuntimeConfig())

@@ -84,6 +84,19 @@ def build_policy_images(source: np.ndarray, canonical: np.ndarray, inputs: str, 
 
 
 # ---- the Q-function through the project's ONNX Runtime wrapper
+# Same values as rcan_grasp_policy.backends (a test keeps them equal); repeated here because
+# backends imports torch, which would add seconds to the node's start-up on the ONNX path.
+ONNX_METADATA_KEY = "rcan_policy"
+
+
+def images_to_nchw(images: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1], the network input (as backends.images_to_nchw)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
 class RuntimeQFunction:
     """A QFunction (see rcan_grasp_policy.cem) over an exported Q-network run by rcan_perception.runtime.
 
@@ -94,9 +107,6 @@ class RuntimeQFunction:
     def __init__(self, path: str | Path, runtime, log: Callable[[str], None] | None = None):
         import dataclasses
 
-        from rcan_common.config import ConfigError, from_dict
-        from rcan_grasp_policy.backends import ONNX_METADATA_KEY
-        from rcan_grasp_policy.qnet import QNetConfig
         from rcan_perception.runtime import ModelError, OrtModel
 
         # The expected input shapes come from the model's own metadata: check after loading, then warm up.
@@ -106,16 +116,15 @@ class RuntimeQFunction:
                              "was it made by the project's policy export?")
         try:
             self.meta = json.loads(self.model.metadata[ONNX_METADATA_KEY])
-            self.qnet_cfg = from_dict(QNetConfig, self.meta["qnet"])
-        except (ValueError, KeyError, TypeError, ConfigError) as exc:
-            raise ModelError(f"policy model {path}: unreadable '{ONNX_METADATA_KEY}' metadata: {exc}") from exc
-        c, s = self.qnet_cfg.in_channels, self.qnet_cfg.image_size
+            self.in_channels = int(self.meta["qnet"]["in_channels"])
+            self.image_size = int(self.meta["qnet"]["image_size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"policy model {path}: unreadable '{ONNX_METADATA_KEY}' metadata: {exc!r}") from exc
+        c, s = self.in_channels, self.image_size
         self.model.check_io({"images": (None, c, s, s), "state": (None, 2), "actions": (None, None, 8)}, ["q"])
         self.model.warmup(runtime.warmup_runs)
 
     def embed(self, images: np.ndarray, state: np.ndarray):
-        from rcan_grasp_policy.backends import images_to_nchw
-
         return images_to_nchw(images), np.asarray(state, dtype=np.float32)
 
     def score(self, context, actions: np.ndarray) -> np.ndarray:
@@ -140,25 +149,33 @@ def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds,
     path = Path(model_path)
     if path.suffix == ".onnx":
         qf: Any = RuntimeQFunction(path, runtime, log=log)
-        cfg, meta, provider = qf.qnet_cfg, qf.meta, qf.model.provider
+        channels, size, meta, provider = qf.in_channels, qf.image_size, qf.meta, qf.model.provider
     else:
-        from rcan_grasp_policy.backends import load_qfunction
+        from rcan_grasp_policy.backends import load_qfunction  # torch: only for .safetensors weights
 
         qf, meta = load_qfunction(path, threads=runtime.intra_op_threads)
-        cfg, provider = qf.net.cfg, f"torch:{qf.device}"
+        channels, size, provider = qf.net.cfg.in_channels, qf.net.cfg.image_size, f"torch:{qf.device}"
     policy = CEMPolicy(qf, cem_cfg, bounds, seed=seed)
 
     def act(images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
         actions, q = policy.act(images[None], np.asarray(state, dtype=np.float32)[None])
         return actions[0], float(q[0])
 
-    return Planner(act, cfg.in_channels, cfg.image_size, meta, provider)
+    return Planner(act, channels, size, meta, provider)
 
 
-def resolve_inputs(requested: str, in_channels: int) -> str:
-    """The image variant: 'auto' follows the model (6 channels: [source, G(source)], 3: canonical only)."""
+def resolve_inputs(requested: str, in_channels: int, variant: str | None = None) -> str:
+    """The image variant.  'auto' follows the model card's training variant (rcan_grasp_policy.inputs):
+    rcan -> [source, G(source)]; canonical (trained in the canonical sim) -> G(source);
+    dr-* (trained on randomized images) -> the raw source.  Without a variant: 6 channels ->
+    [source, G(source)], 3 -> G(source)."""
     if requested == "auto":
-        return "source+canonical" if in_channels == 6 else "canonical"
+        if variant is not None and variant.startswith("dr-"):
+            requested = "source"
+        elif variant == "canonical":
+            requested = "canonical"
+        else:
+            requested = "source+canonical" if in_channels == 6 else "canonical"
     if requested not in INPUT_CHANNELS:
         raise ValueError(f"image_inputs must be one of {['auto', *INPUT_CHANNELS]}, got {requested!r}")
     if INPUT_CHANNELS[requested] != in_channels:

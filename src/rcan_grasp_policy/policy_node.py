@@ -29,12 +29,11 @@ from visualization_msgs.msg import Marker, MarkerArray
 from rcan_common.config import ConfigError
 from rcan_common.ros_image import COLOR_ENCODINGS, ImageError, check_image_header, image_msg_to_rgb
 from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
-from rcan_grasp_policy.backends import PolicyLoadError
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair,
                                            load_planner, resolve_inputs)
 from rcan_grasp_policy.stamp_matcher import StampMatcher
-from rcan_perception.runtime import ModelError, RuntimeConfig
+from rcan_perception.runtime import RuntimeConfig
 from rcan_sim.action import ActionBounds
 
 # Causes that are part of normal operation (waiting for the next frame), not problems.
@@ -74,9 +73,10 @@ class PolicyNode(Node):
             image_qos, qos = qos_profile(reliability, image_depth), qos_profile(reliability, depth)
             self.planner = load_planner(model_path, runtime, cem, bounds, int(p("seed", 0)),
                                         log=self.get_logger().info)
-            inputs = resolve_inputs(p("image_inputs", "auto"), self.planner.in_channels)
+            inputs = resolve_inputs(p("image_inputs", "auto"), self.planner.in_channels,
+                                    self.planner.meta.get("variant"))
             self.matcher = StampMatcher(int(p("matcher_capacity", 10)))
-        except (ValueError, ConfigError, ModelError, PolicyLoadError) as exc:
+        except (ValueError, ConfigError, RuntimeError) as exc:  # ModelError, PolicyLoadError
             raise StartupError(str(exc)) from exc
         self.core = EpisodeCore(core_cfg, self.planner.act, inputs, self.planner.image_size)
         self.uses = {"source": inputs != "canonical", "canonical": inputs != "source"}

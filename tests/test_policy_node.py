@@ -1,0 +1,225 @@
+"""policy_node as a real process with a tiny exported (untrained) Q-network ONNX."""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from rcan_common.ros_image import rgb_to_image_msg
+from test_camera_node import NodeProcess, harness, write_params  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.ros
+
+
+def export_tiny_qnet(path, in_channels=6, image_size=32, variant="rcan"):
+    """The project's QNetwork (tiny widths), exported with the graph contract OrtQFunction expects."""
+    import onnx
+    import torch
+
+    from rcan_grasp_policy.backends import ONNX_METADATA_KEY
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    torch.manual_seed(0)
+    net = QNetwork(QNetConfig(in_channels=in_channels, image_size=image_size, width=4, fc_width=8)).eval()
+
+    class Q(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images, state, actions):
+            return torch.sigmoid(self.net(images, state, actions))
+
+    s = image_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Q(), (torch.zeros(1, in_channels, s, s), torch.zeros(1, 2), torch.zeros(1, 4, 8)), str(path),
+                          input_names=["images", "state", "actions"], output_names=["q"], dynamo=False,
+                          dynamic_axes={"images": {0: "b"}, "state": {0: "b"}, "actions": {0: "b", 1: "n"}})
+    model = onnx.load(str(path))
+    meta = model.metadata_props.add()
+    meta.key, meta.value = ONNX_METADATA_KEY, json.dumps({"variant": variant, "qnet": net.cfg.to_dict()})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_q(tmp_path_factory):
+    return export_tiny_qnet(tmp_path_factory.mktemp("pol") / "q.onnx")
+
+
+BASE = "lbr_link_0"
+EE_POS = (0.55, 0.0, 0.115)
+
+
+def _params(model, **extra):
+    return {"model_path": str(model), "control_rate_hz": 20.0, "cem_samples": 16, "cem_elites": 4,
+            "cem_iterations": 2, "warmup_runs": 1, "intra_op_threads": 1, "max_input_age": 1.0,
+            "settle_timeout": 0.3, "gripper_timeout": 0.3, **extra}
+
+
+class Driver:
+    """Plays the robot driver + camera + perception: EE pose, gripper state, image pairs."""
+
+    def __init__(self, h):
+        n = h.node
+        self.h = h
+        self.src = n.create_publisher(Image, "/camera/image_raw", 10)
+        self.can = n.create_publisher(Image, "/rcan/canonical/image", 10)
+        self.ee = n.create_publisher(PoseStamped, "/rcan/ee_pose", 10)
+        self.grip = n.create_publisher(Bool, "/iiwa_driver_node/gripper_state", 10)
+        self.targets = h.collect(PoseStamped, "/rcan/target_pose")
+        self.markers = h.collect(MarkerArray, "/rcan/policy/markers")
+        self.status = h.collect(String, "/rcan/policy/status")
+        self.commands = h.collect(Bool, "/rcan/gripper_command")
+
+    def now(self):
+        return self.h.node.get_clock().now()
+
+    def state(self, frame=BASE, stamp=None):
+        msg = PoseStamped()
+        msg.header.stamp = (stamp or self.now()).to_msg()
+        msg.header.frame_id = frame
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = EE_POS
+        msg.pose.orientation.x, msg.pose.orientation.w = 1.0, 0.0  # gripper pointing down
+        self.ee.publish(msg)
+        self.grip.publish(Bool(data=True))
+
+    def image(self, pub, stamp, size=64, value=100):
+        msg = rgb_to_image_msg(np.full((size, size, 3), value, np.uint8))
+        msg.header.stamp, msg.header.frame_id = stamp.to_msg(), "cam"
+        pub.publish(msg)
+        return msg
+
+    def pair(self, stamp=None):
+        stamp = stamp or self.now()
+        self.image(self.src, stamp, 96)
+        self.image(self.can, stamp, 64, 200)
+
+    def keep_alive_for(self, seconds, proc, pairs=True):
+        """Publish fresh state (and pairs) for `seconds` while spinning."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.state()
+            if pairs:
+                self.pair()
+            self.h.spin_for(0.05)
+            assert proc.alive(), proc.output
+
+    def publish_until(self, cond, timeout, proc):
+        end = time.monotonic() + timeout
+        while not cond() and time.monotonic() < end:
+            self.keep_alive_for(0.1, proc)
+        return cond()
+
+    def wait_connected(self, proc):
+        pubs = (self.src, self.can, self.ee, self.grip)
+        assert self.h.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs), 30.0, proc), proc.output
+
+
+def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny_q):
+    d = Driver(harness)
+    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(tiny_q)), ros_env)
+    try:
+        d.wait_connected(node)
+        # Fresh state, but only the source stream: no pair, no command.
+        for _ in range(10):
+            d.state()
+            d.image(d.src, d.now(), 96)
+            harness.spin_for(0.05)
+        # Pairs whose stamps differ: no command either.
+        for k in range(5):
+            t = d.now()
+            d.state()
+            d.image(d.src, t, 96)
+            d.image(d.can, t.__class__(nanoseconds=t.nanoseconds + 1000), 64)
+            harness.spin_for(0.05)
+        # An exactly matched pair that is stale (5 s old): still nothing.
+        old = d.now().__class__(nanoseconds=d.now().nanoseconds - 5_000_000_000)
+        d.pair(old)
+        d.keep_alive_for(0.4, node, pairs=False)
+        # Malformed messages: rejected, the node stays up.
+        bad = rgb_to_image_msg(np.zeros((8, 8, 3), np.uint8))
+        bad.step = 5
+        d.src.publish(bad)
+        bad2 = rgb_to_image_msg(np.zeros((8, 8, 3), np.uint8))
+        bad2.encoding = "mono16"
+        d.can.publish(bad2)
+        d.state(frame="world")
+        harness.spin_for(0.3)
+        assert d.targets == [] and d.markers == [], "a command was sent without a fresh matched pair"
+        assert node.alive()
+        # Fresh matched pairs with fresh state -> a command.
+        assert d.publish_until(lambda: d.targets, 15.0, node), node.output
+        # Stop the EE/gripper stream: once stale, no further commands.
+        harness.spin_for(1.5)
+        n_before = len(d.targets)
+        for _ in range(10):
+            d.pair()
+            harness.spin_for(0.05)
+        assert len(d.targets) == n_before, "a command was sent with a stale EE pose"
+        status = json.loads(d.status[-1].data)
+    finally:
+        assert node.stop() == 0
+    target = d.targets[0]
+    assert target.header.frame_id == BASE
+    delta = np.array([target.pose.position.x, target.pose.position.y, target.pose.position.z]) - EE_POS
+    assert np.all(np.abs(delta) <= 0.05 + 1e-9)  # clipped translation, absolute pose
+    q = target.pose.orientation
+    assert abs(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w - 1.0) < 1e-6
+    yaw = 2 * np.arctan2(q.y, q.x)  # Rz(yaw) * (180 deg about x) = (cos(y/2), sin(y/2), 0, 0)
+    assert abs(q.z) < 1e-9 and abs(q.w) < 1e-9 and abs(np.angle(np.exp(1j * yaw))) <= 0.5 + 1e-6
+    arrow, text = d.markers[0].markers
+    assert arrow.header.frame_id == BASE and len(arrow.points) == 2 and text.text.startswith("Q=")
+    assert status["step"] >= 1 and status["image_inputs"] == "source+canonical"
+    assert status["rejected"] == {"source:step": 1, "canonical:encoding": 1, "ee_frame": 1}
+    out = node.output
+    for cause in ("source:step", "canonical:encoding", "ee_frame", "ee_pose_stale"):
+        assert sum(f"'{cause}' problems" in line for line in out.splitlines()) == 1, (cause, out)
+
+
+def test_sim_mode_runs_episode_through_sim_services(tmp_path, ros_env, harness, tiny_q):
+    calls: list[str] = []
+
+    def service(name, success):
+        def handle(request, response):
+            calls.append(name)
+            response.success, response.message = success, name
+            return response
+        return harness.node.create_service(Trigger, f"/sim_node/{name}", handle)
+
+    service("reset", True)
+    service("grasp_success", True)
+    d = Driver(harness)
+    params = _params(tiny_q, sim_mode=True, max_steps=2, max_episodes=1, settle_timeout=0.2)
+    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", params), ros_env)
+    try:
+        d.wait_connected(node)
+        assert d.publish_until(lambda: "grasp_success" in calls, 30.0, node), (calls, node.output)
+        d.keep_alive_for(0.5, node)
+    finally:
+        assert node.stop() == 0
+    assert calls == ["reset", "grasp_success"], (calls, node.output)
+    # At most two actions (max_steps), then the lift: 0.2 m straight up from the last action's target.
+    assert len(d.targets) in (2, 3)
+    last, lift = d.targets[-2].pose.position, d.targets[-1].pose.position
+    assert (lift.x, lift.y) == (last.x, last.y) and abs(lift.z - last.z - 0.2) < 1e-9
+    final = json.loads(d.status[-1].data)
+    assert final["phase"] == "done" and final["successes"] == 1 and final["last_result"]["ended_by"] in (
+        "max_steps", "terminate")
+
+
+def test_bad_policy_model_fails_at_start(tmp_path, ros_env, tiny_q):
+    q3 = export_tiny_qnet(tmp_path / "q3.onnx", in_channels=3, variant="canonical")
+    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(q3, image_inputs="source+canonical")),
+                       ros_env)
+    assert node.wait_exit(30.0) == 1
+    assert "gives 6 channels but the policy model takes 3" in node.output
