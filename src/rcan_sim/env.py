@@ -49,7 +49,7 @@ class EnvConfig:
     """A held object whose base is this far above the tray bottom after the lift is a success (m)."""
     step_reward: float = -0.05
     """Reward of every non-final step."""
-    workspace_half_width: float = 0.17
+    workspace_half_width: float = 0.14
     """TCP x/y stay within this distance of the tray centre (m)."""
     min_height: float = 0.015
     """Lowest TCP height above the tray bottom (m); the TCP is 1 cm above the fingertips."""

@@ -43,15 +43,24 @@ FINGER_FORCES = (5.0, 6.0)  # stronger than kuka.py (2, 2.5): fewer objects slip
 TIP_FORCE = 5.0
 
 FLOOR_Z = -0.2
-TRAY_POS = (0.55, 0.0, FLOOR_Z)
+TRAY_POS = (0.65, 0.0, FLOOR_Z)  # the iiwa elbow limit (J4 +-120 deg) rules out low targets nearer than ~0.5 m
 TRAY_BOTTOM_Z = FLOOR_Z + 0.015  # top of traybox.urdf's floor box
 TRAY_INNER_HALF = 0.22  # usable half-width inside the slanted walls
+# traybox.urdf's collision boxes: (half extents, position, rpy) -- bottom, then 4 slanted walls.
+TRAY_BOXES = (
+    ((0.3, 0.3, 0.01), (0.0, 0.0, 0.005), (0.0, 0.0, 0.0)),
+    ((0.01, 0.3, 0.075), (0.25, 0.0, 0.059), (0.0, 0.575469961, 0.0)),
+    ((0.01, 0.3, 0.075), (-0.25, 0.0, 0.059), (0.0, -0.575469961, 0.0)),
+    ((0.3, 0.01, 0.075), (0.0, -0.25, 0.059), (0.575469961, 0.0, 0.0)),
+    ((0.3, 0.01, 0.075), (0.0, 0.25, 0.059), (-0.575469961, 0.0, 0.0)),
+)
+TRAY_LINKS = (-1, 0, 1, 2, 3)
 DIVIDER_SIZE = (0.012, 0.42, 0.05)  # thickness, length, height (m)
 TOP_DOWN = (0.0, -math.pi, 0.0)  # flange euler for a vertical, downward gripper
 
 CANON_FLOOR = (0.55, 0.55, 0.55)
 CANON_PEDESTAL = (0.30, 0.30, 0.32)
-CANON_TRAY = (0.85, 0.80, 0.65)
+CANON_TRAY = (0.80, 0.62, 0.35)
 CANON_DIVIDER = (0.20, 0.35, 0.75)
 # One fixed, distinct colour per arm visual (base, 7 links, gripper parts), paper 4.1.
 CANON_ARM = (
@@ -99,9 +108,9 @@ class WorldConfig:
     """Half-range of the relative tray size jitter."""
     shadows: bool = True
     """Render shadows (TinyRenderer shadow map)."""
-    camera_eye: tuple[float, float, float] = (-0.2, 0.6, 0.8)
+    camera_eye: tuple[float, float, float] = (-0.1, 0.6, 0.8)
     """Over-the-shoulder camera position in the base frame (m)."""
-    camera_target: tuple[float, float, float] = (0.55, 0.0, -0.15)
+    camera_target: tuple[float, float, float] = (0.65, 0.0, -0.15)
     """Point the camera looks at (m)."""
     camera_fov_deg: float = 40.0
     """Vertical field of view (degrees)."""
@@ -195,7 +204,8 @@ class GraspWorld:
         pb.resetSimulation(physicsClientId=c)
         pb.setGravity(0, 0, -9.81, physicsClientId=c)
         pb.setTimeStep(self.cfg.time_step, physicsClientId=c)
-        pb.setPhysicsEngineParameter(numSolverIterations=self.cfg.solver_iterations, physicsClientId=c)
+        pb.setPhysicsEngineParameter(numSolverIterations=self.cfg.solver_iterations, deterministicOverlappingPairs=1,
+                                     physicsClientId=c)
         root = objects.data_root()
         self._textures: dict[int, int] = {}  # bank index -> pybullet texture id
         self.floor = pb.loadURDF(str(root / "plane.urdf"), [0, 0, FLOOR_Z], physicsClientId=c)
@@ -218,27 +228,20 @@ class GraspWorld:
         self._ik_range = [max(u - l, 0.1) for l, u in zip(self._ik_lower, self._ik_upper)]
         self.arm_limits = np.array([[info[j][8], info[j][9]] for j in ARM_JOINTS])
 
-        # Tray: collision-only body (traybox.urdf's boxes) + visual-only mesh bodies at a few
-        # scales, so renders can jitter the tray size without touching physics.
-        boxes = [((0.3, 0.3, 0.01), (0, 0, 0.005), (0, 0, 0))]
-        for sx, sy, rx, ry in ((0.25, 0, 0, 0.575469961), (-0.25, 0, 0, -0.575469961),
-                               (0, -0.25, 0.575469961, 0), (0, 0.25, -0.575469961, 0)):
-            half = (0.01, 0.3, 0.075) if sx else (0.3, 0.01, 0.075)
-            boxes.append((half, (sx, sy, 0.059), (rx, ry, 0)))
+        # Tray: a collision-only body with traybox.urdf's boxes, plus visual-only copies of the
+        # same boxes at a few scales, so renders can jitter the tray size without touching
+        # physics.  (traybox's own mesh is several OBJ groups that pybullet only partly recolours.)
         col = pb.createCollisionShapeArray(
-            [pb.GEOM_BOX] * len(boxes), halfExtents=[b[0] for b in boxes],
-            collisionFramePositions=[b[1] for b in boxes],
-            collisionFrameOrientations=[pb.getQuaternionFromEuler(b[2]) for b in boxes], physicsClientId=c)
+            [pb.GEOM_BOX] * len(TRAY_BOXES), halfExtents=[b[0] for b in TRAY_BOXES],
+            collisionFramePositions=[b[1] for b in TRAY_BOXES],
+            collisionFrameOrientations=[pb.getQuaternionFromEuler(b[2]) for b in TRAY_BOXES], physicsClientId=c)
         self.tray = pb.createMultiBody(0, col, -1, TRAY_POS, physicsClientId=c)
+        # pybullet draws collision shapes of bodies without visuals; alpha 0 hides them.
+        pb.changeVisualShape(self.tray, -1, rgbaColor=[1, 1, 1, 0], physicsClientId=c)
         scales = [1.0] + ([1.0 - self.cfg.jitter_scale, 1.0 - self.cfg.jitter_scale / 2,
                            1.0 + self.cfg.jitter_scale / 2, 1.0 + self.cfg.jitter_scale]
                           if self.cfg.jitter_scale > 0 else [])
-        self._tray_visuals = []
-        for s in scales:
-            vis = pb.createVisualShape(pb.GEOM_MESH, fileName=str(root / "tray" / "tray_textured.obj"),
-                                       meshScale=[0.5 * s] * 3, physicsClientId=c)
-            self._tray_visuals.append(pb.createMultiBody(0, -1, vis, self._parked(len(self._tray_visuals)),
-                                                         physicsClientId=c))
+        self._tray_visuals = [self._tray_visual_body(s, self._parked(i)) for i, s in enumerate(scales)]
         pb.resetBasePositionAndOrientation(self._tray_visuals[0], TRAY_POS, [0, 0, 0, 1], physicsClientId=c)
         self.tray_visual = self._tray_visuals[0]
 
@@ -254,6 +257,24 @@ class GraspWorld:
         self._reset_arm_joints(self.home_q)
         if self._episode is not None:
             self._episode.object_uids = []
+
+    def _tray_visual_body(self, scale: float, pos) -> int:
+        """Tray look as one link per box (bottom + 4 walls), so each can be painted."""
+        c = self._cid
+        vis = [pb.createVisualShape(pb.GEOM_BOX, halfExtents=[h * scale for h in b[0]],
+                                    visualFramePosition=[v * scale for v in b[1]] if k == 0 else [0, 0, 0],
+                                    physicsClientId=c)
+               for k, b in enumerate(TRAY_BOXES)]
+        walls = TRAY_BOXES[1:]
+        n = len(walls)
+        return pb.createMultiBody(
+            baseMass=0, baseCollisionShapeIndex=-1, baseVisualShapeIndex=vis[0], basePosition=pos,
+            baseInertialFramePosition=[0, 0, 0], linkMasses=[0] * n, linkCollisionShapeIndices=[-1] * n,
+            linkVisualShapeIndices=vis[1:], linkPositions=[[v * scale for v in b[1]] for b in walls],
+            linkOrientations=[pb.getQuaternionFromEuler(b[2]) for b in walls],
+            linkInertialFramePositions=[[0, 0, 0]] * n, linkInertialFrameOrientations=[[0, 0, 0, 1]] * n,
+            linkParentIndices=[0] * n, linkJointTypes=[pb.JOINT_FIXED] * n, linkJointAxis=[[0, 0, 1]] * n,
+            physicsClientId=c)
 
     @staticmethod
     def _parked(i: int) -> list[float]:
@@ -359,7 +380,7 @@ class GraspWorld:
         self._hold_arm_targets(self.home_q)
         uids = []
         for k, obj_id in enumerate(chosen):
-            x, y = rng.uniform(-0.15, 0.15, size=2)
+            x, y = rng.uniform(-0.13, 0.13, size=2)
             orn = pb.getQuaternionFromEuler(rng.uniform(-math.pi, math.pi, size=3).tolist())
             uids.append(self._load_object(obj_id, [TRAY_POS[0] + x, TRAY_POS[1] + y,
                                                    TRAY_BOTTOM_Z + 0.06 + 0.05 * k], orn))
@@ -489,7 +510,7 @@ class GraspWorld:
     def top_down_orientation(yaw: float) -> tuple[float, float, float, float]:
         return pb.getQuaternionFromEuler([TOP_DOWN[0], TOP_DOWN[1], TOP_DOWN[2] + yaw])
 
-    def solve_ik(self, tcp_pos, yaw: float, rest=None, iterations: int = 8, tolerance: float = 5e-4) -> np.ndarray:
+    def solve_ik(self, tcp_pos, yaw: float, rest=None, iterations: int = 20, tolerance: float = 5e-4) -> np.ndarray:
         """7 arm joint angles putting the TCP at `tcp_pos` with the gripper vertical at `yaw`.
 
         Solved on a kinematic copy of the arm (its own pybullet client), re-seeding pybullet's
@@ -580,7 +601,8 @@ class GraspWorld:
         self._paint(self.floor, -1, CANON_FLOOR)
         self._paint(self.pedestal, -1, CANON_PEDESTAL)
         for v in self._tray_visuals:
-            self._paint(v, -1, CANON_TRAY)
+            for link in TRAY_LINKS:
+                self._paint(v, link, CANON_TRAY)
         self._paint(self.divider, -1, CANON_DIVIDER)
         for k, link in enumerate(self._arm_visual_links):
             self._paint(self.arm, link, CANON_ARM[k % len(CANON_ARM)])
@@ -612,7 +634,8 @@ class GraspWorld:
             self._paint(self.pedestal, -1, tint(), tex())
         tray_tex, tray_tint = (tex(), tint()) if spec.tray == "bank" else (-1, CANON_TRAY)
         for v in self._tray_visuals:
-            self._paint(v, -1, tray_tint, tray_tex)
+            for link in TRAY_LINKS:
+                self._paint(v, link, tray_tint, tray_tex)
         self._paint(self.divider, -1, tint(), tex())
         for k, link in enumerate(self._arm_visual_links):
             if spec.arm == "bank":
