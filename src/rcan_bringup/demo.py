@@ -14,7 +14,6 @@ Ctrl-C stops the attempts, still writes what was gathered, and shuts every node 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcan_bringup.graph import LaunchArgs, enabled_nodes, resolve
+from rcan_bringup.graph import resolve, sim_graph
 from rcan_bringup.launcher import GraphProcesses, LaunchError, ros_environment
 from rcan_common.config import parse_cli, require, to_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
@@ -98,15 +97,8 @@ def resolve_models(cfg: DemoConfig, log=print) -> tuple[Path, Path, bool]:
 
 
 def graph_specs(cfg: DemoConfig, generator: Path, policy: Path):
-    args = LaunchArgs(use_sim=True, domain=cfg.domain, image_size=cfg.image_size, seed=cfg.seed,
-                      generator_model=str(generator), policy_model=str(policy))
-    specs = []
-    for spec in enabled_nodes(args):
-        if spec.name == "policy_node":
-            spec = dataclasses.replace(spec, parameters={**spec.parameters, "max_episodes": cfg.attempts,
-                                                         "max_steps": cfg.max_steps})
-        specs.append(spec)
-    return specs
+    return sim_graph(generator, policy, cfg.image_size, cfg.domain, cfg.seed,
+                     {"policy_node": {"max_episodes": cfg.attempts, "max_steps": cfg.max_steps}})
 
 
 def action_panel(status: dict | None, size: int) -> np.ndarray:

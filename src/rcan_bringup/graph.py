@@ -241,3 +241,21 @@ def build_graph(args: LaunchArgs) -> list[NodeSpec]:
 def enabled_nodes(args: LaunchArgs) -> list[NodeSpec]:
     """The nodes that run for `args`."""
     return [spec for spec in build_graph(args) if spec.enabled(args)]
+
+
+def with_parameters(specs: list[NodeSpec], overrides: dict[str, dict[str, object]]) -> list[NodeSpec]:
+    """`specs` with extra parameters per node name (on top of the files), e.g. a demo's
+    episode count or a test's camera rate.  Unknown node names are an error."""
+    unknown = set(overrides) - {s.name for s in specs}
+    if unknown:
+        raise KeyError(f"no node(s) {sorted(unknown)} in the graph")
+    return [dataclasses.replace(s, parameters={**s.parameters, **overrides.get(s.name, {})}) for s in specs]
+
+
+def sim_graph(generator_model: str | Path, policy_model: str | Path, image_size: int = 64, domain: str = "canonical",
+              seed: int = 0, overrides: dict[str, dict[str, object]] | None = None) -> list[NodeSpec]:
+    """The use_sim graph (sim, perception, policy, driver) with the given models: what the
+    demo, the benchmark and the integration tests start."""
+    args = LaunchArgs(use_sim=True, image_size=image_size, domain=domain, seed=seed,
+                      generator_model=str(generator_model), policy_model=str(policy_model))
+    return with_parameters(enabled_nodes(args), overrides or {})

@@ -30,6 +30,7 @@ def make_untrained_policy(path: str | Path, image_size: int = 64, seed: int = 0)
     contract the policy node checks: images (B,6,S,S) in [0,1], state (B,2), actions (B,N,8)
     -> q (B,N), with the network config in the 'rcan_policy' metadata."""
     import json
+    import warnings
 
     import onnx
     import torch
@@ -53,10 +54,14 @@ def make_untrained_policy(path: str | Path, image_size: int = 64, seed: int = 0)
 
     example = (torch.rand(1, 6, image_size, image_size), torch.rand(1, 2), torch.rand(1, 4, 8))
     tmp = path.with_name(f".{path.name}.export")
-    torch.onnx.export(Q(), example, str(tmp), dynamo=False, opset_version=17,
-                      input_names=["images", "state", "actions"], output_names=["q"],
-                      dynamic_axes={"images": {0: "batch"}, "state": {0: "batch"},
-                                    "actions": {0: "batch", 1: "candidates"}, "q": {0: "batch", 1: "candidates"}})
+    with warnings.catch_warnings():
+        # Tracing notes about the network's own shape checks; they hold for every traced input.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Q(), example, str(tmp), dynamo=False, opset_version=17,
+                          input_names=["images", "state", "actions"], output_names=["q"],
+                          dynamic_axes={"images": {0: "batch"}, "state": {0: "batch"},
+                                        "actions": {0: "batch", 1: "candidates"},
+                                        "q": {0: "batch", 1: "candidates"}})
     model = onnx.load(str(tmp))
     tmp.unlink()
     meta = model.metadata_props.add()
