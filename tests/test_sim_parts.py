@@ -1,0 +1,95 @@
+"""Texture bank, object split, action layout, domains and the Wilson interval."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rcan_sim import action, classes, objects, textures
+from rcan_sim.domains import DOMAINS, DomainError, domain_spec
+from rcan_sim.stats import wilson_interval
+
+
+def test_object_split_is_fixed_and_disjoint():
+    train, test = set(objects.TRAIN_IDS), set(objects.TEST_IDS)
+    assert train.isdisjoint(test) and train | test == set(range(1000))
+    assert 60 <= len(test) <= 140
+    assert objects.object_ids("test") == objects.TEST_IDS
+    assert objects.urdf_path(objects.TEST_IDS[0]).is_file()
+    with pytest.raises(objects.UnknownObjectError, match="unknown object id 1000"):
+        objects.urdf_path(1000)
+    with pytest.raises(objects.UnknownObjectError, match="must be an int"):
+        objects.urdf_path("7")
+    with pytest.raises(objects.UnknownObjectError, match="split"):
+        objects.object_ids("val")
+
+
+def test_texture_bank_is_large_deterministic_and_distinct():
+    bank = textures.TextureBank(size=16)
+    assert len(bank.train_indices) >= 5000 and len(bank) == textures.BANK_SIZE
+    assert set(bank.train_indices).isdisjoint(bank.held_out_indices)
+    imgs = [textures.procedural_texture(i, 16) for i in range(0, 6000, 97)]
+    assert len({im.tobytes() for im in imgs}) == len(imgs)
+    assert np.array_equal(textures.procedural_texture(1234, 16), textures.procedural_texture(1234, 16))
+    with pytest.raises(textures.TextureError, match="index"):
+        bank.image(6000)
+
+
+def test_texture_png_cache(tmp_path):
+    bank = textures.TextureBank(size=16, cache_dir=tmp_path)
+    p = bank.png_path(42)
+    assert p.is_file() and p.parent.parent == tmp_path
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(p)), bank.image(42))
+
+
+def test_texture_folder_errors(tmp_path):
+    with pytest.raises(textures.TextureError, match="does not exist"):
+        textures.TextureBank(folder=tmp_path / "missing")
+    with pytest.raises(textures.TextureError, match="holds 0 images"):
+        textures.TextureBank(folder=tmp_path)
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    bank = textures.TextureBank(size=8, folder=tmp_path, cache_dir=tmp_path / "cache")
+    assert len(bank) == 3 and list(bank.held_out_indices) == [2]
+    assert bank.image(1).shape == (8, 8, 3) and bank.image(1)[0, 0, 0] == 40
+
+
+def test_action_layout_and_clipping():
+    a = action.make_action([0.2, -0.01, 0.0], dtheta=1.5, gripper="close", terminate=False)
+    assert a.shape == (action.ACTION_DIM,) == (8,)
+    cmd = action.decode_action(a, action.ActionBounds(max_translation=0.05, max_rotation=0.5))
+    assert cmd.translation.tolist() == pytest.approx([0.05, -0.01, 0.0])
+    assert cmd.dtheta == pytest.approx(0.5) and cmd.gripper == "close" and not cmd.terminate
+    assert action.decode_action(action.make_action(gripper="open", terminate=True)).gripper == "open"
+    assert action.decode_action(np.zeros(8)).gripper is None  # both one-hot entries 0: unchanged
+    assert math.isclose(action.decode_action(action.make_action(dtheta=-0.3)).dtheta, -0.3, abs_tol=1e-6)
+    with pytest.raises(action.ActionError, match="NaN"):
+        action.validate_action([0, 0, 0, 0, 1, 0, 0, float("inf")])
+    with pytest.raises(action.ActionError, match="gripper"):
+        action.make_action(gripper="half")
+    assert action.STATE_DIM == 2 and action.STATE_NAMES == ("gripper_open", "gripper_height")
+
+
+def test_domains_and_classes():
+    assert set(DOMAINS) == {"canonical", "randomized", "held-out", "mild", "medium", "heavy"}
+    assert domain_spec("held-out").held_out and not domain_spec("randomized").held_out
+    assert domain_spec("heavy") == domain_spec("randomized").__class__(**{**domain_spec("randomized").__dict__, "name": "heavy"})
+    with pytest.raises(DomainError, match="unknown domain"):
+        domain_spec("real")
+    assert classes.CLASS_COLORS.shape == (5, 3) and len(set(map(tuple, classes.CLASS_COLORS))) == 5
+    assert classes.colorize(np.array([[0, 4]], np.uint8)).tolist() == [[[0, 0, 0], classes.CLASS_COLORS[4].tolist()]]
+    with pytest.raises(ValueError, match="class id 5"):
+        classes.colorize(np.array([[5]], np.uint8))
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
