@@ -101,6 +101,8 @@ class PerceptionNode(Node):
             except ImageError as exc:
                 self.rejects(exc.reason, f"rejected image: {exc}")
             except Exception as exc:  # a bad frame must never kill the node
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down: publishing fails, nothing to report
                 self.rejects(f"inference:{type(exc).__name__}", f"generator failed on a frame: {exc!r}")
 
     def _process(self, msg: Image, received: float) -> None:
