@@ -142,8 +142,11 @@ class OrtModel:
             skipped.append(f"{chain[0]} failed to initialise")
         fp16_note = ""
         if cfg.fp16 and self.on_gpu and active == PROVIDERS["cuda"]:
-            self._session = self._create(ort, self._to_fp16(), opts, chain)
-            fp16_note = ", fp16"
+            try:
+                self._session = self._create(ort, self._to_fp16(), opts, chain)
+                fp16_note = ", fp16"
+            except Exception as exc:  # an op without a float16 kernel: fp32 still works
+                fp16_note = f", fp32 (fp16 conversion failed: {exc})"
         elif cfg.fp16 and self.on_gpu:
             fp16_note = ", fp16"  # TensorRT builds the fp16 engine from its provider option
         reason = f" (requested {cfg.provider}: {'; '.join(skipped)})" if skipped else ""
