@@ -67,6 +67,17 @@ def test_cpu_runs_and_warms_up(tiny_gen):
     assert m.dummy_inputs()["image"].shape == (1, 3, 64, 64)
 
 
+def test_io_binding_path_gives_the_same_outputs(tiny_gen):
+    # The GPU path binds inputs/outputs; exercise the same calls with CPU buffers.
+    m = OrtModel(tiny_gen, RuntimeConfig(warmup_runs=0))
+    x = {"image": np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)}
+    plain = m.run(x)
+    m._use_binding = True
+    bound = m.run(x)
+    for name in GEN_OUTPUTS:
+        np.testing.assert_array_equal(bound[name], plain[name])
+
+
 @pytest.mark.parametrize("requested", ["tensorrt", "cuda"])
 def test_gpu_request_falls_back_to_cpu_with_one_line(tiny_gen, requested):
     lines = []
