@@ -106,7 +106,8 @@ def _assert_valid_trajectory(msg, limits_model="iiwa14"):
 
 def test_targets_are_checked_converted_and_watched(tmp_path, ros_env):
     # Slow moves (velocity_scale) so the watchdog sees a move in flight when targets stop.
-    rig = Rig(tmp_path, ros_env, velocity_scale=0.05, command_timeout_s=0.6, status_rate_hz=10.0)
+    rig = Rig(tmp_path, ros_env, velocity_scale=0.05, command_timeout_s=0.6, joint_state_timeout_s=1.0,
+              status_rate_hz=10.0)
     try:
         assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
         # 1. A good target -> one JointTrajectory reaching it, within joint and speed limits.
@@ -156,7 +157,7 @@ def test_estop_latches_blocks_and_releases_only_on_request(tmp_path, ros_env):
     from std_msgs.msg import Bool
     from std_srvs.srv import Trigger
 
-    rig = Rig(tmp_path, ros_env, status_rate_hz=10.0)
+    rig = Rig(tmp_path, ros_env, joint_state_timeout_s=1.0, status_rate_hz=10.0)
     try:
         assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
         rig.gripper_pub.publish(Bool(data=False))
@@ -191,3 +192,14 @@ def test_estop_latches_blocks_and_releases_only_on_request(tmp_path, ros_env):
         _assert_valid_trajectory(rig.trajs[1])
     finally:
         assert rig.close(signal.SIGTERM) == 0, rig.proc.output
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"max_step_m": -0.1}, "invalid config field 'max_step_m': must be > 0"),
+    ({"robot_model": 7}, "invalid config field 'robot_model'"),
+])
+def test_bad_parameters_stop_the_node_at_start_with_the_field_named(tmp_path, ros_env, params, message):
+    overrides = write_params(tmp_path / "bad.yaml", params)
+    proc = NodeProcess("iiwa_driver_node", CONFIG, ros_env, ("--params-file", str(overrides)))
+    assert proc.wait_exit(30.0) == 1
+    assert message in proc.output

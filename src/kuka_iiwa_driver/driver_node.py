@@ -17,6 +17,7 @@ import typing
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import JointState
@@ -51,7 +52,10 @@ def read_config(node: Node) -> DriverConfig:
         default = getattr(defaults, f.name)
         # Doubles also accept integers written in YAML (e.g. `max_step_m: 1`); from_dict coerces.
         descriptor = ParameterDescriptor(type=ptype, dynamic_typing=ptype == ParameterType.PARAMETER_DOUBLE)
-        values[f.name] = node.declare_parameter(f.name, default, descriptor).value
+        try:
+            values[f.name] = node.declare_parameter(f.name, default, descriptor).value
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            raise ConfigError(f"invalid config field '{f.name}': {exc}") from exc
     for name in ("tool_offset", "workspace_min", "workspace_max", "rest_posture_deg"):
         values[name] = [float(v) for v in values[name]]
     values["joint_names"] = list(values["joint_names"])
