@@ -143,6 +143,14 @@ def matrix_to_quat(r: np.ndarray) -> np.ndarray:
     return -q if q[3] < 0 else q
 
 
+def _jacobian(axes, origins, tool_position) -> np.ndarray:
+    jac = np.zeros((6, N_JOINTS))
+    for i, (z, o) in enumerate(zip(axes, origins)):
+        jac[:3, i] = np.cross(z, tool_position - o)
+        jac[3:, i] = z
+    return jac
+
+
 @dataclass(frozen=True)
 class IKResult:
     ok: bool
@@ -191,11 +199,7 @@ class Kinematics:
     def jacobian(self, q) -> np.ndarray:
         """Geometric Jacobian (6, 7): rows are linear then angular velocity of the tool."""
         axes, origins, p, _ = self._frames(np.asarray(q, dtype=float))
-        jac = np.zeros((6, N_JOINTS))
-        for i, (z, o) in enumerate(zip(axes, origins)):
-            jac[:3, i] = np.cross(z, p - o)
-            jac[3:, i] = z
-        return jac
+        return _jacobian(axes, origins, p)
 
     def within_limits(self, q) -> bool:
         q = np.asarray(q, dtype=float)
@@ -220,10 +224,7 @@ class Kinematics:
             pos_err, rot_err = float(np.linalg.norm(e_pos)), float(np.linalg.norm(e_rot))
             if pos_err <= position_tolerance and rot_err <= orientation_tolerance:
                 return IKResult(True, q, pos_err, rot_err, it - 1)
-            jac = np.zeros((6, N_JOINTS))
-            for i, (z, o) in enumerate(zip(axes, origins)):
-                jac[:3, i] = np.cross(z, p - o)
-                jac[3:, i] = z
+            jac = _jacobian(axes, origins, p)
             err = np.concatenate([e_pos, e_rot])
             # Damped least squares: dq = J^T (J J^T + lambda^2 I)^-1 e (stable near singularities).
             dq = jac.T @ np.linalg.solve(jac @ jac.T + (damping ** 2) * np.eye(6), err)
