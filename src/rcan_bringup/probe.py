@@ -69,11 +69,15 @@ class Probe:
 
     def listen(self, topic: str, msg_type: Any, qos: QoSProfile | int | None = None,
                callback: Callable[[Received], None] | None = None) -> None:
-        """Record every message on `topic` (best-effort QoS by default: matches any publisher)."""
+        """Record every message on `topic` (best-effort QoS by default: matches any publisher).
+        Listening again to a topic only adds `callback`: messages are recorded once."""
         with self._lock:
+            subscribed = topic in self.messages
             self.messages.setdefault(topic, deque(maxlen=self.keep))
             if callback is not None:
                 self._callbacks.setdefault(topic, []).append(callback)
+        if subscribed:
+            return
 
         def on_msg(msg, topic=topic):
             rec = Received(msg, time.monotonic(), time.time())

@@ -1,0 +1,242 @@
+"""Faults injected into the running graph (real processes, loopback DDS, untrained models):
+perception killed and restarted, e-stop, unsafe targets, malformed messages on every topic.
+
+The tests share one graph (starting it costs ~15 s on 2 cores) and run in file order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from rcan_bringup.graph import sim_graph
+from rcan_bringup.launcher import GraphProcesses, group_alive, ros_environment
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+MAX_INPUT_AGE = 0.5  # policy_node max_input_age (s), set below
+TRAJECTORY = "/lbr/joint_trajectory_controller/joint_trajectory"
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    from rcan_bringup.loop_monitor import LoopMonitor
+    from rcan_bringup.probe import Probe
+    from rcan_bringup.untrained import ensure_untrained_models
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import String
+
+    generator, policy = ensure_untrained_models(tmp_path_factory.getbasetemp() / "untrained_models", 64)
+    # A private domain outside the 1..100 that tests/conftest.py hands out.
+    env = ros_environment(101 + os.getpid() % 100)
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
+    os.environ.update(ROS_DOMAIN_ID=env["ROS_DOMAIN_ID"], ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    specs = sim_graph(generator, policy, image_size=64, seed=200, overrides={
+        "sim_node": {"camera_rate_hz": 10.0},
+        "policy_node": {"max_steps": 20, "max_input_age": MAX_INPUT_AGE},
+    })
+    logs = tmp_path_factory.mktemp("fault_logs")
+    with GraphProcesses(env, log_dir=logs) as procs, Probe("fault_probe") as probe:
+        monitor = LoopMonitor(probe)
+        probe.listen("/sim_node/episode", String)
+        probe.listen("/rcan/ee_pose", PoseStamped)
+        procs.start_all(specs)
+        assert probe.wait_for(lambda: len(monitor.steps) >= 2, 90), {n: procs.log_tail(n) for n in procs.children}
+        pgids = [procs.pid(n) for n in procs.children]
+        yield procs, probe, monitor
+        running = procs.running()
+        codes = procs.shutdown()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert all(codes[name] == 0 for name in running), codes  # clean exit on SIGINT
+    assert not [p for p in pgids if group_alive(p)], "stray processes after teardown"
+
+
+def joint_positions(probe, t0: float, t1: float) -> np.ndarray:
+    return np.array([r.msg.position for r in probe.received("/joint_states") if t0 <= r.t <= t1])
+
+
+def resets_between(probe, t0: float, t1: float) -> list[float]:
+    return [r.t for r in probe.received("/sim_node/episode") if t0 <= r.t <= t1]
+
+
+def assert_still(probe, t0: float, t1: float, tol: float = 2e-3) -> None:
+    """The arm did not move in [t0, t1] (a sim reset teleports it: only the part after one counts)."""
+    resets = resets_between(probe, t0, t1)
+    if resets:
+        t0 = resets[-1] + 0.3
+    q = joint_positions(probe, t0, t1)
+    assert len(q) >= 5, f"too few joint_states in the window ({len(q)})"
+    assert np.abs(q - q[0]).max() < tol, f"the arm moved by {np.abs(q - q[0]).max():.4f} rad"
+
+
+def wait_for_mid_episode_action(monitor, probe, timeout: float = 60.0):
+    """Wait for an action that neither terminates nor ends the episode (no lift will follow)."""
+    seen = len(monitor.steps)
+
+    def ok() -> bool:
+        for step in monitor.steps[seen:]:
+            s = step.status
+            if s and s["last_action"][7] <= 0.5 and s["step"] < s["max_steps"] - 1:
+                return True
+        return False
+
+    assert probe.wait_for(ok, timeout), "no mid-episode action"
+
+
+def test_policy_goes_quiet_and_driver_holds_when_perception_dies(graph):
+    procs, probe, monitor = graph
+    wait_for_mid_episode_action(monitor, probe)
+    t_kill, t_kill_wall = time.monotonic(), time.time()
+    procs.kill("perception_node", signal.SIGKILL)
+    # The policy finishes the move in flight (arrival or its 3 s settle timeout), then waits for
+    # images newer than the settle time, which never come.
+    acting = lambda: any(r.t > t_kill + 0.2 and json.loads(r.msg.data)["phase"] == "act"  # noqa: E731
+                         for r in probe.received("/rcan/policy/status"))
+    assert probe.wait_for(acting, 8), monitor.statuses[-3:]
+    time.sleep(1.5)
+    # Images from before the kill may still be used while younger than max_input_age, no later.
+    late = [s.marker_t for s in monitor.steps if s.marker_t > t_kill_wall + MAX_INPUT_AGE + 0.3]
+    assert not late, "the policy acted on stale images"
+    # The driver's watchdog (command_timeout_s = 1 s) has stopped any move well before now.
+    now = time.monotonic()
+    assert now - t_kill > 2.5
+    assert_still(probe, now - 1.5, now)
+    assert sorted(procs.running()) == ["iiwa_driver_node", "policy_node", "sim_node"]
+
+
+def test_loop_resumes_after_perception_restarts(graph):
+    procs, probe, monitor = graph
+    before = len(monitor.steps)
+    procs.restart("perception_node")
+    assert probe.wait_for(lambda: len(monitor.steps) > before, 60), procs.log_tail("perception_node")
+    assert len(procs.running()) == 4
+
+
+def test_estop_stops_motion_until_released(graph):
+    from std_msgs.msg import Bool
+
+    procs, probe, monitor = graph
+    wait_for_mid_episode_action(monitor, probe)
+    probe.publish("/rcan/estop", Bool(data=True))
+    t_stop = time.monotonic()
+    time.sleep(3.0)
+    assert_still(probe, t_stop + 0.5, t_stop + 3.0)
+    assert "E-STOP latched" in procs.log_tail("iiwa_driver_node", 200_000)
+
+    probe.publish("/rcan/estop", Bool(data=False))
+    time.sleep(0.2)
+    ok, message = probe.trigger("/iiwa_driver_node/release_estop")
+    assert ok, message
+    t_release = time.monotonic()
+
+    def moved() -> bool:
+        q = joint_positions(probe, t_release, time.monotonic())
+        return len(q) > 2 and np.abs(q - q[0]).max() > 0.01
+
+    assert probe.wait_for(moved, 40), "motion did not resume after the e-stop release"
+
+
+def test_unsafe_targets_are_clamped_or_rejected(graph):
+    from geometry_msgs.msg import PoseStamped
+
+    procs, probe, monitor = graph
+
+    def target(x, y, z):
+        msg = PoseStamped()
+        msg.header.stamp = probe.now_msg()
+        msg.header.frame_id = "lbr_link_0"
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = x, y, z
+        msg.pose.orientation.x, msg.pose.orientation.w = 1.0, 0.0  # tool pointing down
+        return msg
+
+    t0 = time.monotonic()
+    for _ in range(3):
+        probe.publish("/rcan/target_pose", target(math.nan, 0.0, 0.2))
+        probe.publish("/rcan/target_pose", target(5.0, -4.0, 3.0))
+        time.sleep(0.3)
+    time.sleep(1.5)
+    log = procs.log_tail("iiwa_driver_node", 300_000)
+    assert "target rejected" in log and "target clamped" in log
+    # Whatever was sent, the tool stayed inside the workspace box (config/iiwa_driver.yaml) + 2 cm.
+    lo, hi = np.array([0.3, -0.25, -0.18]) - 0.02, np.array([0.8, 0.25, 0.35]) + 0.02
+    poses = [r.msg.pose.position for r in probe.received("/rcan/ee_pose", since=t0)]
+    assert poses
+    for p in poses:
+        xyz = np.array([p.x, p.y, p.z])
+        assert np.all(xyz >= lo) and np.all(xyz <= hi), xyz
+    assert len(procs.running()) == 4
+
+
+def test_malformed_messages_on_every_topic_are_dropped(graph):
+    from builtin_interfaces.msg import Duration
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import Image, JointState
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    procs, probe, monitor = graph
+
+    def image(encoding="rgb8", size=8, data_len=None):
+        msg = Image(height=size, width=size, encoding=encoding, step=size * 3)
+        msg.data = bytes(data_len if data_len is not None else size * size * 3)
+        msg.header.stamp = probe.now_msg()
+        return msg
+
+    bad_pose = PoseStamped()
+    bad_pose.header.frame_id = "map"
+    bad_pose.header.stamp = probe.now_msg()
+    nan_pose = PoseStamped()
+    nan_pose.header.frame_id = "lbr_link_0"
+    nan_pose.pose.position.x = math.nan
+    bad_joints = JointState(name=["lbr_A1", "lbr_A2"], position=[0.0])
+    short_joints = JointState(name=["lbr_A1"], position=[0.0])
+    bad_traj = JointTrajectory(joint_names=["joint_1"], points=[
+        JointTrajectoryPoint(positions=[0.0], time_from_start=Duration(sec=1))])
+    nan_traj = JointTrajectory(joint_names=[f"lbr_A{i}" for i in range(1, 8)], points=[
+        JointTrajectoryPoint(positions=[math.nan] * 7, time_from_start=Duration(sec=1))])
+    sends = [
+        ("/camera/image_raw", image(encoding="16UC1")),  # perception + policy
+        ("/camera/image_raw", image(data_len=10)),
+        ("/rcan/canonical/image", image(data_len=10)),  # policy
+        ("/rcan/canonical/image", image(encoding="yuv422")),
+        ("/rcan/ee_pose", bad_pose),  # policy
+        ("/rcan/ee_pose", nan_pose),
+        ("/rcan/target_pose", bad_pose),  # driver
+        ("/rcan/target_pose", nan_pose),
+        ("/joint_states", bad_joints),  # driver
+        ("/joint_states", short_joints),
+        (TRAJECTORY, bad_traj),  # sim
+        (TRAJECTORY, nan_traj),
+    ]
+    for _ in range(5):
+        for topic, msg in sends:
+            probe.publish(topic, msg)
+        time.sleep(0.1)
+    time.sleep(2.0)
+    assert len(procs.running()) == 4, procs.poll_deaths()
+    logs = {name: procs.log_tail(name, 1_000_000) for name in procs.children}
+    for name, log in logs.items():
+        assert "Traceback" not in log, f"{name}:\n{log[-3000:]}"
+    # Each cause is logged once however often it recurs (5 sends each).
+    expect = {
+        "perception_node": ["rejected image"],
+        "policy_node": ["rejected source image", "rejected canonical image", "rejected EE pose in frame",
+                        "rejected EE pose with non-finite"],
+        "iiwa_driver_node": ["joint_states"],
+        "sim_node": ["ignored joint trajectory"],
+    }
+    for name, phrases in expect.items():
+        for phrase in phrases:
+            assert phrase in logs[name], f"{name} did not report '{phrase}'"
+    assert logs["sim_node"].count("ignored joint trajectory") == 2  # joint_names, non_finite
+    assert logs["policy_node"].count("rejected canonical image") == 2  # data_length, encoding
+    # The loop still works after the garbage.
+    before = len(monitor.steps)
+    assert probe.wait_for(lambda: len(monitor.steps) > before, 40)
+    status = json.loads(probe.last("/rcan/policy/status").msg.data)
+    assert status["rejected"], status
