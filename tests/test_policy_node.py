@@ -166,6 +166,7 @@ def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny
             d.pair()
             harness.spin_for(0.05)
         assert len(d.targets) == n_before, "a command was sent with a stale EE pose"
+        assert harness.spin_until(lambda: json.loads(d.status[-1].data)["waiting"] == "ee_pose_stale", 3.0, node)
         status = json.loads(d.status[-1].data)
     finally:
         assert node.stop() == 0

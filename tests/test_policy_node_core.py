@@ -226,3 +226,16 @@ def test_runtime_qfunction_rejects_models_without_metadata(tmp_path):
     gen = export_tiny_generator(tmp_path / "not_a_policy.onnx")
     with pytest.raises(ModelError, match=r"not_a_policy\.onnx has no 'rcan_policy' metadata"):
         RuntimeQFunction(gen, RuntimeConfig())
+
+
+def test_arm_that_stops_short_counts_as_arrived():
+    # The driver clamps targets to its safety box: the EE stops 3 cm short and stays there.
+    core = make_core(Script(make_action((0.05, 0, 0)), make_action((0, 0, 0))), still_time=0.5, settle_timeout=5.0)
+    g = GripperState(True, 0.0)
+    core.tick(0.0, ee(0.0), g, pair(0.0))
+    short = (0.57, 0.0, 0.115)
+    core.tick(0.1, ee(0.1, short), g, pair(0.1))
+    core.tick(0.4, ee(0.4, short), g, pair(0.4))
+    assert core.phase is Phase.MOVE  # still for 0.3 s only
+    core.tick(0.65, ee(0.65, short), g, pair(0.65))
+    assert core.phase is Phase.ACT and core.settled_at == 0.65

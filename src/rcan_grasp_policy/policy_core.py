@@ -210,6 +210,11 @@ class CoreConfig:
     """Lift after termination (m), as the sim env."""
     settle_tolerance: float = 0.01
     """The arm has arrived when the EE position is this close to the target (m)."""
+    still_time: float = 0.5
+    """The arm has also arrived when the EE has not moved for this long (s): the driver's safety box
+    may have clamped the target, so it is never reached exactly."""
+    still_tolerance: float = 0.001
+    """EE motion below this (m) counts as not moving."""
     settle_timeout: float = 3.0
     """Give up waiting for the arm after this long (s) and go on (the next step re-checks freshness)."""
     gripper_timeout: float = 2.0
@@ -228,6 +233,8 @@ class CoreConfig:
         require(self.lift_height >= 0, "lift_height", "must be >= 0")
         require(self.settle_tolerance > 0, "settle_tolerance", "must be > 0")
         require(self.settle_timeout > 0, "settle_timeout", "must be > 0")
+        require(self.still_time > 0, "still_time", "must be > 0")
+        require(self.still_tolerance > 0, "still_tolerance", "must be > 0")
         require(self.gripper_timeout > 0, "gripper_timeout", "must be > 0")
         require(self.max_episodes >= 0, "max_episodes", "must be >= 0")
 
@@ -261,6 +268,8 @@ class EpisodeCore:
         self._target: tuple[np.ndarray, np.ndarray] | None = None
         self._since = 0.0
         self._pending_gripper: bool | None = None
+        self._still_ref: np.ndarray | None = None  # EE position the stillness timer started at
+        self._still_since = 0.0
         self._end_reason: str | None = None
         self._retry_at = -math.inf
         self.phase = Phase.IDLE
@@ -366,20 +375,27 @@ class EpisodeCore:
         cmd = decode_action(action, self.cfg.bounds)
         self.step += 1
         self.last_action, self.last_q = np.asarray(action, dtype=np.float32), float(q)
-        self._target = apply_action(ee.pos, ee.quat, cmd.translation, cmd.dtheta)
         wanted = None if cmd.gripper is None else cmd.gripper == "open"
         self._pending_gripper = wanted if wanted is not None and wanted != gripper.open else None
         if cmd.terminate:
             self._end_reason = "terminate"
         elif self.step >= self.cfg.max_steps:
             self._end_reason = "max_steps"
-        self.phase, self._since = Phase.MOVE, now
+        self._command(apply_action(ee.pos, ee.quat, cmd.translation, cmd.dtheta), now, Phase.MOVE)
         return Decision(target=self._target, action=self.last_action, q=self.last_q)
+
+    def _command(self, target, now: float, phase: Phase) -> None:
+        self._target, self.phase, self._since, self._still_ref = target, phase, now, None
 
     def _arrived(self, now: float, ee: EEState | None) -> bool:
         pos, _ = self._target
-        if ee is not None and ee.stamp > self._since and np.linalg.norm(ee.pos - pos) <= self.cfg.settle_tolerance:
-            return True
+        if ee is not None and ee.stamp > self._since:
+            if np.linalg.norm(ee.pos - pos) <= self.cfg.settle_tolerance:
+                return True
+            if self._still_ref is None or np.linalg.norm(ee.pos - self._still_ref) > self.cfg.still_tolerance:
+                self._still_ref, self._still_since = ee.pos, now
+            elif now - self._still_since >= self.cfg.still_time:
+                return True
         return now - self._since > self.cfg.settle_timeout
 
     def _after_step(self, now: float) -> Decision:
@@ -388,8 +404,7 @@ class EpisodeCore:
             self.phase = Phase.ACT
             return Decision()
         pos, quat = self._target
-        self._target = (pos + np.array([0.0, 0.0, self.cfg.lift_height]), quat)
-        self.phase, self._since = Phase.LIFT, now
+        self._command((pos + np.array([0.0, 0.0, self.cfg.lift_height]), quat), now, Phase.LIFT)
         return Decision(target=self._target, event=f"episode {self.episode}: {self._end_reason} after "
                                                       f"{self.step} steps; lifting {self.cfg.lift_height} m")
 

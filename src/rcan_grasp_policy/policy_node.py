@@ -66,6 +66,7 @@ class PolicyNode(Node):
                 max_steps=int(p("max_steps", 20)), max_input_age=float(p("max_input_age", 0.5)),
                 tray_bottom_z=float(p("tray_bottom_z", -0.185)), lift_height=float(p("lift_height", 0.2)),
                 settle_tolerance=float(p("settle_tolerance", 0.01)), settle_timeout=float(p("settle_timeout", 3.0)),
+                still_time=float(p("still_time", 0.5)), still_tolerance=float(p("still_tolerance", 0.001)),
                 gripper_timeout=float(p("gripper_timeout", 2.0)), sim_mode=bool(p("sim_mode", False)),
                 autostart=bool(p("autostart", True)), max_episodes=int(p("max_episodes", 0)), bounds=bounds)
             if not rate_hz > 0:
@@ -87,6 +88,7 @@ class PolicyNode(Node):
         self.gripper: GripperState | None = None
         self._pair_cache: ImagePair | None = None
         self._pending: dict[str, object] = {}
+        self._waiting: str | None = None  # why the last control tick sent nothing
 
         self.target_pub = self.create_publisher(PoseStamped, p("target_pose_topic", "/rcan/target_pose"), qos)
         self.gripper_pub = self.create_publisher(Bool, p("gripper_command_topic", "/rcan/gripper_command"), qos)
@@ -167,6 +169,7 @@ class PolicyNode(Node):
         except Exception as exc:  # a planner failure must not kill the node; no command is sent
             self.waits(f"planner:{type(exc).__name__}", f"policy step failed, no command sent: {exc!r}")
             return
+        self._waiting = d.wait
         if d.wait and d.wait not in _NORMAL_WAITS:
             self.waits(d.wait, f"no command: {d.wait.replace('_', ' ')}")
         if d.target is not None:
@@ -244,7 +247,7 @@ class PolicyNode(Node):
 
     def _publish_status(self) -> None:
         status = self.core.status()
-        status.update(matched_pairs=self.matcher.matched, unmatched_dropped=self.matcher.dropped,
+        status.update(waiting=self._waiting, matched_pairs=self.matcher.matched, unmatched_dropped=self.matcher.dropped,
                       rejected=dict(self.rejects.counts), provider=self.planner.provider)
         self.status_pub.publish(String(data=json.dumps(status)))
 
