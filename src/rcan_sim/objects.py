@@ -91,6 +91,19 @@ def object_model(object_id: int) -> ObjectModel:
                        _farthest_points(verts, OBJECT_HULL_POINTS))
 
 
+OBJECT_UV_SCALE = 0.04  # metres per texture repeat on objects
+
+
+@functools.lru_cache(maxsize=256)
+def object_visual_mesh(object_id: int):
+    """The object's visual mesh, scaled, with box-projected UVs (rcan_sim.meshes.UVMesh)."""
+    from rcan_sim.meshes import box_uv_mesh, read_obj
+
+    model = object_model(object_id)
+    v, t, n = read_obj(model.mesh_path)
+    return box_uv_mesh(v * model.scale, t, n, OBJECT_UV_SCALE)
+
+
 def _farthest_points(points: np.ndarray, k: int) -> np.ndarray:
     """Greedy farthest-point subset: keeps the extremes, so the hull stays close to the mesh's."""
     if len(points) <= k:

@@ -26,6 +26,7 @@ import pybullet as pb
 from rcan_common.config import require
 from rcan_sim import classes, objects
 from rcan_sim.domains import DomainSpec, domain_spec
+from rcan_sim.meshes import uv_arm_sdf
 from rcan_sim.textures import TextureBank
 
 # Arm joints exposed to ROS, named like lbr_fri_ros2_stack's joints (pybullet calls them J0..J6).
@@ -214,7 +215,8 @@ class GraspWorld:
             0, pb.createCollisionShape(pb.GEOM_BOX, halfExtents=ped_half, physicsClientId=c),
             pb.createVisualShape(pb.GEOM_BOX, halfExtents=ped_half, physicsClientId=c),
             [0, 0, FLOOR_Z / 2], physicsClientId=c)
-        self.arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"), physicsClientId=c)[0]
+        # Same links, joints and collision meshes as pybullet_data's SDF; visuals carry UVs.
+        self.arm = pb.loadSDF(str(uv_arm_sdf(root, self.bank.cache_dir)), physicsClientId=c)[0]
         pb.resetSimulation(physicsClientId=self._kin_cid)
         self._kin_arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"), physicsClientId=self._kin_cid)[0]
         pb.resetBasePositionAndOrientation(self._kin_arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=self._kin_cid)
@@ -402,13 +404,14 @@ class GraspWorld:
         return ep.palette[held_out]
 
     def _load_object(self, object_id: int, pos, orn) -> int:
-        """Object body with the URDF's mesh and mass, but a collision hull of at most
+        """Object body with the URDF's mesh (plus UVs) and mass, but a collision hull of at most
         OBJECT_HULL_POINTS vertices (the full hulls of hundreds of points made physics ~2x slower)."""
         c = self._cid
         model = objects.object_model(object_id)
         col = pb.createCollisionShape(pb.GEOM_MESH, vertices=model.hull_points.tolist(), physicsClientId=c)
-        vis = pb.createVisualShape(pb.GEOM_MESH, fileName=str(model.mesh_path), meshScale=[model.scale] * 3,
-                                   physicsClientId=c)
+        mesh = objects.object_visual_mesh(object_id)
+        vis = pb.createVisualShape(pb.GEOM_MESH, vertices=mesh.vertices.tolist(), indices=mesh.indices.tolist(),
+                                   uvs=mesh.uvs.tolist(), normals=mesh.normals.tolist(), physicsClientId=c)
         uid = pb.createMultiBody(model.mass, col, vis, pos, orn, physicsClientId=c)
         pb.changeDynamics(uid, -1, lateralFriction=model.lateral_friction, physicsClientId=c)
         return uid
