@@ -140,6 +140,14 @@ class LoopMonitor:
             if self.steps and self.steps[-1].status is None and status.get("last_action") is not None:
                 self.steps[-1].status = status
 
+    def reset(self) -> None:
+        """Forget every timing gathered so far (e.g. after warm-up)."""
+        with self._lock:
+            self.steps.clear()
+            self.cam_to_canonical.clear()
+            self.command_to_trajectory.clear()
+            self.trajectories = 0
+
     # -- queries
     def latest_status(self) -> dict | None:
         with self._lock:
