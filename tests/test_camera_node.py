@@ -173,3 +173,27 @@ def test_crop_resize_intrinsics_follow_the_crop():
     np.testing.assert_allclose(out, [[50, 0, 19.5], [0, 50, 19.5], [0, 0, 1]])
     img = np.arange(80 * 100 * 3, dtype=np.uint8).reshape(80, 100, 3)
     assert center_crop_resize(img, 80).tolist() == img[:, 10:90].tolist()
+
+
+def test_video_file_source_loops_and_folder_without_images_fails(tmp_path):
+    import cv2
+
+    from rcan_perception.camera_source import SourceError, open_source
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (40, 30))
+    assert writer.isOpened()
+    for value in (0, 250):
+        writer.write(np.full((30, 40, 3), value, np.uint8))
+    writer.release()
+    src = open_source(str(path), loop=True)
+    means = [float(src.read().mean()) for _ in range(4)]
+    src.close()
+    assert means[0] < 20 and means[1] > 230 and means[2] < 20, means  # replayed from the start
+    once = open_source(str(path), loop=False)
+    assert once.read() is not None and once.read() is not None and once.read() is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no images"):
+        open_source(str(tmp_path / "empty"))
+    with pytest.raises(SourceError, match="empty"):
+        open_source("  ")
