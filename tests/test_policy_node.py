@@ -136,7 +136,7 @@ def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny
             d.image(d.src, d.now(), 96)
             harness.spin_for(0.05)
         # Pairs whose stamps differ: no command either.
-        for k in range(5):
+        for _ in range(5):
             t = d.now()
             d.state()
             d.image(d.src, t, 96)

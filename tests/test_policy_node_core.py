@@ -131,7 +131,7 @@ def test_step_uses_only_images_after_settle_and_builds_state():
     assert images.shape == (8, 8, 6) and (images[..., 3:] == 255).all()
     np.testing.assert_allclose(state, [1.0, 0.3], atol=1e-6)  # open, height above the tray bottom
     # Not arrived yet (EE far from target, no timeout): nothing happens.
-    assert core.tick(1.1, ee(1.1), GripperState(True, 1.1), pair(1.05)) .target is None and core.phase is Phase.MOVE
+    assert core.tick(1.1, ee(1.1), GripperState(True, 1.1), pair(1.05)).target is None and core.phase is Phase.MOVE
     # Arrived -> the close command follows the motion, then waits for the gripper state.
     d = core.tick(1.2, ee(1.2, pos), GripperState(True, 1.2), pair(1.15))
     assert d.gripper_open is False and core.phase is Phase.GRIP
