@@ -59,6 +59,11 @@ def spin_node(make_node: Callable[[], object], args=None) -> int:
     except StartupError as exc:
         print(f"[FATAL] {exc}", file=sys.stderr, flush=True)
         return 1
+    except Exception:
+        # A SIGINT/SIGTERM during start-up shuts the context down under the constructor;
+        # that is a clean stop, not a crash.  Anything else is a real error.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             close = getattr(node, "close", None)
