@@ -23,7 +23,8 @@ def test_schema_text_contains_every_nested_definition_once():
 
 def test_recording_round_trips_through_the_mcap_ros2_reader(ros_env, tmp_path):
     from geometry_msgs.msg import PoseStamped
-    from mcap_ros2.reader import read_ros2_messages
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
 
     from rcan_bringup.probe import Probe
     from rcan_bringup.recorder import McapRecorder
@@ -45,9 +46,10 @@ def test_recording_round_trips_through_the_mcap_ros2_reader(ros_env, tmp_path):
                 break
         counts = rec.close()
     assert counts["/t/pose"] >= 5 and counts["/t/image"] >= 5
-    decoded = list(read_ros2_messages(str(tmp_path / "run.mcap")))
+    with open(tmp_path / "run.mcap", "rb") as f:
+        decoded = list(make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())
     assert len(decoded) == sum(counts.values())
-    images = [m.ros_msg for m in decoded if m.channel.topic == "/t/image"]
+    images = [msg for _, channel, _, msg in decoded if channel.topic == "/t/image"]
     assert bytes(images[0].data) == rgb.tobytes() and images[0].encoding == "rgb8"
-    xs = [m.ros_msg.pose.position.x for m in decoded if m.channel.topic == "/t/pose"]
-    assert xs == sorted(xs) and decoded[0].schema.encoding == "ros2msg"
+    xs = [msg.pose.position.x for _, channel, _, msg in decoded if channel.topic == "/t/pose"]
+    assert xs == sorted(xs) and decoded[0][0].encoding == "ros2msg"
