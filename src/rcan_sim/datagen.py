@@ -274,7 +274,23 @@ def package_versions() -> dict[str, str]:
             out["rcan" if dist == "rcan_bringup" else dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    out["rcan_git"] = _git_commit()
     return out
+
+
+def _git_commit() -> str:
+    """The source commit (with '+dirty' for local changes), or 'unknown' outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def plan_shards(episodes: int, per_shard: int) -> list[tuple[int, int, int]]:
