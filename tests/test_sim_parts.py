@@ -93,3 +93,40 @@ def test_wilson_interval():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+def test_box_uv_mesh_gives_every_face_its_own_uvs():
+    from rcan_sim.meshes import box_uv_mesh
+
+    v = np.array([[0, 0, 0], [0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.1]], float)
+    t = np.array([[0, 1, 2], [0, 1, 3]])
+    mesh = box_uv_mesh(v, t, uv_scale=0.1)
+    assert mesh.vertices.shape == (6, 3) and mesh.uvs.shape == (6, 2) and mesh.indices.tolist() == list(range(6))
+    # Face 0 lies in z=0: UVs are its x, y over the scale; face 1 lies in y=0: x, z.
+    assert mesh.uvs[:3].tolist() == [[0, 0], [1, 0], [0, 1]]
+    assert mesh.uvs[3:].tolist() == [[0, 0], [1, 0], [0, 1]]
+    assert np.allclose(np.abs(mesh.normals[:3]), [0, 0, 1]) and np.allclose(np.abs(mesh.normals[3:]), [0, 1, 0])
+
+
+def test_uv_arm_keeps_the_physics_of_the_original(tmp_path):
+    import pybullet as pb
+
+    from rcan_sim.meshes import ARM_SDF, uv_arm_sdf
+
+    cid = pb.connect(pb.DIRECT)
+    try:
+        orig = pb.loadSDF(str(objects.data_root() / ARM_SDF), physicsClientId=cid)[0]
+        uv = pb.loadSDF(str(uv_arm_sdf(objects.data_root(), tmp_path)), physicsClientId=cid)[0]
+        n = pb.getNumJoints(orig, physicsClientId=cid)
+        assert n == pb.getNumJoints(uv, physicsClientId=cid) == 14
+        for j in range(-1, n):
+            a = pb.getDynamicsInfo(orig, j, physicsClientId=cid)
+            b = pb.getDynamicsInfo(uv, j, physicsClientId=cid)
+            assert a[:3] == b[:3]  # mass, friction, inertia
+            ca = pb.getCollisionShapeData(orig, j, physicsClientId=cid)
+            cb = pb.getCollisionShapeData(uv, j, physicsClientId=cid)
+            assert [x[2:4] for x in ca] == [x[2:4] for x in cb]  # shape type and dimensions
+        for j in range(n):
+            assert pb.getJointInfo(orig, j, physicsClientId=cid)[1:] == pb.getJointInfo(uv, j, physicsClientId=cid)[1:]
+    finally:
+        pb.disconnect(physicsClientId=cid)

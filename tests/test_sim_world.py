@@ -54,16 +54,27 @@ def test_pair_has_identical_geometry_and_different_pixels(world):
     assert np.array_equal(frame.rgb, pair.randomized_rgb)
 
 
+def _back_project(frame, mask):
+    cam = frame.camera
+    v, u = np.nonzero(mask)
+    z = frame.depth[v, u]
+    pts_cam = np.stack([(u - cam.K[0, 2]) * z / cam.K[0, 0], (v - cam.K[1, 2]) * z / cam.K[1, 1], z, np.ones_like(z)])
+    return (np.linalg.inv(cam.extrinsics) @ pts_cam)[:3]
+
+
 def test_depth_and_camera_are_consistent(world):
+    from rcan_sim.world import FLOOR_Z, TRAY_POS
+
     f = world.render("canonical")
     assert np.all(np.isfinite(f.depth)) and f.depth.min() > CFG.camera_near
-    # Back-project the tray-bottom pixels: their heights must sit near the tray bottom.
-    cam = f.camera
-    v, u = np.nonzero(f.segmentation == classes.TRAY)
-    z = f.depth[v, u]
-    pts_cam = np.stack([(u + 0.5 - cam.K[0, 2]) * z / cam.K[0, 0], (v + 0.5 - cam.K[1, 2]) * z / cam.K[1, 1], z, np.ones_like(z)])
-    pts = np.linalg.inv(cam.extrinsics) @ pts_cam
-    assert abs(np.median(pts[2]) - world.tray_bottom_z) < 0.03
+    # Depth + K + extrinsics put floor pixels on the floor plane and tray pixels in the tray.
+    background = _back_project(f, f.segmentation == classes.BACKGROUND)
+    floor = background[2][background[2] < FLOOR_Z + 0.05]  # the rest is the robot's pedestal
+    assert len(floor) > 0.8 * background.shape[1]
+    assert np.mean(np.abs(floor - FLOOR_Z)) < 0.008  # TinyRenderer depth is good to ~0.3% of range
+    tray = _back_project(f, f.segmentation == classes.TRAY)
+    assert abs(np.percentile(tray[2], 5) - world.tray_bottom_z) < 0.01
+    assert np.all(np.abs(tray[0] - TRAY_POS[0]) < 0.33) and np.all(np.abs(tray[1] - TRAY_POS[1]) < 0.33)
 
 
 def test_rendering_never_changes_physics(world):

@@ -86,6 +86,20 @@ def box_uv_mesh(vertices: np.ndarray, triangles: np.ndarray, corner_normals: np.
     return UVMesh(corners.reshape(-1, 3), normals.reshape(-1, 3), uv.reshape(-1, 2))
 
 
+def floor_grid(x_range=(-1.5, 3.5), y_range=(-3.0, 3.0), cell: float = 0.125, uv_scale: float = 0.5) -> UVMesh:
+    """A z=0 grid of small triangles (upward normals, UVs repeating every `uv_scale` m)."""
+    xs = np.arange(x_range[0], x_range[1] + 1e-9, cell)
+    ys = np.arange(y_range[0], y_range[1] + 1e-9, cell)
+    x0, y0 = np.meshgrid(xs[:-1], ys[:-1], indexing="ij")
+    x0, y0 = x0.ravel(), y0.ravel()
+    quad = np.stack([np.stack([x0, y0], 1), np.stack([x0 + cell, y0], 1), np.stack([x0 + cell, y0 + cell], 1),
+                     np.stack([x0, y0 + cell], 1)], 1)  # (Q, 4, 2), counter-clockwise seen from above
+    tris = np.concatenate([quad[:, [0, 1, 2]], quad[:, [0, 2, 3]]], axis=0).reshape(-1, 2)
+    verts = np.concatenate([tris, np.zeros((len(tris), 1))], axis=1)
+    normals = np.tile([0.0, 0.0, 1.0], (len(verts), 1))
+    return UVMesh(verts, normals, tris / uv_scale)
+
+
 def write_obj(mesh: UVMesh, path: Path) -> None:
     from rcan_common.io import atomic_write_bytes
 

@@ -7,7 +7,7 @@ policy should approach, not exceed, its success rate.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import sys
 import time
@@ -23,7 +23,6 @@ from rcan_sim import objects
 from rcan_sim.action import make_action
 from rcan_sim.env import Domain, EnvConfig, GraspEnv
 from rcan_sim.stats import wilson_interval
-from rcan_sim.world import WorldConfig
 
 
 class ScriptedGraspPolicy:
@@ -140,13 +139,8 @@ class ScriptedEvalConfig:
 
 
 def evaluate(cfg: ScriptedEvalConfig, progress: bool = False) -> dict:
-    world_cfg = WorldConfig(**{**to_dict(cfg.env.world), "image_size": cfg.image_size, "split": cfg.split,
-                               "texture_folder": cfg.env.world.texture_folder,
-                               "texture_cache_dir": cfg.env.world.texture_cache_dir,
-                               "camera_eye": tuple(cfg.env.world.camera_eye),
-                               "camera_target": tuple(cfg.env.world.camera_target)})
-    env_cfg = EnvConfig(**{**{f: getattr(cfg.env, f) for f in cfg.env.__dataclass_fields__},
-                           "world": world_cfg, "domain": cfg.domain})
+    world_cfg = dataclasses.replace(cfg.env.world, image_size=cfg.image_size, split=cfg.split)
+    env_cfg = dataclasses.replace(cfg.env, world=world_cfg, domain=cfg.domain)
     env = GraspEnv(env_cfg)
     policy = ScriptedGraspPolicy()
     successes, steps, t0 = 0, [], time.perf_counter()

@@ -26,7 +26,7 @@ import pybullet as pb
 from rcan_common.config import require
 from rcan_sim import classes, objects
 from rcan_sim.domains import DomainSpec, domain_spec
-from rcan_sim.meshes import uv_arm_sdf
+from rcan_sim.meshes import floor_grid, uv_arm_sdf
 from rcan_sim.textures import TextureBank
 
 # Arm joints exposed to ROS, named like lbr_fri_ros2_stack's joints (pybullet calls them J0..J6).
@@ -209,7 +209,15 @@ class GraspWorld:
                                      physicsClientId=c)
         root = objects.data_root()
         self._textures: dict[int, int] = {}  # bank index -> pybullet texture id
-        self.floor = pb.loadURDF(str(root / "plane.urdf"), [0, 0, FLOOR_Z], physicsClientId=c)
+        # Floor: an infinite collision plane with a finely tessellated visual grid, because
+        # TinyRenderer interpolates depth and UVs affinely per triangle and plane.urdf's two
+        # huge triangles came out centimetres off in depth.
+        grid = floor_grid()
+        self.floor = pb.createMultiBody(
+            0, pb.createCollisionShape(pb.GEOM_PLANE, physicsClientId=c),
+            pb.createVisualShape(pb.GEOM_MESH, vertices=grid.vertices.tolist(), indices=grid.indices.tolist(),
+                                 uvs=grid.uvs.tolist(), normals=grid.normals.tolist(), physicsClientId=c),
+            [0, 0, FLOOR_Z], physicsClientId=c)
         ped_half = (0.12, 0.12, -FLOOR_Z / 2)
         self.pedestal = pb.createMultiBody(
             0, pb.createCollisionShape(pb.GEOM_BOX, halfExtents=ped_half, physicsClientId=c),
@@ -306,7 +314,8 @@ class GraspWorld:
                                                    physicsClientId=self._cid)
         n = cfg.image_size
         f = (n / 2) / math.tan(math.radians(cfg.camera_fov_deg) / 2)
-        K = np.array([[f, 0, n / 2], [0, f, n / 2], [0, 0, 1]])
+        c = (n - 1) / 2  # OpenCV: pixel centres at integer coordinates
+        K = np.array([[f, 0, c], [0, f, c], [0, 0, 1]])
         view_gl = np.array(self._view).reshape(4, 4).T  # pybullet matrices are column-major
         extr = np.diag([1.0, -1.0, -1.0, 1.0]) @ view_gl  # OpenGL camera (-z forward) -> OpenCV
         return CameraInfo(n, n, K, extr, cfg.camera_near, cfg.camera_far)
