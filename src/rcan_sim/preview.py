@@ -87,7 +87,7 @@ def render_grid(cfg: RenderGridConfig) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(RenderGridConfig, argv, description=__doc__.splitlines()[0])
+    cfg = parse_cli(RenderGridConfig, argv, description=RenderGridConfig.__doc__)
     from PIL import Image
 
     from rcan_common.io import atomic_write_bytes, ensure_writable_dir

@@ -130,7 +130,7 @@ class ScriptedEvalConfig:
     out: Path | None = None
     """Write the result as JSON here."""
     env: EnvConfig = field(default_factory=EnvConfig)
-    """Episode rules (its world.image_size/split are overridden by the fields above)."""
+    """Episode rules (its domain, world.image_size and world.split are overridden by the fields above)."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", "must be >= 1")
@@ -164,7 +164,7 @@ def evaluate(cfg: ScriptedEvalConfig, progress: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(ScriptedEvalConfig, argv, description=__doc__.splitlines()[0])
+    cfg = parse_cli(ScriptedEvalConfig, argv, description=ScriptedEvalConfig.__doc__)
     if cfg.out is not None:
         from rcan_common.io import ensure_writable_dir
 
