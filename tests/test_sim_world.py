@@ -87,6 +87,24 @@ def test_rendering_never_changes_physics(world):
     assert np.array_equal(before["joints"], after["joints"])
 
 
+def test_rendering_does_not_change_the_future():
+    a, b = GraspWorld(CFG), GraspWorld(CFG)
+    try:
+        for w in (a, b):
+            w.reset(5)
+            w.set_arm_joint_targets(w.solve_ik([0.6, 0.05, w.tray_bottom_z + 0.05], 0.4))
+        for _ in range(3):
+            a.render_pair(1)
+            a.render("randomized", 2)
+            a.step_physics(20)
+            b.step_physics(20)
+        sa, sb = a.physics_state(), b.physics_state()
+        assert np.array_equal(sa["bodies"], sb["bodies"]) and np.array_equal(sa["joints"], sb["joints"])
+    finally:
+        a.close()
+        b.close()
+
+
 def test_canonical_look_is_fixed(world):
     a = world.render("canonical", 1)
     world.render_pair(3)  # randomize everything in between

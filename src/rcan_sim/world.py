@@ -46,7 +46,6 @@ TIP_FORCE = 5.0
 FLOOR_Z = -0.2
 TRAY_POS = (0.65, 0.0, FLOOR_Z)  # the iiwa elbow limit (J4 +-120 deg) rules out low targets nearer than ~0.5 m
 TRAY_BOTTOM_Z = FLOOR_Z + 0.015  # top of traybox.urdf's floor box
-TRAY_INNER_HALF = 0.22  # usable half-width inside the slanted walls
 # traybox.urdf's collision boxes: (half extents, position, rpy) -- bottom, then 4 slanted walls.
 TRAY_BOXES = (
     ((0.3, 0.3, 0.01), (0.0, 0.0, 0.005), (0.0, 0.0, 0.0)),
@@ -72,7 +71,6 @@ CANON_ARM = (
 )
 CANON_LIGHT = dict(lightDirection=(0.3, 0.6, 1.0), lightColor=(1.0, 1.0, 1.0), lightDistance=2.0,
                    lightAmbientCoeff=0.6, lightDiffuseCoeff=0.35, lightSpecularCoeff=0.05)
-# Object tops that rise more than this above the tray bottom after the lift count as lifted.
 
 
 @dataclass
