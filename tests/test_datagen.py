@@ -127,6 +127,10 @@ def test_existing_dataset_needs_resume_with_same_config(tmp_path, capsys):
     assert gen(out, "--episodes", "1", "--resume") == 2  # a different policy is a different dataset
     assert "policy" in capsys.readouterr().err
     assert (out / shards.MANIFEST).read_text() == before
+    with datagen._exclusive(out):  # as if another datagen run held the dataset
+        assert gen(out, "--episodes", "2", "--policy", "rcan_sim.datagen:RandomPolicy", "--resume") == 1
+    assert "another rcan datagen is writing" in capsys.readouterr().err
+    assert (out / shards.MANIFEST).read_text() == before
 
 
 def test_disk_full_keeps_manifest_and_resume_finishes(tmp_path, monkeypatch, capsys):

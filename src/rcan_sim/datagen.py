@@ -14,12 +14,11 @@ larger ``--episodes`` appends to an existing dataset.  Storage details: rcan_sim
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import hashlib
 import importlib
 import importlib.metadata
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -332,7 +331,7 @@ def prepare_output(cfg: DatagenConfig, data_cfg: dict[str, Any], fp: str,
     root = cfg.out
     manifest_path = root / shards.MANIFEST
     if not manifest_path.exists():
-        leftovers = [p.name for p in root.iterdir()]
+        leftovers = [p.name for p in root.iterdir() if p.name != LOCK_NAME]
         if leftovers:
             raise OutputError(f"output directory {root} is not empty and holds no {shards.MANIFEST} "
                               f"({', '.join(sorted(leftovers)[:5])}...); choose an empty or new directory")
@@ -394,6 +393,28 @@ def run(cfg: DatagenConfig) -> dict[str, Any]:
     data_cfg = data_config(cfg)
     fp = fingerprint(data_cfg)
     check_sim_inputs(data_cfg)
+    with _exclusive(cfg.out):
+        return _generate(cfg, data_cfg, fp)
+
+
+LOCK_NAME = ".datagen.lock"
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path):
+    """Hold an advisory lock on `root` so two datagen runs never write one dataset (released on kill)."""
+    import fcntl
+
+    with open(root / LOCK_NAME, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another rcan datagen is writing to {root}; wait for it or choose another --out") \
+                from None
+        yield
+
+
+def _generate(cfg: DatagenConfig, data_cfg: dict[str, Any], fp: str) -> dict[str, Any]:
     plan = plan_shards(cfg.episodes, cfg.episodes_per_shard)
     manifest, entries = prepare_output(cfg, data_cfg, fp, plan)
     _set_shards(manifest, entries, len(plan))
