@@ -108,3 +108,21 @@ def test_launch_file_and_launcher_start_the_same_processes(monkeypatch, override
     for node, spec in zip(nodes, specs):
         exe = f"/opt/{spec.package}/{spec.executable}"
         assert _launch_ros_argv(node, exe) == node_command(spec, root, executable=exe, check_files=False)
+
+
+def test_rviz_config_shows_the_graph_topics():
+    import yaml
+
+    cfg = yaml.safe_load((share_dir() / "rviz" / "rcan.rviz").read_text())
+    manager = cfg["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "lbr_link_0"
+    displays = {d["Topic"]["Value"]: d["Class"] for d in manager["Displays"] if "Topic" in d}
+    for topic in ("/camera/image_raw", "/rcan/canonical/image", "/rcan/canonical/segmentation",
+                  "/rcan/canonical/depth"):
+        assert displays.get(topic) == "rviz_default_plugins/Image", topic
+    assert displays.get("/rcan/policy/markers") == "rviz_default_plugins/MarkerArray"
+    # Image displays must accept the reliable publishers of sim, camera and perception nodes.
+    assert all(d["Enabled"] for d in manager["Displays"])
+    # The graph starts rviz2 with exactly this file.
+    rviz = next(s for s in enabled_nodes(LaunchArgs(rviz=True)) if s.name == "rviz2")
+    assert rviz.arguments == ("-d", str(share_dir() / "rviz" / "rcan.rviz"))
