@@ -88,6 +88,18 @@ def test_episode_filter_and_dataloader_workers(tmp_path):
     assert sorted(seen) == [(1, 0), (1, 1), (3, 0), (3, 1)]
 
 
+def test_split_by_whole_episodes(tmp_path):
+    write_dataset(tmp_path, [[2, 3, 1], [2, 2, 4], [1, 1, 2, 3]])
+    ds = PairedDataset(tmp_path)
+    train, val = ds.split(val_fraction=0.3, seed=1)
+    assert len(val.episodes) == 3 and len(train) + len(val) == len(ds)
+    assert not set(train.episodes.tolist()) & set(val.episodes.tolist())
+    again = ds.split(val_fraction=0.3, seed=1)[1]
+    assert again.episodes.tolist() == val.episodes.tolist()
+    with pytest.raises(ValueError, match="val_fraction"):
+        ds.split(val_fraction=1.0)
+
+
 def test_uncommitted_shard_is_invisible_and_abort_cleans(tmp_path):
     w = shards.ShardWriter(tmp_path, 0, 0, 1, S, "fp")
     w.append_episode(fake_episode(0, 2, np.random.default_rng(1)))

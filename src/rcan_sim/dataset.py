@@ -5,6 +5,7 @@ Usage::
     from rcan_sim.dataset import PairedDataset
     ds = PairedDataset("data/gen64")                     # every frame of every completed shard
     train = PairedDataset("data/gen64", episodes=range(0, 900))   # a subset by episode id
+    train, val = ds.split(val_fraction=0.1, seed=0)      # by whole episodes
     sample = ds[0]
     sample = ds.get(episode=12, step=3)                  # index by (episode, step)
     i = ds.index_of(12, 3)
@@ -91,6 +92,20 @@ class PairedDataset(Dataset):
     def episodes(self) -> np.ndarray:
         """Sorted episode ids present in this dataset (after the `episodes` filter)."""
         return np.unique(self._ep)
+
+    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple["PairedDataset", "PairedDataset"]:
+        """(train, val) datasets split by whole episodes, so correlated frames of one episode never
+        straddle the split; deterministic in `seed`.  Val gets at least one episode."""
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        eps = self.episodes
+        if len(eps) < 2:
+            raise ValueError(f"need at least 2 episodes to split, {self.root} has {len(eps)}")
+        n_val = min(len(eps) - 1, max(1, round(len(eps) * val_fraction)))
+        val = np.random.default_rng(seed).permutation(eps)[:n_val]
+        train = np.setdiff1d(eps, val)
+        return (PairedDataset(self.root, episodes=train, transform=self.transform),
+                PairedDataset(self.root, episodes=val, transform=self.transform))
 
     def index_of(self, episode: int, step: int) -> int:
         try:
