@@ -29,16 +29,16 @@ def cfg(tmp_path, name, steps, **kw):
     return TrainConfig(**base)
 
 
-def train(c):
-    t = Trainer(c, synthetic_frames(16, 32, seed=0), synthetic_frames(4, 32, seed=1))
+def train(c, test=None):
+    t = Trainer(c, synthetic_frames(16, 32, seed=0), synthetic_frames(4, 32, seed=1), test=test)
     t.run()
     return t
 
 
 def test_resume_is_exact(tmp_path):
-    full = train(cfg(tmp_path, "full", 6))
-    train(cfg(tmp_path, "split", 3))
-    resumed = train(cfg(tmp_path, "split", 6, resume=True))
+    full = train(cfg(tmp_path, "full", 6, augment=True))
+    train(cfg(tmp_path, "split", 3, augment=True))
+    resumed = train(cfg(tmp_path, "split", 6, resume=True, augment=True))
     assert resumed.step == 6
     for (k, a), b in zip(full.G.state_dict().items(), resumed.G.state_dict().values()):
         assert torch.equal(a, b), k
@@ -50,7 +50,8 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_run_directory_contents(tmp_path):
-    t = train(cfg(tmp_path, "r", 2, sample_every=1, eval_every=1, checkpoint_every=1, keep_checkpoints=1))
+    t = train(cfg(tmp_path, "r", 2, sample_every=1, eval_every=1, checkpoint_every=1, keep_checkpoints=1),
+              test=synthetic_frames(3, 32, seed=9))
     run = tmp_path / "runs/r"
     for name in ("config.json", "contract.json", "metrics.csv", "metrics.json", "eval.json", "train_info.json"):
         assert (run / name).is_file(), name
@@ -60,7 +61,7 @@ def test_run_directory_contents(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     for key in ("psnr_db", "ssim", "seg_miou", "seg_object_iou", "depth_rmse_m"):
         assert np.isfinite(m[key]), key
-    assert m["step"] == 2 and m["frames"] == 4
+    assert m["step"] == 2 and m["frames"] == 4 and m["test_split"]["frames"] == 3
     assert len(json.loads((run / "eval.json").read_text())) == 2
     from PIL import Image
 

@@ -86,8 +86,12 @@ class TrainConfig:
     """Loss weights (paper: all 1)."""
     depth_range_m: tuple[float, float] | None = None
     """Depth (m) mapped to normalised 0..1; unset = the training data's min/max, widened to 5 cm steps."""
+    augment: bool = False
+    """Photometric jitter of the randomized input only (per-image channel gains and offsets, i.e. extra light-colour randomization; not in the paper)."""
+    test_data: Path | None = None
+    """Optional second held-out set (e.g. `rcan datagen --split test`: unseen objects, textures and lights), evaluated at the end into metrics.json["test_split"]."""
     seed: int = 0
-    """Seed of the initial weights and of the batch order."""
+    """Seed of the initial weights, the batch order and the augmentation."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device (auto = CUDA when available)."""
     amp: bool = True
@@ -221,9 +225,10 @@ def evaluate(generator: Generator, contract: GeneratorContract, frames: Frames, 
 class Trainer:
     """Owns models, optimizers and the run directory; :meth:`run` trains to ``cfg.steps``."""
 
-    def __init__(self, cfg: TrainConfig, train: Frames, held_out: Frames, command: str = ""):
+    def __init__(self, cfg: TrainConfig, train: Frames, held_out: Frames, command: str = "",
+                 test: Frames | None = None):
         self.cfg = cfg
-        self.train_frames, self.held_out = train, held_out
+        self.train_frames, self.held_out, self.test_frames = train, held_out, test
         self.device = pick_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -299,9 +304,20 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
 
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image RGB gains in [0.6, 1.4] and offsets in [-0.2, 0.2] on the [-1, 1] input; seeded by (seed, step)."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step)
+        n = x.shape[0]
+        gain = 0.6 + 0.8 * torch.rand(n, 3, 1, 1, generator=g)
+        offset = 0.4 * torch.rand(n, 3, 1, 1, generator=g) - 0.2
+        return ((x + 1) * gain - 1 + offset).clamp(-1, 1)
+
     def train_step(self, batch: Frames) -> dict[str, float]:
         cfg, c, dev = self.cfg, self.contract, self.device
-        x = normalize_image(c, batch.randomized).to(dev, non_blocking=True)
+        x = normalize_image(c, batch.randomized)
+        if cfg.augment:
+            x = self.augment(x)
+        x = x.to(dev, non_blocking=True)
         target = normalize_image(c, batch.canonical).to(dev, non_blocking=True)
         seg = batch.segmentation.to(dev).long()
         depth = normalize_depth(c, batch.depth)[:, None].to(dev)
@@ -348,9 +364,11 @@ class Trainer:
         write_png(path, grid)
         return grid
 
-    def run_eval(self, tb) -> dict:
+    def run_eval(self, tb, final: bool = False) -> dict:
         res = evaluate(self.G, self.contract, self.held_out, self.device)
         res = {"step": self.step, **res}
+        if final and self.test_frames is not None:
+            res["test_split"] = evaluate(self.G, self.contract, self.test_frames, self.device)
         self.evals.append(res)
         atomic_write_json(self.run_dir / "eval.json", self.evals)
         atomic_write_json(self.run_dir / "metrics.json", res)
@@ -411,7 +429,7 @@ class Trainer:
                     stopped_early = self.step < cfg.steps
                     break
             tb.add_image("samples", self.write_samples(), self.step, dataformats="HWC")
-            result = self.run_eval(tb)
+            result = self.run_eval(tb, final=True)
         finally:
             bar.close()
             csv_file.close()
@@ -425,28 +443,29 @@ class Trainer:
         return result
 
 
-def load_datasets(cfg: TrainConfig) -> tuple[Frames, Frames]:
+def load_datasets(cfg: TrainConfig) -> tuple[Frames, Frames, Frames | None]:
     frames = load_frames(cfg.data, cfg.max_frames)
+    test = load_frames(cfg.test_data, cfg.eval_frames) if cfg.test_data is not None else None
     if cfg.eval_data is not None:
         held_out = load_frames(cfg.eval_data, cfg.eval_frames)
     else:
         frames, held_out = split_by_episode(frames, cfg.val_fraction)
     if len(held_out) > cfg.eval_frames:
         held_out = held_out.select(torch.arange(cfg.eval_frames))
-    return frames, held_out
+    return frames, held_out, test
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(TrainConfig, argv, description="Train the RCAN generator G (U-Net + seg/depth heads, MPSE + L2 + patch GAN).")
     command = "rcan train-generator " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     try:
-        train, held_out = load_datasets(cfg)
-        trainer = Trainer(cfg, train, held_out, command=command)
+        train, held_out, test = load_datasets(cfg)
+        trainer = Trainer(cfg, train, held_out, command=command, test=test)
         print(f"training {cfg.name}: {len(train)} frames {train.image_size}, held-out {len(held_out)}, "
               f"device {trainer.device}, resume from step {trainer.step}", file=sys.stderr)
         result = trainer.run()
     except (DataError, ConfigError, ckpt.CheckpointError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in result.items() if k != "seg_iou_per_class"}, indent=None))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("seg_iou_per_class", "test_split")}))
     return 0
