@@ -68,12 +68,13 @@ class OnnxAdapter:
 class InputEncoder:
     """Turns sim observations into the policy's uint8 (H, W, C) image for one variant."""
 
-    def __init__(self, variant: str, generator: str | Path | None = None, threads: int = 1):
+    def __init__(self, variant: str, generator: str | Path | None = None, threads: int = 1,
+                 adapter: Adapter | None = None):
         _check(variant)
         self.variant = variant
         self.oracle = variant == "rcan" and str(generator) == ORACLE
-        self.adapter: Adapter | None = None
-        if variant == "rcan" and not self.oracle:
+        self.adapter = adapter
+        if variant == "rcan" and not self.oracle and adapter is None:
             if generator is None:
                 raise ValueError("variant 'rcan' needs a generator ONNX path (or 'oracle' for sim-only training)")
             self.adapter = OnnxAdapter(generator, threads=threads)

@@ -1,0 +1,165 @@
+"""Policy benchmark -> bench/results/policy.json.
+
+* CEM decision latency (64 samples x 2 iterations, one state) at the shipped size:
+  torch batched (trunk once per state), torch naive (trunk re-run for every candidate, as
+  one batch), torch naive loop (one forward per candidate), and ONNX Runtime batched.
+* QT-Opt learner updates/s (batch 32, Bellman target by CEM over both target networks).
+* Collector grasps/s and env steps/s for one worker (scripted and Q-network episodes).
+
+Uses models/policy_rcan_64.* when present, otherwise a randomly initialised network of the
+same shape (latency does not depend on the weights).  Runs in about a minute.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcan_common.io import atomic_write_json
+from rcan_grasp_policy.backends import OrtQFunction, TorchQFunction, images_to_nchw, load_policy_net
+from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
+from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "policy_rcan_64.safetensors"
+OUT = ROOT / "bench" / "results" / "policy.json"
+
+
+class NaiveQFunction(TorchQFunction):
+    """Scores every candidate with a full forward pass (trunk included): the baseline of trunk-once."""
+
+    def __init__(self, net: QNetwork, loop: bool = False):
+        super().__init__(net)
+        self.loop = loop
+
+    @torch.inference_mode()
+    def embed(self, images, state):
+        return torch.from_numpy(images_to_nchw(images)), torch.as_tensor(np.asarray(state, dtype=np.float32))
+
+    @torch.inference_mode()
+    def score(self, context, actions):
+        images, state = context
+        a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        b, n = a.shape[:2]
+        x = images.repeat_interleave(n, 0)
+        s = state.repeat_interleave(n, 0)
+        flat = a.reshape(b * n, 1, -1)
+        if self.loop:
+            q = torch.cat([self.net(x[i:i + 1], s[i:i + 1], flat[i:i + 1]) for i in range(b * n)])
+        else:
+            q = self.net(x, s, flat)
+        return torch.sigmoid(q).reshape(b, n).numpy()
+
+
+def _latency_ms(policy: CEMPolicy, images, state, repeats: int) -> dict:
+    policy.act(images, state)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        policy.act(images, state)
+        times.append(1000 * (time.perf_counter() - t))
+    return {"median_ms": round(statistics.median(times), 2), "min_ms": round(min(times), 2), "repeats": repeats}
+
+
+def bench_decision(net: QNetwork, threads: int) -> dict:
+    from rcan_grasp_policy.export import export_onnx
+
+    torch.set_num_threads(threads)
+    c, cem = net.cfg, CEMConfig()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (1, c.image_size, c.image_size, c.in_channels), dtype=np.uint8)
+    state = np.array([[1.0, 0.2]], np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "q.onnx"
+        export_onnx(net, {"variant": "rcan"}, path)
+        ort_qf = OrtQFunction(path, threads=threads)
+        res = {
+            "torch_batched_trunk_once": _latency_ms(CEMPolicy(TorchQFunction(net), cem), images, state, 20),
+            "torch_naive_trunk_per_candidate": _latency_ms(CEMPolicy(NaiveQFunction(net), cem), images, state, 5),
+            "torch_naive_loop_one_forward_per_candidate": _latency_ms(CEMPolicy(NaiveQFunction(net, loop=True), cem),
+                                                                      images, state, 2),
+            "ort_batched_trunk_once": _latency_ms(CEMPolicy(ort_qf, cem), images, state, 20),
+        }
+    base = res["torch_batched_trunk_once"]["median_ms"]
+    res["speedup_batched_vs_naive"] = round(res["torch_naive_trunk_per_candidate"]["median_ms"] / base, 2)
+    res["speedup_batched_vs_naive_loop"] = round(res["torch_naive_loop_one_forward_per_candidate"]["median_ms"] / base, 2)
+    res["goal_ms"] = 100
+    res["threads"] = threads
+    res["cem"] = {"samples": cem.samples, "elites": cem.elites, "iterations": cem.iterations}
+    return res
+
+
+def bench_updates(net_cfg: QNetConfig, target_cem: CEMConfig, updates: int = 8) -> dict:
+    from rcan_grasp_policy.qtopt import QTOpt, QTOptConfig
+    from rcan_grasp_policy.replay import Transitions
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    n, s, ch = 32, net_cfg.image_size, net_cfg.in_channels
+    batch = Transitions(image=rng.integers(0, 256, (n, s, s, ch), dtype=np.uint8), state=rng.random((n, 2), np.float32),
+                        action=rng.standard_normal((n, 8)).astype(np.float32), reward=np.full(n, -0.05, np.float32),
+                        done=rng.random(n) < 0.2, next_image=rng.integers(0, 256, (n, s, s, ch), dtype=np.uint8),
+                        next_state=rng.random((n, 2), np.float32), source=np.zeros(n, np.uint8))
+    algo = QTOpt(QNetwork(net_cfg), QTOptConfig(batch_size=n, target_cem=target_cem))
+    algo.update(batch, rng)
+    t = time.perf_counter()
+    for _ in range(updates):
+        algo.update(batch, rng)
+    dt = time.perf_counter() - t
+    return {"updates_per_s": round(updates / dt, 2), "batch_size": n, "threads": 1,
+            "target_cem": {"samples": target_cem.samples, "elites": target_cem.elites,
+                           "iterations": target_cem.iterations}}
+
+
+def bench_collect(net: QNetwork, episodes: int = 3) -> dict:
+    from safetensors.torch import save
+
+    from rcan_grasp_policy.collect import CollectTask, collect_episodes
+
+    weights = save({k: v.contiguous() for k, v in net.state_dict().items()})
+    out = {}
+    for policy in ("scripted", "qnet"):
+        task = CollectTask(seeds=tuple(range(500, 500 + episodes)), variant="rcan", domain="randomized",
+                           image_size=net.cfg.image_size, generator="oracle", policy=policy, weights=weights,
+                           qnet=net.cfg.to_dict(), epsilon=0.2 if policy == "qnet" else 0.1)
+        collect_episodes(CollectTask(**{**task.__dict__, "seeds": (499,)}))  # build env + textures first
+        res = collect_episodes(task)
+        out[policy] = {"grasps_per_s_per_worker": round(episodes / res.seconds, 3),
+                       "env_steps_per_s_per_worker": round(res.env_steps / res.seconds, 2),
+                       "episodes": episodes, "input": "rcan oracle ([x_randomized, canonical render]), 64 px"}
+    return out
+
+
+def main() -> dict:
+    t0 = time.perf_counter()
+    if SHIPPED.is_file():
+        net, _ = load_policy_net(SHIPPED)
+        source = str(SHIPPED.relative_to(ROOT))
+    else:
+        torch.manual_seed(0)
+        net, source = QNetwork(QNetConfig(in_channels=6, image_size=64, width=32)).eval(), "random init (no shipped model)"
+    result = {
+        "model": source, "qnet": net.cfg.to_dict(),
+        "decision_latency_1_thread": bench_decision(net, threads=1),
+        "decision_latency_2_threads": bench_decision(net, threads=2),
+        "learner": bench_updates(net.cfg, CEMConfig(samples=32, elites=4, iterations=2)),
+        "learner_paper_target_cem": bench_updates(net.cfg, CEMConfig(), updates=4),
+        "collector": bench_collect(net),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__},
+    }
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(OUT, result)
+    print(json.dumps({k: result[k] for k in ("decision_latency_1_thread", "learner", "collector", "seconds")}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

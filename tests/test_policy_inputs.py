@@ -1,0 +1,27 @@
+"""Policy inputs per variant: channel layout of [x, G(x)], domains, errors."""
+import numpy as np
+import pytest
+
+from rcan_grasp_policy.inputs import InputEncoder, state_vector, training_domain, variant_channels
+
+
+def test_variants_map_to_domains_and_channels():
+    assert [training_domain(v) for v in ("rcan", "canonical", "dr-mild", "dr-medium", "dr-heavy")] == \
+        ["randomized", "canonical", "mild", "medium", "heavy"]
+    assert variant_channels("rcan") == 6 and variant_channels("dr-heavy") == 3
+    with pytest.raises(ValueError, match="unknown policy variant"):
+        training_domain("rcan2")
+
+
+def test_rcan_input_is_source_then_generated():
+    obs = {"image": np.full((8, 8, 3), 7, np.uint8), "gripper_open": 1.0, "gripper_height": 0.25}
+    enc = InputEncoder("rcan", adapter=lambda rgb: 255 - rgb)
+    x = enc(obs)
+    assert x.shape == (8, 8, 6) and x.dtype == np.uint8 and enc.channels == 6
+    assert (x[..., :3] == 7).all() and (x[..., 3:] == 248).all()
+    assert InputEncoder("canonical")(obs) is obs["image"]
+    np.testing.assert_allclose(state_vector(obs), [1.0, 0.25])
+    with pytest.raises(ValueError, match="needs a generator"):
+        InputEncoder("rcan")
+    with pytest.raises(FileNotFoundError, match="generator ONNX not found"):
+        InputEncoder("rcan", "/nonexistent/g.onnx")
