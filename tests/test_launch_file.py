@@ -121,7 +121,6 @@ def test_rviz_config_shows_the_graph_topics():
                   "/rcan/canonical/depth"):
         assert displays.get(topic) == "rviz_default_plugins/Image", topic
     assert displays.get("/rcan/policy/markers") == "rviz_default_plugins/MarkerArray"
-    # Image displays must accept the reliable publishers of sim, camera and perception nodes.
     assert all(d["Enabled"] for d in manager["Displays"])
     # The graph starts rviz2 with exactly this file.
     rviz = next(s for s in enabled_nodes(LaunchArgs(rviz=True)) if s.name == "rviz2")

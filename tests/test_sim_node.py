@@ -53,7 +53,9 @@ def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
         img = probe.last("/camera/image_raw").msg
         assert (img.width, img.height, img.encoding) == (64, 64, "rgb8")
         info = probe.last("/camera/camera_info").msg
-        assert info.k[2] == pytest.approx(32.0) and info.k[0] > 0
+        # Principal point at the image centre (either pixel-centre convention), square pixels.
+        assert abs(info.k[2] - 32.0) <= 0.5 and info.k[5] == info.k[2] and info.k[0] == info.k[4] > 0
+        assert (info.width, info.height) == (64, 64) and list(info.p[:3]) == list(info.k[:3])
         # Camera rate: about 20 Hz at 64x64.
         t0 = time.monotonic()
         time.sleep(2.0)
