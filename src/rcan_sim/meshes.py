@@ -86,7 +86,7 @@ def box_uv_mesh(vertices: np.ndarray, triangles: np.ndarray, corner_normals: np.
     return UVMesh(corners.reshape(-1, 3), normals.reshape(-1, 3), uv.reshape(-1, 2))
 
 
-def floor_grid(x_range=(-1.5, 3.5), y_range=(-3.0, 3.0), cell: float = 0.125, uv_scale: float = 0.5) -> UVMesh:
+def floor_grid(x_range=(-1.5, 3.5), y_range=(-3.0, 3.0), cell: float = 0.25, uv_scale: float = 0.5) -> UVMesh:
     """A z=0 grid of small triangles (upward normals, UVs repeating every `uv_scale` m)."""
     xs = np.arange(x_range[0], x_range[1] + 1e-9, cell)
     ys = np.arange(y_range[0], y_range[1] + 1e-9, cell)

@@ -207,9 +207,9 @@ class GraspWorld:
                                      physicsClientId=c)
         root = objects.data_root()
         self._textures: dict[int, int] = {}  # bank index -> pybullet texture id
-        # Floor: an infinite collision plane with a finely tessellated visual grid, because
-        # TinyRenderer interpolates depth and UVs affinely per triangle and plane.urdf's two
-        # huge triangles came out centimetres off in depth.
+        # Floor: an infinite collision plane with a tessellated visual grid whose UVs repeat
+        # every 0.5 m (TinyRenderer maps textures affinely per triangle, which warps textures
+        # on plane.urdf's few huge triangles).
         grid = floor_grid()
         self.floor = pb.createMultiBody(
             0, pb.createCollisionShape(pb.GEOM_PLANE, physicsClientId=c),
