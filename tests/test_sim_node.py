@@ -7,6 +7,7 @@ import math
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from rcan_bringup.graph import LaunchArgs, build_graph
@@ -94,3 +95,31 @@ def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
         assert probe.wait_for(lambda: probe.last("/sim_node/gripper_open").msg.data is True, 5)
 
         assert graph.kill("sim_node", signal.SIGINT, wait=10) == 0, graph.log_tail("sim_node")
+
+
+def test_slow_rendering_lowers_the_camera_rate_not_the_physics_rate(ros_env, tmp_path):
+    from sensor_msgs.msg import Image, JointState
+
+    from rcan_bringup.probe import Probe
+
+    names = [f"lbr_A{i}" for i in range(1, 8)]
+    spec = sim_spec(camera_rate_hz=30.0, image_size=320)  # far more than this CPU renders at 320 px
+    with GraphProcesses(ros_env, log_dir=tmp_path) as graph, Probe("sim_slow_probe") as probe:
+        graph.start(spec)
+        probe.listen("/joint_states", JointState)
+        probe.listen("/camera/image_raw", Image)
+        assert probe.wait_count("/camera/image_raw", 2, timeout=30), graph.log_tail("sim_node")
+        start = list(probe.last("/joint_states").msg.position)
+        goal = list(start)
+        goal[1] += 0.2
+        t0 = time.monotonic()
+        probe.publish("/lbr/joint_trajectory_controller/joint_trajectory", trajectory(names, goal, 1.0))
+        assert probe.wait_for(lambda: abs(probe.last("/joint_states").msg.position[1] - goal[1]) < 0.01, 10)
+        # A 1 s trajectory takes about 1 s of wall time: physics kept real time.
+        assert time.monotonic() - t0 < 2.0
+        t1 = time.monotonic()
+        time.sleep(2.0)
+        stamps = [r.t for r in probe.received("/joint_states", since=t1)]
+        assert len(stamps) >= 10 and max(np.diff(stamps)) < 0.5  # the driver's joint_state_timeout
+        assert probe.count("/camera/image_raw", since=t1) / 2.0 < 30.0
+        assert "camera limited to" in graph.log_tail("sim_node", 100_000)

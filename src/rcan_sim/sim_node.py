@@ -45,6 +45,7 @@ class SimNodeParams:
     control_rate_hz: float = 100.0
     physics_hz: float = 120.0
     success_height: float = 0.08
+    max_render_share: float = 0.5
     real_time_factor: float = 1.0
     joint_prefix: str = "lbr_"
     camera_frame: str = "camera_optical_frame"
@@ -59,6 +60,7 @@ class SimNodeParams:
         for name in ("camera_rate_hz", "joint_state_rate_hz", "control_rate_hz", "physics_hz", "real_time_factor",
                      "success_height"):
             require(getattr(self, name) > 0, name, "must be > 0")
+        require(0 < self.max_render_share <= 1, "max_render_share", "must be in (0, 1]")
         require(self.image_qos_reliability in ("reliable", "best_effort"), "image_qos_reliability",
                 "must be 'reliable' or 'best_effort'")
         require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
@@ -105,6 +107,7 @@ class SimNode(Node):
         self.create_timer(1.0 / p.joint_state_rate_hz, self.publish_joint_state)
         self.create_timer(1.0 / p.camera_rate_hz, self.publish_camera)
         self.frames = 0
+        self._render_free_at = 0.0
         self.get_logger().info(
             f"sim_node: domain={p.domain} image={p.image_size}px camera={p.camera_rate_hz}Hz "
             f"rtf={p.real_time_factor} joints={list(self.core.joint_names)}")
@@ -129,8 +132,8 @@ class SimNode(Node):
         now = time.monotonic()
         wall_dt = now - self._last_wall
         self._last_wall = now
-        # Cap the catch-up after a stall (slow render, suspended process) so physics never bursts.
-        self.core.advance(min(wall_dt, 0.1) * self.params.real_time_factor)
+        # Catch up after a slow render; a longer stall (suspended process) is not replayed.
+        self.core.advance(min(wall_dt, 0.5) * self.params.real_time_factor)
 
     def publish_joint_state(self) -> None:
         names, q, qd = self.core.joint_state()
@@ -143,10 +146,21 @@ class SimNode(Node):
         self.gripper_pub.publish(Bool(data=self.core.gripper_open()))
 
     def publish_camera(self) -> None:
+        # Rendering shares this thread with physics and joint_states: when it is slow (472 px on
+        # a busy CPU) the camera rate drops instead, so the arm keeps real time.
+        t0 = time.monotonic()
+        if t0 < self._render_free_at:
+            return
         # Stamped at capture start, like a real camera's exposure time: latency downstream
         # then includes the render, as it would include exposure and readout.
         stamp = self.get_clock().now().to_msg()
         frame = self.world.render(self.params.domain, randomization_seed=self.core.seed + self.core.episode)
+        spent = time.monotonic() - t0
+        share = self.params.max_render_share
+        self._render_free_at = t0 + spent / share
+        if spent / share > 1.0 / self.params.camera_rate_hz:
+            self.log_once("camera_rate", f"camera limited to ~{share / spent:.1f} Hz (a render takes "
+                                         f"{spent * 1000:.0f} ms, at most {share:.0%} of the time goes to rendering)")
         image = rgb_to_image_msg(frame.rgb)
         image.header.stamp = stamp
         image.header.frame_id = self.params.camera_frame
