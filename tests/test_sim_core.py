@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from rcan_sim.sim_core import SimCore, TrajectoryError, TrajectoryFollower, arm_joint_names, parse_trajectory
+from rcan_sim.sim_core import SimCore, TrajectoryError, TrajectoryFollower, arm_joint_names
 
 NAMES = arm_joint_names("lbr_")
 ZERO = np.zeros(7)

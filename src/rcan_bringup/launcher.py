@@ -278,7 +278,7 @@ def runnable(specs: Sequence[NodeSpec]) -> tuple[list[NodeSpec], list[str]]:
         if spec.package != "rviz2" or find_executable(spec):
             ok.append(spec)
         else:
-            warnings.append(f"rviz2 not found on PATH: skipping it (install ros-jazzy-rviz2 to use --rviz)")
+            warnings.append("rviz2 not found on PATH: skipping it (install ros-jazzy-rviz2 to use --rviz)")
     return ok, warnings
 
 
