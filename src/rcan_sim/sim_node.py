@@ -5,8 +5,9 @@ and the gripper command; publishes /joint_states, /camera/image_raw (rgb8),
 /camera/camera_info and the gripper state; serves ~/reset and ~/grasp_success
 (std_srvs/Trigger).  All logic lives in rcan_sim.sim_core; this file is wiring only.
 
-Topic names are the real robot's defaults; move them with remappings.  A malformed
-message is logged once per cause and dropped: the node keeps running.
+Topic names are the real robot's defaults; move them with remappings.  A trajectory starts
+on receipt (as the JTC does for a zero header stamp) and replaces the one running.  A
+malformed message is logged once per cause and dropped: the node keeps running.
 """
 from __future__ import annotations
 
