@@ -153,3 +153,15 @@ def test_graph_processes_stop_whole_groups(tmp_path, monkeypatch):
         assert not group_alive(pgid), "a grandchild survived the shutdown"
         assert graph.poll_deaths() == [("stubborn", -signal.SIGTERM)]
         assert graph.poll_deaths() == []
+
+
+def test_every_launch_parameter_is_one_the_node_declares():
+    """rclpy ignores `-p` values for undeclared names, so a typo here would pass silently:
+    each parameter the graph sets must appear in that node's parameter file."""
+    args = LaunchArgs(use_sim=True)
+    specs = build_graph(args) + [s for s in build_graph(LaunchArgs()) if s.name == "camera_node"]
+    for spec in specs:
+        for rel in spec.parameter_files:
+            declared = next(iter(yaml.safe_load(resolve(rel).read_text()).values()))["ros__parameters"]
+            unknown = set(spec.parameters) - set(declared)
+            assert not unknown, f"{spec.name}: {sorted(unknown)} are not in {rel}"

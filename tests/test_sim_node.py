@@ -123,3 +123,18 @@ def test_slow_rendering_lowers_the_camera_rate_not_the_physics_rate(ros_env, tmp
         assert len(stamps) >= 10 and max(np.diff(stamps)) < 0.5  # the driver's joint_state_timeout
         assert probe.count("/camera/image_raw", since=t1) / 2.0 < 30.0
         assert "camera limited to" in graph.log_tail("sim_node", 100_000)
+
+
+def test_sim_yaml_sets_every_parameter_with_its_declared_type():
+    import yaml
+
+    from rcan_bringup.graph import share_dir
+    from rcan_sim.sim_node import SimNodeParams
+
+    values = yaml.safe_load((share_dir() / "config" / "sim.yaml").read_text())["sim_node"]["ros__parameters"]
+    defaults = SimNodeParams()
+    assert set(values) == set(SimNodeParams.__dataclass_fields__)
+    for name, value in values.items():
+        # ROS parameters are typed: 10 (int) for a float parameter would stop the node at start-up.
+        assert type(value) is type(getattr(defaults, name)), name
+    SimNodeParams(**values)  # and the values validate
