@@ -78,7 +78,9 @@ def test_action_layout_and_clipping():
 def test_domains_and_classes():
     assert set(DOMAINS) == {"canonical", "randomized", "held-out", "mild", "medium", "heavy"}
     assert domain_spec("held-out").held_out and not domain_spec("randomized").held_out
-    assert domain_spec("heavy") == domain_spec("randomized").__class__(**{**domain_spec("randomized").__dict__, "name": "heavy"})
+    heavy, rand = domain_spec("heavy"), domain_spec("randomized")
+    assert (heavy.floor, heavy.arm, heavy.light, heavy.jitter) == (rand.floor, rand.arm, rand.light, rand.jitter)
+    assert domain_spec("canonical").canonical and not domain_spec("mild").canonical
     with pytest.raises(DomainError, match="unknown domain"):
         domain_spec("real")
     assert classes.CLASS_COLORS.shape == (5, 3) and len(set(map(tuple, classes.CLASS_COLORS))) == 5

@@ -27,24 +27,28 @@ class DomainError(ValueError):
 
 @dataclass(frozen=True)
 class DomainSpec:
+    """What a domain randomizes.  Every non-canonical domain textures the tray, divider and
+    objects (objects also get a random tint); they differ in floor, arm, light and jitter."""
+
     name: str
-    floor: str  # "canonical" | "fixed6" | "bank"
-    tray: str  # "canonical" | "bank"
-    arm: str  # "canonical" | "color" | "bank"
-    objects: str  # "episode" (keep identity textures) | "bank"
-    object_tint: bool  # also randomize object colour (multiplies the texture)
-    light: str  # "fixed" | "direction_brightness" | "full"
+    floor: str  # "canonical" | "fixed6" (six fixed backgrounds) | "bank"
+    arm: str  # "canonical" | "color" (uniform colour per link) | "bank"
+    light: str  # "fixed" | "direction_brightness" | "full" (position, direction, colour)
     jitter: bool  # arm/tray pose and tray size jitter
     held_out: bool  # draw textures and lights from the held-out ranges
 
+    @property
+    def canonical(self) -> bool:
+        return self.name == "canonical"
+
 
 _SPECS = {
-    "canonical": DomainSpec("canonical", "canonical", "canonical", "canonical", "episode", False, "fixed", False, False),
-    "randomized": DomainSpec("randomized", "bank", "bank", "bank", "bank", True, "full", True, False),
-    "heavy": DomainSpec("heavy", "bank", "bank", "bank", "bank", True, "full", True, False),
-    "held-out": DomainSpec("held-out", "bank", "bank", "bank", "bank", True, "full", True, True),
-    "mild": DomainSpec("mild", "fixed6", "bank", "color", "bank", True, "direction_brightness", False, False),
-    "medium": DomainSpec("medium", "bank", "bank", "color", "bank", True, "direction_brightness", False, False),
+    "canonical": DomainSpec("canonical", "canonical", "canonical", "fixed", False, False),
+    "randomized": DomainSpec("randomized", "bank", "bank", "full", True, False),
+    "heavy": DomainSpec("heavy", "bank", "bank", "full", True, False),
+    "held-out": DomainSpec("held-out", "bank", "bank", "full", True, True),
+    "mild": DomainSpec("mild", "fixed6", "color", "direction_brightness", False, False),
+    "medium": DomainSpec("medium", "bank", "color", "direction_brightness", False, False),
 }
 
 

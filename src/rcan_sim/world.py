@@ -622,7 +622,8 @@ class GraspWorld:
                 self._paint(uid, -1, tint, self._texture_id(tex))
 
     def _apply_random(self, spec: DomainSpec, rng: np.random.Generator) -> dict:
-        """Assign textures/colours for `spec`; returns the light keyword arguments."""
+        """Assign textures/colours for a non-canonical `spec`; returns the light keyword arguments."""
+        assert not spec.canonical, "canonical renders use _apply_canonical"
         ep = self._require_episode()
         pal = self._palette(spec.held_out)
 
@@ -632,30 +633,25 @@ class GraspWorld:
         def tint(lo: float = 0.6) -> np.ndarray:
             return rng.uniform(lo, 1.0, 3)
 
-        if spec.floor == "canonical":
-            self._paint(self.floor, -1, CANON_FLOOR)
-            self._paint(self.pedestal, -1, CANON_PEDESTAL)
-        elif spec.floor == "fixed6":  # six fixed "real camera" backgrounds (paper 5.2, mild)
+        if spec.floor == "fixed6":  # six fixed "real camera" backgrounds (paper 5.2, mild)
             fixed = self.bank.indices(False)[:6]
             self._paint(self.floor, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(6))]))
             self._paint(self.pedestal, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(6))]))
         else:
             self._paint(self.floor, -1, tint(), tex())
             self._paint(self.pedestal, -1, tint(), tex())
-        tray_tex, tray_tint = (tex(), tint()) if spec.tray == "bank" else (-1, CANON_TRAY)
+        tray_tex, tray_tint = tex(), tint()
         for v in self._tray_visuals:
             for link in TRAY_LINKS:
                 self._paint(v, link, tray_tint, tray_tex)
         self._paint(self.divider, -1, tint(), tex())
-        for k, link in enumerate(self._arm_visual_links):
+        for link in self._arm_visual_links:
             if spec.arm == "bank":
                 self._paint(self.arm, link, tint(0.3), tex())
-            elif spec.arm == "color":
-                self._paint(self.arm, link, rng.uniform(0.05, 1.0, 3))
             else:
-                self._paint(self.arm, link, CANON_ARM[k % len(CANON_ARM)])
+                self._paint(self.arm, link, rng.uniform(0.05, 1.0, 3))
         for uid in ep.object_uids:
-            self._paint(uid, -1, tint(0.2) if spec.object_tint else (1, 1, 1), tex())
+            self._paint(uid, -1, tint(0.2), tex())
         return self._light(spec, rng)
 
     @staticmethod
@@ -723,7 +719,7 @@ class GraspWorld:
         spec = domain_spec(domain)
         self._require_episode()
         rng = self._render_rng(randomization_seed)
-        if spec.name == "canonical":
+        if spec.canonical:
             self._apply_canonical(objects_too=True)
             light = self._light(spec, rng)
         else:
@@ -740,7 +736,7 @@ class GraspWorld:
         """Randomized then canonical render of the frozen state, same jitter for both; the
         canonical render keeps the objects' randomized textures (paper 4.1)."""
         spec = domain_spec(domain)
-        if spec.name == "canonical":
+        if spec.canonical:
             raise ValueError("render_pair needs a randomized source domain, not 'canonical'")
         self._require_episode()
         rng = self._render_rng(randomization_seed)
