@@ -176,3 +176,24 @@ def test_ik_reaches_tray_workspace(world):
         world._reset_arm_joints(saved)
         assert np.linalg.norm(pos - np.array(tgt)) < 5e-3
         assert abs(yaw_now - yaw) < 1e-2
+
+
+def test_texture_cap_rebuilds_scene_without_changing_results():
+    small = WorldConfig(image_size=32, settle_steps=30, episode_textures=4, max_loaded_textures=16)
+    w, fresh = GraspWorld(small), GraspWorld(small)
+    builds = []
+    original = w._build
+    w._build = lambda: (builds.append(1), original())[1]
+    try:
+        for seed in range(6):  # each randomized render loads up to 4 + 6 new bank textures
+            w.reset(seed)
+            w.render("randomized", 0)
+            w.render("mild", 0)
+        assert builds and len(w._textures) <= 16 + 4 + 6  # the scene was rebuilt to free textures
+        w.reset(40)
+        fresh.reset(40)
+        assert np.array_equal(w.physics_state()["bodies"], fresh.physics_state()["bodies"])
+        assert np.array_equal(w.render("randomized", 3).rgb, fresh.render("randomized", 3).rgb)
+    finally:
+        w.close()
+        fresh.close()
