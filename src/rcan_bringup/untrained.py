@@ -26,48 +26,16 @@ def make_untrained_generator(path: str | Path, image_size: int = 64, seed: int =
 
 
 def make_untrained_policy(path: str | Path, image_size: int = 64, seed: int = 0) -> Path:
-    """A small random-weight RCAN Q-network (6 input channels) as ONNX at `path`, in the graph
-    contract the policy node checks: images (B,6,S,S) in [0,1], state (B,2), actions (B,N,8)
-    -> q (B,N), with the network config in the 'rcan_policy' metadata."""
-    import json
-    import warnings
-
-    import onnx
+    """A small random-weight RCAN Q-network (6 input channels) exported to ONNX at `path`."""
     import torch
 
-    from rcan_common.io import atomic_write_bytes
-    from rcan_grasp_policy.backends import ONNX_METADATA_KEY
+    from rcan_grasp_policy.export import export_onnx
     from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 
     path = Path(path)
     torch.manual_seed(seed)
-    cfg = QNetConfig(in_channels=6, image_size=image_size, width=8, fc_width=16)
-    net = QNetwork(cfg).eval()
-
-    class Q(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, images, state, actions):
-            return torch.sigmoid(self.net(images, state, actions))
-
-    example = (torch.rand(1, 6, image_size, image_size), torch.rand(1, 2), torch.rand(1, 4, 8))
-    tmp = path.with_name(f".{path.name}.export")
-    with warnings.catch_warnings():
-        # Tracing notes about the network's own shape checks; they hold for every traced input.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Q(), example, str(tmp), dynamo=False, opset_version=17,
-                          input_names=["images", "state", "actions"], output_names=["q"],
-                          dynamic_axes={"images": {0: "batch"}, "state": {0: "batch"},
-                                        "actions": {0: "batch", 1: "candidates"},
-                                        "q": {0: "batch", 1: "candidates"}})
-    model = onnx.load(str(tmp))
-    tmp.unlink()
-    meta = model.metadata_props.add()
-    meta.key = ONNX_METADATA_KEY
-    meta.value = json.dumps({"qnet": cfg.to_dict(), "variant": "rcan", "untrained": True, "seed": seed})
-    atomic_write_bytes(path, model.SerializeToString())
+    net = QNetwork(QNetConfig(in_channels=6, image_size=image_size, width=8, fc_width=16))
+    export_onnx(net, {"variant": "rcan", "untrained": True, "seed": seed}, path)
     return path
 
 
