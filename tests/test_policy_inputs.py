@@ -25,3 +25,15 @@ def test_rcan_input_is_source_then_generated():
         InputEncoder("rcan")
     with pytest.raises(FileNotFoundError, match="generator ONNX not found"):
         InputEncoder("rcan", "/nonexistent/g.onnx")
+
+
+def test_policy_image_resizes_and_stacks():
+    from rcan_grasp_policy.inputs import policy_image
+
+    src = np.zeros((472, 472, 3), np.uint8)
+    can = np.full((100, 100, 3), 200, np.uint8)
+    x = policy_image(src, can, 64)
+    assert x.shape == (64, 64, 6) and (x[..., 3:] == 200).all()
+    assert policy_image(src, None, 32).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        policy_image(src.astype(np.float32), None, 64)

@@ -10,6 +10,16 @@ and both convert images with the same `images_to_nchw`, so a decision is the sam
 Weights on disk are safetensors with a JSON sidecar (`<name>.json`: network config, variant,
 provenance); the ONNX export carries the same JSON in its metadata (key ``rcan_policy``).
 `load_qfunction(path)` opens either.
+
+Running a policy (what the ROS policy node does):
+
+    qf, meta = load_qfunction("models/policy_rcan_64.onnx")      # or a .safetensors
+    policy = CEMPolicy(qf, CEMConfig(), ActionBounds(), seed=0)   # rcan_grasp_policy.cem
+    x = policy_image(source_rgb, canonical_rgb, meta["qnet"]["image_size"])  # rcan_grasp_policy.inputs
+    actions, q = policy.act(x[None], np.array([[gripper_open, gripper_height]], np.float32))
+    action = actions[0]   # rcan_sim.action layout: dx, dy, dz, sin, cos, close, open, terminate
+
+meta["variant"] says whether G(x) is needed ("rcan": 6 channels) or not (3 channels).
 """
 from __future__ import annotations
 

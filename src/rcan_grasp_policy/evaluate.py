@@ -51,6 +51,8 @@ class EvalConfig:
     """Object split (test = objects never seen in training)."""
     max_steps: int = 20
     """Steps per attempt (paper: 20)."""
+    image_size: int = 64
+    """Render size for the scripted baseline (learned policies use the size they were trained at)."""
     cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM settings of the greedy policy."""
     workers: int = 1
@@ -92,7 +94,8 @@ def _versions() -> dict[str, str]:
 def resolve_policy(cfg: EvalConfig) -> dict:
     """Policy file, its metadata and the generator to use; raises ConfigError with the field named."""
     if cfg.policy == "scripted":
-        return {"kind": "scripted", "variant": "canonical", "image_size": 64, "generator": None, "files": {}}
+        return {"kind": "scripted", "variant": "canonical", "image_size": cfg.image_size, "generator": None,
+                "files": {}}
     path = Path(cfg.policy)
     if path.is_dir():
         path = path / "policy.safetensors"

@@ -99,3 +99,24 @@ class InputEncoder:
 def state_vector(obs: dict[str, Any]) -> np.ndarray:
     """(gripper_open, gripper_height) as float32 (2,)."""
     return np.array([obs["gripper_open"], obs["gripper_height"]], dtype=np.float32)
+
+
+def policy_image(source_rgb: np.ndarray, canonical_rgb: np.ndarray | None, image_size: int) -> np.ndarray:
+    """The policy's uint8 (S, S, C) input from camera-sized images (e.g. 472x472 on the robot).
+
+    Both images are resized to `image_size` with area interpolation (anti-aliased, like a
+    render at that size); `canonical_rgb` (G's output) is appended for rcan policies and must
+    be None for 3-channel policies.
+    """
+    import cv2
+
+    def fit(rgb: np.ndarray) -> np.ndarray:
+        rgb = np.asarray(rgb)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected a uint8 HxWx3 RGB image, got {rgb.dtype} {rgb.shape}")
+        if rgb.shape[:2] == (image_size, image_size):
+            return rgb
+        return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
+
+    parts = [fit(source_rgb)] + ([] if canonical_rgb is None else [fit(canonical_rgb)])
+    return np.ascontiguousarray(np.concatenate(parts, axis=2))
