@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rcan_common.config import ConfigError
-from rcan_sim import datagen, shards
+from rcan_sim import datagen, objects, shards
 from rcan_sim.dataset import PairedDataset
 
 FAST = ["--image-size", "64", "--max-steps", "3", "--episodes-per-shard", "1", "--no-progress"]
@@ -36,6 +36,8 @@ def test_round_trip_pairs_and_replay(tmp_path):
     m = shards.load_manifest(out)
     assert m["complete"] and m["counts"]["episodes"] == 2 and m["counts"]["shards"] == 2
     assert set(m["versions"]) >= {"numpy", "pybullet", "torch", "h5py", "rcan"}
+    assert all(set(ids) <= set(objects.TRAIN_IDS) and len(ids) == 5
+               for sh in m["shards"] for ids in sh["episode_object_ids"])
     ds = PairedDataset(out)
     assert len(ds) == m["counts"]["frames"] == sum(s["num_frames"] for s in m["shards"])
     keys = {(int(ds[i]["episode"]), int(ds[i]["step"])) for i in range(len(ds))}
@@ -62,6 +64,20 @@ def test_round_trip_pairs_and_replay(tmp_path):
     assert diff > 10, diff
     assert set(np.unique(last["segmentation"].numpy())) <= {0, 1, 2, 3, 4}
     assert {1, 2, 4} <= set(np.unique(last["segmentation"].numpy()))  # objects, tray and arm visible
+
+
+def test_test_split_uses_held_out_objects_and_textures(tmp_path):
+    out = tmp_path / "d"
+    assert gen(out, "--episodes", "1", "--max-steps", "1", "--split", "test") == 0
+    m = shards.load_manifest(out)
+    (ids,) = m["shards"][0]["episode_object_ids"]
+    assert set(ids) <= set(objects.TEST_IDS)
+    item = PairedDataset(out)[0]
+    env = datagen.DatagenEnv(datagen.env_config(m["config"]))
+    env.reset(seed=int(item["episode_seed"]))
+    held_out = env.world.render_pair(int(item["randomization_seed"]), domain="held-out")
+    np.testing.assert_array_equal(held_out.randomized_rgb, item["randomized"].permute(1, 2, 0).numpy())
+    env.close()
 
 
 def test_resume_append_equals_uninterrupted(tmp_path):
@@ -137,10 +153,10 @@ def test_disk_full_keeps_manifest_and_resume_finishes(tmp_path, monkeypatch, cap
     out = tmp_path / "d"
     real_append = shards.ShardWriter.append_episode
 
-    def append_then_full(self, frames):
+    def append_then_full(self, frames, **kwargs):
         if self.index == 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_append(self, frames)
+        real_append(self, frames, **kwargs)
 
     monkeypatch.setattr(shards.ShardWriter, "append_episode", append_then_full)
     args = ["--episodes", "3", "--policy", "rcan_sim.datagen:RandomPolicy"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 
 import h5py
 import numpy as np
@@ -136,11 +137,13 @@ def test_disk_full_is_reported_and_temp_removed(tmp_path, monkeypatch):
 def test_read_shard_info_matches_commit(tmp_path):
     with shards.ShardWriter(tmp_path, 4, 8, 10, S, "fp") as w:
         rng = np.random.default_rng(4)
-        w.append_episode(fake_episode(8, 3, rng))
-        w.append_episode(fake_episode(9, 1, rng))
+        w.append_episode(fake_episode(8, 3, rng), object_ids=[1, 2])
+        w.append_episode(fake_episode(9, 1, rng), object_ids=[3, 4])
         info = w.commit()
     assert info == shards.read_shard_info(tmp_path / "shard-00004.h5")
     assert info.episode_frames == (3, 1) and info.num_frames == 4
+    assert info.episode_object_ids == ((1, 2), (3, 4))
+    assert shards.ShardInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
 
 
 def test_manifest_errors(tmp_path):

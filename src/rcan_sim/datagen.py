@@ -258,7 +258,8 @@ def generate_shard(task: ShardTask) -> dict[str, Any]:
     with shards.ShardWriter(task.root, task.index, task.start, task.stop, cfg["image_size"], task.fp,
                             cfg["compression"], cfg["compression_level"]) as writer:
         for episode in range(task.start, task.stop):
-            writer.append_episode(run_episode(env, policy, cfg, episode))
+            frames = run_episode(env, policy, cfg, episode)
+            writer.append_episode(frames, object_ids=env.world.object_ids)
         info = writer.commit()
     return info.to_json()
 

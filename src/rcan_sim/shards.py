@@ -31,7 +31,8 @@ Layout of one shard (N frames, images H x W)::
     terminal            (N,)         uint8    1 on the last recorded step of an episode
 
     attrs: format, format_version, shard, episode_start, episode_stop, num_frames,
-           image_size, fingerprint (of the generating config), complete
+           image_size, fingerprint (of the generating config), complete,
+           episode_object_ids (JSON list: the object ids of each episode)
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -94,16 +95,19 @@ class ShardInfo:
     num_frames: int
     episode_frames: tuple[int, ...]
     bytes: int
+    episode_object_ids: tuple[tuple[int, ...], ...] = ()  # random_urdfs ids of each episode's objects
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "file": self.file, "episode_start": self.episode_start,
                 "episode_stop": self.episode_stop, "num_frames": self.num_frames,
-                "episode_frames": list(self.episode_frames), "bytes": self.bytes}
+                "episode_frames": list(self.episode_frames), "bytes": self.bytes,
+                "episode_object_ids": [list(ids) for ids in self.episode_object_ids]}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ShardInfo":
         return cls(int(d["index"]), str(d["file"]), int(d["episode_start"]), int(d["episode_stop"]),
-                   int(d["num_frames"]), tuple(int(n) for n in d["episode_frames"]), int(d["bytes"]))
+                   int(d["num_frames"]), tuple(int(n) for n in d["episode_frames"]), int(d["bytes"]),
+                   tuple(tuple(int(i) for i in ids) for ids in d.get("episode_object_ids", ())))
 
 
 class ShardWriter:
@@ -124,6 +128,7 @@ class ShardWriter:
         self.image_size = image_size
         self.schema = frame_schema(image_size)
         self._episode_frames: list[int] = []
+        self._episode_objects: list[tuple[int, ...]] = []
         self._n = 0
         self._committed = False
         filters: dict[str, Any] = {}
@@ -153,8 +158,9 @@ class ShardWriter:
                                              f"free some space and rerun with --resume")
         return exc
 
-    def append_episode(self, frames: Mapping[str, np.ndarray]) -> None:
-        """Append all frames of one episode (every schema field, leading dim = steps)."""
+    def append_episode(self, frames: Mapping[str, np.ndarray], object_ids: Sequence[int] = ()) -> None:
+        """Append all frames of one episode (every schema field, leading dim = steps) and the ids
+        of the objects in its scene."""
         missing = sorted(set(self.schema) - set(frames))
         extra = sorted(set(frames) - set(self.schema))
         if missing or extra:
@@ -178,6 +184,7 @@ class ShardWriter:
             raise self._wrap(exc) from exc
         self._n += n
         self._episode_frames.append(n)
+        self._episode_objects.append(tuple(int(i) for i in object_ids))
 
     def commit(self) -> ShardInfo:
         """Flush, fsync and atomically rename the shard to its final name."""
@@ -187,6 +194,7 @@ class ShardWriter:
             raise ValueError(f"shard {self.index} holds {len(self._episode_frames)} episodes, expected {expected}")
         try:
             self._f.attrs["num_frames"] = self._n
+            self._f.attrs["episode_object_ids"] = json.dumps([list(ids) for ids in self._episode_objects])
             self._f.attrs["complete"] = True
             self._f.flush()
             self._f.close()
@@ -203,7 +211,7 @@ class ShardWriter:
             self.abort()
             raise self._wrap(exc) from exc
         return ShardInfo(self.index, self.final_path.name, self.episode_start, self.episode_stop, self._n,
-                         tuple(self._episode_frames), self.final_path.stat().st_size)
+                         tuple(self._episode_frames), self.final_path.stat().st_size, tuple(self._episode_objects))
 
     def abort(self) -> None:
         if getattr(self, "_committed", False):
@@ -234,8 +242,10 @@ def read_shard_info(path: str | Path) -> ShardInfo:
         ep = f["episode"][:]
     starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]]) if len(ep) else np.zeros(0, int)
     counts = np.diff(np.r_[starts, len(ep)])
+    objs = json.loads(a.get("episode_object_ids", "[]"))
     return ShardInfo(int(a["shard"]), path.name, int(a["episode_start"]), int(a["episode_stop"]),
-                     int(a["num_frames"]), tuple(int(c) for c in counts), path.stat().st_size)
+                     int(a["num_frames"]), tuple(int(c) for c in counts), path.stat().st_size,
+                     tuple(tuple(int(i) for i in ids) for ids in objs))
 
 
 def shard_fingerprint(path: str | Path) -> str:
