@@ -47,7 +47,7 @@ def write_dataset(root, lengths: list[list[int]], compression="gzip"):
                     truth[(episode, t)] = {name: v[t] for name, v in rec.items()}
                 episode += 1
             infos.append(w.commit())
-    manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION,
+    manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "fingerprint": "fp",
                 "config": {"image_size": S}, "shards": [i.to_json() for i in infos]}
     shards.write_manifest(root, manifest)
     return truth
@@ -153,6 +153,12 @@ def test_manifest_errors(tmp_path):
     with pytest.raises(ValueError, match="not an rcan-paired-hdf5 manifest"):
         PairedDataset(tmp_path)
     write_dataset(tmp_path, [[1]])
+    stale = PairedDataset(tmp_path)
+    with shards.ShardWriter(tmp_path, 0, 0, 1, S, "fp") as w:  # the shard is regenerated meanwhile
+        w.append_episode(fake_episode(0, 2, np.random.default_rng(5)))
+        w.commit()
+    with pytest.raises(RuntimeError, match="no longer matches the manifest"):
+        stale[0]
     (tmp_path / "shard-00000.h5").unlink()
     with pytest.raises(FileNotFoundError, match="listed .* but missing"):
         PairedDataset(tmp_path)

@@ -121,7 +121,14 @@ class PairedDataset(Dataset):
             self._handles, self._pid = {}, os.getpid()
         f = self._handles.get(k)
         if f is None:
-            f = self._handles[k] = h5py.File(self.root / self.shards[k].file, "r")
+            info = self.shards[k]
+            f = h5py.File(self.root / info.file, "r")
+            if int(f.attrs.get("num_frames", -1)) != info.num_frames or \
+                    str(f.attrs.get("fingerprint", "")) != self.manifest["fingerprint"]:
+                f.close()
+                raise RuntimeError(f"{self.root / info.file} no longer matches the manifest this dataset was "
+                                   f"opened with (regenerated or replaced?); create the PairedDataset again")
+            self._handles[k] = f
         return f
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
