@@ -109,6 +109,21 @@ def load_frames(root: str | Path, max_frames: int = 0) -> Frames:
     )
 
 
+def concat_frames(parts: list[Frames]) -> Frames:
+    """Concatenate datasets; episode ids are offset so that every part keeps distinct episodes."""
+    if len(parts) == 1:
+        return parts[0]
+    sizes = {p.image_size for p in parts}
+    if len(sizes) != 1:
+        raise DataError(f"datasets have different image sizes {sorted(sizes)}")
+    episodes, offset = [], 0
+    for p in parts:
+        episodes.append(p.episode - p.episode.min() + offset)
+        offset = int(episodes[-1].max()) + 1
+    return Frames(*(torch.cat([getattr(p, k) for p in parts]) for k in ("randomized", "canonical", "segmentation", "depth")),
+                  torch.cat(episodes))
+
+
 def split_by_episode(frames: Frames, fraction: float) -> tuple[Frames, Frames]:
     """Hold out the last ``fraction`` of episodes (whole episodes, so no near-duplicate frame leaks)."""
     episodes = torch.unique(frames.episode)

@@ -147,16 +147,16 @@ def _summarise(obj, depth: int = 0):
 
 def parity_images(run_cfg: dict, contract: GeneratorContract, n: int) -> tuple[np.ndarray, str]:
     """Held-out randomized frames of the run (uint8 NHWC) or, if its data is gone, seeded random images."""
-    from rcan_perception.data import DataError, load_frames, split_by_episode
+    from rcan_perception.data import DataError, concat_frames, load_frames, split_by_episode
 
     try:
         if run_cfg.get("eval_data"):
             frames = load_frames(run_cfg["eval_data"], n)
             source = f"held-out frames of {run_cfg['eval_data']}"
         else:
-            frames = split_by_episode(load_frames(run_cfg["data"], run_cfg.get("max_frames", 0)),
-                                      run_cfg.get("val_fraction", 0.05))[1]
-            source = f"held-out episodes of {run_cfg['data']}"
+            frames = split_by_episode(concat_frames([load_frames(d, run_cfg.get("max_frames", 0))
+                                                     for d in run_cfg["data"]]), run_cfg.get("val_fraction", 0.05))[1]
+            source = f"held-out episodes of {', '.join(run_cfg['data'])}"
         return frames.randomized[:n].permute(0, 2, 3, 1).numpy(), source
     except (DataError, KeyError, OSError):
         rng = np.random.default_rng(0)
@@ -166,6 +166,7 @@ def parity_images(run_cfg: dict, contract: GeneratorContract, n: int) -> tuple[n
 
 def _markdown(card: dict) -> str:
     m = card.get("held_out_metrics") or {}
+    ts = m.get("test_split") or {}
     t = card.get("training") or {}
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     lines = [
@@ -177,14 +178,13 @@ def _markdown(card: dict) -> str:
         f"- Generator channels: {card['generator']['channels']} ({card['parameters']} parameters)",
         f"- Trained {t.get('steps')} steps x batch {card['train_config']['batch_size']} in {fmt(t.get('train_wall_s'), '.0f')} s "
         f"on {(t.get('hardware') or {}).get('cpu', 'unknown')} ({(t.get('hardware') or {}).get('device', '?')})",
-        f"- Data: `{card['train_config']['data']}` ({t.get('train_frames')} frames), held-out: "
+        f"- Data: {', '.join('`%s`' % d for d in card['train_config']['data'])} ({t.get('train_frames')} frames), held-out: "
         f"{card['train_config'].get('eval_data') or 'last episodes of the training data'} ({m.get('frames')} frames)", "",
-        "| held-out metric | value |", "|---|---|",
-        f"| PSNR canonical RGB (dB) | {fmt(m.get('psnr_db'), '.2f')} |",
-        f"| SSIM canonical RGB | {fmt(m.get('ssim'), '.3f')} |",
-        f"| segmentation mIoU | {fmt(m.get('seg_miou'), '.3f')} |",
-        f"| object-class IoU | {fmt(m.get('seg_object_iou'), '.3f')} |",
-        f"| depth RMSE (m) | {fmt(m.get('depth_rmse_m'), '.4f')} |", "",
+        "| metric | held-out frames | test split (unseen objects, textures, lights) |", "|---|---|---|",
+        *(f"| {label} | {fmt(m.get(key), f)} | {fmt(ts.get(key), f)} |" for label, key, f in (
+            ("PSNR canonical RGB (dB)", "psnr_db", ".2f"), ("SSIM canonical RGB", "ssim", ".3f"),
+            ("segmentation mIoU", "seg_miou", ".3f"), ("object-class IoU", "seg_object_iou", ".3f"),
+            ("depth RMSE (m)", "depth_rmse_m", ".4f"))), "",
         f"Parity torch vs ONNX Runtime CPU fp32: max abs err {card['parity']['max_abs_err']:.2e} "
         f"(tolerance {card['parity']['tolerance']:.0e}, {card['parity']['source']}).", "",
         "Commands:", "", "```",
@@ -241,8 +241,9 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         "generator": run_cfg["generator"],
         "train_config": run_cfg,
         "contract": json.loads(contract_path(cfg.out).read_text()),
-        "dataset_manifest": _summarise(manifest(run_cfg["data"])),
+        "dataset_manifests": {d: _summarise(manifest(d)) for d in run_cfg["data"]},
         "eval_dataset_manifest": _summarise(manifest(run_cfg["eval_data"])) if run_cfg.get("eval_data") else None,
+        "test_dataset_manifest": _summarise(manifest(run_cfg["test_data"])) if run_cfg.get("test_data") else None,
         "training": read_json("train_info.json"),
         "held_out_metrics": read_json("metrics.json"),
         "parity": parity,

@@ -37,7 +37,7 @@ from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.io import OutputError, atomic_write_json, ensure_writable_dir
 from rcan_perception import checkpoint as ckpt
 from rcan_perception.contract import GeneratorContract, canonical_to_unit, normalize_depth, normalize_image
-from rcan_perception.data import DataError, Frames, batch_indices, load_frames, split_by_episode
+from rcan_perception.data import DataError, Frames, batch_indices, concat_frames, load_frames, split_by_episode
 from rcan_perception.losses import (LossWeights, depth_l2, discriminator_loss, generator_gan_loss, mpse,
                                     segmentation_l2)
 from rcan_perception.metrics import EvalAccumulator
@@ -52,8 +52,8 @@ _RESUMABLE = {"resume", "steps", "max_minutes", "device", "threads", "log_every"
 class TrainConfig:
     """Training of the RCAN generator G with its patch discriminator D."""
 
-    data: Path
-    """Training dataset directory (sharded HDF5 from `rcan datagen`)."""
+    data: tuple[Path, ...]
+    """Training dataset directories (sharded HDF5 from `rcan datagen`); several are concatenated."""
     name: str = "generator"
     """Run name; everything is written to <runs_dir>/<name>/."""
     runs_dir: Path = Path("runs")
@@ -116,6 +116,10 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = (Path(self.data),)
+        self.data = tuple(Path(d) for d in self.data)
+        require(len(self.data) >= 1, "data", "need at least one dataset directory")
         require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "name",
                 f"must be a plain directory name, got {self.name!r}")
         require(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)")
@@ -444,7 +448,9 @@ class Trainer:
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[Frames, Frames, Frames | None]:
-    frames = load_frames(cfg.data, cfg.max_frames)
+    frames = concat_frames([load_frames(d, cfg.max_frames) for d in cfg.data])
+    if cfg.max_frames:
+        frames = frames.select(torch.arange(min(cfg.max_frames, len(frames))))
     test = load_frames(cfg.test_data, cfg.eval_frames) if cfg.test_data is not None else None
     if cfg.eval_data is not None:
         held_out = load_frames(cfg.eval_data, cfg.eval_frames)
