@@ -13,7 +13,9 @@ from rcan_sim.stats import wilson_interval
 
 def test_object_split_is_fixed_and_disjoint():
     train, test = set(objects.TRAIN_IDS), set(objects.TEST_IDS)
-    assert train.isdisjoint(test) and train | test == set(range(1000))
+    assert train.isdisjoint(test) and train | test | set(objects.BROKEN_IDS) == set(range(1000))
+    with pytest.raises(objects.UnknownObjectError, match="broken"):
+        objects.urdf_path(objects.BROKEN_IDS[0])
     assert 60 <= len(test) <= 140
     assert objects.object_ids("test") == objects.TEST_IDS
     assert objects.urdf_path(objects.TEST_IDS[0]).is_file()

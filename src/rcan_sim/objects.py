@@ -22,8 +22,10 @@ def _is_test(object_id: int) -> bool:
     return digest[0] % 10 == 0
 
 
-TEST_IDS: tuple[int, ...] = tuple(i for i in range(NUM_OBJECTS) if _is_test(i))
-TRAIN_IDS: tuple[int, ...] = tuple(i for i in range(NUM_OBJECTS) if not _is_test(i))
+# pybullet_data's random_urdfs/168/168.obj has only NaN vertices; it is in neither split.
+BROKEN_IDS: tuple[int, ...] = (168,)
+TEST_IDS: tuple[int, ...] = tuple(i for i in range(NUM_OBJECTS) if _is_test(i) and i not in BROKEN_IDS)
+TRAIN_IDS: tuple[int, ...] = tuple(i for i in range(NUM_OBJECTS) if not _is_test(i) and i not in BROKEN_IDS)
 
 
 class UnknownObjectError(ValueError):
@@ -46,11 +48,13 @@ def data_root() -> Path:
 
 
 def urdf_path(object_id: int) -> Path:
-    """Path of random_urdfs/NNN/NNN.urdf; an id outside 0..999 or a missing file is an error."""
+    """Path of random_urdfs/NNN/NNN.urdf; an id outside 0..999, a broken or a missing file is an error."""
     if isinstance(object_id, bool) or not isinstance(object_id, int):
         raise UnknownObjectError(f"object id must be an int in 0..{NUM_OBJECTS - 1}, got {object_id!r}")
     if not 0 <= object_id < NUM_OBJECTS:
         raise UnknownObjectError(f"unknown object id {object_id}; valid ids are 0..{NUM_OBJECTS - 1}")
+    if object_id in BROKEN_IDS:
+        raise UnknownObjectError(f"object {object_id} is broken in pybullet_data (NaN mesh) and cannot be used")
     path = data_root() / "random_urdfs" / f"{object_id:03d}" / f"{object_id:03d}.urdf"
     if not path.is_file():
         raise UnknownObjectError(f"object {object_id} has no URDF at {path} (is pybullet_data complete?)")
@@ -86,6 +90,8 @@ def object_model(object_id: int) -> ObjectModel:
     mesh_path = path.parent / mesh.get("filename")
     verts = np.array([[float(v) for v in line.split()[1:4]] for line in mesh_path.read_text().splitlines()
                       if line.startswith("v ")]) * scale
+    if len(verts) < 4 or not np.isfinite(verts).all():
+        raise UnknownObjectError(f"object {object_id}: {mesh_path} has non-finite or too few vertices")
     return ObjectModel(object_id, mesh_path, scale, float(mass_el.get("value")) if mass_el is not None else 0.1,
                        float(friction_el.get("value")) if friction_el is not None else 1.0,
                        _farthest_points(verts, OBJECT_HULL_POINTS))
