@@ -197,3 +197,19 @@ def test_texture_cap_rebuilds_scene_without_changing_results():
     finally:
         w.close()
         fresh.close()
+
+
+def test_user_texture_folder(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), (60 * i, 200 - 50 * i, 90), np.uint8)).save(tmp_path / f"t{i}.png")
+    w = GraspWorld(WorldConfig(image_size=32, settle_steps=10, texture_folder=tmp_path,
+                               texture_cache_dir=tmp_path / "cache"))
+    try:
+        w.reset(0)
+        for domain in ("randomized", "mild", "held-out", "canonical"):
+            assert w.render(domain, 1).rgb.shape == (32, 32, 3)
+        assert set(w._palette(False)) == {0, 1} and set(w._palette(True)) == {2}
+    finally:
+        w.close()

@@ -634,9 +634,9 @@ class GraspWorld:
             return rng.uniform(lo, 1.0, 3)
 
         if spec.floor == "fixed6":  # six fixed "real camera" backgrounds (paper 5.2, mild)
-            fixed = self.bank.indices(False)[:6]
-            self._paint(self.floor, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(6))]))
-            self._paint(self.pedestal, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(6))]))
+            fixed = self.bank.indices(False)[:6]  # fewer with a small user folder
+            self._paint(self.floor, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(len(fixed)))]))
+            self._paint(self.pedestal, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(len(fixed)))]))
         else:
             self._paint(self.floor, -1, tint(), tex())
             self._paint(self.pedestal, -1, tint(), tex())
