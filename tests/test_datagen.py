@@ -172,6 +172,19 @@ def test_disk_full_keeps_manifest_and_resume_finishes(tmp_path, monkeypatch, cap
     assert m["complete"] and m["counts"]["episodes"] == 3
 
 
+def test_killed_worker_reports_and_keeps_manifest(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # spawned workers import the policy module
+    out = tmp_path / "d"
+    rc = datagen.main(["--out", str(out), "--episodes", "4", "--workers", "2",
+                       "--policy", "test_datagen_policies:SuicidalPolicy", *FAST])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "failed in a worker" in err and "is intact" in err and "--resume" in err
+    m = shards.load_manifest(out)
+    assert not m["complete"] and all(s["index"] != 2 for s in m["shards"])
+    assert not (out / "shard-00002.h5").exists()
+
+
 def test_kill9_then_resume_reaches_exact_count(tmp_path):
     out = tmp_path / "d"
     n = 16
