@@ -396,9 +396,10 @@ class GraspWorld:
         self._episode = _Episode(int(seed), chosen, uids)
         self._rebuild_seg_lut()
         self.step_physics(self.cfg.settle_steps)
-        # Per-episode object identity (canonical look): a bank texture and a tint per object.
+        # Per-episode object identity (canonical look): a bank texture and a tint per object, drawn
+        # like the object textures of randomized renders (which paired canonical renders keep).
         pal = self._palette(False)
-        self._episode.identity = [(pal[int(rng.integers(len(pal)))], tuple(rng.uniform(0.5, 1.0, 3)))
+        self._episode.identity = [(pal[int(rng.integers(len(pal)))], tuple(rng.uniform(0.2, 1.0, 3)))
                                   for _ in uids]
 
     def _palette(self, held_out: bool) -> list[int]:
