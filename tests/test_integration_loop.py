@@ -70,7 +70,6 @@ def test_three_episodes_through_the_real_graph(ros_env, tmp_path, models):
         assert rate >= 0.5 * cam, (rate, cam)
         lags = monitor.cam_to_canonical[-20:]
         assert max(lags) < 1.0, lags  # queued frames would lag further and further behind
-        assert len(monitor.cam_to_canonical) <= probe.count(CAMERA) + 1
 
         # Driver commands reached the sim: trajectories were sent and the arm moved.
         summary = monitor.summary()
