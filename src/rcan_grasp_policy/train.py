@@ -12,11 +12,14 @@ Run directory (out_dir/run_name): config.json (every hyperparameter), metrics.cs
 (TensorBoard), evals.jsonl, policy.safetensors + policy.json (latest weights for
 eval/export), checkpoint.safetensors + checkpoint.json + replay.npz (for --resume).
 
-Resume restores networks, Adam state, the replay (content and ring position), the update
-and episode counters and the learner's RNG.  Checkpoints are taken between collection
-rounds, and collection seeds are a function of (seed, round, task), so with --workers 1 a
-resumed run repeats the uninterrupted one update for update; with several workers the
-order in which tasks finish (hence replay order) may differ.
+Resume restores, exactly, the networks (online + both targets, BatchNorm statistics), Adam
+state, the replay (content and ring position), the update / round / episode counters and
+the learner's RNG.  Checkpoints are taken between collection rounds and collection seeds
+are a function of (seed, round, task), so a resumed run collects the same episode seeds as
+an uninterrupted one.  What is not bit-exact: pybullet's state after reset(seed) depends
+on the client's history at the 1e-7 level, so trajectories (and thus later updates) can
+drift slightly; with several workers the order in which tasks finish also changes the
+replay order.
 """
 from __future__ import annotations
 
