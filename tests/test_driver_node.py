@@ -49,7 +49,7 @@ class Rig:
         node.create_timer(0.02, self._publish_joint_states)
         overrides = write_params(tmp_path / "overrides.yaml", params)
         self.proc = NodeProcess("iiwa_driver_node", CONFIG, env, ("--params-file", str(overrides)))
-        self.kin = Kinematics(load_model("iiwa14"), (0.0, 0.024, 0.1968))
+        self.kin = Kinematics(load_model("iiwa14"), (0.0, 0.024, 0.217))
         self.home_p, _ = self.kin.fk(HOME)
 
     def _publish_joint_states(self) -> None:

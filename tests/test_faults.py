@@ -10,12 +10,16 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from rcan_bringup.graph import sim_graph
 from rcan_bringup.launcher import GraphProcesses, group_alive, ros_environment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -164,7 +168,8 @@ def test_unsafe_targets_are_clamped_or_rejected(graph):
     log = procs.log_tail("iiwa_driver_node", 300_000)
     assert "target rejected" in log and "target clamped" in log
     # Whatever was sent, the tool stayed inside the workspace box (config/iiwa_driver.yaml) + 2 cm.
-    lo, hi = np.array([0.3, -0.25, -0.18]) - 0.02, np.array([0.8, 0.25, 0.35]) + 0.02
+    box = yaml.safe_load((ROOT / "config" / "iiwa_driver.yaml").read_text())["iiwa_driver_node"]["ros__parameters"]
+    lo, hi = np.array(box["workspace_min"]) - 0.02, np.array(box["workspace_max"]) + 0.02
     poses = [r.msg.pose.position for r in probe.received("/rcan/ee_pose", since=t0)]
     assert poses
     for p in poses:

@@ -61,7 +61,7 @@ def test_iiwa14_fk_matches_pybullet_kuka_model():
 
 @pytest.mark.parametrize("model", ["iiwa7", "iiwa14"])
 def test_ik_round_trip_on_random_reachable_poses(model):
-    kin = Kinematics(load_model(model), (0.0, 0.024, 0.1968), math.radians(2))
+    kin = Kinematics(load_model(model), (0.0, 0.024, 0.217), math.radians(2))
     rng = np.random.default_rng(1)
     for _ in range(40):
         q_true = np.clip(HOME + rng.uniform(-0.6, 0.6, 7), kin.lower, kin.upper)
@@ -76,7 +76,7 @@ def test_ik_round_trip_on_random_reachable_poses(model):
 
 
 def test_ik_reaches_top_down_grasp_poses_from_the_rest_posture():
-    kin = Kinematics(load_model("iiwa14"), (0.0, 0.024, 0.1968), math.radians(2))
+    kin = Kinematics(load_model("iiwa14"), (0.0, 0.024, 0.217), math.radians(2))
     for x, y, z, yaw in ((0.55, 0.0, -0.1, 0.3), (0.4, -0.2, 0.0, -1.0), (0.7, 0.2, -0.17, 2.5)):
         res = kin.ik((x, y, z), top_down(yaw), HOME)
         assert res.ok, res.reason
@@ -123,10 +123,6 @@ def test_quaternion_and_rotation_log_round_trips():
     assert abs(w[1]) == pytest.approx(math.pi, abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rcan_sim.world resets the arm base with resetBasePositionAndOrientation([0, 0, 0]), which puts "
-    "link 0's centre of mass (inertial origin -0.1, 0, 0.07) at the origin, so lbr_link_0 is at "
-    "(0.1, 0, -0.07) in the sim's 'base frame'; fix: reset the base to (-0.1, 0, 0.07), then drop this mark"))
 def test_driver_fk_agrees_with_the_sim_world():
     """Contract with rcan_sim: same joints -> same fingertip pose in the robot base frame."""
     world_mod = pytest.importorskip("rcan_sim.world")
@@ -140,7 +136,7 @@ def test_driver_fk_agrees_with_the_sim_world():
         for _ in range(3):
             world.set_arm_joint_targets(np.clip(HOME + rng.uniform(-0.5, 0.5, 7), kin.lower, kin.upper))
             world.step_physics(120)
-            sim_p, sim_q = world.ee_pose()
+            sim_p, sim_q = world.to_base_frame(*world.ee_pose())
             p, r = kin.fk(world.joint_positions())
             np.testing.assert_allclose(p, sim_p, atol=1e-3)
             assert np.linalg.norm(rotation_log(r @ quat_to_matrix(sim_q).T)) < math.radians(1.0)

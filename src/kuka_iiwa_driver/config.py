@@ -24,7 +24,7 @@ class DriverConfig:
     """Explicit joint names A1..A7 (overrides joint_prefix), e.g. for kuka_drivers / iiwa_ros2."""
     base_frame: str = "lbr_link_0"
     """Frame of target poses and of the published EE pose (the robot base)."""
-    tool_offset: list[float] = field(default_factory=lambda: [0.0, 0.024, 0.1968])
+    tool_offset: list[float] = field(default_factory=lambda: [0.0, 0.024, 0.217])
     """Flange (lbr_link_ee) -> fingertip centre [m], in the flange frame (default: the sim's gripper)."""
 
     target_topic: str = "/rcan/target_pose"
@@ -41,7 +41,7 @@ class DriverConfig:
     qos_reliability: str = "reliable"
     """'reliable' or 'best_effort' for the target, gripper and joint_states subscriptions."""
 
-    workspace_min: list[float] = field(default_factory=lambda: [0.3, -0.25, -0.18])
+    workspace_min: list[float] = field(default_factory=lambda: [0.3, -0.25, -0.105])
     """Lower corner of the allowed tool-position box [m] in base_frame (targets are clamped)."""
     workspace_max: list[float] = field(default_factory=lambda: [0.8, 0.25, 0.35])
     max_step_m: float = 0.05

@@ -204,7 +204,7 @@ class CoreConfig:
     """Actions per episode (paper: at most 20); then lift and check as if terminated."""
     max_input_age: float = 0.5
     """Images and EE/gripper state older than this (s) are stale: no command is sent."""
-    tray_bottom_z: float = -0.185
+    tray_bottom_z: float = -0.115
     """Tray bottom height in the base frame (m); state gripper_height = ee z - this."""
     lift_height: float = 0.2
     """Lift after termination (m), as the sim env."""

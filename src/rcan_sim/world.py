@@ -1,8 +1,10 @@
 """The pybullet grasping world (paper 4.1): KUKA iiwa + gripper, tray with a divider, 5 objects.
 
-Plain Python (no ROS).  One `GraspWorld` owns one pybullet DIRECT client.  The robot base
-frame is the world frame (base at the origin, identity orientation), so poses reported in
-"base frame" are world poses; `base_pose` says so explicitly for consumers.
+Plain Python (no ROS).  One `GraspWorld` owns one pybullet DIRECT client.  Poses from
+`ee_pose`/`flange_pose` are in the world frame.  The robot base frame (`lbr_link_0`, the
+frame the iiwa driver's kinematics and the ROS topics use) is not the world frame: pybullet
+places a body's centre of mass, not its link frame, at the reset position, so link 0 sits at
+`base_pose` = (0.1, 0, -0.07) in the world.  `to_base_frame` converts.
 
 Rendering uses pybullet's TinyRenderer (the paper's "default renderer").  A render only
 touches visual properties (textures, colours, light) and, for pose jitter, moves the arm
@@ -324,9 +326,20 @@ class GraspWorld:
 
     @property
     def base_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """Robot base pose in the world (identity: base frame == world frame)."""
-        pos, orn = pb.getBasePositionAndOrientation(self.arm, physicsClientId=self._cid)
+        """Pose of the robot base link frame (lbr_link_0) in the world: (xyz, quat xyzw)."""
+        com_pos, com_orn = pb.getBasePositionAndOrientation(self.arm, physicsClientId=self._cid)
+        # pybullet reports the base's inertial frame; undo the link's local inertial offset.
+        info = pb.getDynamicsInfo(self.arm, -1, physicsClientId=self._cid)
+        inv_pos, inv_orn = pb.invertTransform(info[3], info[4])
+        pos, orn = pb.multiplyTransforms(com_pos, com_orn, inv_pos, inv_orn)
         return np.array(pos), np.array(orn)
+
+    def to_base_frame(self, pos, quat) -> tuple[np.ndarray, np.ndarray]:
+        """A world-frame pose expressed in the robot base frame (what the driver reports)."""
+        base_pos, base_orn = self.base_pose
+        inv_pos, inv_orn = pb.invertTransform(base_pos.tolist(), base_orn.tolist())
+        p, q = pb.multiplyTransforms(inv_pos, inv_orn, list(map(float, pos)), list(map(float, quat)))
+        return np.array(p), np.array(q)
 
     @property
     def tray_bottom_z(self) -> float:
@@ -500,7 +513,7 @@ class GraspWorld:
         return np.array(s[4]), np.array(s[5])
 
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """Tool centre point (between the fingertips) in the base frame: (xyz, quat xyzw)."""
+        """Tool centre point (between the fingertips) in the world frame: (xyz, quat xyzw)."""
         pos, orn = self.flange_pose()
         p, q = pb.multiplyTransforms(pos.tolist(), orn.tolist(), self.tool_offset[0].tolist(),
                                      self.tool_offset[1].tolist())
