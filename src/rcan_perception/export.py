@@ -145,6 +145,15 @@ def _summarise(obj, depth: int = 0):
     return obj
 
 
+def datagen_command(path: str, man: dict) -> str | None:
+    """The `rcan datagen` call that reproduces a dataset, from its manifest (None if it has none)."""
+    cfg, counts = man.get("config"), man.get("counts") or {}
+    if not cfg or "episodes" not in counts:
+        return None
+    return (f"rcan datagen --out {path} --episodes {counts['episodes']} --image-size {cfg['image_size']} "
+            f"--seed {cfg['seed']} --split {cfg.get('split', 'train')} --episodes-per-shard {cfg['episodes_per_shard']}")
+
+
 def parity_images(run_cfg: dict, contract: GeneratorContract, n: int) -> tuple[np.ndarray, str]:
     """Held-out randomized frames of the run (uint8 NHWC) or, if its data is gone, seeded random images."""
     from rcan_perception.data import DataError, concat_frames, load_frames, split_by_episode
@@ -188,7 +197,7 @@ def _markdown(card: dict) -> str:
         f"Parity torch vs ONNX Runtime CPU fp32: max abs err {card['parity']['max_abs_err']:.2e} "
         f"(tolerance {card['parity']['tolerance']:.0e}, {card['parity']['source']}).", "",
         "Commands:", "", "```",
-        *card["commands"]["train"], card["commands"]["export"], "```", "",
+        *card["commands"]["datagen"], *card["commands"]["train"], card["commands"]["export"], "```", "",
     ]
     return "\n".join(lines)
 
@@ -247,7 +256,9 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         "training": read_json("train_info.json"),
         "held_out_metrics": read_json("metrics.json"),
         "parity": parity,
-        "commands": {"train": train_cmds, "export": command or f"rcan export-generator {run} --out {cfg.out}"},
+        "commands": {"datagen": [c for d in [*run_cfg["data"], run_cfg.get("eval_data"), run_cfg.get("test_data")]
+                                 if d and (c := datagen_command(d, manifest(d)))],
+                     "train": train_cmds, "export": command or f"rcan export-generator {run} --out {cfg.out}"},
         "software": {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                      "onnx": __import__("onnx").__version__},
     }
