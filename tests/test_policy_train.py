@@ -12,7 +12,7 @@ from rcan_common.config import ConfigError  # noqa: E402
 from rcan_grasp_policy import evaluate, export, train  # noqa: E402
 
 TINY = ["--variant", "canonical", "--image-size", "32", "--width", "4", "--fc-width", "8", "--max-steps", "3",
-        "--bootstrap-episodes", "2", "--episodes-per-task", "1", "--eval-episodes", "1", "--eval-every", "0",
+        "--bootstrap-episodes", "2", "--episodes-per-task", "1", "--tasks-per-round", "1", "--eval-episodes", "1", "--eval-every", "0",
         "--algo.batch-size", "4", "--cem.samples", "8", "--cem.elites", "2", "--algo.target-cem.samples", "8",
         "--algo.target-cem.elites", "2", "--algo.target-cem.iterations", "1", "--log-every", "2",
         "--checkpoint-every", "4", "--no-progress", "--updates-per-transition", "2"]

@@ -89,7 +89,10 @@ class TrainConfig:
     ray: bool = False
     """Run collectors as Ray tasks (or set RAY_ADDRESS)."""
     episodes_per_task: int = 2
-    """Episodes per collector task; the policy weights are refreshed every round of `workers` tasks."""
+    """Episodes per collector task."""
+    tasks_per_round: int = 0
+    """Collector tasks per round; the policy weights are refreshed every round (0: 2 x workers, so
+    collectors keep working while the learner trains on the first results)."""
     updates_per_transition: float = 1.0
     """Gradient updates per newly collected transition."""
     epsilon: float = 0.2
@@ -125,6 +128,7 @@ class TrainConfig:
         require(self.bootstrap_episodes >= 0, "bootstrap_episodes", "must be >= 0")
         require(self.workers >= 1, "workers", "must be >= 1")
         require(self.episodes_per_task >= 1, "episodes_per_task", "must be >= 1")
+        require(self.tasks_per_round >= 0, "tasks_per_round", "must be >= 0")
         require(self.updates_per_transition >= 0, "updates_per_transition", "must be >= 0")
         for name in ("epsilon", "scripted_fraction", "scripted_epsilon"):
             require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
@@ -239,7 +243,7 @@ class Trainer:
     def round_tasks(self) -> list[CollectTask]:
         cfg, weights = self.cfg, self._weights()
         tasks = []
-        for i in range(cfg.workers):
+        for i in range(cfg.tasks_per_round or 2 * cfg.workers):
             seed = _task_seed(cfg.seed, self.round, i)
             scripted = np.random.default_rng(seed).random() < cfg.scripted_fraction
             tasks.append(self._task("scripted", cfg.episodes_per_task, seed, cfg.scripted_epsilon, None) if scripted
@@ -369,8 +373,15 @@ def train(cfg: TrainConfig) -> Path:
     return d
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through train()'s cleanup: collectors are shut down
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     cfg = parse_cli(TrainConfig, argv, description=__doc__.splitlines()[0])
+    signal.signal(signal.SIGTERM, _stop)
     run_dir = train(cfg)
     print(f"run directory: {run_dir}")
     return 0
