@@ -73,7 +73,8 @@ def test_three_episodes_through_the_real_graph(ros_env, tmp_path, models):
 
         # Driver commands reached the sim: trajectories were sent and the arm moved.
         summary = monitor.summary()
-        assert summary["actions"] >= 9 and summary["trajectories"] >= 3, summary
+        # The untrained policy may terminate early: at least one action per episode.
+        assert summary["actions"] >= 3 and summary["trajectories"] >= 3, summary
         positions = np.array([r.msg.position for r in probe.received(JOINT_STATES)])
         assert np.abs(positions - positions[0]).max() > 0.02, "the arm never moved"
         assert summary["camera_to_trajectory"]["count"] >= 1
