@@ -52,6 +52,20 @@ def test_segmentation_l2_on_softmax_vs_onehot():
     assert math.isclose(float(segmentation_l2(uniform, labels)), 2 / 9, rel_tol=1e-6)
 
 
+def test_segmentation_l2_on_scores_regresses_onehot_without_saturation():
+    labels = torch.tensor([[[1]]])
+    onehot = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    assert float(segmentation_l2(onehot, labels, on="scores")) == 0.0
+    wrong = torch.tensor([30.0, -30.0, 0.0]).view(1, 3, 1, 1).requires_grad_()
+    segmentation_l2(wrong, labels, on="softmax").backward()
+    assert float(wrong.grad.abs().max()) < 1e-6  # saturated softmax: the mistake is invisible to the gradient
+    wrong.grad = None
+    segmentation_l2(wrong, labels, on="scores").backward()
+    assert float(wrong.grad[0, 1]) < -1  # raw scores: pushed up hard towards the true class
+    with pytest.raises(ValueError, match="on must be"):
+        segmentation_l2(wrong, labels, on="logits")
+
+
 def test_depth_l2():
     assert math.isclose(float(depth_l2(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))), 1.0)
 

@@ -4,7 +4,10 @@
   pixels and channels), with d = prediction - target:
   ``MPSE = sum(d^2)/k - (sum(d))^2/k^2`` = MSE minus the squared mean difference, so a
   constant offset of the whole image costs nothing (the GAN term pins absolute colour).
-* Segmentation: L2 between softmax(logits) and the one-hot target mask.
+* Segmentation: L2 between the predicted mask and the one-hot target mask.  The mask is
+  softmax(scores) by default; ``on="scores"`` regresses the raw scores onto the one-hot mask
+  instead (same L2, same optimum, but no softmax saturation: a confidently wrong pixel of a
+  rare class still gets a full gradient, where softmax-L2's gradient vanishes).
 * Depth: L2 between predicted and target (normalised) depth.
 * GAN: sigmoid cross-entropy; D's patch logits of every scale are averaged into one loss.
 """
@@ -44,12 +47,14 @@ def mpse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (d.pow(2).mean(1) - d.mean(1).pow(2)).mean()
 
 
-def segmentation_l2(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between softmax(logits) (N,C,H,W) and one-hot(labels) (N,H,W)."""
+def segmentation_l2(logits: torch.Tensor, labels: torch.Tensor, on: str = "softmax") -> torch.Tensor:
+    """Mean squared error between the mask (softmax(logits), or the raw logits for on="scores") and one-hot(labels)."""
     if logits.ndim != 4 or labels.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"segmentation_l2: logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
+    if on not in ("softmax", "scores"):
+        raise ValueError(f"segmentation_l2: on must be 'softmax' or 'scores', got {on!r}")
     onehot = F.one_hot(labels.long(), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
-    return F.mse_loss(logits.softmax(1), onehot)
+    return F.mse_loss(logits.softmax(1) if on == "softmax" else logits, onehot)
 
 
 def depth_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

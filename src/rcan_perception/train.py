@@ -86,6 +86,8 @@ class TrainConfig:
     """Loss weights (paper: all 1)."""
     depth_range_m: tuple[float, float] | None = None
     """Depth (m) mapped to normalised 0..1; unset = the training data's min/max, widened to 5 cm steps."""
+    seg_l2_on: Literal["softmax", "scores"] = "softmax"
+    """Segmentation L2 target: softmax(scores) vs one-hot (default), or the raw scores regressed onto one-hot (no softmax saturation on rare classes)."""
     augment: bool = False
     """Photometric jitter of the randomized input only (per-image channel gains and offsets, i.e. extra light-colour randomization; not in the paper)."""
     test_data: Path | None = None
@@ -338,7 +340,7 @@ class Trainer:
             self.opt_d.step()
             out["loss_d"] = float(d_loss.detach())
             self.D.requires_grad_(False)  # G's GAN term must not leave gradients on D
-        l_img, l_seg, l_dep = mpse(rgb, target), segmentation_l2(logits, seg), depth_l2(dep, depth)
+        l_img, l_seg, l_dep = mpse(rgb, target), segmentation_l2(logits, seg, cfg.seg_l2_on), depth_l2(dep, depth)
         loss = cfg.weights.image * l_img + cfg.weights.segmentation * l_seg + cfg.weights.depth * l_dep
         if self.use_gan:
             with self._autocast():
