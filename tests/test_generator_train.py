@@ -101,6 +101,18 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         ckpt.read_checkpoint(cdir / "step-000001.json")
 
 
+def test_init_from_copies_weights_not_optimizer(tmp_path):
+    src = train(cfg(tmp_path, "src", 2))
+    t = Trainer(cfg(tmp_path, "ft", 1, init_from=tmp_path / "runs/src"), synthetic_frames(16, 32), synthetic_frames(4, 32))
+    assert all(torch.equal(a, b) for a, b in zip(src.G.state_dict().values(), t.G.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(src.D.state_dict().values(), t.D.state_dict().values()))
+    assert not t.opt_g.state and t.init_info["step"] == 2
+    t.run()
+    assert json.loads((tmp_path / "runs/ft/train_info.json").read_text())["init_from"]["step"] == 2
+    with pytest.raises(ckpt.CheckpointError):
+        Trainer(cfg(tmp_path, "ft2", 1, init_from=tmp_path / "nothing"), synthetic_frames(16, 32), synthetic_frames(4, 32))
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(ckpt.CheckpointError):
         train(cfg(tmp_path, "fresh", 2, resume=True))

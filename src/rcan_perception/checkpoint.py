@@ -97,10 +97,12 @@ def prune_checkpoints(directory: str | Path, keep: int) -> None:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load and verify a checkpoint (JSON path, or a directory = its latest); returns (meta, tensors)."""
+    """Load and verify a checkpoint (JSON path, or a checkpoints/run directory = its latest); returns (meta, tensors)."""
     from safetensors.torch import load as st_load
 
     path = Path(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
     if path.is_dir():
         found = list_checkpoints(path)
         if not found:

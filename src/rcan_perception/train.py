@@ -92,6 +92,8 @@ class TrainConfig:
     """Photometric jitter of the randomized input only (per-image channel gains and offsets, i.e. extra light-colour randomization; not in the paper)."""
     test_data: Path | None = None
     """Optional second held-out set (e.g. `rcan datagen --split test`: unseen objects, textures and lights), evaluated at the end into metrics.json["test_split"]."""
+    init_from: Path | None = None
+    """Start G (and D, if it has one) from this checkpoint (a run directory = its latest, or a step-*.json) instead of random weights; optimizers start fresh."""
     seed: int = 0
     """Seed of the initial weights, the batch order and the augmentation."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -270,6 +272,16 @@ class Trainer:
         self.step = 0
         self.wall_s = 0.0
         self.evals: list[dict] = []
+        self.init_info: dict | None = None
+        if cfg.init_from is not None and not cfg.resume:
+            meta, tensors = ckpt.read_checkpoint(cfg.init_from)
+            has_d = any(k.startswith("D.") for k in tensors)
+            ckpt.restore(meta, tensors, self.G, self.D if has_d else None, None, None, restore_rng=False)
+            self.init_info = {"checkpoint": str(cfg.init_from), "step": int(meta["step"]),
+                              "wall_s": float(meta["extra"].get("wall_s", 0.0)), "discriminator_restored": has_d}
+            atomic_write_json(self.run_dir / "init_from.json", self.init_info)
+        elif cfg.resume and (self.run_dir / "init_from.json").is_file():
+            self.init_info = json.loads((self.run_dir / "init_from.json").read_text())
         if cfg.resume:
             if not existing:
                 raise ckpt.CheckpointError(f"--resume: no complete checkpoint in {self.ckpt_dir}")
@@ -444,7 +456,8 @@ class Trainer:
                 "train_wall_s": round(self.wall_s, 1), "frames_seen": self.step * cfg.batch_size,
                 "train_frames": len(self.train_frames), "held_out_frames": len(self.held_out),
                 "image_size": list(self.train_frames.image_size), "hardware": hardware_info(self.device),
-                "generator_params": sum(p.numel() for p in self.G.parameters())}
+                "generator_params": sum(p.numel() for p in self.G.parameters()),
+                "init_from": self.init_info}
         atomic_write_json(self.run_dir / "train_info.json", info)
         return result
 
