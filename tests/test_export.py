@@ -103,6 +103,23 @@ def test_parity_failure_is_an_error(tiny_onnx):
         check_parity(g, path, renamed, imgs, tol=1e-4)
 
 
+def test_export_with_data_writes_deployed_sample_grid(tmp_path):
+    from PIL import Image
+
+    from test_generator_train import write_dataset
+
+    write_dataset(tmp_path / "val", synthetic_frames(8, 32, seed=4))
+    cfg = TrainConfig(data=tmp_path / "gone", eval_data=tmp_path / "val", runs_dir=tmp_path / "runs", name="r",
+                      steps=1, batch_size=4, generator=TINY, threads=1, progress=False, sample_every=0, eval_every=0)
+    Trainer(cfg, synthetic_frames(8, 32), synthetic_frames(4, 32, seed=1)).run()
+    out = tmp_path / "m/g.onnx"
+    assert main([str(tmp_path / "runs/r"), "--out", str(out), "--parity-frames", "3",
+                 "--samples", str(tmp_path / "grid.png")]) == 0
+    card = json.loads((tmp_path / "m/g.card.json").read_text())
+    assert card["parity"]["frames"] == 3 and "held-out frames" in card["parity"]["source"]
+    assert Image.open(tmp_path / "grid.png").size == (7 * 32, 3 * 32)
+
+
 def test_export_cli_writes_model_contract_card(tmp_path, monkeypatch, capsys):
     cfg = TrainConfig(data=tmp_path / "gone", runs_dir=tmp_path / "runs", name="r", steps=1, batch_size=4,
                       generator=TINY, threads=1, progress=False, sample_every=0, eval_every=0)

@@ -30,7 +30,7 @@ import torch
 from rcan_common.config import ConfigError, from_dict, parse_cli, require
 from rcan_common.io import OutputError, atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from rcan_perception import checkpoint as ckpt
-from rcan_perception.contract import GeneratorContract, contract_path, preprocess
+from rcan_perception.contract import GeneratorContract, contract_path, postprocess, preprocess
 from rcan_perception.model import Generator, save_generator
 from tyro.conf import Positional
 
@@ -57,6 +57,8 @@ class ExportConfig:
     """Max abs difference allowed between torch and ONNX Runtime fp32 outputs."""
     parity_frames: int = 8
     """Held-out frames used for the parity check (run as one batch, and the first alone)."""
+    samples: Path | None = None
+    """Also write a PNG grid of the parity frames decoded through ONNX Runtime + the contract (needs the run's data)."""
 
     def __post_init__(self) -> None:
         require(self.opset >= 17, "opset", f"must be >= 17, got {self.opset}")
@@ -154,8 +156,8 @@ def datagen_command(path: str, man: dict) -> str | None:
             f"--seed {cfg['seed']} --split {cfg.get('split', 'train')} --episodes-per-shard {cfg['episodes_per_shard']}")
 
 
-def parity_images(run_cfg: dict, contract: GeneratorContract, n: int) -> tuple[np.ndarray, str]:
-    """Held-out randomized frames of the run (uint8 NHWC) or, if its data is gone, seeded random images."""
+def parity_frames(run_cfg: dict, contract: GeneratorContract, n: int):
+    """Held-out frames of the run (a Frames) or, if its data is gone, (seeded random uint8 NHWC images, None)."""
     from rcan_perception.data import DataError, concat_frames, load_frames, split_by_episode
 
     try:
@@ -166,11 +168,33 @@ def parity_images(run_cfg: dict, contract: GeneratorContract, n: int) -> tuple[n
             frames = split_by_episode(concat_frames([load_frames(d, run_cfg.get("max_frames", 0))
                                                      for d in run_cfg["data"]]), run_cfg.get("val_fraction", 0.05))[1]
             source = f"held-out episodes of {', '.join(run_cfg['data'])}"
-        return frames.randomized[:n].permute(0, 2, 3, 1).numpy(), source
+        frames = frames.select(torch.arange(min(n, len(frames))))
+        return frames.randomized.permute(0, 2, 3, 1).numpy(), frames, source
     except (DataError, KeyError, OSError):
         rng = np.random.default_rng(0)
         imgs = rng.integers(0, 256, (n, contract.input_height, contract.input_width, 3), dtype=np.uint8)
-        return imgs, "seeded random images (the run's dataset was not found)"
+        return imgs, None, "seeded random images (the run's dataset was not found)"
+
+
+def deployed_sample_grid(onnx_path: Path, contract: GeneratorContract, frames) -> np.ndarray:
+    """Sample grid of `frames` decoded exactly as deployed: preprocess -> ONNX Runtime -> postprocess.
+
+    Columns: randomized | generated canonical | canonical target | segmentation | target | depth | target.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rgb = frames.randomized.permute(0, 2, 3, 1).numpy()
+    dec = postprocess(contract, sess.run(None, {contract.input_name: preprocess(contract, rgb)}))
+    palette = np.asarray(contract.class_colors, dtype=np.uint8)
+
+    def gray(depth_m: np.ndarray) -> np.ndarray:
+        d = (depth_m - contract.depth_min_m) / (contract.depth_max_m - contract.depth_min_m)
+        return np.repeat((np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+
+    cols = [rgb, dec.canonical, frames.canonical.permute(0, 2, 3, 1).numpy(), dec.colour,
+            palette[frames.segmentation.numpy()], gray(dec.depth_m), gray(frames.depth.numpy())]
+    return np.concatenate([np.concatenate(row, axis=1) for row in zip(*cols)], axis=0)
 
 
 def _markdown(card: dict) -> str:
@@ -223,9 +247,13 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         t0 = time.monotonic()
         export_onnx(generator, contract, tmp_onnx, cfg.opset, cfg.exporter)
         export_s = time.monotonic() - t0
-        images, source = parity_images(run_cfg, contract, cfg.parity_frames)
+        images, frames, source = parity_frames(run_cfg, contract, cfg.parity_frames)
         parity = {**check_parity(generator, tmp_onnx, contract, images, cfg.parity_tol), "source": source}
         tmp_onnx.replace(cfg.out)
+    if cfg.samples is not None and frames is not None:
+        from rcan_perception.train import write_png
+
+        write_png(cfg.samples, deployed_sample_grid(cfg.out, contract, frames))
     contract.save(contract_path(cfg.out))
     weights = stem.with_suffix(".safetensors")
     save_generator(generator, weights)
