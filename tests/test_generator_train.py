@@ -78,6 +78,18 @@ def test_existing_run_needs_resume_and_same_config(tmp_path):
         train(cfg(tmp_path, "r", 2, resume=True, lr_g=1e-3))
 
 
+def test_resume_accepts_fields_added_later_at_their_default(tmp_path):
+    train(cfg(tmp_path, "old", 1))
+    path = tmp_path / "runs/old/config.json"
+    saved = json.loads(path.read_text())
+    del saved["augment"]  # as written by a version of TrainConfig without this field
+    path.write_text(json.dumps(saved))
+    assert train(cfg(tmp_path, "old", 2, resume=True)).step == 2
+    with pytest.raises(ConfigError, match="augment"):
+        path.write_text(json.dumps(saved))
+        train(cfg(tmp_path, "old", 3, resume=True, augment=True))
+
+
 def test_missing_and_corrupt_checkpoints(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
         ckpt.read_checkpoint(tmp_path)

@@ -148,6 +148,16 @@ class TrainConfig:
         return self.runs_dir / self.name
 
 
+def _field_defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return to_dict(out)
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("invalid config field 'device': cuda requested but torch sees no GPU")
@@ -314,7 +324,9 @@ class Trainer:
         if saved is None:
             raise ckpt.CheckpointError(f"--resume: {self.run_dir / 'config.json'} is missing")
         now = to_dict(self.cfg)
-        changed = sorted(k for k in now if k not in _RESUMABLE and now[k] != saved.get(k))
+        # a field added to TrainConfig after the run started counts as unchanged if it holds its default
+        defaults = _field_defaults(TrainConfig)
+        changed = sorted(k for k in now if k not in _RESUMABLE and now[k] != saved.get(k, defaults.get(k)))
         if changed:
             raise ConfigError(f"--resume: config field(s) {', '.join(changed)} differ from the saved run "
                               f"{self.run_dir / 'config.json'}; only {', '.join(sorted(_RESUMABLE))} may change")
