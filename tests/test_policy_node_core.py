@@ -122,7 +122,7 @@ def test_stale_or_missing_inputs_send_nothing():
 
 def test_step_uses_only_images_after_settle_and_builds_state():
     script = Script(make_action((0.01, 0.0, -0.2), gripper="close"), make_action((0.0, 0.0, 0.0)))
-    core = make_core(script, tray_bottom_z=-0.115, settle_tolerance=0.005)
+    core = make_core(script, tray_bottom_z=-0.185, settle_tolerance=0.005)
     d = core.tick(1.0, ee(1.0), GripperState(True, 1.0), pair(0.95))
     pos, quat = d.target
     np.testing.assert_allclose(pos, [0.56, 0.0, 0.115 - 0.05])  # dz clipped to max_translation
