@@ -84,7 +84,7 @@ def bench_decision(net: QNetwork, threads: int) -> dict:
             "torch_batched_trunk_once": _latency_ms(CEMPolicy(TorchQFunction(net), cem), images, state, 20),
             "torch_naive_trunk_per_candidate": _latency_ms(CEMPolicy(NaiveQFunction(net), cem), images, state, 5),
             "torch_naive_loop_one_forward_per_candidate": _latency_ms(CEMPolicy(NaiveQFunction(net, loop=True), cem),
-                                                                      images, state, 2),
+                                                                      images, state, 1),
             "ort_batched_trunk_once": _latency_ms(CEMPolicy(ort_qf, cem), images, state, 20),
         }
     base = res["torch_batched_trunk_once"]["median_ms"]
@@ -118,7 +118,7 @@ def bench_updates(net_cfg: QNetConfig, target_cem: CEMConfig, updates: int = 8) 
                            "iterations": target_cem.iterations}}
 
 
-def bench_collect(net: QNetwork, episodes: int = 3) -> dict:
+def bench_collect(net: QNetwork, episodes: int = 2) -> dict:
     from safetensors.torch import save
 
     from rcan_grasp_policy.collect import CollectTask, collect_episodes
@@ -150,7 +150,7 @@ def main() -> dict:
         "decision_latency_1_thread": bench_decision(net, threads=1),
         "decision_latency_2_threads": bench_decision(net, threads=2),
         "learner": bench_updates(net.cfg, CEMConfig(samples=32, elites=4, iterations=2)),
-        "learner_paper_target_cem": bench_updates(net.cfg, CEMConfig(), updates=4),
+        "learner_paper_target_cem": bench_updates(net.cfg, CEMConfig(), updates=3),
         "collector": bench_collect(net),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__},
