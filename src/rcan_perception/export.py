@@ -156,6 +156,17 @@ def datagen_command(path: str, man: dict) -> str | None:
             f"--seed {cfg['seed']} --split {cfg.get('split', 'train')} --episodes-per-shard {cfg['episodes_per_shard']}")
 
 
+def datagen_commands(run_cfg: dict, train_info: dict) -> list[str]:
+    """Reproducing datagen calls: from what training actually read when recorded, else today's manifests."""
+    from rcan_perception.data import manifest
+
+    if train_info.get("datasets"):
+        return [c for snap in train_info["datasets"]
+                if (c := datagen_command(snap["path"], {"config": snap["config"], "counts": {"episodes": snap["episodes"]}}))]
+    dirs = [*run_cfg["data"], run_cfg.get("eval_data"), run_cfg.get("test_data")]
+    return [c for d in dirs if d and (c := datagen_command(d, manifest(d)))]
+
+
 def parity_frames(run_cfg: dict, contract: GeneratorContract, n: int):
     """Held-out frames of the run (a Frames) or, if its data is gone, (seeded random uint8 NHWC images, None)."""
     from rcan_perception.data import DataError, concat_frames, load_frames, split_by_episode
@@ -212,7 +223,8 @@ def _markdown(card: dict) -> str:
         f"- Trained {t.get('steps')} steps x batch {card['train_config']['batch_size']} in {fmt(t.get('train_wall_s'), '.0f')} s "
         f"on {(t.get('hardware') or {}).get('cpu', 'unknown')} ({(t.get('hardware') or {}).get('device', '?')})",
         f"- Data: {', '.join('`%s`' % d for d in card['train_config']['data'])} ({t.get('train_frames')} frames), held-out: "
-        f"{card['train_config'].get('eval_data') or 'last episodes of the training data'} ({m.get('frames')} frames)", "",
+        f"{card['train_config'].get('eval_data') or 'last episodes of the training data'} ({m.get('frames')} frames)",
+        *([f"- Data note: {t['datasets_note']}"] if t.get("datasets_note") else []), "",
         "| metric | held-out frames | test split (unseen objects, textures, lights) |", "|---|---|---|",
         *(f"| {label} | {fmt(m.get(key), f)} | {fmt(ts.get(key), f)} |" for label, key, f in (
             ("PSNR canonical RGB (dB)", "psnr_db", ".2f"), ("SSIM canonical RGB", "ssim", ".3f"),
@@ -278,14 +290,14 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         "generator": run_cfg["generator"],
         "train_config": run_cfg,
         "contract": json.loads(contract_path(cfg.out).read_text()),
-        "dataset_manifests": {d: _summarise(manifest(d)) for d in run_cfg["data"]},
+        "datasets_used": (read_json("train_info.json") or {}).get("datasets"),
+        "dataset_manifests_at_export": {d: _summarise(manifest(d)) for d in run_cfg["data"]},
         "eval_dataset_manifest": _summarise(manifest(run_cfg["eval_data"])) if run_cfg.get("eval_data") else None,
         "test_dataset_manifest": _summarise(manifest(run_cfg["test_data"])) if run_cfg.get("test_data") else None,
         "training": read_json("train_info.json"),
         "held_out_metrics": read_json("metrics.json"),
         "parity": parity,
-        "commands": {"datagen": [c for d in [*run_cfg["data"], run_cfg.get("eval_data"), run_cfg.get("test_data")]
-                                 if d and (c := datagen_command(d, manifest(d)))],
+        "commands": {"datagen": datagen_commands(run_cfg, read_json("train_info.json") or {}),
                      "train": train_cmds, "export": command or f"rcan export-generator {run} --out {cfg.out}"},
         "software": {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                      "onnx": __import__("onnx").__version__},

@@ -244,8 +244,9 @@ class Trainer:
     """Owns models, optimizers and the run directory; :meth:`run` trains to ``cfg.steps``."""
 
     def __init__(self, cfg: TrainConfig, train: Frames, held_out: Frames, command: str = "",
-                 test: Frames | None = None):
+                 test: Frames | None = None, datasets: list[dict] | None = None):
         self.cfg = cfg
+        self.datasets = datasets
         self.train_frames, self.held_out, self.test_frames = train, held_out, test
         self.device = pick_device(cfg.device)
         if cfg.threads:
@@ -469,31 +470,44 @@ class Trainer:
                 "train_frames": len(self.train_frames), "held_out_frames": len(self.held_out),
                 "image_size": list(self.train_frames.image_size), "hardware": hardware_info(self.device),
                 "generator_params": sum(p.numel() for p in self.G.parameters()),
-                "init_from": self.init_info}
+                "init_from": self.init_info, "datasets": self.datasets}
         atomic_write_json(self.run_dir / "train_info.json", info)
         return result
 
 
-def load_datasets(cfg: TrainConfig) -> tuple[Frames, Frames, Frames | None]:
-    frames = concat_frames([load_frames(d, cfg.max_frames) for d in cfg.data])
+def dataset_snapshot(path: Path, role: str, frames: Frames) -> dict:
+    """What was actually read from a dataset directory (it may grow later: datagen --resume appends)."""
+    from rcan_perception.data import manifest
+
+    return {"path": str(path), "role": role, "frames": len(frames),
+            "episodes": int(frames.episode.unique().numel()), "config": manifest(path).get("config")}
+
+
+def load_datasets(cfg: TrainConfig) -> tuple[Frames, Frames, Frames | None, list[dict]]:
+    parts = [load_frames(d, cfg.max_frames) for d in cfg.data]
+    snapshots = [dataset_snapshot(d, "train", f) for d, f in zip(cfg.data, parts)]
+    frames = concat_frames(parts)
     if cfg.max_frames:
         frames = frames.select(torch.arange(min(cfg.max_frames, len(frames))))
     test = load_frames(cfg.test_data, cfg.eval_frames) if cfg.test_data is not None else None
+    if test is not None:
+        snapshots.append(dataset_snapshot(cfg.test_data, "test", test))
     if cfg.eval_data is not None:
         held_out = load_frames(cfg.eval_data, cfg.eval_frames)
+        snapshots.append(dataset_snapshot(cfg.eval_data, "eval", held_out))
     else:
         frames, held_out = split_by_episode(frames, cfg.val_fraction)
     if len(held_out) > cfg.eval_frames:
         held_out = held_out.select(torch.arange(cfg.eval_frames))
-    return frames, held_out, test
+    return frames, held_out, test, snapshots
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(TrainConfig, argv, description="Train the RCAN generator G (U-Net + seg/depth heads, MPSE + L2 + patch GAN).")
     command = "rcan train-generator " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     try:
-        train, held_out, test = load_datasets(cfg)
-        trainer = Trainer(cfg, train, held_out, command=command, test=test)
+        train, held_out, test, snapshots = load_datasets(cfg)
+        trainer = Trainer(cfg, train, held_out, command=command, test=test, datasets=snapshots)
         print(f"training {cfg.name}: {len(train)} frames {train.image_size}, held-out {len(held_out)}, "
               f"device {trainer.device}, resume from step {trainer.step}", file=sys.stderr)
         result = trainer.run()
