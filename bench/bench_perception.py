@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "generator_64.onnx"
 RESULT = ROOT / "bench" / "results" / "perception.json"
 SIZES = (64, 472)
-BUDGET_S = {64: 6.0, 472: 15.0}  # timed seconds per (size, backend); the whole bench stays well under 3 min
+BUDGET_S = {64: 4.0, 472: 8.0}  # timed seconds per (size, backend); the whole bench stays well under 3 min
 
 
 def conv_flops(model: nn.Module, x: torch.Tensor) -> int:
@@ -116,11 +116,41 @@ def time_it(fn, budget_s: float, min_iters: int = 5, warmup: int = 3) -> dict:
             "mean_ms": float(ms.mean()), "iters": len(times)}
 
 
+def measure_sizes(g: Generator, sess, contract: GeneratorContract, peak: dict) -> dict:
+    sizes = {}
+    for size in SIZES:
+        x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        flops = conv_flops(g, xt)
+
+        def run_torch():
+            with torch.no_grad():
+                g(xt)
+
+        def run_ort():
+            sess.run(None, {contract.input_name: x})
+
+        warmup = 3 if size <= 128 else 1  # one 472 pass already warms every kernel
+        t_torch = time_it(run_torch, BUDGET_S[size], warmup=warmup)
+        t_ort = time_it(run_ort, BUDGET_S[size], warmup=warmup)
+        entry = {"conv_gflop_per_frame": flops / 1e9,
+                 "elementwise_gflop_per_frame_estimate": elementwise_flops(g, xt) / 1e9,
+                 "torch_eager": t_torch, "onnxruntime_cpu": t_ort,
+                 "ort_speedup_p50": t_torch["p50_ms"] / t_ort["p50_ms"]}
+        for t in (t_torch, t_ort):
+            gflops = flops / 1e9 / (t["p50_ms"] / 1e3)
+            t["achieved_gflops"] = gflops
+            t["fraction_of_peak"] = gflops / peak["peak_gflops"] if peak["peak_gflops"] else None
+        sizes[str(size)] = entry
+    return sizes
+
+
 def main() -> dict:
     import onnxruntime as ort
 
-    threads = int(os.environ.get("RCAN_BENCH_THREADS", os.cpu_count() or 1))
-    torch.set_num_threads(threads)
+    # 1 thread and all cores: on a shared, loaded machine torch's OpenMP threads can be far slower than one
+    thread_settings = sorted({1, int(os.environ.get("RCAN_BENCH_THREADS", os.cpu_count() or 1))})
+    load_at_start = os.getloadavg()[0]
     shipped = MODEL.is_file() and MODEL.with_suffix(".safetensors").is_file()
     with tempfile.TemporaryDirectory() as tmp:
         if shipped:
@@ -132,36 +162,15 @@ def main() -> dict:
             g = Generator().eval()
             contract = GeneratorContract()
             onnx_path = export_onnx(g, contract, Path(tmp) / "g.onnx")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         peak = cpu_peak()
-        sizes = {}
-        for size in SIZES:
-            x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-            xt = torch.from_numpy(x)
-            flops = conv_flops(g, xt)
-            other = elementwise_flops(g, xt)
-
-            def run_torch():
-                with torch.no_grad():
-                    g(xt)
-
-            def run_ort():
-                sess.run(None, {contract.input_name: x})
-
-            warmup = 3 if size <= 128 else 1  # one 472 pass already warms every kernel
-            t_torch = time_it(run_torch, BUDGET_S[size], warmup=warmup)
-            t_ort = time_it(run_ort, BUDGET_S[size], warmup=warmup)
-            entry = {"conv_gflop_per_frame": flops / 1e9, "elementwise_gflop_per_frame_estimate": other / 1e9,
-                     "torch_eager": t_torch, "onnxruntime_cpu": t_ort,
-                     "ort_speedup_p50": t_torch["p50_ms"] / t_ort["p50_ms"]}
-            for name, t in (("torch_eager", t_torch), ("onnxruntime_cpu", t_ort)):
-                gflops = flops / 1e9 / (t["p50_ms"] / 1e3)
-                t["achieved_gflops"] = gflops
-                t["fraction_of_peak"] = gflops / peak["peak_gflops"] if peak["peak_gflops"] else None
-            sizes[str(size)] = entry
+        by_threads = {}
+        for threads in thread_settings:
+            torch.set_num_threads(threads)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+            by_threads[str(threads)] = measure_sizes(g, sess, contract, peak)
         # the perception node's work around the graph: 472x472 camera image -> input, outputs -> images
         cam = np.random.default_rng(1).integers(0, 256, (472, 472, 3), dtype=np.uint8)
         outs = sess.run(None, {contract.input_name: preprocess(contract, cam)})
@@ -172,9 +181,10 @@ def main() -> dict:
                                                                   "(models/generator_64.* not found)",
         "generator_channels": list(g.cfg.channels),
         "parameters": sum(p.numel() for p in g.parameters()),
-        "batch": 1, "threads": threads,
-        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "sizes": sizes,
+        "batch": 1,
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg()[0],
+        "by_threads": by_threads,
         "contract_pre_post_472_camera": {"preprocess": pre, "postprocess_with_resize_to_472": post},
         "cpu": peak,
         "flops_note": "conv FLOPs = 2 x MACs (+bias) of every Conv2d actually executed, counted with forward hooks; "
@@ -185,9 +195,10 @@ def main() -> dict:
         "software": {"torch": torch.__version__, "onnxruntime": ort.__version__},
     }
     atomic_write_json(RESULT, result)
-    print(json.dumps({s: {"torch_p50_ms": round(e["torch_eager"]["p50_ms"], 2),
-                          "ort_p50_ms": round(e["onnxruntime_cpu"]["p50_ms"], 2),
-                          "ort_speedup": round(e["ort_speedup_p50"], 2)} for s, e in sizes.items()}))
+    print(json.dumps({f"threads={t}/{s}": {"torch_p50_ms": round(e["torch_eager"]["p50_ms"], 2),
+                                           "ort_p50_ms": round(e["onnxruntime_cpu"]["p50_ms"], 2),
+                                           "ort_speedup": round(e["ort_speedup_p50"], 2)}
+                      for t, sizes in by_threads.items() for s, e in sizes.items()}))
     return result
 
 

@@ -173,4 +173,7 @@ def test_cli_trains_from_shards(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["step"] == 2 and out["frames"] == 4  # round(0.2 * 6 episodes) = 1 episode of 4 frames held out
     assert "rcan train-generator --data" in (tmp_path / "runs/cli/command.txt").read_text()
+    used = json.loads((tmp_path / "runs/cli/train_info.json").read_text())["datasets"]
+    assert [(d["role"], d["frames"], d["episodes"]) for d in used] == [("train", 24, 6)]  # as read, before the split
+    assert used[0]["config"]["image_size"] == 32
     assert main(["--data", str(tmp_path / "missing"), "--runs-dir", str(tmp_path / "runs")]) == 2
