@@ -134,14 +134,11 @@ def write_strip(monitor, path: Path, rows: int, size: int = 128) -> int:
     import cv2
 
     out = []
+    fit = lambda img: cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST)  # noqa: E731
     for step in monitor.steps:
-        if step.image_stamp is None:
+        if step.source is None or step.canonical is None:
             continue
-        source, canonical = monitor.image("source", step.image_stamp), monitor.image("canonical", step.image_stamp)
-        if source is None or canonical is None:
-            continue
-        fit = lambda img: cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST)  # noqa: E731
-        out.append(np.hstack([fit(source), fit(canonical), action_panel(step.status, size)]))
+        out.append(np.hstack([fit(step.source), fit(step.canonical), action_panel(step.status, size)]))
         if len(out) >= rows:
             break
     if not out:
@@ -176,7 +173,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None, log=print) ->
     results: list[dict] = []
     recorder = None
     with GraphProcesses(env, log_dir=out / "logs") as graph, Probe("rcan_demo") as probe:
-        monitor = LoopMonitor(probe)
+        monitor = LoopMonitor(probe, keep_step_images=cfg.strip_rows)
         if cfg.record:
             from rcan_bringup.recorder import McapRecorder
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,22 +43,36 @@ def percentiles(values: list[float]) -> dict:
             "p95_ms": round(float(np.percentile(a, 95)), 1), "max_ms": round(float(a.max()), 1)}
 
 
+def _step_number(markers) -> int | None:
+    """The step counter in the policy's Q text marker ("Q=0.512 step 3/20 ...")."""
+    for marker in markers.markers:
+        match = re.search(r"step (\d+)/", marker.text or "")
+        if match:
+            return int(match.group(1))
+    return None
+
+
 @dataclass
 class Step:
     """One policy action as seen from outside."""
 
     marker_t: float  # wall time the marker array arrived
+    number: int | None  # the policy's step counter, from the marker text
     image_stamp: float | None  # capture stamp of the canonical image it was (most likely) chosen on
     canonical_t: float | None
     target_t: float | None = None
     trajectory_t: float | None = None
     status: dict | None = None  # the policy status that followed (last_action, last_q, step)
+    source: np.ndarray | None = None  # the images it was chosen on (kept for the first steps only)
+    canonical: np.ndarray | None = None
 
 
 @dataclass
 class LoopMonitor:
     probe: Probe
     keep_images: int = 400
+    keep_step_images: int = 8
+    """Steps whose source/canonical images are kept with them (for the demo's strip)."""
     steps: list[Step] = field(default_factory=list)
     statuses: list[dict] = field(default_factory=list)
 
@@ -117,7 +132,11 @@ class LoopMonitor:
             receipt, stamp = before[-1] if before else (None, None)
             # The target pose is published just before the markers in the same tick.
             target = self._targets[-1] if self._targets and rec.wall - self._targets[-1] < 0.5 else None
-            self.steps.append(Step(rec.wall, stamp, receipt, target_t=target))
+            step = Step(rec.wall, _step_number(rec.msg), stamp, receipt, target_t=target)
+            if stamp is not None and len(self.steps) < self.keep_step_images:
+                step.source = self._images["source"].get(stamp)
+                step.canonical = self._images["canonical"].get(stamp)
+            self.steps.append(step)
 
     def _on_trajectory(self, rec: Received) -> None:
         with self._lock:
@@ -137,8 +156,12 @@ class LoopMonitor:
             return
         with self._lock:
             self.statuses.append(status)
-            if self.steps and self.steps[-1].status is None and status.get("last_action") is not None:
-                self.steps[-1].status = status
+            # The status published with an action carries its step counter; topics are not
+            # ordered against each other, so match by that number rather than by arrival.
+            for step in reversed(self.steps[-3:]):
+                if step.status is None and step.number == status.get("step") and status.get("last_action"):
+                    step.status = status
+                    break
 
     def reset(self) -> None:
         """Forget every timing gathered so far (e.g. after warm-up)."""
@@ -152,10 +175,6 @@ class LoopMonitor:
     def latest_status(self) -> dict | None:
         with self._lock:
             return self.statuses[-1] if self.statuses else None
-
-    def image(self, kind: str, stamp: float) -> np.ndarray | None:
-        with self._lock:
-            return self._images[kind].get(stamp)
 
     def canonical_rate(self, since_wall: float, until_wall: float) -> float:
         with self._lock:
