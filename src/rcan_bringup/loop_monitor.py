@@ -81,23 +81,27 @@ class LoopMonitor:
         from geometry_msgs.msg import PoseStamped
         from std_msgs.msg import String
         from trajectory_msgs.msg import JointTrajectory
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from visualization_msgs.msg import MarkerArray
 
         self._lock = threading.Lock()
         self._canonical: deque[tuple[float, float]] = deque(maxlen=self.keep_images)  # (receipt, stamp)
         self._images: dict[str, dict[float, np.ndarray]] = {"source": {}, "canonical": {}}
         self._targets: deque[float] = deque(maxlen=1000)
+        self._steps_with_images = 0
         self.cam_to_canonical: list[float] = []
         self.command_to_trajectory: list[float] = []
         self.trajectories = 0
         p = self.probe
-        p.listen(CAMERA, Image, callback=lambda r: self._on_image("source", r))
-        p.listen(CANONICAL, Image, callback=self._on_canonical)
-        p.listen(TARGET, PoseStamped, callback=self._on_target)
-        p.listen(MARKERS, MarkerArray, callback=self._on_markers)
-        p.listen(TRAJECTORY, JointTrajectory, callback=self._on_trajectory)
-        p.listen(STATUS, String, callback=self._on_status)
-        p.listen(JOINT_STATES, JointState)
+        # Reliable like every publisher of the graph, so the observer misses nothing it times.
+        qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        p.listen(CAMERA, Image, qos, callback=lambda r: self._on_image("source", r))
+        p.listen(CANONICAL, Image, qos, callback=self._on_canonical)
+        p.listen(TARGET, PoseStamped, qos, callback=self._on_target)
+        p.listen(MARKERS, MarkerArray, qos, callback=self._on_markers)
+        p.listen(TRAJECTORY, JointTrajectory, qos, callback=self._on_trajectory)
+        p.listen(STATUS, String, qos, callback=self._on_status)
+        p.listen(JOINT_STATES, JointState, qos)
 
     # -- callbacks (probe thread)
     def _on_image(self, kind: str, rec: Received) -> None:
@@ -133,9 +137,12 @@ class LoopMonitor:
             # The target pose is published just before the markers in the same tick.
             target = self._targets[-1] if self._targets and rec.wall - self._targets[-1] < 0.5 else None
             step = Step(rec.wall, _step_number(rec.msg), stamp, receipt, target_t=target)
-            if stamp is not None and len(self.steps) < self.keep_step_images:
+            # The observer may join after the first frames (discovery): keep images for the
+            # first steps that have both, not merely the first steps.
+            if stamp is not None and self._steps_with_images < self.keep_step_images:
                 step.source = self._images["source"].get(stamp)
                 step.canonical = self._images["canonical"].get(stamp)
+                self._steps_with_images += step.source is not None and step.canonical is not None
             self.steps.append(step)
 
     def _on_trajectory(self, rec: Received) -> None:
@@ -170,6 +177,7 @@ class LoopMonitor:
             self.cam_to_canonical.clear()
             self.command_to_trajectory.clear()
             self.trajectories = 0
+            self._steps_with_images = 0
 
     # -- queries
     def latest_status(self) -> dict | None:
