@@ -209,10 +209,12 @@ def test_sim_mode_runs_episode_through_sim_services(tmp_path, ros_env, harness, 
     finally:
         assert node.stop() == 0
     assert calls == ["reset", "grasp_success"], (calls, node.output)
-    # At most two actions (max_steps), then the lift: 0.2 m straight up from the last action's target.
-    assert len(d.targets) in (2, 3)
-    last, lift = d.targets[-2].pose.position, d.targets[-1].pose.position
-    assert (lift.x, lift.y) == (last.x, last.y) and abs(lift.z - last.z - 0.2) < 1e-9
+    # At most two actions (max_steps), then the lift: 0.2 m straight up from the last action's target,
+    # in four 5 cm increments (lift_step) the driver's step limit accepts.
+    assert len(d.targets) in (5, 6)
+    last, lifts = d.targets[-5].pose.position, [t.pose.position for t in d.targets[-4:]]
+    for k, lift in enumerate(lifts, start=1):
+        assert (lift.x, lift.y) == (last.x, last.y) and abs(lift.z - last.z - 0.05 * k) < 1e-9
     final = json.loads(d.status[-1].data)
     assert final["phase"] == "done" and final["successes"] == 1 and final["last_result"]["ended_by"] in (
         "max_steps", "terminate")

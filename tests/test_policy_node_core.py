@@ -148,12 +148,19 @@ def test_robot_mode_terminate_lifts_and_reports():
     core = make_core(Script(make_action((0.0, 0.0, 0.0), terminate=True)), lift_height=0.2, settle_timeout=0.5)
     g = GripperState(False, 0.0)
     target, _ = core.tick(0.0, ee(0.0), g, pair(0.0)).target
-    d = core.tick(0.1, ee(0.1, target), g, pair(0.1))  # arrived -> lift
-    np.testing.assert_allclose(d.target[0], target + [0, 0, 0.2])
+    d = core.tick(0.1, ee(0.1, target), g, pair(0.1))  # arrived -> lift, one driver-sized step at a time
+    np.testing.assert_allclose(d.target[0], target + [0, 0, 0.05])
     assert core.phase is Phase.LIFT and "terminate" in d.event
-    assert core.tick(0.2, ee(0.2, target), g, pair(0.2)).event is None  # still lifting
-    d = core.tick(0.8, ee(0.8, target), g, pair(0.8))  # settle timeout also ends the wait
+    top = target + [0, 0, 0.2]
+    t = 0.2
+    for k in (2, 3, 4):
+        assert core.tick(t, ee(t, target), g, pair(t)).target is None  # still lifting
+        d = core.tick(t + 0.01, ee(t + 0.01, target + [0, 0, 0.05 * (k - 1)]), g, pair(t))  # increment reached
+        np.testing.assert_allclose(d.target[0], target + [0, 0, 0.05 * k])
+        t += 0.1
+    d = core.tick(t + 0.7, ee(t + 0.7, target), g, pair(t + 0.7))  # settle timeout also ends the wait
     assert core.phase is Phase.DONE and "lifted" in d.event
+    np.testing.assert_allclose(core._target[0], top)
     assert core.results[-1]["success"] is None and core.results[-1]["ended_by"] == "terminate"
     assert core.tick(0.9, ee(0.9), g, pair(0.9)).target is None  # done: no commands until started
     assert core.start_episode(1.0)[0] and core.phase is Phase.ACT and core.episode == 2
@@ -173,6 +180,10 @@ def test_sim_mode_max_steps_then_check_and_reset():
         core.tick(t + 0.01, ee(t + 0.01, target), g._replace(stamp=t), pair(t))
         t += 0.1
     assert core.phase is Phase.LIFT and core.step == 2
+    for k in (1, 2, 3):  # each 5 cm lift increment reached -> the next one
+        d = core.tick(t, ee(t, target + [0, 0, 0.05 * k]), g._replace(stamp=t), pair(t))
+        np.testing.assert_allclose(d.target[0], target + [0, 0, 0.05 * (k + 1)])
+        t += 0.1
     d = core.tick(t, ee(t, target + [0, 0, 0.2]), g._replace(stamp=t), pair(t))
     assert d.service == "grasp_success" and core.phase is Phase.AWAIT_CHECK
     assert "failure" in core.on_service_result("grasp_success", False, "nothing held", t)

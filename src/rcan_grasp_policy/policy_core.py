@@ -208,6 +208,8 @@ class CoreConfig:
     """Tray bottom height in the base frame (m); state gripper_height = ee z - this."""
     lift_height: float = 0.2
     """Lift after termination (m), as the sim env."""
+    lift_step: float = 0.05
+    """The lift is sent in increments of at most this (m): the driver clamps longer Cartesian steps."""
     settle_tolerance: float = 0.01
     """The arm has arrived when the EE position is this close to the target (m)."""
     still_time: float = 0.5
@@ -231,6 +233,7 @@ class CoreConfig:
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
         require(self.max_input_age > 0, "max_input_age", "must be > 0")
         require(self.lift_height >= 0, "lift_height", "must be >= 0")
+        require(self.lift_step > 0, "lift_step", "must be > 0")
         require(self.settle_tolerance > 0, "settle_tolerance", "must be > 0")
         require(self.settle_timeout > 0, "settle_timeout", "must be > 0")
         require(self.still_time > 0, "still_time", "must be > 0")
@@ -271,6 +274,7 @@ class EpisodeCore:
         self._still_ref: np.ndarray | None = None  # EE position the stillness timer started at
         self._still_since = 0.0
         self._end_reason: str | None = None
+        self._lift_top = 0.0  # height the lift increments stop at
         self._retry_at = -math.inf
         self.phase = Phase.IDLE
         if cfg.autostart:
@@ -341,6 +345,9 @@ class EpisodeCore:
             if reached or now - self._since > self.cfg.gripper_timeout:
                 return self._after_step(now)
         if ph is Phase.LIFT and self._arrived(now, ee):
+            pos, quat = self._target
+            if pos[2] < self._lift_top - 1e-9:
+                return Decision(target=self._lift_increment(pos, quat, now))
             if self.cfg.sim_mode:
                 self.phase = Phase.CHECK
                 return self.tick(now, ee, gripper, pair)
@@ -404,9 +411,15 @@ class EpisodeCore:
             self.phase = Phase.ACT
             return Decision()
         pos, quat = self._target
-        self._command((pos + np.array([0.0, 0.0, self.cfg.lift_height]), quat), now, Phase.LIFT)
-        return Decision(target=self._target, event=f"episode {self.episode}: {self._end_reason} after "
-                                                      f"{self.step} steps; lifting {self.cfg.lift_height} m")
+        self._lift_top = pos[2] + self.cfg.lift_height
+        target = self._lift_increment(pos, quat, now)
+        return Decision(target=target, event=f"episode {self.episode}: {self._end_reason} after "
+                                            f"{self.step} steps; lifting {self.cfg.lift_height} m")
+
+    def _lift_increment(self, pos: np.ndarray, quat: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+        dz = min(self.cfg.lift_step, self._lift_top - pos[2])
+        self._command((pos + np.array([0.0, 0.0, dz]), quat), now, Phase.LIFT)
+        return self._target
 
     def status(self) -> dict:
         successes = sum(r["success"] is True for r in self.results)

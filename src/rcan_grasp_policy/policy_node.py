@@ -65,6 +65,7 @@ class PolicyNode(Node):
             core_cfg = CoreConfig(
                 max_steps=int(p("max_steps", 20)), max_input_age=float(p("max_input_age", 0.5)),
                 tray_bottom_z=float(p("tray_bottom_z", -0.115)), lift_height=float(p("lift_height", 0.2)),
+                lift_step=float(p("lift_step", 0.05)),
                 settle_tolerance=float(p("settle_tolerance", 0.01)), settle_timeout=float(p("settle_timeout", 3.0)),
                 still_time=float(p("still_time", 0.5)), still_tolerance=float(p("still_tolerance", 0.001)),
                 gripper_timeout=float(p("gripper_timeout", 2.0)), sim_mode=bool(p("sim_mode", False)),
