@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
+    sys.argv[0] = f"rcan {name}"  # so each sub-command's generated --help says `usage: rcan <name>`
     result = func(rest)
     return int(result or 0)
 
