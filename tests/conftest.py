@@ -25,3 +25,13 @@ def ros_env(monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("RMW_IMPLEMENTATION", os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"))
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     return dict(os.environ)
+
+
+@pytest.fixture
+def harness(ros_env):
+    """An rclpy node in the test process on the test's own domain (see node_harness.RosHarness)."""
+    from node_harness import RosHarness
+
+    h = RosHarness()
+    yield h
+    h.close()

@@ -1,114 +1,14 @@
-"""camera_node as a real process: a folder of PNGs -> rgb8 Image + CameraInfo at the requested size.
-
-`NodeProcess`, `RosHarness` and `write_params` are shared with the perception/policy node tests.
-"""
+"""camera_node as a real process: a folder of PNGs -> rgb8 Image + CameraInfo at the requested size."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-BIN = Path(sys.executable).parent
+from node_harness import NodeProcess, write_params
 
 pytestmark = pytest.mark.ros
-
-
-def write_params(path: Path, params: dict) -> Path:
-    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-    return path
-
-
-class NodeProcess:
-    """A console-script node started with a params file; its output is collected for asserts."""
-
-    def __init__(self, exe: str, params_file: Path, env: dict, extra_args: tuple[str, ...] = ()):
-        self.proc = subprocess.Popen([str(BIN / exe), "--ros-args", "--params-file", str(params_file), *extra_args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_exit(self, timeout: float = 20.0) -> int:
-        rc = self.proc.wait(timeout)
-        self._reader.join(2.0)
-        return rc
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGINT, like Ctrl-C; a clean shutdown exits 0."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.wait_exit(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"node did not stop on SIGINT within {timeout}s:\n{self.output}")
-
-
-class RosHarness:
-    """An rclpy node in the test process, in its own context (the ros_env domain)."""
-
-    def __init__(self, name: str = "test_driver"):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
-        self.node = Node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def collect(self, msg_type, topic: str, qos: int = 10) -> list:
-        got: list = []
-        self.node.create_subscription(msg_type, topic, got.append, qos)
-        return got
-
-    def spin_until(self, cond, timeout: float, proc: NodeProcess | None = None) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            if proc is not None and not proc.alive():
-                raise AssertionError(f"node exited with {proc.proc.returncode}:\n{proc.output}")
-            self.executor.spin_once(timeout_sec=0.02)
-        return cond()
-
-    def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
-
-
-@pytest.fixture
-def harness(ros_env):
-    h = RosHarness()
-    yield h
-    h.close()
 
 
 def _pngs(folder: Path) -> list[np.ndarray]:

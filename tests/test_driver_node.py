@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_camera_node import NodeProcess, RosHarness, write_params
+from node_harness import NodeProcess, RosHarness, write_params
 
 from kuka_iiwa_driver.kinematics import Kinematics, load_model, matrix_to_quat
 from kuka_iiwa_driver.safety import top_down

@@ -10,7 +10,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from rcan_common.ros_image import image_msg_to_rgb, rgb_to_image_msg
-from test_camera_node import NodeProcess, harness, write_params  # noqa: F401  (fixture)
+from node_harness import NodeProcess, write_params
 from test_runtime import export_tiny_generator
 
 pytestmark = pytest.mark.ros

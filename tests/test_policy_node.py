@@ -14,7 +14,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from rcan_common.ros_image import rgb_to_image_msg
-from test_camera_node import NodeProcess, harness, write_params  # noqa: F401  (fixture)
+from node_harness import NodeProcess, write_params
 
 pytestmark = pytest.mark.ros
 
