@@ -32,21 +32,12 @@ import torch
 
 from rcan_common.config import from_dict
 from rcan_common.io import atomic_write_json
+from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw  # noqa: F401  (re-exported)
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-
-ONNX_METADATA_KEY = "rcan_policy"
 
 
 class PolicyLoadError(RuntimeError):
     """A policy file is missing, malformed or does not match its config."""
-
-
-def images_to_nchw(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1], the network input."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
 class TorchQFunction:

@@ -19,9 +19,20 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+# Key of the JSON (variant, network config) stored in an exported Q-network's ONNX metadata.
+ONNX_METADATA_KEY = "rcan_policy"
+
 VARIANTS = ("rcan", "canonical", "dr-mild", "dr-medium", "dr-heavy")
 Variant = Literal["rcan", "canonical", "dr-mild", "dr-medium", "dr-heavy"]
 ORACLE = "oracle"
+
+
+def images_to_nchw(images: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1], the network input (every backend uses this)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
 def variant_channels(variant: str) -> int:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal, NamedTuple
 import numpy as np
 
 from rcan_common.config import require
+from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw
 from rcan_sim.action import ActionBounds, decode_action
 
 ImageInputs = Literal["auto", "source+canonical", "canonical", "source"]
@@ -83,20 +84,7 @@ def build_policy_images(source: np.ndarray, canonical: np.ndarray, inputs: str, 
     return fit(canonical if inputs == "canonical" else source)
 
 
-# ---- the Q-function through the project's ONNX Runtime wrapper
-# Same values as rcan_grasp_policy.backends (a test keeps them equal); repeated here because
-# backends imports torch, which would add seconds to the node's start-up on the ONNX path.
-ONNX_METADATA_KEY = "rcan_policy"
-
-
-def images_to_nchw(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1], the network input (as backends.images_to_nchw)."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-
-
+# ---- the Q-function through the project's ONNX Runtime wrapper (torch-free: fast node start-up)
 class RuntimeQFunction:
     """A QFunction (see rcan_grasp_policy.cem) over an exported Q-network run by rcan_perception.runtime.
 

@@ -5,7 +5,7 @@ Writes, side by side (nothing is left at the target paths if any check fails):
 * ``x.onnx``: the generator alone (opset >= 17; batch, height and width are dynamic axes).
 * ``x.contract.json``: pre/post-processing contract (:mod:`rcan_perception.contract`).
 * ``x.safetensors`` + ``x.config.json``: the same weights for torch (:func:`model.load_generator`).
-* ``x.card.json`` + ``x.card.md``: config, dataset manifest, training time and hardware,
+* ``x.card.json`` + ``x.md`` (the same naming as the policy export): config, dataset manifest, training time and hardware,
   held-out metrics, parity result and the exact commands.
 
 Parity: held-out frames (or seeded random images if the run's data is gone) go through
@@ -303,7 +303,7 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
                      "onnx": __import__("onnx").__version__},
     }
     atomic_write_json(stem.with_suffix(".card.json"), card)
-    atomic_write_bytes(stem.with_suffix(".card.md"), _markdown(card).encode())
+    atomic_write_bytes(stem.with_suffix(".md"), _markdown(card).encode())
     return card
 
 
