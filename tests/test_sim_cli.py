@@ -1,4 +1,4 @@
-"""`rcan render-grid` and `rcan scripted-eval` end to end (tiny sizes)."""
+"""`rcan render-grid` and the scripted baseline (`rcan eval-policy --policy scripted`) end to end (tiny sizes)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,7 @@ def test_render_grid_rejects_bad_config(tmp_path, capsys):
 
 def test_scripted_eval_reports_wilson_interval(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert rcan(["scripted-eval", "--episodes", "2", "--image-size", "16", "--out", str(out)]) == 0
+    assert rcan(["eval-policy", "--policy", "scripted", "--episodes", "2", "--image-size", "16", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["episodes"] == 2 and result["split"] == "test" and 0 <= result["successes"] <= 2
     lo, hi = result["wilson95"]

@@ -12,7 +12,6 @@ import sys
 # name -> (module:function, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "datagen": ("rcan_sim.datagen:main", "generate paired randomized/canonical data (sharded HDF5)"),
-    "scripted-eval": ("rcan_sim.scripted:main", "success rate of the privileged scripted grasp policy"),
     "render-grid": ("rcan_sim.preview:main", "write a randomized/canonical/segmentation/depth PNG grid"),
     "train-generator": ("rcan_perception.train:main", "train the RCAN generator G"),
     "export-generator": ("rcan_perception.export:main", "export G to ONNX with a parity check and model card"),

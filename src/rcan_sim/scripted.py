@@ -1,4 +1,4 @@
-"""Privileged scripted grasp policy and `rcan scripted-eval`.
+"""Privileged scripted grasp policy (bootstrap data and the baseline: `rcan eval-policy --policy scripted`).
 
 The policy reads the simulator's ground truth (object poses and hulls), picks the object
 nearest the gripper, turns the fingers across the object's narrow horizontal axis, moves
@@ -7,22 +7,14 @@ policy should approach, not exceed, its success rate.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pybullet as pb
 
-from rcan_common.config import parse_cli, require, to_dict
 from rcan_sim import objects
 from rcan_sim.action import make_action
-from rcan_sim.env import Domain, EnvConfig, GraspEnv
-from rcan_sim.stats import wilson_interval
+from rcan_sim.env import GraspEnv
 
 
 class ScriptedGraspPolicy:
@@ -112,70 +104,3 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-12), 0.0, 1.0))
     return float(np.linalg.norm(p - (a + t * ab)))
 
-
-@dataclass
-class ScriptedEvalConfig:
-    """Success rate of the privileged scripted policy (paper protocol: 20 steps per attempt)."""
-
-    episodes: int = 102
-    """Grasp attempts (the paper evaluates 102)."""
-    domain: Domain = "canonical"
-    """Visual domain of the rendered observations (the scripted policy ignores pixels)."""
-    image_size: int = 64
-    """Observation render size in pixels."""
-    seed: int = 0
-    """Episode i uses seed + i."""
-    split: Literal["train", "test"] = "test"
-    """Object split to draw the 5 objects from."""
-    out: Path | None = None
-    """Write the result as JSON here."""
-    env: EnvConfig = field(default_factory=EnvConfig)
-    """Episode rules (its domain, world.image_size and world.split are overridden by the fields above)."""
-
-    def __post_init__(self) -> None:
-        require(self.episodes >= 1, "episodes", "must be >= 1")
-        require(self.seed >= 0, "seed", "must be >= 0")
-        require(16 <= self.image_size <= 2048, "image_size", "must be in 16..2048")
-
-
-def evaluate(cfg: ScriptedEvalConfig, progress: bool = False) -> dict:
-    world_cfg = dataclasses.replace(cfg.env.world, image_size=cfg.image_size, split=cfg.split)
-    env_cfg = dataclasses.replace(cfg.env, world=world_cfg, domain=cfg.domain)
-    env = GraspEnv(env_cfg)
-    policy = ScriptedGraspPolicy()
-    successes, steps, t0 = 0, [], time.perf_counter()
-    for i in range(cfg.episodes):
-        obs, _ = env.reset(cfg.seed + i)
-        done, info = False, {}
-        while not done:
-            obs, _, terminated, truncated, info = env.step(policy(obs, env))
-            done = terminated or truncated
-        successes += bool(info["success"])
-        steps.append(info["steps"])
-        if progress:
-            print(f"episode {i + 1}/{cfg.episodes}: {'success' if info['success'] else 'failure'} "
-                  f"in {info['steps']} steps ({successes}/{i + 1})", file=sys.stderr)
-    env.close()
-    lo, hi = wilson_interval(successes, cfg.episodes)
-    return {"episodes": cfg.episodes, "successes": successes, "success_rate": successes / cfg.episodes,
-            "wilson95": [lo, hi], "mean_steps": float(np.mean(steps)), "domain": cfg.domain, "split": cfg.split,
-            "image_size": cfg.image_size, "seed": cfg.seed,
-            "seconds": time.perf_counter() - t0, "config": to_dict(cfg)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_cli(ScriptedEvalConfig, argv, description=ScriptedEvalConfig.__doc__)
-    if cfg.out is not None:
-        from rcan_common.io import ensure_writable_dir
-
-        ensure_writable_dir(Path(cfg.out).parent)
-    result = evaluate(cfg, progress=True)
-    lo, hi = result["wilson95"]
-    print(f"scripted policy, {cfg.split} objects, {cfg.domain}: {result['successes']}/{cfg.episodes} = "
-          f"{result['success_rate']:.3f} (95% Wilson interval {lo:.3f}-{hi:.3f}), "
-          f"{result['mean_steps']:.1f} steps/episode, {result['seconds']:.0f} s")
-    if cfg.out is not None:
-        from rcan_common.io import atomic_write_json
-
-        atomic_write_json(cfg.out, result)
-    return 0
