@@ -75,14 +75,15 @@ class RayExecutor:
             raise WorkerError("--ray needs the 'ray' extra: pip install 'rcan_bringup[ray]'") from exc
         self._ray = ray
         self.workers = workers
-        if not ray.is_initialized():
+        # Shut Ray down on close only if this executor started it (a caller's session stays up).
+        self._owns = not ray.is_initialized()
+        if self._owns:
             address = address or os.environ.get("RAY_ADDRESS")
             if address:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
             else:
                 ray.init(num_cpus=workers, include_dashboard=False, ignore_reinit_error=True,
                          log_to_driver=False)
-        self._owns = True
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         ray = self._ray
