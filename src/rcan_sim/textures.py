@@ -34,7 +34,8 @@ class TextureError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("RCAN_TEXTURE_CACHE", Path(tempfile.gettempdir()) / "rcan_textures"))
+    # an empty $RCAN_TEXTURE_CACHE counts as unset: Path("") would litter the working directory
+    return Path(os.environ.get("RCAN_TEXTURE_CACHE") or Path(tempfile.gettempdir()) / "rcan_textures")
 
 
 def _palette(rng: np.random.Generator, n: int) -> np.ndarray:
