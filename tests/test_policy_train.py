@@ -75,6 +75,13 @@ def test_train_resume_eval_export(tmp_path):
     e3 = json.loads((tmp_path / "e3.json").read_text())
     assert e3["records"][0] == e1["records"][0]  # same weights, same seed, ORT backend: same episode
 
+    # Fine-tuning starts from a run directory's policy weights (fresh replay and optimizer).
+    tuned = train.Trainer(train.parse_cli(train.TrainConfig, TINY + ["--out-dir", str(tmp_path), "--run-name", "ft",
+                                                                      "--init-from", str(run)]))
+    for k, v in tuned.algo.q.state_dict().items():
+        torch.testing.assert_close(v, _weights(run)[k], rtol=0, atol=0)
+    assert len(tuned.replay) == 0
+
 
 def test_bad_inputs_name_the_field(tmp_path):
     with pytest.raises(SystemExit):
@@ -83,3 +90,12 @@ def test_bad_inputs_name_the_field(tmp_path):
         train.main(["--variant", "rcan", "--generator", str(tmp_path / "missing.onnx"), "--out-dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="policy"):
         evaluate.main(["--policy", str(tmp_path / "nope.onnx")])
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    from rcan_bringup import cli
+
+    assert cli.main(["train-policy", "--variant", "canonical", "--out-dir", str(tmp_path),
+                     "--init-from", str(tmp_path / "no-run")]) == 2
+    err = capsys.readouterr().err
+    assert "rcan train-policy: error: invalid config field 'init_from'" in err and "Traceback" not in err

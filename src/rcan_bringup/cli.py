@@ -41,8 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
+    from rcan_common.config import ConfigError
+    from rcan_common.io import OutputError
+
     sys.argv[0] = f"rcan {name}"  # so each sub-command's generated --help says `usage: rcan <name>`
-    result = func(rest)
+    try:
+        result = func(rest)
+    except (ConfigError, OutputError) as exc:  # bad config or unwritable output: one line, not a traceback
+        print(f"rcan {name}: error: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

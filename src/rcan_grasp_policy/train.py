@@ -37,7 +37,7 @@ import torch
 from rcan_common.config import ConfigError, from_dict, parse_cli, require, save, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
-from rcan_grasp_policy.backends import load_policy_net, save_policy
+from rcan_grasp_policy.backends import PolicyLoadError, load_policy_net, save_policy
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import ORACLE, Variant, training_domain, variant_channels
@@ -67,7 +67,8 @@ class TrainConfig:
     resume: bool = False
     """Continue the run in out_dir/run_name from its last checkpoint."""
     init_from: Path | None = None
-    """Start from these policy weights (a policy.safetensors), e.g. to fine-tune an oracle-trained policy with the real G."""
+    """Start from these policy weights (a policy.safetensors, or a run directory = its policy.safetensors), e.g. to
+    fine-tune an oracle-trained policy with the real G; the replay and optimizer start fresh."""
     seed: int = 0
     """Seed of the network init, replay sampling, CEM and collection episodes."""
     image_size: int = 64
@@ -166,7 +167,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         net = QNetwork(cfg.qnet_config())
         if cfg.init_from is not None:
-            init, _ = load_policy_net(cfg.init_from)
+            weights = cfg.init_from / "policy.safetensors" if cfg.init_from.is_dir() else cfg.init_from
+            try:
+                init, _ = load_policy_net(weights)
+            except PolicyLoadError as exc:
+                raise ConfigError(f"invalid config field 'init_from': {exc}") from exc
             if init.cfg != net.cfg:
                 raise ConfigError(f"invalid config field 'init_from': network {init.cfg} != this run's {net.cfg}")
             net.load_state_dict(init.state_dict())
