@@ -187,6 +187,18 @@ def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny
         assert sum(f"'{cause}' problems" in line for line in out.splitlines()) == 1, (cause, out)
 
 
+def test_acts_when_a_pair_arrives_not_on_the_timer(tmp_path, ros_env, harness, tiny_q):
+    # The control timer fires every 20 s, so a command within a few seconds came from a new matched pair.
+    d = Driver(harness)
+    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(tiny_q, control_rate_hz=0.05)),
+                       ros_env)
+    try:
+        d.wait_connected(node)
+        assert d.publish_until(lambda: d.targets, 5.0, node), node.output
+    finally:
+        assert node.stop() == 0
+
+
 def test_sim_mode_runs_episode_through_sim_services(tmp_path, ros_env, harness, tiny_q):
     calls: list[str] = []
 

@@ -51,6 +51,9 @@ class PolicyNode(Node):
         model_path = p("model_path", "models/policy_rcan_64.onnx")
         self.base_frame = p("base_frame", "lbr_link_0")
         rate_hz = float(p("control_rate_hz", 10.0))
+        # Decide as soon as a new matched pair arrives instead of on the next timer tick (up to
+        # 1 / control_rate_hz later); the timer still drives settling, lifting and timeouts.
+        self.act_on_new_pair = bool(p("act_on_new_pair", True))
         reliability = p("qos_reliability", "reliable")
         image_depth = int(p("image_qos_depth", 5))
         depth = int(p("qos_depth", 5))
@@ -129,8 +132,11 @@ class PolicyNode(Node):
             if self.uses[stream]:
                 self.matcher.add("source", stamp_ns, msg)
                 self.matcher.add("canonical", stamp_ns, msg)
-            return
-        self.matcher.add(stream, stamp_ns, msg)
+        else:
+            self.matcher.add(stream, stamp_ns, msg)
+        newest = self.matcher.latest()
+        if self.act_on_new_pair and newest is not None and newest.stamp_ns == stamp_ns:
+            self._tick()  # this image completed the newest pair
 
     def _on_ee(self, msg: PoseStamped) -> None:
         pos = np.array([msg.pose.position.x, msg.pose.position.y, msg.pose.position.z])
