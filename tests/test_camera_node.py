@@ -30,7 +30,7 @@ def test_folder_source_publishes_rgb8_and_camera_info(tmp_path, ros_env, harness
 
     from rcan_common.ros_image import image_msg_to_rgb
 
-    frames = _pngs(tmp_path / "imgs")
+    _pngs(tmp_path / "imgs")
     images = harness.collect(Image, "/camera/image_raw")
     infos = harness.collect(CameraInfo, "/camera/camera_info")
     params = write_params(tmp_path / "cam.yaml", {"source": str(tmp_path / "imgs"), "image_size": 64,

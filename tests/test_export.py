@@ -106,7 +106,7 @@ def test_parity_failure_is_an_error(tiny_onnx):
 def test_export_with_data_writes_deployed_sample_grid(tmp_path):
     from PIL import Image
 
-    from test_generator_train import write_dataset
+    from tiny_models import write_dataset
 
     write_dataset(tmp_path / "val", synthetic_frames(8, 32, seed=4))
     cfg = TrainConfig(data=tmp_path / "gone", eval_data=tmp_path / "val", runs_dir=tmp_path / "runs", name="r",

@@ -12,6 +12,7 @@ from rcan_perception import checkpoint as ckpt
 from rcan_perception.data import DataError, batch_indices, synthetic_frames
 from rcan_perception.model import GeneratorConfig
 from rcan_perception.train import TrainConfig, Trainer, main
+from tiny_models import write_dataset
 
 TINY = GeneratorConfig(channels=(8, 12, 16, 16))
 
@@ -138,30 +139,6 @@ def test_batch_order_is_a_function_of_step():
         batch_indices(2, 3, 0, 0)
 
 
-def write_dataset(root, frames, episodes_per_shard=2):
-    """Write `frames` as a real rcan_sim sharded dataset (manifest + HDF5 shards)."""
-    from rcan_sim import shards
-
-    root.mkdir(parents=True)
-    size = frames.image_size[0]
-    eps = frames.episode.unique().tolist()
-    infos = []
-    for si, start in enumerate(range(0, len(eps), episodes_per_shard)):
-        group = eps[start:start + episodes_per_shard]
-        with shards.ShardWriter(root, si, group[0], group[-1] + 1, size, "test") as w:
-            for e in group:
-                sel = torch.nonzero(frames.episode == e)[:, 0]
-                n = len(sel)
-                w.append_episode({
-                    "randomized": frames.randomized[sel].permute(0, 2, 3, 1).numpy(),
-                    "canonical": frames.canonical[sel].permute(0, 2, 3, 1).numpy(),
-                    "segmentation": frames.segmentation[sel].numpy(), "depth": frames.depth[sel].numpy(),
-                    "episode": np.full(n, e), "step": np.arange(n), "episode_seed": np.zeros(n),
-                    "randomization_seed": np.zeros(n), "state": np.zeros((n, 2)), "action": np.zeros((n, 8)),
-                    "reward": np.zeros(n), "terminal": np.arange(n) == n - 1})
-            infos.append(w.commit().to_json())
-    shards.write_manifest(root, {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION,
-                                 "config": {"image_size": size}, "shards": infos})
 
 
 def test_cli_trains_from_shards(tmp_path, capsys):

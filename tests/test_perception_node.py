@@ -11,7 +11,7 @@ from std_msgs.msg import String
 
 from rcan_common.ros_image import image_msg_to_rgb, rgb_to_image_msg
 from node_harness import NodeProcess, write_params
-from test_runtime import export_tiny_generator
+from tiny_models import export_tiny_generator
 
 pytestmark = pytest.mark.ros
 

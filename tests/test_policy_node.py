@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -15,40 +14,11 @@ from visualization_msgs.msg import MarkerArray
 
 from rcan_common.ros_image import rgb_to_image_msg
 from node_harness import NodeProcess, write_params
+from tiny_models import export_tiny_qnet
 
 pytestmark = pytest.mark.ros
 
 
-def export_tiny_qnet(path, in_channels=6, image_size=32, variant="rcan"):
-    """The project's QNetwork (tiny widths), exported with the graph contract OrtQFunction expects."""
-    import onnx
-    import torch
-
-    from rcan_grasp_policy.backends import ONNX_METADATA_KEY
-    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-
-    torch.manual_seed(0)
-    net = QNetwork(QNetConfig(in_channels=in_channels, image_size=image_size, width=4, fc_width=8)).eval()
-
-    class Q(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, images, state, actions):
-            return torch.sigmoid(self.net(images, state, actions))
-
-    s = image_size
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Q(), (torch.zeros(1, in_channels, s, s), torch.zeros(1, 2), torch.zeros(1, 4, 8)), str(path),
-                          input_names=["images", "state", "actions"], output_names=["q"], dynamo=False,
-                          dynamic_axes={"images": {0: "b"}, "state": {0: "b"}, "actions": {0: "b", 1: "n"}})
-    model = onnx.load(str(path))
-    meta = model.metadata_props.add()
-    meta.key, meta.value = ONNX_METADATA_KEY, json.dumps({"variant": variant, "qnet": net.cfg.to_dict()})
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -211,7 +211,7 @@ def test_runtime_qfunction_agrees_with_backends(tmp_path):
     from rcan_grasp_policy.cem import CEMConfig
     from rcan_grasp_policy.policy_core import ONNX_METADATA_KEY, RuntimeQFunction, images_to_nchw, load_planner
     from rcan_perception.runtime import RuntimeConfig
-    from test_policy_node import export_tiny_qnet
+    from tiny_models import export_tiny_qnet
 
     assert ONNX_METADATA_KEY == backends.ONNX_METADATA_KEY
     rng = np.random.default_rng(0)
@@ -232,7 +232,7 @@ def test_runtime_qfunction_agrees_with_backends(tmp_path):
 def test_runtime_qfunction_rejects_models_without_metadata(tmp_path):
     from rcan_grasp_policy.policy_core import RuntimeQFunction
     from rcan_perception.runtime import ModelError, RuntimeConfig
-    from test_runtime import export_tiny_generator
+    from tiny_models import export_tiny_generator
 
     gen = export_tiny_generator(tmp_path / "not_a_policy.onnx")
     with pytest.raises(ModelError, match=r"not_a_policy\.onnx has no 'rcan_policy' metadata"):

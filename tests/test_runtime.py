@@ -1,7 +1,4 @@
-"""rcan_perception.runtime: provider fallback, warm-up, and start-up errors for bad model files.
-
-The tiny-model exporters here are also used by the node tests (``from test_runtime import ...``).
-"""
+"""rcan_perception.runtime: provider fallback, warm-up, and start-up errors for bad model files."""
 from __future__ import annotations
 
 import warnings
@@ -11,24 +8,9 @@ import numpy as np
 import pytest
 
 from rcan_perception.runtime import ModelError, OrtModel, RuntimeConfig, provider_chain
+from tiny_models import export_tiny_generator
 
 
-def export_tiny_generator(path: Path, size: int = 64, in_channels: int = 3) -> Path:
-    """An UNTRAINED generator with GEN's architecture and a contract JSON beside it."""
-    import torch
-
-    from rcan_perception.contract import GeneratorContract, contract_path
-    from rcan_perception.model import Generator, GeneratorConfig
-
-    torch.manual_seed(0)
-    g = Generator(GeneratorConfig(channels=(4, 4, 4), in_channels=in_channels)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(g, (torch.zeros(1, in_channels, size, size),), str(path), input_names=["image"],
-                          output_names=["canonical", "segmentation_logits", "depth"],
-                          dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
-    GeneratorContract(input_height=size, input_width=size).save(contract_path(path))
-    return path
 
 
 def export_fixed_generator(path: Path, height: int, width: int) -> Path:

@@ -62,7 +62,7 @@ def test_camera_yaml(context, tmp_path):
 
 def test_perception_yaml(context, tmp_path):
     from rcan_perception.perception_node import PerceptionNode
-    from test_runtime import export_tiny_generator
+    from tiny_models import export_tiny_generator
 
     model = export_tiny_generator(tmp_path / "g.onnx")
     _check(PerceptionNode, "perception", context, {"model_path": str(model), "warmup_runs": 0})
@@ -70,7 +70,7 @@ def test_perception_yaml(context, tmp_path):
 
 def test_policy_yaml(context, tmp_path):
     from rcan_grasp_policy.policy_node import PolicyNode
-    from test_policy_node import export_tiny_qnet
+    from tiny_models import export_tiny_qnet
 
     model = export_tiny_qnet(tmp_path / "q.onnx")
     _check(PolicyNode, "policy", context, {"model_path": str(model), "warmup_runs": 0})
