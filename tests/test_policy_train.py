@@ -83,6 +83,22 @@ def test_train_resume_eval_export(tmp_path):
     assert len(tuned.replay) == 0
 
 
+def test_sigterm_ends_the_run_with_a_checkpoint_that_resumes(tmp_path):
+    run = ["--out-dir", str(tmp_path), "--run-name", "term", "--total-updates", "4"]
+    train._stop(15, None)  # what the SIGTERM handler does: finish the round, checkpoint, no final eval
+    try:
+        assert train.main(TINY + run) == 0
+        with pytest.raises(KeyboardInterrupt):
+            train._stop(15, None)  # a second signal aborts
+    finally:
+        train.STOP.clear()
+    saved = json.loads((tmp_path / "term/checkpoint.json").read_text())
+    assert saved["updates"] == 0 and saved["episodes"] == 2  # the bootstrap episodes are kept
+    assert not (tmp_path / "term/evals.jsonl").exists()
+    assert train.main(TINY + run + ["--resume"]) == 0
+    assert json.loads((tmp_path / "term/checkpoint.json").read_text())["updates"] >= 4
+
+
 def test_bad_inputs_name_the_field(tmp_path):
     with pytest.raises(SystemExit):
         train.main(["--epsilon", "1.5", "--out-dir", str(tmp_path)])

@@ -16,7 +16,8 @@ Resume restores, exactly, the networks (online + both targets, BatchNorm statist
 state, the replay (content and ring position), the update / round / episode counters and
 the learner's RNG.  Checkpoints are taken between collection rounds and collection seeds
 are a function of (seed, round, task), so a resumed run collects the same episode seeds as
-an uninterrupted one.  What is not bit-exact: pybullet's state after reset(seed) depends
+an uninterrupted one.  SIGTERM ends the run after the current round with a checkpoint (a
+second SIGTERM aborts at once).  What is not bit-exact: pybullet's state after reset(seed) depends
 on the client's history at the 1e-7 level, so trajectories (and thus later updates) can
 drift slightly; with several workers the order in which tasks finish also changes the
 replay order.
@@ -27,6 +28,7 @@ import csv
 import json
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +331,7 @@ def train(cfg: TrainConfig) -> Path:
             for _, res in executor.map_unordered(collect_episodes, tr.bootstrap_tasks()):
                 ingest(res, on_policy=False)
             bar.set_description("train")
-        while tr.algo.updates < cfg.total_updates and time.perf_counter() < deadline:
+        while tr.algo.updates < cfg.total_updates and time.perf_counter() < deadline and not STOP.is_set():
             for task, res in executor.map_unordered(collect_episodes, tr.round_tasks()):
                 ingest(res, on_policy=task.policy == "qnet")
                 n = round(cfg.updates_per_transition * len(res.transitions))
@@ -363,12 +365,16 @@ def train(cfg: TrainConfig) -> Path:
             if tr.algo.updates >= next_ckpt:
                 tr.checkpoint()
                 next_ckpt = (tr.algo.updates // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        if tr.last_eval is None or tr.last_eval["updates"] != tr.algo.updates:
-            tr.evaluate(executor, cfg.eval_episodes)
-        ev = tr.last_eval
-        writer.add_scalar("eval/success_rate", ev["success_rate"], tr.algo.updates)
-        bar.write(f"final eval @ {tr.algo.updates} updates: {ev['successes']}/{ev['episodes']} on test objects "
-                  f"({tr.domain} domain)")
+        if STOP.is_set():
+            bar.write(f"stopped by SIGTERM after the round ending at {tr.algo.updates} updates; checkpoint written, "
+                      "continue with --resume")
+        else:
+            if tr.last_eval is None or tr.last_eval["updates"] != tr.algo.updates:
+                tr.evaluate(executor, cfg.eval_episodes)
+            ev = tr.last_eval
+            writer.add_scalar("eval/success_rate", ev["success_rate"], tr.algo.updates)
+            bar.write(f"final eval @ {tr.algo.updates} updates: {ev['successes']}/{ev['episodes']} on test objects "
+                      f"({tr.domain} domain)")
         tr.checkpoint()
     finally:
         bar.close()
@@ -378,8 +384,16 @@ def train(cfg: TrainConfig) -> Path:
     return d
 
 
+STOP = threading.Event()
+"""Set by the first SIGTERM: training ends after the current collection round, with a checkpoint."""
+
+
 def _stop(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through train()'s cleanup: collectors are shut down
+    if STOP.is_set():  # a second signal: give up the round (unwinds through train()'s cleanup)
+        raise KeyboardInterrupt(f"signal {signum}")
+    STOP.set()  # rounds are the unit of exact resume, so finish this one and checkpoint
+    print(f"signal {signum}: stopping after this collection round (send it again to abort without a checkpoint)",
+          file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
