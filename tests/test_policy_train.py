@@ -1,4 +1,5 @@
 """End-to-end smoke: train -> resume -> eval -> export, tiny net at 32 px, a few steps."""
+import copy
 import json
 
 import numpy as np
@@ -97,6 +98,29 @@ def test_sigterm_ends_the_run_with_a_checkpoint_that_resumes(tmp_path):
     assert not (tmp_path / "term/evals.jsonl").exists()
     assert train.main(TINY + run + ["--resume"]) == 0
     assert json.loads((tmp_path / "term/checkpoint.json").read_text())["updates"] >= 4
+
+
+def test_conservative_penalty_pushes_down_untried_actions():
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+    from rcan_grasp_policy.qtopt import QTOpt, QTOptConfig
+    from rcan_grasp_policy.replay import Transitions
+
+    rng = np.random.default_rng(0)
+    n = 8
+    batch = Transitions(image=rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), state=np.zeros((n, 2), np.float32),
+                        action=np.zeros((n, 8), np.float32), reward=np.zeros(n, np.float32), done=np.ones(n, bool),
+                        next_image=np.zeros((n, 32, 32, 3), np.uint8), next_state=np.zeros((n, 2), np.float32),
+                        source=np.zeros(n, np.uint8))
+    batch.action[:, 4] = 1.0  # every taken action: no motion (cos 0 = 1), gripper unchanged
+    torch.manual_seed(0)
+    net = QNetwork(QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8))
+    plain = QTOpt(copy.deepcopy(net), QTOptConfig(batch_size=n))
+    conservative = QTOpt(copy.deepcopy(net), QTOptConfig(batch_size=n, conservative_weight=1.0, conservative_samples=4))
+    assert "conservative_penalty" not in plain.update(batch, np.random.default_rng(1))
+    first = conservative.update(batch, np.random.default_rng(1))["conservative_penalty"]
+    for _ in range(30):
+        last = conservative.update(batch, np.random.default_rng(1))["conservative_penalty"]
+    assert 0 < last < first  # the taken action's logit rises above the random ones'
 
 
 def test_bad_inputs_name_the_field(tmp_path):

@@ -22,7 +22,7 @@ from torch import nn
 
 from rcan_common.config import require
 from rcan_grasp_policy.backends import TorchQFunction, images_to_nchw
-from rcan_grasp_policy.cem import CEMConfig, cem_search
+from rcan_grasp_policy.cem import CEMConfig, cem_search, random_actions
 from rcan_grasp_policy.qnet import QNetwork
 from rcan_grasp_policy.replay import Transitions
 from rcan_sim.action import ActionBounds
@@ -44,6 +44,13 @@ class QTOptConfig:
     """Global gradient-norm clip (0 disables)."""
     target_cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM settings of argmax_a' Q_target_1(s', a') in the Bellman target."""
+    conservative_weight: float = 0.0
+    """NOT in the paper (0 = QT-Opt as published): weight of a CQL-style penalty
+    logsumexp(logits of random actions + the taken action) - logit(taken action), which pushes Q
+    down on actions the replay never tried.  With little on-policy data the CEM argmax otherwise
+    finds such actions with inflated Q and the Bellman targets inherit the inflation."""
+    conservative_samples: int = 16
+    """Uniformly random actions per state in the conservative penalty."""
 
     def __post_init__(self) -> None:
         require(0.0 <= self.gamma < 1.0, "gamma", f"must be in [0, 1), got {self.gamma}")
@@ -52,6 +59,8 @@ class QTOptConfig:
         require(0.0 < self.tau <= 1.0, "tau", f"must be in (0, 1], got {self.tau}")
         require(self.target2_lag >= 1, "target2_lag", f"must be >= 1, got {self.target2_lag}")
         require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(self.conservative_weight >= 0, "conservative_weight", f"must be >= 0, got {self.conservative_weight}")
+        require(self.conservative_samples >= 1, "conservative_samples", f"must be >= 1, got {self.conservative_samples}")
 
 
 def bellman_target(reward: torch.Tensor, done: torch.Tensor, q1_next: torch.Tensor, q2_next: torch.Tensor,
@@ -106,8 +115,20 @@ class QTOpt:
         target = bellman_target(torch.from_numpy(batch.reward), torch.from_numpy(batch.done), q1_next, q2_next,
                                 self.cfg.gamma)
         images = torch.from_numpy(images_to_nchw(batch.image))
-        logits = self.q(images, torch.from_numpy(batch.state), torch.from_numpy(batch.action)[:, None, :])[:, 0]
+        actions = torch.from_numpy(batch.action)[:, None, :]
+        cql = self.cfg.conservative_weight > 0
+        if cql:  # the taken action first, then random ones; one forward so the trunk runs once
+            k = self.cfg.conservative_samples
+            rand = random_actions(len(batch) * k, self.bounds, rng, self.cfg.target_cem.terminate_prob)
+            actions = torch.cat([actions, torch.from_numpy(rand).float().view(len(batch), k, -1)], dim=1)
+        all_logits = self.q(images, torch.from_numpy(batch.state), actions)
+        logits = all_logits[:, 0]
         loss = F.binary_cross_entropy_with_logits(logits, target)
+        metrics = {}
+        if cql:
+            penalty = (torch.logsumexp(all_logits, dim=1) - logits).mean()
+            loss = loss + self.cfg.conservative_weight * penalty
+            metrics["conservative_penalty"] = float(penalty.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (nn.utils.clip_grad_norm_(self.q.parameters(), self.cfg.grad_clip)
@@ -118,7 +139,7 @@ class QTOpt:
         if self.updates % self.cfg.target2_lag == 0:
             self.target2.load_state_dict(self.target1.state_dict())
         return {"loss": float(loss.detach()), "q_mean": float(torch.sigmoid(logits.detach()).mean()),
-                "target_mean": float(target.mean()), "grad_norm": float(grad_norm)}
+                "target_mean": float(target.mean()), "grad_norm": float(grad_norm), **metrics}
 
     # -- checkpointing: flat tensors (safetensors) + JSON-able extras -------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -300,10 +300,13 @@ def train(cfg: TrainConfig) -> Path:
 
     writer = SummaryWriter(str(d / "tb"))
     new_csv = not (d / "metrics.csv").exists()
-    csv_file = open(d / "metrics.csv", "a", newline="")
     columns = ["updates", "episodes", "env_steps", "replay", "loss", "q_mean", "target_mean", "grad_norm",
-               "collect_success", "eval_success", "updates_per_s", "grasps_per_s", "elapsed_s"]
-    log = csv.DictWriter(csv_file, columns)
+               "collect_success", "eval_success", "updates_per_s", "grasps_per_s", "elapsed_s", "conservative_penalty"]
+    if not new_csv:  # a resumed run keeps its file's columns (older runs lack the newer ones)
+        with open(d / "metrics.csv", newline="") as f:
+            columns = next(csv.reader(f), columns)
+    csv_file = open(d / "metrics.csv", "a", newline="")
+    log = csv.DictWriter(csv_file, columns, extrasaction="ignore")
     if new_csv:
         log.writeheader()
     executor = make_executor(cfg.workers, cfg.ray)
