@@ -84,8 +84,8 @@ def run(seconds: float = 60.0, image_size: int = 64, camera_rate_hz: float = 10.
         "host": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                  "python": platform.python_version(), "machine": platform.machine()},
         "notes": ("Times come from one observer process on the host clock (includes one loopback DDS hop). "
-                  "canonical->command includes the policy's wait for its next control tick (10 Hz) and for a "
-                  "frame stamped after the previous move settled; the policy acts once per move, so "
+                  "canonical->command includes the policy's wait for a frame stamped after the previous move "
+                  "settled (it decides as soon as such a frame completes a pair); the policy acts once per move, so "
                   "actions/s is bounded by the arm's motion, not by compute."),
     }
 
