@@ -127,15 +127,14 @@ class PolicyNode(Node):
             self.rejects(f"{stream}:{exc.reason}", f"rejected {stream} image: {exc}")
             return
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        if not self.uses["canonical"] or not self.uses["source"]:
-            # A single-stream variant pairs the image with itself.
-            if self.uses[stream]:
-                self.matcher.add("source", stamp_ns, msg)
-                self.matcher.add("canonical", stamp_ns, msg)
+        if self.uses["source"] and self.uses["canonical"]:
+            completed = self.matcher.add(stream, stamp_ns, msg)
+        elif self.uses[stream]:  # a single-stream variant pairs the image with itself
+            self.matcher.add("source", stamp_ns, msg)
+            completed = self.matcher.add("canonical", stamp_ns, msg)
         else:
-            self.matcher.add(stream, stamp_ns, msg)
-        newest = self.matcher.latest()
-        if self.act_on_new_pair and newest is not None and newest.stamp_ns == stamp_ns:
+            return
+        if self.act_on_new_pair and completed is not None:
             self._tick()  # this image completed the newest pair
 
     def _on_ee(self, msg: PoseStamped) -> None:
