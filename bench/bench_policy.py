@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from rcan_common.io import atomic_write_json
-from rcan_grasp_policy.backends import OrtQFunction, TorchQFunction, images_to_nchw, load_policy_net
+from rcan_grasp_policy.backends import OrtQFunction, TorchQFunction, load_policy_net
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
+from rcan_grasp_policy.inputs import images_to_nchw
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ torch.set_num_threads(1)  # several test processes share 2 cores; OpenMP spinnin
 from torch import nn
 
 from rcan_common.config import ConfigError
-from rcan_grasp_policy.backends import TorchQFunction, images_to_nchw
+from rcan_grasp_policy.backends import TorchQFunction
+from rcan_grasp_policy.inputs import images_to_nchw
 from rcan_grasp_policy.qnet import HEAD_CONVS, TRUNK_CONVS, QNetConfig, QNetwork, count_convs
 
 

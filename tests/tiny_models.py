@@ -31,7 +31,7 @@ def export_tiny_qnet(path, in_channels=6, image_size=32, variant="rcan"):
     import onnx
     import torch
 
-    from rcan_grasp_policy.backends import ONNX_METADATA_KEY
+    from rcan_grasp_policy.inputs import ONNX_METADATA_KEY
     from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ import torch
 
 from rcan_common.config import from_dict
 from rcan_common.io import atomic_write_json
-from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw  # noqa: F401  (re-exported)
+from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 
 

@@ -26,8 +26,9 @@ from torch import nn
 
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
-from rcan_grasp_policy.backends import ONNX_METADATA_KEY, OrtQFunction, TorchQFunction, load_policy_net, save_policy
+from rcan_grasp_policy.backends import OrtQFunction, TorchQFunction, load_policy_net, save_policy
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
+from rcan_grasp_policy.inputs import ONNX_METADATA_KEY
 from rcan_grasp_policy.qnet import QNetwork
 
 

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rcan_common.config import require
-from rcan_grasp_policy.backends import TorchQFunction, images_to_nchw
+from rcan_grasp_policy.backends import TorchQFunction
 from rcan_grasp_policy.cem import CEMConfig, cem_search, random_actions
+from rcan_grasp_policy.inputs import images_to_nchw
 from rcan_grasp_policy.qnet import QNetwork
 from rcan_grasp_policy.replay import Transitions
 from rcan_sim.action import ActionBounds
