@@ -212,6 +212,7 @@ def _markdown(card: dict) -> str:
     m = card.get("held_out_metrics") or {}
     ts = m.get("test_split") or {}
     t = card.get("training") or {}
+    hw = t.get("hardware") or {}
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     lines = [
         f"# {card['name']}", "",
@@ -221,8 +222,7 @@ def _markdown(card: dict) -> str:
         f"uint8*{card['contract']['input_scale']:.6g}{card['contract']['input_offset']:+g}; argmax and depth scaling are outside the graph",
         f"- Generator channels: {card['generator']['channels']} ({card['parameters']} parameters)",
         f"- Trained {t.get('steps')} steps x batch {card['train_config']['batch_size']} in {fmt(t.get('train_wall_s'), '.0f')} s "
-        f"on {(t.get('hardware') or {}).get('gpu') or (t.get('hardware') or {}).get('cpu', 'unknown')} "
-        f"({(t.get('hardware') or {}).get('device', '?')})",
+        f"on {hw.get('gpu') or hw.get('cpu', 'unknown')} ({hw.get('device', '?')})",
         f"- Data: {', '.join('`%s`' % d for d in card['train_config']['data'])} ({t.get('train_frames')} frames), held-out: "
         f"{card['train_config'].get('eval_data') or 'last episodes of the training data'} ({m.get('frames')} frames)",
         *([f"- Data note: {t['datasets_note']}"] if t.get("datasets_note") else []), "",
