@@ -78,3 +78,11 @@ def test_wilson_interval_numbers():
     np.testing.assert_allclose(wilson_interval(8, 10), (0.4902, 0.9433), atol=1e-4)
     lo, hi = wilson_interval(92, 102)
     assert lo < 92 / 102 < hi and hi - lo < 0.12
+
+
+def test_card_command_is_quoted_and_elides_the_notes():
+    from rcan_grasp_policy.export import command_line
+
+    cmd = command_line(["--checkpoint", "runs/a b", "--notes", "long\ntext", "--out", "m.onnx"])
+    assert cmd == "rcan export-policy --checkpoint 'runs/a b' --notes '<the Notes section above>' --out m.onnx"
+    assert command_line(["--notes=x y"]) == "rcan export-policy '--notes=<the Notes section above>'"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import sys
 import tempfile
 import warnings
@@ -175,9 +176,21 @@ def export(cfg: ExportConfig, command: str = "") -> dict:
     return card
 
 
+def command_line(argv: list[str]) -> str:
+    """The export call for the card, shell-quoted; the notes (already the card's Notes section) are elided."""
+    shown = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--notes":
+            arg = "<the Notes section above>"
+        elif arg.startswith("--notes="):
+            arg = "--notes=<the Notes section above>"
+        shown.append(arg)
+    return "rcan export-policy " + shlex.join(shown)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(ExportConfig, argv, description=__doc__.splitlines()[0])
-    card = export(cfg, "rcan export-policy " + " ".join(argv if argv is not None else sys.argv[1:]))
+    card = export(cfg, command_line(argv if argv is not None else sys.argv[1:]))
     p = card["parity"]
     print(f"wrote {cfg.out}: max |q_torch - q_ort| = {p['q_max_abs_diff']:.2e}, "
           f"CEM same actions: {p['cem_same_actions']}")
