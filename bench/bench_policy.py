@@ -107,7 +107,8 @@ def bench_updates(net_cfg: QNetConfig, target_cem: CEMConfig, updates: int = 8) 
     batch = Transitions(image=rng.integers(0, 256, (n, s, s, ch), dtype=np.uint8), state=rng.random((n, 2), np.float32),
                         action=rng.standard_normal((n, 8)).astype(np.float32), reward=np.full(n, -0.05, np.float32),
                         done=rng.random(n) < 0.2, next_image=rng.integers(0, 256, (n, s, s, ch), dtype=np.uint8),
-                        next_state=rng.random((n, 2), np.float32), source=np.zeros(n, np.uint8))
+                        next_state=rng.random((n, 2), np.float32), source=np.zeros(n, np.uint8),
+                        mc_return=np.zeros(n, np.float32))
     algo = QTOpt(QNetwork(net_cfg), QTOptConfig(batch_size=n, target_cem=target_cem))
     algo.update(batch, rng)
     t = time.perf_counter()

@@ -11,6 +11,7 @@ torch.set_num_threads(1)  # several test processes share 2 cores
 
 from rcan_common.config import ConfigError  # noqa: E402
 from rcan_grasp_policy import evaluate, export, train  # noqa: E402
+from rcan_grasp_policy.replay import returns_to_go  # noqa: E402
 
 TINY = ["--variant", "canonical", "--image-size", "32", "--width", "4", "--fc-width", "8", "--max-steps", "3",
         "--bootstrap-episodes", "2", "--episodes-per-task", "1", "--tasks-per-round", "1", "--eval-episodes", "1", "--eval-every", "0",
@@ -42,8 +43,9 @@ def test_train_resume_eval_export(tmp_path):
         torch.testing.assert_close(v, saved["q." + k], rtol=0, atol=0)
     assert tr.algo.updates == before["updates"] and len(tr.replay) == int(replay_before["meta"][2])
 
+    # the options beyond the paper may be switched on when resuming (they do not shape the networks)
     assert train.main(TINY + ["--out-dir", str(tmp_path), "--run-name", "split", "--total-updates", "8",
-                              "--resume"]) == 0
+                              "--resume", "--algo.mc-lower-bound", "--algo.random-shift", "2"]) == 0
     after = json.loads((run / "checkpoint.json").read_text())
     assert after["updates"] >= 8 > before["updates"] >= 4
     assert after["episodes"] > before["episodes"]  # new episode seeds, none repeated
@@ -51,6 +53,9 @@ def test_train_resume_eval_export(tmp_path):
     n = int(replay_before["meta"][2])
     np.testing.assert_array_equal(replay_after["image"][:n], replay_before["image"])  # old data kept, new appended
     assert int(replay_after["meta"][2]) > n
+    # Each transition carries its episode's discounted return-to-go (episodes are written whole, in order).
+    np.testing.assert_allclose(replay_after["mc_return"],
+                               returns_to_go(replay_after["reward"], replay_after["done"], 0.9), atol=1e-6)
     assert not np.array_equal(_weights(run)["head_fc.4.weight"], saved["q.head_fc.4.weight"])
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("updates,") and len(rows) == 1 + after["updates"] // 2  # a row every 2 updates
@@ -110,7 +115,7 @@ def test_conservative_penalty_pushes_down_untried_actions():
     batch = Transitions(image=rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), state=np.zeros((n, 2), np.float32),
                         action=np.zeros((n, 8), np.float32), reward=np.zeros(n, np.float32), done=np.ones(n, bool),
                         next_image=np.zeros((n, 32, 32, 3), np.uint8), next_state=np.zeros((n, 2), np.float32),
-                        source=np.zeros(n, np.uint8))
+                        source=np.zeros(n, np.uint8), mc_return=np.zeros(n, np.float32))
     batch.action[:, 4] = 1.0  # every taken action: no motion (cos 0 = 1), gripper unchanged
     torch.manual_seed(0)
     net = QNetwork(QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8))

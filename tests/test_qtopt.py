@@ -7,8 +7,8 @@ torch.set_num_threads(1)  # several test processes share 2 cores; OpenMP spinnin
 
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-from rcan_grasp_policy.qtopt import QTOpt, QTOptConfig, bellman_target, polyak_update
-from rcan_grasp_policy.replay import ReplayBuffer, Transitions
+from rcan_grasp_policy.qtopt import QTOpt, QTOptConfig, bellman_target, polyak_update, shift_images
+from rcan_grasp_policy.replay import ReplayBuffer, Transitions, returns_to_go
 
 
 def test_bellman_target_hand_computed():
@@ -43,7 +43,8 @@ def _transitions(n, rng, c=3, s=32):
         image=rng.integers(0, 256, (n, s, s, c), dtype=np.uint8), state=rng.random((n, 2), dtype=np.float32),
         action=rng.standard_normal((n, 8)).astype(np.float32), reward=rng.choice([-0.05, 0.0, 1.0], n).astype(np.float32),
         done=rng.random(n) < 0.3, next_image=rng.integers(0, 256, (n, s, s, c), dtype=np.uint8),
-        next_state=rng.random((n, 2), dtype=np.float32), source=rng.integers(0, 2, n).astype(np.uint8))
+        next_state=rng.random((n, 2), dtype=np.float32), source=rng.integers(0, 2, n).astype(np.uint8),
+        mc_return=rng.random(n, dtype=np.float32))
 
 
 def test_replay_ring_and_round_trip(tmp_path):
@@ -57,7 +58,7 @@ def test_replay_ring_and_round_trip(tmp_path):
     np.testing.assert_array_equal(buf.image[:3], second.image[3:])
     np.testing.assert_array_equal(buf.image[3:7], first.image[3:])
     buf.save(tmp_path / "r.npz")
-    back = ReplayBuffer.load(tmp_path / "r.npz")
+    back = ReplayBuffer.load(tmp_path / "r.npz", gamma=0.9)
     assert (back.capacity, back.pos, back.size, back.total_added) == (10, 3, 10, 13)
     for f in Transitions.FIELDS:
         np.testing.assert_array_equal(getattr(back, f), getattr(buf, f))
@@ -67,10 +68,10 @@ def test_replay_ring_and_round_trip(tmp_path):
         buf.add(_transitions(1, rng, c=6))
 
 
-def _algo(seed=0):
+def _algo(seed=0, **algo_options):
     torch.manual_seed(seed)
     net = QNetwork(QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8))
-    return QTOpt(net, QTOptConfig(batch_size=8, target2_lag=2, target_cem=CEMConfig(samples=8, elites=2)))
+    return QTOpt(net, QTOptConfig(batch_size=8, target2_lag=2, target_cem=CEMConfig(samples=8, elites=2), **algo_options))
 
 
 def test_next_q_uses_cem_argmax_of_target1_and_both_targets():
@@ -108,3 +109,54 @@ def test_update_learns_and_state_round_trips():
     m1 = algo.update(batch, np.random.default_rng(99))
     m2 = other.update(batch, np.random.default_rng(99))
     assert m1 == pytest.approx(m2, rel=1e-5)
+
+
+def test_returns_to_go_hand_computed():
+    # two episodes: [-0.05, -0.05, 1] (success) and [-0.05, 0] (failure), then an unfinished one
+    r = np.array([-0.05, -0.05, 1.0, -0.05, 0.0, -0.05], np.float32)
+    done = np.array([False, False, True, False, True, False])
+    np.testing.assert_allclose(returns_to_go(r, done, 0.9),
+                               [-0.05 + 0.9 * (-0.05 + 0.9), -0.05 + 0.9, 1.0, -0.05, 0.0, -0.05], atol=1e-6)
+
+
+def test_replay_without_mc_return_gets_it_recomputed_in_write_order(tmp_path):
+    """Replays saved before `mc_return` existed: recomputed per episode, across the ring's wrap-around."""
+    buf = ReplayBuffer(5, (4, 4, 3))
+    rng = np.random.default_rng(0)
+    t = _transitions(7, rng, s=4)
+    t.reward[:] = [-0.05, 1.0, -0.05, -0.05, -0.05, -0.05, 1.0]
+    t.done[:] = [False, True, False, False, False, False, True]
+    buf.add(t)  # ring now holds transitions 2..6 at slots 2,3,4,0,1
+    legacy = {f: getattr(buf, f) for f in Transitions.FIELDS if f != "mc_return"}
+    np.savez(tmp_path / "old.npz", **legacy, meta=np.array([5, buf.pos, buf.size, buf.total_added], np.int64))
+    back = ReplayBuffer.load(tmp_path / "old.npz", gamma=0.5)
+    expected = returns_to_go(t.reward[2:], t.done[2:], 0.5)  # one episode of 5 steps ending in success
+    np.testing.assert_allclose(back.mc_return[[2, 3, 4, 0, 1]], expected, atol=1e-6)
+    assert expected[0] == pytest.approx(-0.05 * (1 + 0.5 + 0.25 + 0.125) + 0.5 ** 4)
+
+
+def test_mc_lower_bound_raises_targets_to_the_episode_return():
+    batch = _transitions(8, np.random.default_rng(2))
+    batch.done[:] = False
+    batch.reward[:] = -0.05
+    batch.mc_return[:] = 0.7  # what the data policy achieved from these states
+    plain, bounded = _algo(), _algo(mc_lower_bound=True)
+    t_plain = plain.update(batch, np.random.default_rng(0))["target_mean"]
+    t_bounded = bounded.update(batch, np.random.default_rng(0))["target_mean"]
+    assert t_plain < 0.7 - 1e-3  # a fresh network's Bellman targets are below the bound ...
+    assert t_bounded == pytest.approx(0.7, abs=1e-6)  # ... which the option lifts them to
+
+
+def test_shift_images_translates_with_edge_replication():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 2), dtype=np.uint8)
+    assert shift_images(images, 0, rng) is images
+    out = shift_images(images, 2, np.random.default_rng(1))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    offsets = np.random.default_rng(1).integers(0, 5, size=(16, 2)) - 2  # the same draws: (dy, dx) - pad
+    for img, got, (dy, dx) in zip(images, out, offsets):
+        # pixel (y, x) of the output is the input's (y + dy, x + dx), clamped to the border
+        ys = np.clip(np.arange(8) + dy, 0, 7)
+        xs = np.clip(np.arange(8) + dx, 0, 7)
+        np.testing.assert_array_equal(got, img[ys][:, xs])
+    assert any((dy, dx) != (0, 0) for dy, dx in offsets) and not np.array_equal(out, images)

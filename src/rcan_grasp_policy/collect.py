@@ -16,7 +16,7 @@ import numpy as np
 
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy, random_actions
 from rcan_grasp_policy.inputs import InputEncoder, state_vector
-from rcan_grasp_policy.replay import SOURCES, Transitions
+from rcan_grasp_policy.replay import SOURCES, Transitions, returns_to_go
 
 PolicyKind = Literal["scripted", "qnet"]
 
@@ -49,6 +49,8 @@ class CollectTask:
     """Probability of a uniformly random action per step (exploration)."""
     cem_seed: int = 0
     """Seed of the CEM / exploration random stream of this task."""
+    gamma: float = 0.9
+    """Discount of the recorded Monte-Carlo returns (the learner's gamma)."""
     record: bool = True
     """Return the transitions (False for evaluation: only per-episode records)."""
     threads: int = 1
@@ -149,11 +151,13 @@ def collect_episodes(task: CollectTask) -> CollectResult:
         episodes.append({"seed": int(seed), "success": bool(step_info["success"]), "steps": int(step_info["steps"]),
                          "return": float(ret), "object_ids": [int(i) for i in info["object_ids"]]})
         if task.record:
+            buf["mc_return"] = list(returns_to_go(np.asarray(buf["reward"]), np.asarray(buf["done"]), task.gamma))
             parts.append(buf)
     transitions = None
     if task.record and parts:
         dtypes = {"image": np.uint8, "next_image": np.uint8, "state": np.float32, "next_state": np.float32,
-                  "action": np.float32, "reward": np.float32, "done": bool, "source": np.uint8}
+                  "action": np.float32, "reward": np.float32, "done": bool, "source": np.uint8,
+                  "mc_return": np.float32}
         transitions = Transitions(**{f: np.asarray([v for p in parts for v in p[f]], dtype=dtypes[f])
                                      for f in Transitions.FIELDS})
     return CollectResult(transitions, episodes, env_steps, time.perf_counter() - t0)

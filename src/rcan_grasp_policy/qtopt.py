@@ -8,11 +8,17 @@ Target network 1 tracks the online network by Polyak averaging; target network 2
 copy of target 1 (QT-Opt's clipped double Q).  Rewards are 1 / 0 at the end of an episode
 and -0.05 otherwise, so a target can dip below 0; it is clipped to [0, 1] because Q is a
 sigmoid and BCE needs a probability target.
+
+Two options beyond the paper, both off by default: `mc_lower_bound` raises each target to the
+transition's own Monte-Carlo return (the return the data policy actually got is a lower bound
+of Q*, so success propagates back through a whole episode at once instead of one step per
+target-network lag), and `random_shift` translates every image of a batch by up to that many
+pixels (edge-replicated), the random-crop augmentation QT-Opt itself trains with.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +58,12 @@ class QTOptConfig:
     finds such actions with inflated Q and the Bellman targets inherit the inflation."""
     conservative_samples: int = 16
     """Uniformly random actions per state in the conservative penalty."""
+    mc_lower_bound: bool = False
+    """NOT in the paper (off = QT-Opt as published): target = max(Bellman target, the transition's discounted
+    Monte-Carlo return), a valid lower bound of Q* that carries a grasp's reward back to the episode's first step."""
+    random_shift: int = 0
+    """Translate each image (and, independently, each next image) of a batch by up to this many pixels, with
+    edge replication (QT-Opt's random-crop augmentation; 0 disables)."""
 
     def __post_init__(self) -> None:
         require(0.0 <= self.gamma < 1.0, "gamma", f"must be in [0, 1), got {self.gamma}")
@@ -62,6 +74,7 @@ class QTOptConfig:
         require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         require(self.conservative_weight >= 0, "conservative_weight", f"must be >= 0, got {self.conservative_weight}")
         require(self.conservative_samples >= 1, "conservative_samples", f"must be >= 1, got {self.conservative_samples}")
+        require(self.random_shift >= 0, "random_shift", f"must be >= 0, got {self.random_shift}")
 
 
 def bellman_target(reward: torch.Tensor, done: torch.Tensor, q1_next: torch.Tensor, q2_next: torch.Tensor,
@@ -69,6 +82,16 @@ def bellman_target(reward: torch.Tensor, done: torch.Tensor, q1_next: torch.Tens
     """clip(r + gamma * (1 - done) * min(q1', q2'), 0, 1): the clipped double-Q target."""
     v = torch.minimum(q1_next, q2_next)
     return (reward + gamma * (1.0 - done.float()) * v).clamp(0.0, 1.0)
+
+
+def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Each (H, W, C) image of `images` translated by its own random (dy, dx) in [-pad, pad], edges replicated."""
+    if pad == 0:
+        return images
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
+    return np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 @torch.no_grad()
@@ -112,9 +135,14 @@ class QTOpt:
 
     def update(self, batch: Transitions, rng: np.random.Generator) -> dict[str, float]:
         """One gradient step on `batch`, then the target-network updates.  Returns scalar metrics."""
+        if self.cfg.random_shift:
+            batch = replace(batch, image=shift_images(batch.image, self.cfg.random_shift, rng),
+                            next_image=shift_images(batch.next_image, self.cfg.random_shift, rng))
         q1_next, q2_next = self.next_q(batch, rng)
         target = bellman_target(torch.from_numpy(batch.reward), torch.from_numpy(batch.done), q1_next, q2_next,
                                 self.cfg.gamma)
+        if self.cfg.mc_lower_bound:
+            target = torch.maximum(target, torch.from_numpy(batch.mc_return).clamp(0.0, 1.0))
         images = torch.from_numpy(images_to_nchw(batch.image))
         actions = torch.from_numpy(batch.action)[:, None, :]
         cql = self.cfg.conservative_weight > 0

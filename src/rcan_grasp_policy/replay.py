@@ -2,7 +2,8 @@
 
 Images are stored as the policy sees them (uint8 HxWxC, C = 6 for RCAN: [x, G(x)]), so G is
 run once at collection time and never again during training.  Each transition also records
-where it came from (scripted bootstrap or on-policy) for the logs.
+where it came from (scripted bootstrap or on-policy) for the logs, and its Monte-Carlo return
+(the discounted reward-to-go of the episode it belongs to; optional lower bound of the Bellman target).
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ class Transitions:
     next_image: np.ndarray  # (T, H, W, C) uint8
     next_state: np.ndarray  # (T, 2) float32
     source: np.ndarray  # (T,) uint8 index into SOURCES
+    mc_return: np.ndarray  # (T,) float32: sum_k gamma^k r_(t+k) to the end of the episode
 
-    FIELDS = ("image", "state", "action", "reward", "done", "next_image", "next_state", "source")
+    FIELDS = ("image", "state", "action", "reward", "done", "next_image", "next_state", "source", "mc_return")
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
@@ -38,6 +40,19 @@ class Transitions:
     @classmethod
     def concat(cls, parts: list["Transitions"]) -> "Transitions":
         return cls(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in cls.FIELDS})
+
+
+def returns_to_go(reward: np.ndarray, done: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted reward-to-go of consecutive transitions; `done` marks the last step of each episode.
+
+    An episode still open at the end of the arrays (no `done`) is summed as if it ended there.
+    """
+    out = np.zeros(len(reward), np.float32)
+    acc = 0.0
+    for i in range(len(reward) - 1, -1, -1):
+        acc = float(reward[i]) + (0.0 if done[i] else gamma * acc)
+        out[i] = acc
+    return out
 
 
 class ReplayBuffer:
@@ -56,6 +71,7 @@ class ReplayBuffer:
         self.reward = np.zeros(capacity, np.float32)
         self.done = np.zeros(capacity, bool)
         self.source = np.zeros(capacity, np.uint8)
+        self.mc_return = np.zeros(capacity, np.float32)
         self.pos = 0  # next slot to write
         self.size = 0
         self.total_added = 0
@@ -94,7 +110,9 @@ class ReplayBuffer:
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReplayBuffer":
+    def load(cls, path: str | Path, gamma: float) -> "ReplayBuffer":
+        """Read a replay written by `save`.  Replays saved before transitions carried `mc_return` get it
+        recomputed from the stored rewards with `gamma` (episodes are contiguous in write order)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"replay file not found: {path}")
@@ -102,6 +120,10 @@ class ReplayBuffer:
             capacity, pos, size, total = (int(v) for v in data["meta"])
             buf = cls(capacity, tuple(data["image"].shape[1:]))
             for f in Transitions.FIELDS:
-                getattr(buf, f)[:size] = data[f]
+                if f in data:
+                    getattr(buf, f)[:size] = data[f]
+            if "mc_return" not in data:
+                order = np.roll(np.arange(size), -pos) if size == capacity else np.arange(size)
+                buf.mc_return[order] = returns_to_go(buf.reward[order], buf.done[order], gamma)
         buf.pos, buf.size, buf.total_added = pos, size, total
         return buf

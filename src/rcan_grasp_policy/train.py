@@ -226,7 +226,7 @@ class Trainer:
         tensors = load_file(str(d / "checkpoint.safetensors"))
         torch.set_rng_state(tensors.pop("torch_rng"))
         self.algo.load_state_tensors(tensors, extra)
-        self.replay = ReplayBuffer.load(d / "replay.npz")
+        self.replay = ReplayBuffer.load(d / "replay.npz", self.cfg.algo.gamma)
         self.rng.bit_generator.state = extra["rng"]
         self.round, self.episodes = extra["round"], extra["episodes"]
         self.successes, self.env_steps = extra["successes"], extra["env_steps"]
@@ -245,7 +245,7 @@ class Trainer:
                            image_size=self.cfg.image_size, split="train", max_steps=self.cfg.max_steps,
                            generator=self.generator, policy=policy, weights=weights,
                            qnet=self.algo.q.cfg.to_dict(), cem=self.cfg.cem, epsilon=epsilon,
-                           cem_seed=cem_seed, threads=self.cfg.threads)
+                           cem_seed=cem_seed, gamma=self.cfg.algo.gamma, threads=self.cfg.threads)
 
     def round_tasks(self) -> list[CollectTask]:
         cfg, weights = self.cfg, self._weights()
