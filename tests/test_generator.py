@@ -72,6 +72,18 @@ def test_upsampling_bilinear_then_3x3_and_1x1_skip_fusion(monkeypatch):
         assert s.fuse[0].in_channels == 2 * s.conv[0].out_channels  # upsampled features ++ same-width skip
 
 
+def test_skip_fusion_equals_1x1_conv_of_the_concatenation():
+    """UpStage sums two 1x1 convs over the split weight; that must be the paper's concat -> 1x1 conv."""
+    torch.manual_seed(0)
+    stage = Generator(TINY).up[0].eval()
+    x = torch.randn(2, stage.conv[0].in_channels, 5, 7)
+    skip = torch.randn(2, stage.fuse[0].in_channels - stage.conv[0].out_channels, 11, 13)
+    with torch.no_grad():
+        up = stage.conv(M.F.interpolate(x, size=(11, 13), mode="bilinear", align_corners=False))
+        expected = stage.fuse(torch.cat([up, skip], dim=1))
+        torch.testing.assert_close(stage(x, skip), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_discriminator_three_scales_and_filters():
     d = MultiScaleDiscriminator(DiscriminatorConfig())
     outs = d(torch.randn(2, 3, 64, 64))

@@ -108,8 +108,14 @@ class UpStage(nn.Module):
         self.fuse = conv_in_relu(cout + cskip, cout, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse(torch.cat([self.conv(x), skip], dim=1))
+        x = self.conv(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False))
+        # 1x1 conv of cat([x, skip]) == 1x1 conv of x + 1x1 conv of skip with the weight split by input
+        # channel: the same function, without materialising the concatenated tensor (ONNX Runtime then
+        # adds the second conv's output into the first's buffer instead of copying both into a new one).
+        fuse_conv, norm, relu = self.fuse
+        c = x.shape[1]
+        y = F.conv2d(x, fuse_conv.weight[:, :c]) + F.conv2d(skip, fuse_conv.weight[:, c:])
+        return relu(norm(y))
 
 
 class Generator(nn.Module):
