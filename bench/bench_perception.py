@@ -32,20 +32,17 @@ BUDGET_S = {64: 4.0, 472: 8.0}  # timed seconds per (size, backend); the whole b
 
 
 def conv_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs (2 x multiply-accumulates, + bias adds) of every Conv2d in one forward pass on x."""
-    total = 0
+    """FLOPs (2 x multiply-accumulates) of every convolution executed in one forward pass on x.
 
-    def hook(m: nn.Conv2d, _inp, out):
-        nonlocal total
-        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-        total += out.numel() * (2 * k + (1 if m.bias is not None else 0))
+    Counted by torch's FlopCounterMode on the aten.convolution calls themselves, so convolutions run
+    through F.conv2d (the decoder's split skip fusion) count as well as Conv2d modules; bias adds
+    (the three 1x1 heads only) are not counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    for h in handles:
-        h.remove()
-    return total
+    return int(sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op)))
 
 
 def elementwise_flops(model: nn.Module, x: torch.Tensor) -> int:
@@ -116,6 +113,39 @@ def time_it(fn, budget_s: float, min_iters: int = 5, warmup: int = 3) -> dict:
             "mean_ms": float(ms.mean()), "iters": len(times)}
 
 
+def ort_op_profile(onnx_path: Path, input_name: str, threads: int, size: int, runs: int, flops: int,
+                   peak_gflops: float | None) -> dict:
+    """Where ONNX Runtime's time goes: its own profiler's kernel time per operator type over `runs` passes.
+
+    The convolutions' share gives their GFLOP/s on their own, which separates "the conv kernels are
+    slow" from "everything around them (InstanceNorm, resize, layout reorders) is"."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):  # the first pass warms up and is left out below
+            sess.run(None, {input_name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    first_timed = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")[1]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first_timed:
+            op = e["args"]["op_name"]
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3 / runs
+    total = sum(per_op.values())
+    conv_ms = per_op.get("Conv", 0.0)
+    conv_gflops = flops / 1e9 / (conv_ms / 1e3) if conv_ms else None
+    return {"threads": threads, "size": size, "runs": runs, "kernel_ms_per_run": total,
+            "ms_per_run_by_op": {k: round(v, 3) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+            "share_by_op": {k: round(v / total, 4) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+            "conv_only_gflops": conv_gflops,
+            "conv_only_fraction_of_peak": conv_gflops / peak_gflops if conv_gflops and peak_gflops else None}
+
+
 def measure_sizes(g: Generator, sess, contract: GeneratorContract, peak: dict) -> dict:
     sizes = {}
     for size in SIZES:
@@ -171,6 +201,9 @@ def main() -> dict:
             so.inter_op_num_threads = 1
             sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
             by_threads[str(threads)] = measure_sizes(g, sess, contract, peak)
+        threads = max(thread_settings)
+        profile = ort_op_profile(onnx_path, contract.input_name, threads, 472, runs=5,
+                                 flops=conv_flops(g, torch.zeros(1, 3, 472, 472)), peak_gflops=peak["peak_gflops"])
         # the perception node's work around the graph: 472x472 camera image -> input, outputs -> images
         cam = np.random.default_rng(1).integers(0, 256, (472, 472, 3), dtype=np.uint8)
         outs = sess.run(None, {contract.input_name: preprocess(contract, cam)})
@@ -185,9 +218,10 @@ def main() -> dict:
         "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg()[0],
         "by_threads": by_threads,
+        "ort_op_profile_472": profile,
         "contract_pre_post_472_camera": {"preprocess": pre, "postprocess_with_resize_to_472": post},
         "cpu": peak,
-        "flops_note": "conv FLOPs = 2 x MACs (+bias) of every Conv2d actually executed, counted with forward hooks; "
+        "flops_note": "conv FLOPs = 2 x MACs of every convolution actually executed (torch FlopCounterMode); "
                       "InstanceNorm/ReLU/resize work is listed separately as a rough estimate and not used for GFLOP/s",
         "gpu": None,
         "gpu_reason": ("no GPU on this machine (torch.cuda.is_available() is False)" if not torch.cuda.is_available()
