@@ -209,14 +209,12 @@ def test_core_config_validation():
 def test_runtime_qfunction_agrees_with_backends(tmp_path):
     from rcan_grasp_policy import backends
     from rcan_grasp_policy.cem import CEMConfig
-    from rcan_grasp_policy.policy_core import ONNX_METADATA_KEY, RuntimeQFunction, images_to_nchw, load_planner
+    from rcan_grasp_policy.policy_core import RuntimeQFunction, load_planner
     from rcan_perception.runtime import RuntimeConfig
     from tiny_models import export_tiny_qnet
 
-    assert ONNX_METADATA_KEY == backends.ONNX_METADATA_KEY
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 32, 32, 6), dtype=np.uint8)
-    np.testing.assert_array_equal(images_to_nchw(images), backends.images_to_nchw(images))
     path = export_tiny_qnet(tmp_path / "q.onnx")
     ours, theirs = RuntimeQFunction(path, RuntimeConfig(warmup_runs=1)), backends.OrtQFunction(path)
     state = rng.random((2, 2), dtype=np.float32)
