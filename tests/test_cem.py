@@ -85,3 +85,28 @@ def test_policy_validates_and_explores():
         pol.act(np.zeros((2, 8, 8, 3), np.float32), np.zeros((2, 2)))
     with pytest.raises(ConfigError, match="elites"):
         CEMConfig(samples=4, elites=6)
+
+
+class NoisyCopy:
+    """Another backend's view of the same Q: equal up to float noise of the size torch vs ORT show."""
+
+    def __init__(self, qf, noise: float, seed: int):
+        self.qf, self.noise, self.rng = qf, noise, np.random.default_rng(seed)
+
+    def embed(self, images, state):
+        return self.qf.embed(images, state)
+
+    def score(self, ctx, actions):
+        q = self.qf.score(ctx, actions)
+        return q + self.rng.uniform(-self.noise, self.noise, q.shape)
+
+
+def test_backend_float_noise_cannot_change_the_decision():
+    """A saturated Q (many candidates tied at ~1) plus 1e-7 noise: both 'backends' pick the same actions."""
+    saturated = QuadraticQ(np.array([[0.0, 0.0, 0.0, 0.0]] * 3))
+    saturated.score = lambda goals, actions, f=saturated.score: np.minimum(f(goals, actions) * 1.5, 1.0)
+    a = NoisyCopy(saturated, 1e-7, seed=1)
+    b = NoisyCopy(saturated, 1e-7, seed=2)
+    act_a, _ = cem_search(a, a.embed(None, None), 3, np.random.default_rng(0), CEMConfig(), BOUNDS)
+    act_b, _ = cem_search(b, b.embed(None, None), 3, np.random.default_rng(0), CEMConfig(), BOUNDS)
+    np.testing.assert_array_equal(act_a, act_b)

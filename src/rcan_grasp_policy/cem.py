@@ -120,11 +120,16 @@ def refit(continuous: np.ndarray, gripper: np.ndarray, terminate: np.ndarray, el
     return SearchDistribution(mean=ec.mean(axis=1), std=std, gripper_probs=probs, terminate_prob=et.mean(axis=1))
 
 
+RANK_DECIMALS = 6
+"""Decimals of Q that CEM ranks candidates on (well above the backends' ~1e-7 float differences)."""
+
+
 def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator, cfg: CEMConfig = CEMConfig(),
                bounds: ActionBounds = ActionBounds()) -> tuple[np.ndarray, np.ndarray]:
     """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`."""
     dist = SearchDistribution.initial(batch, cfg, bounds)
     best_q = np.full(batch, -np.inf)
+    best_rank = np.full(batch, -np.inf)
     best_a = np.zeros((batch, ACTION_DIM), dtype=np.float32)
     rows = np.arange(batch)
     for it in range(cfg.iterations):
@@ -133,9 +138,14 @@ def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator
         q = np.asarray(qf.score(context, actions), dtype=np.float64)
         if q.shape != (batch, cfg.samples):
             raise ValueError(f"QFunction.score returned shape {q.shape}, expected {(batch, cfg.samples)}")
-        order = np.argsort(-q, axis=1, kind="stable")
+        # Rank on Q rounded to RANK_DECIMALS: torch and ONNX Runtime differ by ~1e-7, which would otherwise
+        # reorder near-tied candidates (a saturated sigmoid gives many) and send the two backends' searches
+        # apart; ties then go to the earlier sample on both.
+        rank = np.round(q, RANK_DECIMALS)
+        order = np.argsort(-rank, axis=1, kind="stable")
         top = order[:, 0]
-        better = q[rows, top] > best_q
+        better = rank[rows, top] > best_rank
+        best_rank = np.where(better, rank[rows, top], best_rank)
         best_q = np.where(better, q[rows, top], best_q)
         best_a[better] = actions[rows[better], top[better]]
         if it + 1 < cfg.iterations:
