@@ -27,7 +27,8 @@ def _weights(run_dir):
 @pytest.mark.timeout(240)
 def test_train_resume_eval_export(tmp_path):
     # Runs stop at the end of the collection round that reaches total_updates.
-    assert train.main(TINY + ["--out-dir", str(tmp_path), "--run-name", "split", "--total-updates", "4"]) == 0
+    assert train.main(TINY + ["--out-dir", str(tmp_path), "--run-name", "split", "--total-updates", "4",
+                              "--scripted-aim-offset", "0.02"]) == 0
     run = tmp_path / "split"
     before = json.loads((run / "checkpoint.json").read_text())
     replay_before = np.load(run / "replay.npz")
@@ -61,6 +62,7 @@ def test_train_resume_eval_export(tmp_path):
     assert rows[0].startswith("updates,") and len(rows) == 1 + after["updates"] // 2  # a row every 2 updates
     config = json.loads((run / "config.json").read_text())
     assert config["algo"]["gamma"] == 0.9 and config["width"] == 4 and config["total_updates"] == 8
+    assert config["algo"]["mc_lower_bound"] and config["algo"]["random_shift"] == 2
 
     # Evaluation is reproducible and writes per-episode records.
     args = ["--policy", str(run), "--episodes", "2", "--max-steps", "3", "--cem.samples", "8",

@@ -47,6 +47,8 @@ class CollectTask:
     cem: CEMConfig = field(default_factory=CEMConfig)
     epsilon: float = 0.0
     """Probability of a uniformly random action per step (exploration)."""
+    aim_offset: float = 0.0
+    """Scripted policy: radius (m) of the disc its per-episode aim point is drawn from (near-miss data)."""
     cem_seed: int = 0
     """Seed of the CEM / exploration random stream of this task."""
     gamma: float = 0.9
@@ -120,7 +122,7 @@ def collect_episodes(task: CollectTask) -> CollectResult:
     if task.policy == "scripted":
         from rcan_sim.scripted import ScriptedGraspPolicy
 
-        scripted = ScriptedGraspPolicy()
+        scripted = ScriptedGraspPolicy(aim_offset=task.aim_offset)
         act = lambda obs, image, state: scripted(obs, env)  # noqa: E731
     else:
         policy = CEMPolicy(_qfunction(task), task.cem, env.cfg.bounds, seed=rng)

@@ -104,6 +104,10 @@ class TrainConfig:
     """Fraction of collector tasks that run the scripted policy (keeps successful grasps in the replay)."""
     scripted_epsilon: float = 0.1
     """Random-action probability inside scripted episodes (more varied bootstrap data)."""
+    scripted_aim_offset: float = 0.0
+    """Scripted episodes aim at a point drawn per episode within this radius (m) of the object's centre, so the
+    replay holds near misses beside good grasps: the contrast that teaches the Q-function the alignment a grasp
+    needs (0: always aim at the centre)."""
     replay_capacity: int = 30000
     """Transitions kept in the replay ring buffer."""
     algo: QTOptConfig = field(default_factory=QTOptConfig)
@@ -135,6 +139,7 @@ class TrainConfig:
         require(self.updates_per_transition >= 0, "updates_per_transition", "must be >= 0")
         for name in ("epsilon", "scripted_fraction", "scripted_epsilon"):
             require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
+        require(self.scripted_aim_offset >= 0, "scripted_aim_offset", "must be >= 0")
         require(self.replay_capacity >= self.algo.batch_size, "replay_capacity", "must be >= algo.batch_size")
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
         require(self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
@@ -245,6 +250,7 @@ class Trainer:
                            image_size=self.cfg.image_size, split="train", max_steps=self.cfg.max_steps,
                            generator=self.generator, policy=policy, weights=weights,
                            qnet=self.algo.q.cfg.to_dict(), cem=self.cfg.cem, epsilon=epsilon,
+                           aim_offset=self.cfg.scripted_aim_offset if policy == "scripted" else 0.0,
                            cem_seed=cem_seed, gamma=self.cfg.algo.gamma, threads=self.cfg.threads)
 
     def round_tasks(self) -> list[CollectTask]:

@@ -4,6 +4,10 @@ The policy reads the simulator's ground truth (object poses and hulls), picks th
 nearest the gripper, turns the fingers across the object's narrow horizontal axis, moves
 above it, descends, closes and terminates.  It bounds what the env allows: a learned
 policy should approach, not exceed, its success rate.
+
+With `aim_offset` > 0 it aims, per episode, at a point up to that far from the object's
+centre: bootstrap data then holds near misses next to the grasps that work, which is what
+teaches a Q-function how well aligned a grasp has to be.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ class ScriptedGraspPolicy:
 
     def __init__(self, approach_height: float = 0.08, xy_tolerance: float = 0.006, yaw_tolerance: float = 0.08,
                  z_tolerance: float = 0.006, grasp_clearance: float = 0.015, finger_reach: float = 0.09,
-                 divider_clearance: float = 0.03, max_width: float = 0.11):
+                 divider_clearance: float = 0.03, max_width: float = 0.11, aim_offset: float = 0.0):
         self.approach_height = approach_height  # above the grasp height while still moving sideways (m)
         self.xy_tolerance = xy_tolerance
         self.yaw_tolerance = yaw_tolerance
@@ -31,15 +35,19 @@ class ScriptedGraspPolicy:
         self.finger_reach = finger_reach  # open fingertips' distance from the TCP (m)
         self.divider_clearance = divider_clearance
         self.max_width = max_width  # widest object the open gripper takes comfortably (m)
-        self._target: tuple[int | None, int, float] | None = None  # (episode seed, object index, yaw)
+        if aim_offset < 0:
+            raise ValueError(f"aim_offset must be >= 0, got {aim_offset}")
+        self.aim_offset = aim_offset  # radius (m) of the disc the per-episode aim point is drawn from
+        self._target: tuple[int | None, int, float, np.ndarray] | None = None  # (seed, object, yaw, aim offset)
 
     def __call__(self, obs, env: GraspEnv) -> np.ndarray:
         s = env.privileged_state()
         if not s["gripper_open"]:
             return make_action(terminate=True)
-        idx, yaw = self._choose(env, s)
+        idx, yaw, offset = self._choose(env, s)
         lo, _ = s["object_aabbs"][idx]
         centre = self._centre(env.world.object_ids[idx], s["object_positions"][idx], s["object_orientations"][idx])
+        centre = centre + offset
         grasp_z = max(s["workspace_low"][2], lo[2] + self.grasp_clearance)
         target = s["tcp_target"]
         dxy = np.clip(centre, s["workspace_low"][:2], s["workspace_high"][:2]) - target[:2]
@@ -53,9 +61,9 @@ class ScriptedGraspPolicy:
             return make_action([*dxy, max(grasp_z - target[2], -step)], dyaw)
         return make_action(gripper="close")
 
-    def _choose(self, env: GraspEnv, s) -> tuple[int, float]:
+    def _choose(self, env: GraspEnv, s) -> tuple[int, float, np.ndarray]:
         """Pick (once per episode) the reachable object nearest the gripper whose fingers
-        clear the divider, and the grasp yaw for it."""
+        clear the divider, the grasp yaw for it, and the aim point's offset from its centre."""
         key = env.world.episode_seed
         if self._target is None or self._target[0] != key:
             best = (math.inf, 0, 0.0)
@@ -73,8 +81,11 @@ class ScriptedGraspPolicy:
                 if width > self.max_width:
                     cost += 2.0
                 best = min(best, (cost, i, yaw))
-            self._target = (key, best[1], best[2])
-        return self._target[1], self._target[2]
+            # uniform in the disc, seeded by the episode so a scene replays the same attempt
+            rng = np.random.default_rng([int(key or 0), 0x5C41])
+            radius, angle = self.aim_offset * math.sqrt(rng.random()), 2 * math.pi * rng.random()
+            self._target = (key, best[1], best[2], radius * np.array([math.cos(angle), math.sin(angle)]))
+        return self._target[1], self._target[2], self._target[3]
 
     @staticmethod
     def _hull_xy(object_id: int, orn) -> np.ndarray:
