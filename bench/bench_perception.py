@@ -97,6 +97,15 @@ def cpu_peak() -> dict:
                            "SMT siblings counted as cores, so the true peak may be half this")}
 
 
+def sgemm_check(threads: int, n: int = 2048) -> dict:
+    """GFLOP/s of a large fp32 matrix product in torch: a measured ceiling to hold the assumed peak against
+    (on a VM that counts SMT siblings as cores, 2 threads would get no faster than 1)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = time_it(lambda: a @ b, 1.5)
+    return {"threads": threads, "n": n, "p50_ms": t["p50_ms"], "gflops": 2 * n ** 3 / 1e9 / (t["p50_ms"] / 1e3)}
+
+
 def time_it(fn, budget_s: float, min_iters: int = 5, warmup: int = 3) -> dict:
     for _ in range(warmup):
         fn()
@@ -146,7 +155,7 @@ def ort_op_profile(onnx_path: Path, input_name: str, threads: int, size: int, ru
             "conv_only_fraction_of_peak": conv_gflops / peak_gflops if conv_gflops and peak_gflops else None}
 
 
-def measure_sizes(g: Generator, sess, contract: GeneratorContract, peak: dict) -> dict:
+def measure_sizes(g: Generator, sess, contract: GeneratorContract, peak: dict, sgemm_gflops: float) -> dict:
     sizes = {}
     for size in SIZES:
         x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
@@ -171,6 +180,7 @@ def measure_sizes(g: Generator, sess, contract: GeneratorContract, peak: dict) -
             gflops = flops / 1e9 / (t["p50_ms"] / 1e3)
             t["achieved_gflops"] = gflops
             t["fraction_of_peak"] = gflops / peak["peak_gflops"] if peak["peak_gflops"] else None
+            t["fraction_of_sgemm"] = gflops / sgemm_gflops  # of what a large matmul reached, same threads, same run
         sizes[str(size)] = entry
     return sizes
 
@@ -193,6 +203,9 @@ def main() -> dict:
             contract = GeneratorContract()
             onnx_path = export_onnx(g, contract, Path(tmp) / "g.onnx")
         peak = cpu_peak()
+        peak["sgemm_check"] = [sgemm_check(t) for t in thread_settings]
+        for check in peak["sgemm_check"]:
+            check["fraction_of_peak"] = check["gflops"] / peak["peak_gflops"] if peak["peak_gflops"] else None
         by_threads = {}
         for threads in thread_settings:
             torch.set_num_threads(threads)
@@ -200,7 +213,8 @@ def main() -> dict:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
             sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-            by_threads[str(threads)] = measure_sizes(g, sess, contract, peak)
+            sgemm = next(c["gflops"] for c in peak["sgemm_check"] if c["threads"] == threads)
+            by_threads[str(threads)] = measure_sizes(g, sess, contract, peak, sgemm)
         threads = max(thread_settings)
         profile = ort_op_profile(onnx_path, contract.input_name, threads, 472, runs=5,
                                  flops=conv_flops(g, torch.zeros(1, 3, 472, 472)), peak_gflops=peak["peak_gflops"])
