@@ -60,7 +60,8 @@ class QTOptConfig:
     """Uniformly random actions per state in the conservative penalty."""
     mc_lower_bound: bool = False
     """NOT in the paper (off = QT-Opt as published): target = max(Bellman target, the transition's discounted
-    Monte-Carlo return), a valid lower bound of Q* that carries a grasp's reward back to the episode's first step."""
+    Monte-Carlo return), a lower bound of Q* (in expectation; the sim is close to deterministic) that carries a
+    grasp's reward back to the episode's first step.  The returns are recorded with the run's gamma at collection."""
     random_shift: int = 0
     """Translate each image (and, independently, each next image) of a batch by up to this many pixels, with
     edge replication (QT-Opt's random-crop augmentation; 0 disables)."""

@@ -111,7 +111,7 @@ class UpStage(nn.Module):
         x = self.conv(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False))
         # 1x1 conv of cat([x, skip]) == 1x1 conv of x + 1x1 conv of skip with the weight split by input
         # channel: the same function, without materialising the concatenated tensor (ONNX Runtime then
-        # adds the second conv's output into the first's buffer instead of copying both into a new one).
+        # keeps both convs in its blocked layout and adds them, where a Concat cost a copy plus reorders).
         fuse_conv, norm, relu = self.fuse
         c = x.shape[1]
         y = F.conv2d(x, fuse_conv.weight[:, :c]) + F.conv2d(skip, fuse_conv.weight[:, c:])
