@@ -36,6 +36,8 @@ def test_train_resume_eval_export(tmp_path):
         train.main(TINY + ["--out-dir", str(tmp_path), "--run-name", "split", "--total-updates", "8"])
     with pytest.raises(ConfigError, match="width"):
         train.main(TINY[:5] + ["5"] + TINY[6:] + ["--out-dir", str(tmp_path), "--run-name", "split", "--resume"])
+    with pytest.raises(ConfigError, match="algo.gamma"):
+        train.main(TINY + ["--out-dir", str(tmp_path), "--run-name", "split", "--resume", "--algo.gamma", "0.8"])
     # The restored learner is the saved one, tensor for tensor.
     tr = train.Trainer(train.parse_cli(train.TrainConfig, TINY + ["--out-dir", str(tmp_path), "--run-name", "split"]))
     tr.restore()

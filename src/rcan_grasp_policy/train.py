@@ -227,6 +227,9 @@ class Trainer:
             if getattr(saved, f) != getattr(self.cfg, f):
                 raise ConfigError(f"invalid config field '{f}': run {d} was trained with {getattr(saved, f)!r}, "
                                   f"got {getattr(self.cfg, f)!r}")
+        if saved.algo.gamma != self.cfg.algo.gamma:  # the replay's Monte-Carlo returns are discounted with it
+            raise ConfigError(f"invalid config field 'algo.gamma': run {d} recorded its replay's returns with "
+                              f"gamma {saved.algo.gamma}, got {self.cfg.algo.gamma}")
         extra = json.loads((d / "checkpoint.json").read_text())
         tensors = load_file(str(d / "checkpoint.safetensors"))
         torch.set_rng_state(tensors.pop("torch_rng"))
