@@ -129,7 +129,6 @@ def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator
     """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`."""
     dist = SearchDistribution.initial(batch, cfg, bounds)
     best_q = np.full(batch, -np.inf)
-    best_rank = np.full(batch, -np.inf)
     best_a = np.zeros((batch, ACTION_DIM), dtype=np.float32)
     rows = np.arange(batch)
     for it in range(cfg.iterations):
@@ -144,8 +143,7 @@ def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator
         rank = np.round(q, RANK_DECIMALS)
         order = np.argsort(-rank, axis=1, kind="stable")
         top = order[:, 0]
-        better = rank[rows, top] > best_rank
-        best_rank = np.where(better, rank[rows, top], best_rank)
+        better = rank[rows, top] > np.round(best_q, RANK_DECIMALS)
         best_q = np.where(better, q[rows, top], best_q)
         best_a[better] = actions[rows[better], top[better]]
         if it + 1 < cfg.iterations:
