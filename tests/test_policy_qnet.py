@@ -67,3 +67,14 @@ def test_trunk_once_equals_per_candidate_evaluation():
     np.testing.assert_allclose(batched, naive, atol=1e-5)
     # Different actions must be able to change Q (the merge is really used).
     assert batched.std() > 0
+
+
+@pytest.mark.parametrize("image_size, merge, grid, side", [(64, 16, 4, 1), (64, 8, 8, 2), (96, 16, 6, 2), (96, 8, 12, 3)])
+def test_merge_resolution_and_head_size_for_every_image_size(image_size, merge, grid, side):
+    # 96 px used to build a head FC for a 1x1 map while the pooled map was 2x2.
+    net = QNetwork(QNetConfig(image_size=image_size, width=4, fc_width=8, merge_downsample=merge)).eval()
+    feats = net.embed(torch.rand(2, 6, image_size, image_size))
+    assert feats.shape[2:] == (grid, grid) and net.cfg.head_side == side
+    assert net.head_logits(feats, torch.rand(2, 2), torch.rand(2, 3, 8)).shape == (2, 3)
+    with pytest.raises(ConfigError, match="merge_downsample"):
+        QNetConfig(merge_downsample=4)

@@ -1,8 +1,10 @@
 """The QT-Opt Q-network of RCAN (paper Appendix B), a pure ``nn.Module``.
 
-    images (B, C, S, S) in [0, 1] ── 7 convs ─────────────► feats (B, W, S/16, S/16)
+    images (B, C, S, S) in [0, 1] ── 7 convs ─────────────► feats (B, W, S/M, S/M)
     [action, state] (B, N, 10) ── 2 FC ──► emb (B, N, W) ──(+ broadcast over space)──┘
-    merged (B*N, W, S/16, S/16) ── 9 convs ── 2 FC ──► logit (B, N);  Q = sigmoid(logit)
+    merged (B*N, W, S/M, S/M) ── 9 convs ── 2 FC ──► logit (B, N);  Q = sigmoid(logit)
+
+M (`merge_downsample`, 16 or 8) is how far the trunk pools before the action is merged.
 
 Every layer except the last has BatchNorm + ReLU.  The image trunk does not depend on the
 action, so `trunk` runs once per state and `head_logits` scores N candidate actions against
@@ -12,6 +14,7 @@ C = 6 for RCAN ([x, G(x)]), 3 for the baselines.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +38,9 @@ class QNetConfig:
     """Channels of every convolution."""
     fc_width: int = 64
     """Units of the hidden fully connected layers (action/state embedding and output)."""
+    merge_downsample: int = 16
+    """Image downsampling where the action joins the trunk features: 16 (4x4 at 64 px) or 8 (8x8, finer
+    localisation for small images; the per-candidate head then costs about 4x)."""
 
     def __post_init__(self) -> None:
         require(self.in_channels in (3, 6), "in_channels", f"must be 3 or 6, got {self.in_channels}")
@@ -42,6 +48,13 @@ class QNetConfig:
                 f"must be a multiple of 32 (>= 32), got {self.image_size}")
         require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
         require(self.fc_width >= 1, "fc_width", f"must be >= 1, got {self.fc_width}")
+        require(self.merge_downsample in (8, 16), "merge_downsample", f"must be 8 or 16, got {self.merge_downsample}")
+
+    @property
+    def head_side(self) -> int:
+        """Side of the head's last feature map: the merge grid after two ceil-mode 2x2 pools."""
+        merge_side = self.image_size // self.merge_downsample
+        return math.ceil(math.ceil(merge_side / 2) / 2)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,24 +76,25 @@ class QNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        # Pooling is spread so the merge happens at S/16 (4x4 at 64 px): the head runs once per
-        # CEM candidate, so its resolution sets the cost of a decision and of a Bellman target.
+        # The head runs once per CEM candidate, so the merge resolution sets the cost of a
+        # decision and of a Bellman target; the last trunk pool is dropped for a merge at S/8.
+        last_pool = [nn.MaxPool2d(2)] if cfg.merge_downsample == 16 else []
         self.trunk = nn.Sequential(
             *_conv(cfg.in_channels, w, stride=2), nn.MaxPool2d(2),              # S/4
             *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/8
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/16
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), *last_pool,               # S/16 or S/8
         )
         self.action_state = nn.Sequential(*_fc(ACTION_DIM + STATE_DIM, cfg.fc_width), *_fc(cfg.fc_width, w))
         self.head_convs = nn.Sequential(
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),  # S/32
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),  # S/64 (at least 1)
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),
             *_conv(w, w), *_conv(w, w), *_conv(w, w),
         )
-        side = max(1, cfg.image_size // 64)
+        side = cfg.head_side
         self.head_fc = nn.Sequential(nn.Flatten(), *_fc(w * side * side, cfg.fc_width), nn.Linear(cfg.fc_width, 1))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features (B, W, S/16, S/16) from images (B, C, S, S) scaled to [0, 1]."""
+        """Image features (B, W, S/M, S/M) from images (B, C, S, S) scaled to [0, 1]."""
         c, s = self.cfg.in_channels, self.cfg.image_size
         if images.dim() != 4 or images.shape[1:] != (c, s, s):
             raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")

@@ -50,7 +50,7 @@ from rcan_sim.action import ActionBounds
 from rcan_sim.stats import wilson_interval
 
 # Fields that must match the saved config when resuming (they shape the networks / data).
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "max_steps", "replay_capacity")
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "max_steps", "replay_capacity")
 _TRAIN_SEED_OFFSET = 1_000_000  # training episode seeds never coincide with evaluation seeds 0..N
 
 
@@ -79,6 +79,8 @@ class TrainConfig:
     """Q-network convolution channels."""
     fc_width: int = 64
     """Q-network hidden FC units."""
+    merge_downsample: int = 16
+    """Q-network image downsampling where the action is merged in: 16 or 8 (finer, about 4x the head's cost)."""
     max_steps: int = 20
     """Steps per episode (paper: 20)."""
     total_updates: int = 20000
@@ -154,7 +156,7 @@ class TrainConfig:
 
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size,
-                          width=self.width, fc_width=self.fc_width)
+                          width=self.width, fc_width=self.fc_width, merge_downsample=self.merge_downsample)
 
 
 def _task_seed(*parts: int) -> int:
