@@ -37,3 +37,20 @@ def test_policy_image_resizes_and_stacks():
     assert policy_image(src, None, 32).shape == (32, 32, 3)
     with pytest.raises(ValueError, match="uint8 HxWx3"):
         policy_image(src.astype(np.float32), None, 64)
+
+
+def test_oracle_input_is_the_sim_pair_of_the_observed_state():
+    from rcan_sim.action import make_action
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import WorldConfig
+
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, settle_steps=30), domain="randomized"))
+    try:
+        enc = InputEncoder("rcan", "oracle")
+        obs, _ = env.reset(5)
+        obs, *_ = env.step(make_action([0.02, 0.0, -0.03]))
+        x = enc(obs, env)
+        pair = env.render_pair()  # both halves rendered afresh for this step
+        assert np.array_equal(x, np.concatenate([pair.randomized_rgb, pair.canonical_rgb], axis=2))
+    finally:
+        env.close()

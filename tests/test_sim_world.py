@@ -52,6 +52,12 @@ def test_pair_has_identical_geometry_and_different_pixels(world):
     assert np.array_equal(frame.segmentation, pair.segmentation)
     assert np.array_equal(frame.depth, pair.depth)
     assert np.array_equal(frame.rgb, pair.randomized_rgb)
+    # The cheaper variants (camera image only; canonical half only) give the same pixels.
+    plain = world.render("randomized", 7, labels=False)
+    assert np.array_equal(plain.rgb, pair.randomized_rgb) and plain.depth is None and plain.segmentation is None
+    half = world.render_pair(7, source=False)
+    assert half.randomized_rgb is None and np.array_equal(half.canonical_rgb, pair.canonical_rgb)
+    assert np.array_equal(half.segmentation, pair.segmentation) and np.array_equal(half.depth, pair.depth)
 
 
 def _back_project(frame, mask):

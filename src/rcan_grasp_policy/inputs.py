@@ -102,8 +102,9 @@ class InputEncoder:
         if self.oracle:
             if env.cfg.domain == "canonical":
                 return np.concatenate([x, x], axis=2)
-            pair = env.world.render_pair(env.steps, domain=env.cfg.domain)
-            return np.concatenate([pair.randomized_rgb, pair.canonical_rgb], axis=2)
+            # obs["image"] is render(domain, env.steps): the pair's randomized half, so only the canonical is rendered.
+            pair = env.world.render_pair(env.steps, domain=env.cfg.domain, source=False)
+            return np.concatenate([x, pair.canonical_rgb], axis=2)
         return np.concatenate([x, self.adapter(x[None])[0]], axis=2)
 
 

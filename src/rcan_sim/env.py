@@ -139,7 +139,7 @@ class GraspEnv:
         return any(heights[i] > self.cfg.success_height for i in w.held_objects())
 
     def _obs(self) -> dict[str, Any]:
-        frame = self.world.render(self.cfg.domain, randomization_seed=self._steps)
+        frame = self.world.render(self.cfg.domain, randomization_seed=self._steps, labels=False)
         return {"image": frame.rgb, "gripper_open": 1.0 if self.world.gripper_is_open() else 0.0,
                 "gripper_height": self.world.gripper_height()}
 

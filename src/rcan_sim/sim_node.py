@@ -155,7 +155,8 @@ class SimNode(Node):
         # Stamped at capture start, like a real camera's exposure time: latency downstream
         # then includes the render, as it would include exposure and readout.
         stamp = self.get_clock().now().to_msg()
-        frame = self.world.render(self.params.domain, randomization_seed=self.core.seed + self.core.episode)
+        frame = self.world.render(self.params.domain, randomization_seed=self.core.seed + self.core.episode,
+                                  labels=False)
         spent = time.monotonic() - t0
         share = self.params.max_render_share
         self._render_free_at = t0 + spent / share

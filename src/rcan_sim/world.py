@@ -156,8 +156,8 @@ class CameraInfo:
 @dataclass
 class Frame:
     rgb: np.ndarray  # HxWx3 uint8
-    depth: np.ndarray  # HxW float32, metres along the optical axis
-    segmentation: np.ndarray  # HxW uint8 class ids (rcan_sim.classes)
+    depth: np.ndarray | None  # HxW float32, metres along the optical axis (None: rendered without labels)
+    segmentation: np.ndarray | None  # HxW uint8 class ids (rcan_sim.classes) (None: rendered without labels)
     camera: CameraInfo
 
 
@@ -165,7 +165,7 @@ class Frame:
 class PairedFrame:
     """Randomized and canonical renders of one frozen state (identical geometry)."""
 
-    randomized_rgb: np.ndarray
+    randomized_rgb: np.ndarray | None  # None: rendered with source=False
     canonical_rgb: np.ndarray
     segmentation: np.ndarray
     depth: np.ndarray
@@ -727,9 +727,10 @@ class GraspWorld:
         labels = self._seg_lut[np.clip(np.asarray(seg).reshape(n, n), -1, len(self._seg_lut) - 2) + 1]
         return rgb, depth, labels
 
-    def render(self, domain: str = "canonical", randomization_seed: int = 0) -> Frame:
+    def render(self, domain: str = "canonical", randomization_seed: int = 0, labels: bool = True) -> Frame:
         """Render the current state in `domain`; the randomization is a function of
-        (episode seed, randomization_seed), and the physics state is left untouched."""
+        (episode seed, randomization_seed), and the physics state is left untouched.
+        labels=False skips the segmentation mask and depth (a camera image only: cheaper)."""
         spec = domain_spec(domain)
         self._require_episode()
         rng = self._render_rng(randomization_seed)
@@ -740,15 +741,17 @@ class GraspWorld:
             light = self._apply_random(spec, rng)
         restore = self._jitter(rng) if spec.jitter else None
         try:
-            rgb, depth, seg = self._capture(light, full=True)
+            rgb, depth, seg = self._capture(light, full=labels)
         finally:
             if restore:
                 restore()
         return Frame(rgb, depth, seg, self._camera)
 
-    def render_pair(self, randomization_seed: int = 0, domain: str = "randomized") -> PairedFrame:
+    def render_pair(self, randomization_seed: int = 0, domain: str = "randomized", source: bool = True) -> PairedFrame:
         """Randomized then canonical render of the frozen state, same jitter for both; the
-        canonical render keeps the objects' randomized textures (paper 4.1)."""
+        canonical render keeps the objects' randomized textures (paper 4.1).  source=False
+        skips the randomized capture (randomized_rgb is None) for callers that already hold
+        `render(domain, randomization_seed)`, which is the same image."""
         spec = domain_spec(domain)
         if spec.canonical:
             raise ValueError("render_pair needs a randomized source domain, not 'canonical'")
@@ -757,7 +760,7 @@ class GraspWorld:
         light = self._apply_random(spec, rng)
         restore = self._jitter(rng) if spec.jitter else None
         try:
-            rand_rgb, _, _ = self._capture(light, full=False)
+            rand_rgb = self._capture(light, full=False)[0] if source else None
             self._apply_canonical(objects_too=False)
             canon_rgb, depth, seg = self._capture(dict(CANON_LIGHT), full=True)
         finally:
