@@ -13,10 +13,10 @@ from rcan_grasp_policy.qnet import QNetConfig, QNetwork  # noqa: E402
 from rcan_sim.stats import wilson_interval  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+@pytest.fixture(scope="module", params=[16, 8], ids=["merge16", "merge8"])
+def tiny(request, tmp_path_factory):
     torch.manual_seed(0)
-    net = QNetwork(QNetConfig(in_channels=6, image_size=32, width=8, fc_width=16))
+    net = QNetwork(QNetConfig(in_channels=6, image_size=32, width=8, fc_width=16, merge_downsample=request.param))
     # Non-trivial BatchNorm statistics, as after training.
     net.train()
     with torch.no_grad():
