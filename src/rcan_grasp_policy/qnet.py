@@ -40,7 +40,7 @@ class QNetConfig:
     """Units of the hidden fully connected layers (action/state embedding and output)."""
     merge_downsample: int = 16
     """Image downsampling where the action joins the trunk features: 16 (4x4 at 64 px) or 8 (8x8, finer
-    localisation for small images; the per-candidate head then costs about 4x)."""
+    localisation for small images; the per-candidate head then works on 4x the positions)."""
 
     def __post_init__(self) -> None:
         require(self.in_channels in (3, 6), "in_channels", f"must be 3 or 6, got {self.in_channels}")

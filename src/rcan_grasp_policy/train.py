@@ -80,7 +80,8 @@ class TrainConfig:
     fc_width: int = 64
     """Q-network hidden FC units."""
     merge_downsample: int = 16
-    """Q-network image downsampling where the action is merged in: 16 or 8 (finer, about 4x the head's cost)."""
+    """Q-network image downsampling where the action is merged in: 16 or 8 (finer; the per-candidate head
+    then works on 4x the positions)."""
     max_steps: int = 20
     """Steps per episode (paper: 20)."""
     total_updates: int = 20000
