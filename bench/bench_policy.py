@@ -4,6 +4,8 @@
   torch batched (trunk once per state), torch naive (trunk re-run for every candidate, as
   one batch), torch naive loop (one forward per candidate), and ONNX Runtime batched.
 * QT-Opt learner updates/s (batch 32, Bellman target by CEM over both target networks).
+* The cost of `--merge-downsample 8` (action merged at 8x8 instead of 4x4 at 64 px): decision
+  latency and learner updates/s of a same-width network, as ratios to the shipped layout.
 * Collector grasps/s and env steps/s for one worker (scripted and Q-network episodes).
 
 Uses models/policy_rcan_64.* when present, otherwise a randomly initialised network of the
@@ -17,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +72,7 @@ def _latency_ms(policy: CEMPolicy, images, state, repeats: int) -> dict:
     return {"median_ms": round(statistics.median(times), 2), "min_ms": round(min(times), 2), "repeats": repeats}
 
 
-def bench_decision(net: QNetwork, threads: int) -> dict:
+def bench_decision(net: QNetwork, threads: int, naive: bool = True) -> dict:
     from rcan_grasp_policy.export import export_onnx
 
     torch.set_num_threads(threads)
@@ -83,17 +86,19 @@ def bench_decision(net: QNetwork, threads: int) -> dict:
         ort_qf = OrtQFunction(path, threads=threads)
         res = {
             "torch_batched_trunk_once": _latency_ms(CEMPolicy(TorchQFunction(net), cem), images, state, 20),
-            "torch_naive_trunk_per_candidate": _latency_ms(CEMPolicy(NaiveQFunction(net), cem), images, state, 5),
-            "torch_naive_loop_one_forward_per_candidate": _latency_ms(CEMPolicy(NaiveQFunction(net, loop=True), cem),
-                                                                      images, state, 1),
             "ort_batched_trunk_once": _latency_ms(CEMPolicy(ort_qf, cem), images, state, 20),
         }
+    res["threads"] = threads
+    res["cem"] = {"samples": cem.samples, "elites": cem.elites, "iterations": cem.iterations}
+    if not naive:
+        return res
+    res["torch_naive_trunk_per_candidate"] = _latency_ms(CEMPolicy(NaiveQFunction(net), cem), images, state, 5)
+    res["torch_naive_loop_one_forward_per_candidate"] = _latency_ms(CEMPolicy(NaiveQFunction(net, loop=True), cem),
+                                                                    images, state, 1)
     base = res["torch_batched_trunk_once"]["median_ms"]
     res["speedup_batched_vs_naive"] = round(res["torch_naive_trunk_per_candidate"]["median_ms"] / base, 2)
     res["speedup_batched_vs_naive_loop"] = round(res["torch_naive_loop_one_forward_per_candidate"]["median_ms"] / base, 2)
     res["goal_ms"] = 100
-    res["threads"] = threads
-    res["cem"] = {"samples": cem.samples, "elites": cem.elites, "iterations": cem.iterations}
     return res
 
 
@@ -118,6 +123,21 @@ def bench_updates(net_cfg: QNetConfig, target_cem: CEMConfig, updates: int = 8) 
     return {"updates_per_s": round(updates / dt, 2), "batch_size": n, "threads": 1,
             "target_cem": {"samples": target_cem.samples, "elites": target_cem.elites,
                            "iterations": target_cem.iterations}}
+
+
+def bench_merge8(cfg: QNetConfig, latency: dict, learner: dict, target_cem: CEMConfig) -> dict:
+    """`cfg` with the action merged at S/8, against the same run's figures for `cfg` (1 thread)."""
+    torch.manual_seed(0)
+    fine = replace(cfg, merge_downsample=8)
+    lat = bench_decision(QNetwork(fine).eval(), threads=1, naive=False)
+    upd = bench_updates(fine, target_cem)
+    ratio = lambda a, b: round(a / b, 2)  # noqa: E731
+    return {"qnet": fine.to_dict(), "decision_latency_1_thread": lat, "learner": upd,
+            "latency_ratio_vs_shipped_torch": ratio(lat["torch_batched_trunk_once"]["median_ms"],
+                                                    latency["torch_batched_trunk_once"]["median_ms"]),
+            "latency_ratio_vs_shipped_ort": ratio(lat["ort_batched_trunk_once"]["median_ms"],
+                                                  latency["ort_batched_trunk_once"]["median_ms"]),
+            "learner_updates_ratio_vs_shipped": ratio(upd["updates_per_s"], learner["updates_per_s"])}
 
 
 def bench_collect(net: QNetwork, episodes: int = 2) -> dict:
@@ -147,19 +167,21 @@ def main() -> dict:
     else:
         torch.manual_seed(0)
         net, source = QNetwork(QNetConfig(in_channels=6, image_size=64, width=32)).eval(), "random init (no shipped model)"
+    target_cem = CEMConfig(samples=32, elites=4, iterations=2)
     result = {
         "model": source, "qnet": net.cfg.to_dict(),
         "decision_latency_1_thread": bench_decision(net, threads=1),
         "decision_latency_2_threads": bench_decision(net, threads=2),
-        "learner": bench_updates(net.cfg, CEMConfig(samples=32, elites=4, iterations=2)),
+        "learner": bench_updates(net.cfg, target_cem),
         "learner_paper_target_cem": bench_updates(net.cfg, CEMConfig(), updates=3),
         "collector": bench_collect(net),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__},
     }
+    result["merge8"] = bench_merge8(net.cfg, result["decision_latency_1_thread"], result["learner"], target_cem)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(OUT, result)
-    print(json.dumps({k: result[k] for k in ("decision_latency_1_thread", "learner", "collector", "seconds")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("decision_latency_1_thread", "learner", "merge8", "collector", "seconds")}, indent=1))
     return result
 
 
