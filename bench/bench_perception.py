@@ -23,6 +23,7 @@ from rcan_common.io import atomic_write_json
 from rcan_perception.contract import GeneratorContract, contract_path, postprocess, preprocess
 from rcan_perception.export import export_onnx
 from rcan_perception.model import Generator, load_generator
+from rcan_perception.runtime import RuntimeConfig, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "generator_64.onnx"
@@ -132,8 +133,7 @@ def ort_op_profile(onnx_path: Path, input_name: str, threads: int, size: int, ru
 
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so = session_options(RuntimeConfig(intra_op_threads=threads, inter_op_threads=1))
         so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / "ort")
         sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         for _ in range(runs + 1):  # the first pass warms up and is left out below
@@ -153,6 +153,29 @@ def ort_op_profile(onnx_path: Path, input_name: str, threads: int, size: int, ru
             "share_by_op": {k: round(v / total, 4) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
             "conv_only_gflops": conv_gflops,
             "conv_only_fraction_of_peak": conv_gflops / peak_gflops if conv_gflops and peak_gflops else None}
+
+
+def work_split_ab(onnx_path: Path, input_name: str, threads: int, size: int = 472, rounds: int = 25) -> dict:
+    """ORT with its static intra-op split vs the runtime's dynamic_block_base, interleaved pass by pass
+    so that a machine whose speed drifts affects both alike."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    base = RuntimeConfig().dynamic_block_base
+    sessions = {f"dynamic_block_base_{b}": ort.InferenceSession(
+        str(onnx_path), session_options(RuntimeConfig(intra_op_threads=threads, inter_op_threads=1,
+                                                      dynamic_block_base=b)), providers=["CPUExecutionProvider"])
+                for b in (0, base)}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for r in range(rounds + 2):  # two warm-up rounds
+        for k, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, {input_name: x})
+            if r >= 2:
+                times[k].append(1e3 * (time.perf_counter() - t))
+    p50 = {k: float(np.median(v)) for k, v in times.items()}
+    return {"size": size, "threads": threads, "rounds": rounds, "p50_ms": p50,
+            "speedup_of_runtime_default": p50["dynamic_block_base_0"] / p50[f"dynamic_block_base_{base}"]}
 
 
 def measure_sizes(g: Generator, sess, contract: GeneratorContract, peak: dict, sgemm_gflops: float) -> dict:
@@ -209,9 +232,8 @@ def main() -> dict:
         by_threads = {}
         for threads in thread_settings:
             torch.set_num_threads(threads)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
+            # The perception node's own session options (rcan_perception.runtime), so this is what it runs.
+            so = session_options(RuntimeConfig(intra_op_threads=threads, inter_op_threads=1))
             sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
             sgemm = next(c["gflops"] for c in peak["sgemm_check"] if c["threads"] == threads)
             by_threads[str(threads)] = measure_sizes(g, sess, contract, peak, sgemm)
@@ -219,6 +241,7 @@ def main() -> dict:
         flops_472 = round(by_threads[str(threads)]["472"]["conv_gflop_per_frame"] * 1e9)  # counted above
         profile = ort_op_profile(onnx_path, contract.input_name, threads, 472, runs=5, flops=flops_472,
                                  peak_gflops=peak["peak_gflops"])
+        split = work_split_ab(onnx_path, contract.input_name, threads)
         # the perception node's work around the graph: 472x472 camera image -> input, outputs -> images
         cam = np.random.default_rng(1).integers(0, 256, (472, 472, 3), dtype=np.uint8)
         outs = sess.run(None, {contract.input_name: preprocess(contract, cam)})
@@ -234,6 +257,7 @@ def main() -> dict:
         "load_average_at_end": os.getloadavg()[0],
         "by_threads": by_threads,
         "ort_op_profile_472": profile,
+        "ort_work_split_472": split,
         "contract_pre_post_472_camera": {"preprocess": pre, "postprocess_with_resize_to_472": post},
         "cpu": peak,
         "flops_note": "conv FLOPs = 2 x MACs of every convolution actually executed (torch FlopCounterMode); "

@@ -136,3 +136,15 @@ def test_bad_config_is_rejected():
         RuntimeConfig(provider="gpu")
     with pytest.raises(ConfigError, match="intra_op_threads"):
         RuntimeConfig(intra_op_threads=-1)
+
+
+def test_session_options_carry_the_work_split():
+    from rcan_common.config import ConfigError
+    from rcan_perception.runtime import session_options
+
+    opts = session_options(RuntimeConfig(intra_op_threads=2, inter_op_threads=1, dynamic_block_base=4))
+    assert opts.intra_op_num_threads == 2 and opts.get_session_config_entry("session.dynamic_block_base") == "4"
+    with pytest.raises(RuntimeError, match="dynamic_block_base"):  # 0: the entry is not set, ORT's static split
+        session_options(RuntimeConfig(dynamic_block_base=0)).get_session_config_entry("session.dynamic_block_base")
+    with pytest.raises(ConfigError, match="dynamic_block_base"):
+        RuntimeConfig(dynamic_block_base=-1)

@@ -54,6 +54,9 @@ class RuntimeConfig:
     """Threads inside one operator (0 = ONNX Runtime default)."""
     inter_op_threads: int = 0
     """Threads across independent operators (0 = default; > 1 enables parallel execution)."""
+    dynamic_block_base: int = 4
+    """ONNX Runtime's session.dynamic_block_base: intra-op loops are handed out in shrinking blocks so
+    the threads finish together (0 = ORT's static split; `make bench` compares the two for G at 472)."""
     fp16: bool = False
     """Half precision on the GPU (ignored, with one log line, on the CPU)."""
     warmup_runs: int = 2
@@ -65,6 +68,7 @@ class RuntimeConfig:
         require(self.provider in PROVIDERS, "provider", f"must be one of {list(PROVIDERS)}, got {self.provider!r}")
         require(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0")
         require(self.inter_op_threads >= 0, "inter_op_threads", "must be >= 0")
+        require(self.dynamic_block_base >= 0, "dynamic_block_base", "must be >= 0")
         require(self.warmup_runs >= 0, "warmup_runs", "must be >= 0")
         require(self.device_id >= 0, "device_id", "must be >= 0")
 
@@ -74,6 +78,21 @@ class TensorSpec:
     name: str
     shape: tuple[int | str | None, ...]  # int: fixed, str/None: dynamic
     dtype: type
+
+
+def session_options(cfg: RuntimeConfig):
+    """ONNX Runtime session options for `cfg` (threads, graph optimisation, work splitting)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = cfg.intra_op_threads
+    opts.inter_op_num_threads = cfg.inter_op_threads
+    if cfg.inter_op_threads > 1:
+        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if cfg.dynamic_block_base > 0:
+        opts.add_session_config_entry("session.dynamic_block_base", str(cfg.dynamic_block_base))
+    return opts
 
 
 def provider_chain(requested: str, available: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -126,12 +145,7 @@ class OrtModel:
         available = list(ort.get_available_providers() if available_providers is None else available_providers)
         chain, skipped = provider_chain(cfg.provider, available)
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = cfg.intra_op_threads
-        opts.inter_op_num_threads = cfg.inter_op_threads
-        if cfg.inter_op_threads > 1:
-            opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        opts = session_options(cfg)
         opts.log_severity_level = 3  # our one line replaces ORT's provider warnings
 
         self._session = self._create(ort, self.path.read_bytes(), opts, chain)
