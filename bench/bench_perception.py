@@ -155,29 +155,6 @@ def ort_op_profile(onnx_path: Path, input_name: str, threads: int, size: int, ru
             "conv_only_fraction_of_peak": conv_gflops / peak_gflops if conv_gflops and peak_gflops else None}
 
 
-def work_split_ab(onnx_path: Path, input_name: str, threads: int, size: int = 472, rounds: int = 25) -> dict:
-    """ORT with its static intra-op split vs the runtime's dynamic_block_base, interleaved pass by pass
-    so that a machine whose speed drifts affects both alike."""
-    import onnxruntime as ort
-
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-    base = RuntimeConfig().dynamic_block_base
-    sessions = {f"dynamic_block_base_{b}": ort.InferenceSession(
-        str(onnx_path), session_options(RuntimeConfig(intra_op_threads=threads, inter_op_threads=1,
-                                                      dynamic_block_base=b)), providers=["CPUExecutionProvider"])
-                for b in (0, base)}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for r in range(rounds + 2):  # two warm-up rounds
-        for k, sess in sessions.items():
-            t = time.perf_counter()
-            sess.run(None, {input_name: x})
-            if r >= 2:
-                times[k].append(1e3 * (time.perf_counter() - t))
-    p50 = {k: float(np.median(v)) for k, v in times.items()}
-    return {"size": size, "threads": threads, "rounds": rounds, "p50_ms": p50,
-            "speedup_of_runtime_default": p50["dynamic_block_base_0"] / p50[f"dynamic_block_base_{base}"]}
-
-
 def measure_sizes(g: Generator, sess, contract: GeneratorContract, peak: dict, sgemm_gflops: float) -> dict:
     sizes = {}
     for size in SIZES:
@@ -241,7 +218,6 @@ def main() -> dict:
         flops_472 = round(by_threads[str(threads)]["472"]["conv_gflop_per_frame"] * 1e9)  # counted above
         profile = ort_op_profile(onnx_path, contract.input_name, threads, 472, runs=5, flops=flops_472,
                                  peak_gflops=peak["peak_gflops"])
-        split = work_split_ab(onnx_path, contract.input_name, threads)
         # the perception node's work around the graph: 472x472 camera image -> input, outputs -> images
         cam = np.random.default_rng(1).integers(0, 256, (472, 472, 3), dtype=np.uint8)
         outs = sess.run(None, {contract.input_name: preprocess(contract, cam)})
@@ -257,7 +233,6 @@ def main() -> dict:
         "load_average_at_end": os.getloadavg()[0],
         "by_threads": by_threads,
         "ort_op_profile_472": profile,
-        "ort_work_split_472": split,
         "contract_pre_post_472_camera": {"preprocess": pre, "postprocess_with_resize_to_472": post},
         "cpu": peak,
         "flops_note": "conv FLOPs = 2 x MACs of every convolution actually executed (torch FlopCounterMode); "

@@ -138,13 +138,11 @@ def test_bad_config_is_rejected():
         RuntimeConfig(intra_op_threads=-1)
 
 
-def test_session_options_carry_the_work_split():
-    from rcan_common.config import ConfigError
+
+def test_session_options_follow_the_config():
     from rcan_perception.runtime import session_options
 
-    opts = session_options(RuntimeConfig(intra_op_threads=2, inter_op_threads=1, dynamic_block_base=4))
-    assert opts.intra_op_num_threads == 2 and opts.get_session_config_entry("session.dynamic_block_base") == "4"
-    with pytest.raises(RuntimeError, match="dynamic_block_base"):  # 0: the entry is not set, ORT's static split
-        session_options(RuntimeConfig(dynamic_block_base=0)).get_session_config_entry("session.dynamic_block_base")
-    with pytest.raises(ConfigError, match="dynamic_block_base"):
-        RuntimeConfig(dynamic_block_base=-1)
+    opts = session_options(RuntimeConfig(intra_op_threads=2, inter_op_threads=3))
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 3)
+    assert opts.execution_mode.name == "ORT_PARALLEL"  # more than one inter-op thread runs branches in parallel
+    assert session_options(RuntimeConfig(inter_op_threads=1)).execution_mode.name == "ORT_SEQUENTIAL"

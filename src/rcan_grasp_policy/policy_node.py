@@ -59,8 +59,7 @@ class PolicyNode(Node):
         depth = int(p("qos_depth", 5))
         try:
             runtime = RuntimeConfig(provider=p("provider", "cpu"), intra_op_threads=int(p("intra_op_threads", 0)),
-                                    inter_op_threads=int(p("inter_op_threads", 0)),
-                                    dynamic_block_base=int(p("dynamic_block_base", 4)), fp16=bool(p("fp16", False)),
+                                    inter_op_threads=int(p("inter_op_threads", 0)), fp16=bool(p("fp16", False)),
                                     warmup_runs=int(p("warmup_runs", 2)))
             cem = CEMConfig(samples=int(p("cem_samples", 64)), elites=int(p("cem_elites", 6)),
                             iterations=int(p("cem_iterations", 2)))

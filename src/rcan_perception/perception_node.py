@@ -38,7 +38,6 @@ class PerceptionNode(Node):
         provider = p("provider", "cpu").value
         intra = int(p("intra_op_threads", 0).value)
         inter = int(p("inter_op_threads", 0).value)
-        block_base = int(p("dynamic_block_base", 4).value)
         fp16 = bool(p("fp16", False).value)
         warmup = int(p("warmup_runs", 2).value)
         output_size = int(p("output_size", 0).value)  # 0 = the model's resolution
@@ -58,7 +57,7 @@ class PerceptionNode(Node):
             if stats_period <= 0:
                 raise ValueError(f"stats_period_s must be > 0, got {stats_period}")
             runtime = RuntimeConfig(provider=provider, intra_op_threads=intra, inter_op_threads=inter,
-                                    dynamic_block_base=block_base, fp16=fp16, warmup_runs=warmup)
+                                    fp16=fp16, warmup_runs=warmup)
             self.generator = CanonicalGenerator(model_path, runtime, contract_file or None,
                                                 log=self.get_logger().info)
         except (ValueError, ModelError) as exc:

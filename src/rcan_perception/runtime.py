@@ -54,9 +54,6 @@ class RuntimeConfig:
     """Threads inside one operator (0 = ONNX Runtime default)."""
     inter_op_threads: int = 0
     """Threads across independent operators (0 = default; > 1 enables parallel execution)."""
-    dynamic_block_base: int = 4
-    """ONNX Runtime's session.dynamic_block_base: intra-op loops are handed out in shrinking blocks so
-    the threads finish together (0 = ORT's static split; `make bench` compares the two for G at 472)."""
     fp16: bool = False
     """Half precision on the GPU (ignored, with one log line, on the CPU)."""
     warmup_runs: int = 2
@@ -68,7 +65,6 @@ class RuntimeConfig:
         require(self.provider in PROVIDERS, "provider", f"must be one of {list(PROVIDERS)}, got {self.provider!r}")
         require(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0")
         require(self.inter_op_threads >= 0, "inter_op_threads", "must be >= 0")
-        require(self.dynamic_block_base >= 0, "dynamic_block_base", "must be >= 0")
         require(self.warmup_runs >= 0, "warmup_runs", "must be >= 0")
         require(self.device_id >= 0, "device_id", "must be >= 0")
 
@@ -81,7 +77,7 @@ class TensorSpec:
 
 
 def session_options(cfg: RuntimeConfig):
-    """ONNX Runtime session options for `cfg` (threads, graph optimisation, work splitting)."""
+    """ONNX Runtime session options for `cfg` (threads, graph optimisation); the benches use them too."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -90,8 +86,6 @@ def session_options(cfg: RuntimeConfig):
     opts.inter_op_num_threads = cfg.inter_op_threads
     if cfg.inter_op_threads > 1:
         opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    if cfg.dynamic_block_base > 0:
-        opts.add_session_config_entry("session.dynamic_block_base", str(cfg.dynamic_block_base))
     return opts
 
 
