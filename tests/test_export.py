@@ -126,7 +126,7 @@ def test_export_cli_writes_model_contract_card(tmp_path, monkeypatch, capsys):
     Trainer(cfg, synthetic_frames(8, 32), synthetic_frames(4, 32, seed=1)).run()
     out = tmp_path / "models/gen.onnx"
     assert main([str(tmp_path / "runs/r"), "--out", str(out), "--parity-frames", "2"]) == 0
-    for suffix in (".onnx", ".contract.json", ".safetensors", ".config.json", ".card.json", ".md"):
+    for suffix in (".onnx", ".contract.json", ".safetensors", ".json", ".card.json", ".md"):
         assert (tmp_path / f"models/gen{suffix}").is_file(), suffix
     card = json.loads((tmp_path / "models/gen.card.json").read_text())
     assert card["parity"]["max_abs_err"] <= 1e-4 and "random" in card["parity"]["source"]

@@ -4,7 +4,7 @@ Writes, side by side (nothing is left at the target paths if any check fails):
 
 * ``x.onnx``: the generator alone (opset >= 17; batch, height and width are dynamic axes).
 * ``x.contract.json``: pre/post-processing contract (:mod:`rcan_perception.contract`).
-* ``x.safetensors`` + ``x.config.json``: the same weights for torch (:func:`model.load_generator`).
+* ``x.safetensors`` + ``x.json``: the same weights for torch (:func:`model.load_generator`).
 * ``x.card.json`` + ``x.md`` (the same naming as the policy export): config, dataset manifest, training time and hardware,
   held-out metrics, parity result and the exact commands.
 
@@ -31,7 +31,7 @@ from rcan_common.config import ConfigError, from_dict, parse_cli, require
 from rcan_common.io import OutputError, atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from rcan_perception import checkpoint as ckpt
 from rcan_perception.contract import GeneratorContract, contract_path, postprocess, preprocess
-from rcan_perception.model import Generator, save_generator
+from rcan_perception.model import Generator, config_path, save_generator
 from tyro.conf import Positional
 
 
@@ -283,7 +283,7 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": {"onnx": cfg.out.name, "onnx_sha256": _sha256(cfg.out), "onnx_bytes": cfg.out.stat().st_size,
                   "contract": contract_path(cfg.out).name, "weights": weights.name,
-                  "weights_config": stem.name + ".config.json"},
+                  "weights_config": config_path(weights).name},
         "opset": cfg.opset if cfg.exporter == "torchscript" else max(cfg.opset, 18),
         "exporter": cfg.exporter, "export_s": round(export_s, 2),
         "checkpoint_step": int(meta["step"]),

@@ -204,8 +204,8 @@ def save_generator(model: Generator, path: str | Path) -> None:
 
 
 def config_path(weights: str | Path) -> Path:
-    weights = Path(weights)
-    return weights.with_name(weights.stem + ".config.json")
+    """``x.safetensors`` -> ``x.json``, the sidecar naming the policy weights use too."""
+    return Path(weights).with_suffix(".json")
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
