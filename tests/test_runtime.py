@@ -138,7 +138,6 @@ def test_bad_config_is_rejected():
         RuntimeConfig(intra_op_threads=-1)
 
 
-
 def test_session_options_follow_the_config():
     from rcan_perception.runtime import session_options
 

@@ -90,8 +90,8 @@ class QNetwork(nn.Module):
             *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),
             *_conv(w, w), *_conv(w, w), *_conv(w, w),
         )
-        side = cfg.head_side
-        self.head_fc = nn.Sequential(nn.Flatten(), *_fc(w * side * side, cfg.fc_width), nn.Linear(cfg.fc_width, 1))
+        self.head_fc = nn.Sequential(nn.Flatten(), *_fc(w * cfg.head_side ** 2, cfg.fc_width),
+                                     nn.Linear(cfg.fc_width, 1))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Image features (B, W, S/M, S/M) from images (B, C, S, S) scaled to [0, 1]."""
