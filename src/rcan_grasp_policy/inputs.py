@@ -102,9 +102,8 @@ class InputEncoder:
         if self.oracle:
             if env.cfg.domain == "canonical":
                 return np.concatenate([x, x], axis=2)
-            # obs["image"] is render(domain, env.steps): the pair's randomized half, so only the canonical is rendered.
-            pair = env.world.render_pair(env.steps, domain=env.cfg.domain, source=False)
-            return np.concatenate([x, pair.canonical_rgb], axis=2)
+            # obs["image"] already is the pair's source half: only the canonical half is rendered.
+            return np.concatenate([x, env.render_pair(source=False).canonical_rgb], axis=2)
         return np.concatenate([x, self.adapter(x[None])[0]], axis=2)
 
 

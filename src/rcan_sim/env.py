@@ -143,9 +143,13 @@ class GraspEnv:
         return {"image": frame.rgb, "gripper_open": 1.0 if self.world.gripper_is_open() else 0.0,
                 "gripper_height": self.world.gripper_height()}
 
-    def render_pair(self, randomization_seed: int | None = None) -> PairedFrame:
-        """Randomized + canonical renders of the current frozen state (default seed: the step)."""
-        return self.world.render_pair(self._steps if randomization_seed is None else randomization_seed)
+    def render_pair(self, randomization_seed: int | None = None, source: bool = True) -> PairedFrame:
+        """Source-domain + canonical renders of the current frozen state (default seed: the step, so the
+        source half is the observation's image; source=False renders only the canonical half).  The
+        source domain is the env's, or 'randomized' for a canonical env."""
+        domain = "randomized" if domain_spec(self.cfg.domain).canonical else self.cfg.domain
+        seed = self._steps if randomization_seed is None else randomization_seed
+        return self.world.render_pair(seed, domain=domain, source=source)
 
     def privileged_state(self) -> dict[str, Any]:
         """Simulator ground truth for scripted policies (never an input to learned policies)."""
