@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from rcan_common.config import ConfigError
-from rcan_grasp_policy.cem import CEMConfig, CEMPolicy, build_actions, cem_search, refit, sample, SearchDistribution
+from rcan_grasp_policy.cem import (CEMConfig, CEMPolicy, SearchDistribution, build_actions, cem_regret, cem_search,
+                                  dense_candidates, refit, sample)
 from rcan_sim.action import CLOSE, COS, OPEN, SIN, TERMINATE, ActionBounds
 
 BOUNDS = ActionBounds(max_translation=0.05, max_rotation=0.5)
@@ -68,7 +69,7 @@ def test_discrete_parts_are_exact_one_hot_and_refit_from_elites():
     np.testing.assert_allclose(freq, 1 / 3, atol=0.05)
     # Refit: elites are chosen as all 'open' -> probability 1 for open; terminate as observed.
     elite = np.argsort(-(grip == 2).astype(float) - 0.001 * term, axis=1, kind="stable")[:, :6]
-    new = refit(cont, grip, term, elite, CEMConfig(), BOUNDS)
+    new = refit(cont, grip, term, elite, CEMConfig(min_discrete_prob=0.0), BOUNDS)
     np.testing.assert_allclose(new.gripper_probs, [[0, 0, 1]] * 3)
     assert (new.std >= 0.05 * np.array([0.05, 0.05, 0.05, 0.5]) - 1e-12).all()
     cont2, grip2, _ = sample(new, 100, BOUNDS, rng)
@@ -76,15 +77,102 @@ def test_discrete_parts_are_exact_one_hot_and_refit_from_elites():
 
 
 def test_policy_validates_and_explores():
-    goals = np.zeros((2, 4))
-    qf = QuadraticQ(goals)
+    n = 200
+    qf = QuadraticQ(np.tile([0.02, -0.01, 0.0, 0.2], (n, 1)))
+    images, state = np.zeros((n, 8, 8, 3), np.uint8), np.zeros((n, 2), np.float32)
+    greedy, _ = CEMPolicy(qf, CEMConfig(), BOUNDS, seed=0).act(images, state)
+    explore, _ = CEMPolicy(qf, CEMConfig(), BOUNDS, seed=0, epsilon=1.0).act(images, state)
+    assert explore.shape == (n, 8)
+    # epsilon = 1: every action is the random one, not CEM's, spread over the whole bounds.
+    assert (np.abs(explore[:, :3] - greedy[:, :3]).max(axis=1) > 1e-3).all()
+    np.testing.assert_allclose(greedy[:, :3].mean(0), [0.02, -0.01, 0.0], atol=0.01)
+    for lo, hi in ((explore[:, :3].min(0), explore[:, :3].max(0)),):
+        assert (lo < -0.04).all() and (hi > 0.04).all() and (np.abs(explore[:, :3]) <= 0.05).all()
+    theta = np.arctan2(explore[:, SIN], explore[:, COS])
+    assert theta.min() < -0.4 and theta.max() > 0.4 and np.abs(theta).max() <= 0.5 + 1e-6
+    assert set(np.unique(explore[:, CLOSE] + 2 * explore[:, OPEN])) == {0.0, 1.0, 2.0}
     pol = CEMPolicy(qf, CEMConfig(), BOUNDS, seed=0, epsilon=1.0)
-    a, _ = pol.act(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 2), np.float32))
-    assert a.shape == (2, 8)
     with pytest.raises(ValueError, match="uint8"):
         pol.act(np.zeros((2, 8, 8, 3), np.float32), np.zeros((2, 2)))
     with pytest.raises(ConfigError, match="elites"):
         CEMConfig(samples=4, elites=6)
+    with pytest.raises(ConfigError, match="min_discrete_prob"):
+        CEMConfig(min_discrete_prob=0.4)
+    with pytest.raises(ConfigError, match="shrunk_fraction"):
+        CEMConfig(shrunk_fraction=1.5)
+
+
+def test_refit_floor_keeps_every_discrete_option():
+    """Elites that are all 'open' and never terminate: one refit still leaves every option at >= the floor."""
+    rng = np.random.default_rng(0)
+    cfg = CEMConfig(min_discrete_prob=0.05)
+    cont, grip, term = sample(SearchDistribution.initial(2, cfg, BOUNDS), 300, BOUNDS, rng)
+    elite = np.argsort(-((grip == 2) & ~term).astype(float), axis=1, kind="stable")[:, :6]
+    assert (grip[np.arange(2)[:, None], elite] == 2).all() and not term[np.arange(2)[:, None], elite].any()
+    new = refit(cont, grip, term, elite, cfg, BOUNDS)
+    np.testing.assert_allclose(new.gripper_probs, [[0.05, 0.05, 0.9]] * 2)
+    np.testing.assert_allclose(new.gripper_probs.sum(1), 1.0)
+    np.testing.assert_allclose(new.terminate_prob, 0.05)
+    _, grip2, term2 = sample(new, 2000, BOUNDS, rng)
+    assert set(np.unique(grip2)) == {0, 1, 2} and term2.any()
+    # All-terminate elites: the terminate probability stops at 1 - floor.
+    elite = np.argsort(-term.astype(float), axis=1, kind="stable")[:, :6]
+    np.testing.assert_allclose(refit(cont, grip, term, elite, cfg, BOUNDS).terminate_prob, 0.95)
+
+
+def test_shrunk_candidates_cover_zero_motion_options_without_extra_random_numbers():
+    cfg = CEMConfig()
+    assert cfg.shrunk_samples == 8 and CEMConfig(shrunk_fraction=0).shrunk_samples == 0
+    dist = SearchDistribution.initial(3, cfg, BOUNDS)
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+    plain = sample(dist, 64, BOUNDS, r1)
+    cont, grip, term = sample(dist, 64, BOUNDS, r2, shrunk=8, shrunk_scale=0.1)
+    assert r1.random() == r2.random()  # same count of random numbers drawn
+    np.testing.assert_array_equal(cont[:, :56], plain[0][:, :56])
+    np.testing.assert_array_equal(cont[:, 56], 0.0)  # exactly zero motion, close
+    assert (np.abs(cont[:, 56:]) <= 0.1 * np.abs(plain[0][:, 56:]) + 1e-12).all()
+    assert (grip[:, 56] == 1).all() and not term[:, 56].any()  # close
+    assert (grip[:, 57] == 0).all() and term[:, 57].all()  # terminate
+    assert {(g, t) for g, t in zip(grip[0, 56:62], term[0, 56:62])} == {(g, t) for g in range(3) for t in (False, True)}
+
+
+class PlantedQ:
+    """A narrow optimum where the data puts it: Q = 0.9 exp(-|t - c| / 5 mm) exp(-|dtheta - c_theta| / 0.05 rad)
+    for close without terminate (or, per state, terminate without a gripper command), c within 2 mm of zero
+    motion; 0.05 everywhere else."""
+
+    def __init__(self, centres, kinds):
+        self.centres, self.kinds = np.asarray(centres), np.asarray(kinds)  # (B, 4); (B,) 0 close, 1 terminate
+
+    def embed(self, images, state):
+        return None
+
+    def score(self, ctx, actions):
+        theta = np.arctan2(actions[..., SIN], actions[..., COS])
+        c = self.centres[:, None]
+        dist = np.linalg.norm(actions[..., :3] - c[..., :3], axis=-1)
+        peak = 0.9 * np.exp(-dist / 0.005) * np.exp(-np.abs(theta - c[..., 3]) / 0.05)
+        close = (actions[..., CLOSE] == 1) & (actions[..., TERMINATE] == 0)
+        term = (actions[..., CLOSE] == 0) & (actions[..., OPEN] == 0) & (actions[..., TERMINATE] == 1)
+        right = np.where(self.kinds[:, None] == 0, close, term)
+        return np.where(right, np.maximum(peak, 0.05), 0.05)
+
+
+def planted_hit_rate(cfg, trials=100, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.concatenate([rng.uniform(-0.002, 0.002, (trials, 3)), rng.uniform(-0.02, 0.02, (trials, 1))], 1)
+    qf = PlantedQ(centres, np.arange(trials) % 2)
+    _, q = cem_search(qf, None, trials, np.random.default_rng(seed + 1), cfg, BOUNDS)
+    return float((q >= 0.3).mean())  # on the peak (a third of its height); off it everything scores 0.05
+
+
+def test_cem_reaches_a_planted_narrow_optimum():
+    """The default 64 x 6 x 2 search finds a close / terminate peaked within millimetres of zero motion; the
+    paper's CEM (no floor, no shrunk candidates) almost never does."""
+    new = planted_hit_rate(CEMConfig())
+    old = planted_hit_rate(CEMConfig(min_discrete_prob=0.0, shrunk_fraction=0.0))
+    assert new >= 0.9
+    assert old <= 0.2
 
 
 class NoisyCopy:
@@ -110,3 +198,24 @@ def test_backend_float_noise_cannot_change_the_decision():
     act_a, _ = cem_search(a, a.embed(None, None), 3, np.random.default_rng(0), CEMConfig(), BOUNDS)
     act_b, _ = cem_search(b, b.embed(None, None), 3, np.random.default_rng(0), CEMConfig(), BOUNDS)
     np.testing.assert_array_equal(act_a, act_b)
+
+
+def test_cem_regret_against_a_dense_candidate_set():
+    d = dense_candidates(1024, BOUNDS)
+    assert d.shape == (1024, 8) and (np.abs(d[:, :3]) <= 0.05).all()
+    np.testing.assert_array_equal(d[:6, :3], 0.0)  # zero-motion close, terminate, ... first
+    np.testing.assert_array_equal(d, dense_candidates(1024, BOUNDS))  # the same set every call
+    assert (np.abs(d[:, :3]).max(axis=1) <= 0.01).sum() >= 400  # half of it near zero motion
+    rng = np.random.default_rng(3)
+    centres = np.concatenate([rng.uniform(-0.002, 0.002, (20, 3)), np.zeros((20, 1))], 1)
+    qf = PlantedQ(centres, np.arange(20) % 2)
+    old = cem_regret(qf, None, 20, None, np.random.default_rng(0),
+                     CEMConfig(min_discrete_prob=0.0, shrunk_fraction=0.0), BOUNDS)
+    new = cem_regret(qf, None, 20, None, np.random.default_rng(0), CEMConfig(), BOUNDS, chunk=100)
+    assert old.ratio.shape == (20,) and ((old.ratio >= 0) & (old.ratio <= 1)).all()
+    assert np.median(old.ratio) < 0.2 < 0.6 < np.median(new.ratio)
+    assert (old.q_best > 0.4).all() and (new.best_actions[:, CLOSE] + new.best_actions[:, TERMINATE] == 1).all()
+    # Given candidates (e.g. labelled actions) enter the maximum: the exact optimum makes it 0.9.
+    exact = build_actions(centres[:, None], 1 - np.arange(20)[:, None] % 2, (np.arange(20) % 2 == 1)[:, None])
+    with_labels = cem_regret(qf, None, 20, exact, np.random.default_rng(0), CEMConfig(), BOUNDS)
+    np.testing.assert_allclose(with_labels.q_best, 0.9, atol=1e-6)

@@ -17,6 +17,21 @@ discrete parts, and each keeps its own distribution, refitted from the elites ev
 The result is the best candidate scored in any iteration (QT-Opt executes the best sample,
 not the final mean).  Randomness comes only from the numpy Generator passed in, so the same
 seed gives the same decision on the torch and the ONNX Runtime backends.
+
+Two additions to the paper's CEM make sure the search finds a good close or terminate when
+one exists (a learned Q is sharply peaked at small motions there, where a first iteration with
+std equal to the bounds puts almost no mass):
+
+* shrunk candidates: the last `shrunk_fraction` of the first iteration's samples have their
+  continuous part multiplied by factors from 0 (exactly zero motion) up to `shrunk_scale`, and
+  cycle through the discrete options (close, terminate, close + terminate, open, none, ...)
+  instead of drawing them; they are part of the `samples` budget;
+* a floor `min_discrete_prob` on every gripper class and on both terminate outcomes in the
+  refit, so one refit cannot remove an option from the next iteration.
+
+`CEMConfig(min_discrete_prob=0, shrunk_fraction=0)` is the paper's CEM, bit for bit.
+`cem_regret` measures how far a search falls short: Q of its pick over the best Q of a dense
+candidate set.
 """
 from __future__ import annotations
 
@@ -54,6 +69,14 @@ class CEMConfig:
     """Floor on the refitted Gaussian std, as a fraction of the bound, so a round never collapses to a point."""
     terminate_prob: float = 0.1
     """Initial Bernoulli probability of the terminate bit (grasps usually need several steps)."""
+    min_discrete_prob: float = 0.05
+    """Floor on each gripper class's probability and on both terminate outcomes after a refit (the refit is
+    mixed with the uniform distribution), so one refit cannot remove an option (0: the paper's refit)."""
+    shrunk_fraction: float = 0.125
+    """Fraction of the first iteration's samples whose continuous part is shrunk towards zero motion, with
+    the discrete options cycled, so zero-motion close and terminate are always scored (0: none)."""
+    shrunk_scale: float = 0.1
+    """Largest shrink factor of those candidates; the factors step from 0 (exactly zero motion) up to it."""
 
     def __post_init__(self) -> None:
         require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
@@ -61,6 +84,15 @@ class CEMConfig:
         require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
         require(0 <= self.min_std <= 1, "min_std", f"must be in [0, 1], got {self.min_std}")
         require(0 <= self.terminate_prob <= 1, "terminate_prob", f"must be in [0, 1], got {self.terminate_prob}")
+        require(0 <= self.min_discrete_prob <= 1 / len(GRIPPER_CLASSES), "min_discrete_prob",
+                f"must be in [0, 1/3], got {self.min_discrete_prob}")
+        require(0 <= self.shrunk_fraction <= 1, "shrunk_fraction", f"must be in [0, 1], got {self.shrunk_fraction}")
+        require(0 <= self.shrunk_scale <= 1, "shrunk_scale", f"must be in [0, 1], got {self.shrunk_scale}")
+
+    @property
+    def shrunk_samples(self) -> int:
+        """How many of the first iteration's samples are shrunk candidates."""
+        return min(self.samples, int(round(self.shrunk_fraction * self.samples)))
 
 
 @dataclass
@@ -96,8 +128,17 @@ def build_actions(continuous: np.ndarray, gripper: np.ndarray, terminate: np.nda
     return out
 
 
-def sample(dist: SearchDistribution, n: int, bounds: ActionBounds, rng: np.random.Generator):
-    """n candidates per state: continuous (B, n, 4), gripper class (B, n), terminate bit (B, n)."""
+# Discrete options (gripper class, terminate) the shrunk candidates cycle through, most useful first:
+# close, terminate (lift), close and lift in one step, open, wait, open and lift.
+SHRUNK_OPTIONS = ((1, False), (0, True), (1, True), (2, False), (0, False), (2, True))
+
+
+def sample(dist: SearchDistribution, n: int, bounds: ActionBounds, rng: np.random.Generator,
+           shrunk: int = 0, shrunk_scale: float = 0.1):
+    """n candidates per state: continuous (B, n, 4), gripper class (B, n), terminate bit (B, n).
+
+    The last `shrunk` candidates have their continuous part multiplied by factors from 0 to `shrunk_scale`
+    and take their discrete part from SHRUNK_OPTIONS in turn; the random numbers drawn do not depend on it."""
     b = dist.mean.shape[0]
     limit = _limits(bounds)
     noise = rng.standard_normal((b, n, 4))
@@ -107,6 +148,12 @@ def sample(dist: SearchDistribution, n: int, bounds: ActionBounds, rng: np.rando
     u = rng.random((b, n))
     gripper = np.minimum((u[..., None] >= cdf[:, None, :]).sum(axis=2), 2)
     terminate = rng.random((b, n)) < dist.terminate_prob[:, None]
+    if shrunk > 0:
+        k = np.arange(shrunk)
+        continuous[:, n - shrunk:] *= np.linspace(0.0, shrunk_scale, shrunk)[None, :, None]
+        options = np.asarray(SHRUNK_OPTIONS)[k % len(SHRUNK_OPTIONS)]
+        gripper[:, n - shrunk:] = options[:, 0]
+        terminate[:, n - shrunk:] = options[:, 1].astype(bool)
     return continuous, gripper, terminate
 
 
@@ -117,7 +164,11 @@ def refit(continuous: np.ndarray, gripper: np.ndarray, terminate: np.ndarray, el
     ec, eg, et = take(continuous), take(gripper), take(terminate)
     std = np.maximum(ec.std(axis=1), cfg.min_std * _limits(bounds))
     probs = np.stack([(eg == k).mean(axis=1) for k in range(len(GRIPPER_CLASSES))], axis=1)
-    return SearchDistribution(mean=ec.mean(axis=1), std=std, gripper_probs=probs, terminate_prob=et.mean(axis=1))
+    # Mixed with the uniform distribution: every probability stays >= the floor and they still sum to one.
+    f = cfg.min_discrete_prob
+    probs = f + (1.0 - len(GRIPPER_CLASSES) * f) * probs
+    terminate_prob = f + (1.0 - 2.0 * f) * et.mean(axis=1)
+    return SearchDistribution(mean=ec.mean(axis=1), std=std, gripper_probs=probs, terminate_prob=terminate_prob)
 
 
 RANK_DECIMALS = 6
@@ -132,7 +183,9 @@ def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator
     best_a = np.zeros((batch, ACTION_DIM), dtype=np.float32)
     rows = np.arange(batch)
     for it in range(cfg.iterations):
-        continuous, gripper, terminate = sample(dist, cfg.samples, bounds, rng)
+        continuous, gripper, terminate = sample(dist, cfg.samples, bounds, rng,
+                                                shrunk=cfg.shrunk_samples if it == 0 else 0,
+                                                shrunk_scale=cfg.shrunk_scale)
         actions = build_actions(continuous, gripper, terminate)
         q = np.asarray(qf.score(context, actions), dtype=np.float64)
         if q.shape != (batch, cfg.samples):
@@ -149,6 +202,55 @@ def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator
         if it + 1 < cfg.iterations:
             dist = refit(continuous, gripper, terminate, order[:, :cfg.elites], cfg, bounds)
     return best_a, best_q.astype(np.float32)
+
+
+def dense_candidates(n: int, bounds: ActionBounds = ActionBounds(), rng: np.random.Generator | None = None,
+                     near: float = 0.2) -> np.ndarray:
+    """A dense candidate set (n, 8) for measuring a search: the zero-motion actions of every discrete option
+    (SHRUNK_OPTIONS), then half uniform over the bounds and half uniform within `near` x the bounds (where
+    close and terminate peak), the discrete options cycled.  Seeded by `rng` (default: seed 0)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    options = np.asarray(SHRUNK_OPTIONS)
+    m = n - len(options)
+    if m < 0:
+        raise ValueError(f"n must be >= {len(options)}, got {n}")
+    limit = _limits(bounds)
+    wide = rng.uniform(-limit, limit, size=(m - m // 2, 4))
+    close = rng.uniform(-near * limit, near * limit, size=(m // 2, 4))
+    continuous = np.concatenate([np.zeros((len(options), 4)), wide, close])
+    opt = options[np.arange(n) % len(options)]
+    return build_actions(continuous, opt[:, 0], opt[:, 1].astype(bool))
+
+
+@dataclass
+class Regret:
+    """Per state: Q of CEM's pick, the best Q over the dense set (and the given candidates), and their ratio."""
+
+    ratio: np.ndarray  # (B,) q_pick / max(q_best, q_pick), in [0, 1]: 1 = CEM found the best candidate
+    q_pick: np.ndarray  # (B,)
+    q_best: np.ndarray  # (B,) best Q over the dense set and the given candidates
+    best_actions: np.ndarray  # (B, 8) the dense set's best candidate
+
+
+def cem_regret(qf: QFunction, context: Any, batch: int, candidates: np.ndarray | None, rng: np.random.Generator,
+               cfg: CEMConfig = CEMConfig(), bounds: ActionBounds = ActionBounds(), dense: np.ndarray | int = 1024,
+               chunk: int = 256) -> Regret:
+    """CEM regret of `batch` embedded states: Q of CEM's pick over the best Q among `candidates` (B, K, 8), e.g.
+    the labelled or behaviour actions (None: none), and a dense candidate set (an int: `dense_candidates` of
+    that size, seed 0, the same for every call; or an (N, 8) array).  Scored `chunk` candidates at a time."""
+    _, q_pick = cem_search(qf, context, batch, rng, cfg, bounds)
+    dense = dense_candidates(dense, bounds) if isinstance(dense, (int, np.integer)) else np.asarray(dense, np.float32)
+    pool = np.broadcast_to(dense, (batch,) + dense.shape)
+    if candidates is not None:
+        pool = np.concatenate([np.asarray(candidates, np.float32).reshape(batch, -1, dense.shape[-1]), pool], axis=1)
+    q = np.concatenate([np.asarray(qf.score(context, np.ascontiguousarray(pool[:, i:i + chunk])), np.float64)
+                        for i in range(0, pool.shape[1], chunk)], axis=1)
+    best = q.argmax(axis=1)
+    q_best = q[np.arange(batch), best]
+    q_pick = q_pick.astype(np.float64)
+    top = np.maximum(q_best, q_pick)
+    ratio = np.where(top > 0, q_pick / np.where(top > 0, top, 1.0), 1.0)
+    return Regret(ratio=ratio, q_pick=q_pick, q_best=q_best, best_actions=pool[np.arange(batch), best].copy())
 
 
 def random_actions(batch: int, bounds: ActionBounds, rng: np.random.Generator,
