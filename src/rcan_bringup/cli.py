@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-generator": ("rcan_perception.train:main", "train the RCAN generator G"),
     "export-generator": ("rcan_perception.export:main", "export G to ONNX with a parity check and model card"),
     "train-policy": ("rcan_grasp_policy.train:main", "train the QT-Opt grasping policy in sim"),
+    "label-states": ("rcan_grasp_policy.labels:main", "label visited states' candidate actions by simulator resets"),
+    "train-labels": ("rcan_grasp_policy.label_train:main", "train the Q-network on counterfactual action labels"),
     "eval-policy": ("rcan_grasp_policy.evaluate:main", "evaluate a policy with the paper's protocol"),
     "export-policy": ("rcan_grasp_policy.export:main", "export the Q-network to ONNX with a parity check"),
     "launch": ("rcan_bringup.launcher:main", "start the node graph as real processes (no ros2 launch needed)"),

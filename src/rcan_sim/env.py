@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 
 from rcan_common.config import require
-from rcan_sim.action import ActionBounds, decode_action
+from rcan_sim.action import ActionBounds, decode_action, make_action
 from rcan_sim.domains import DOMAINS, domain_spec
-from rcan_sim.world import TRAY_POS, GraspWorld, PairedFrame, WorldConfig
+from rcan_sim.world import TRAY_POS, GraspWorld, PairedFrame, WorldConfig, WorldSnapshot
 
 Domain = Literal["canonical", "randomized", "held-out", "mild", "medium", "heavy"]
 
@@ -72,6 +72,17 @@ class EnvConfig:
         require(0 < self.max_yaw <= math.pi, "max_yaw", "must be in (0, pi]")
 
 
+@dataclass(frozen=True)
+class EnvSnapshot:
+    """GraspEnv.snapshot(): the world's saved physics plus the env's own episode variables."""
+
+    world: WorldSnapshot
+    target: np.ndarray
+    yaw: float
+    steps: int
+    done: bool
+
+
 class GraspEnv:
     """reset(seed) -> (obs, info); step(action) -> (obs, reward, terminated, truncated, info)."""
 
@@ -101,12 +112,15 @@ class GraspEnv:
         self._yaw = 0.0
         return self._obs(), {"object_ids": self.world.object_ids, "seed": int(seed)}
 
-    def step(self, action) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+    def step(self, action, render: bool = True) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        """One action.  info["executed_action"] is what ran: the action after clipping to the step bounds and
+        the workspace (render=False skips the observation image: obs["image"] is None, for rollouts nobody looks at)."""
         if self._done:
             raise RuntimeError("episode is over; call reset(seed) first")
         cmd = decode_action(action, self.cfg.bounds)
         w = self.world
         self._steps += 1
+        start_target, start_yaw = self._target.copy(), self._yaw
         if np.any(cmd.translation != 0) or cmd.dtheta != 0:
             self._target = np.clip(self._target + cmd.translation, self.workspace_low, self.workspace_high)
             self._yaw = float(np.clip(self._yaw + cmd.dtheta, -self.cfg.max_yaw, self.cfg.max_yaw))
@@ -115,7 +129,9 @@ class GraspEnv:
         if cmd.gripper is not None and (cmd.gripper == "open") != w.gripper_is_open():
             w.set_gripper(cmd.gripper == "open")
             w.step_physics(self.cfg.gripper_substeps)
-        info: dict[str, Any] = {"success": False, "steps": self._steps}
+        info: dict[str, Any] = {"success": False, "steps": self._steps,
+                                "executed_action": make_action(self._target - start_target, self._yaw - start_yaw,
+                                                               cmd.gripper, cmd.terminate)}
         truncated = not cmd.terminate and self._steps >= self.cfg.max_steps
         if cmd.terminate or truncated:
             success = self._lift_and_check()
@@ -124,7 +140,7 @@ class GraspEnv:
             self._done = True
         else:
             reward = self.cfg.step_reward
-        return self._obs(), reward, cmd.terminate, truncated, info
+        return self._obs(render), reward, cmd.terminate, truncated, info
 
     def _lift_and_check(self) -> bool:
         w = self.world
@@ -138,9 +154,32 @@ class GraspEnv:
         heights = w.object_heights()
         return any(heights[i] > self.cfg.success_height for i in w.held_objects())
 
-    def _obs(self) -> dict[str, Any]:
-        frame = self.world.render(self.cfg.domain, randomization_seed=self._steps, labels=False)
-        return {"image": frame.rgb, "gripper_open": 1.0 if self.world.gripper_is_open() else 0.0,
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def snapshot(self) -> EnvSnapshot:
+        """The complete state of the running episode: pybullet's state, the motor targets, the TCP target,
+        yaw and step count.  Valid until the next reset(); free it with release()."""
+        return EnvSnapshot(self.world.save_state(), self._target.copy(), self._yaw, self._steps, self._done)
+
+    def restore(self, snap: EnvSnapshot) -> None:
+        """Return to `snap`: the same action from here gives the same outcome as from the original."""
+        self.world.restore_state(snap.world)
+        self._target, self._yaw, self._steps, self._done = snap.target.copy(), snap.yaw, snap.steps, snap.done
+
+    def release(self, snap: EnvSnapshot) -> None:
+        self.world.release_state(snap.world)
+
+    def observe(self) -> dict[str, Any]:
+        """The observation of the current state (as step() would have returned it)."""
+        return self._obs()
+
+    def _obs(self, render: bool = True) -> dict[str, Any]:
+        image = None
+        if render:
+            image = self.world.render(self.cfg.domain, randomization_seed=self._steps, labels=False).rgb
+        return {"image": image, "gripper_open": 1.0 if self.world.gripper_is_open() else 0.0,
                 "gripper_height": self.world.gripper_height()}
 
     def render_pair(self, randomization_seed: int | None = None, source: bool = True) -> PairedFrame:

@@ -172,6 +172,18 @@ class PairedFrame:
     camera: CameraInfo
 
 
+@dataclass(frozen=True)
+class WorldSnapshot:
+    """A saved physics state of one episode (GraspWorld.save_state)."""
+
+    state_id: int
+    seed: int
+    object_uids: tuple[int, ...]
+    arm_targets: np.ndarray
+    arm_max_velocity: float
+    gripper_open: bool
+
+
 @dataclass
 class _Episode:
     seed: int
@@ -466,6 +478,9 @@ class GraspWorld:
 
     def _hold_arm_targets(self, q7, max_velocity: float = 2.0) -> None:
         c = self._cid
+        # pybullet's saveState/restoreState keeps positions and velocities but not motor targets:
+        # remembered here so a snapshot can re-apply them (rcan_sim.env.GraspEnv.snapshot).
+        self._arm_targets = (np.array(q7, dtype=np.float64), float(max_velocity))
         for j, v in zip(ARM_JOINTS, q7):
             pb.setJointMotorControl2(self.arm, j, pb.POSITION_CONTROL, targetPosition=float(v), targetVelocity=0,
                                      force=ARM_FORCE, maxVelocity=max_velocity, positionGain=ARM_POSITION_GAIN,
@@ -503,6 +518,53 @@ class GraspWorld:
     def gripper_is_open(self) -> bool:
         """The commanded gripper state (the paper's binary aperture indicator)."""
         return self._gripper_open
+
+    def save_state(self) -> "WorldSnapshot":
+        """Everything the physics of the current episode depends on: pybullet's in-memory state plus the
+        motor targets it does not keep.  Valid until the next reset(); free it with release_state()."""
+        ep = self._require_episode()
+        q, v = self._arm_targets
+        return WorldSnapshot(pb.saveState(physicsClientId=self._cid), ep.seed, tuple(ep.object_uids), q.copy(), v,
+                             self._gripper_open)
+
+    def restore_state(self, snap: "WorldSnapshot") -> None:
+        """Put the scene back into `snap` (taken in this episode) and re-apply its motor targets."""
+        ep = self._require_episode()
+        if (snap.seed, snap.object_uids) != (ep.seed, tuple(ep.object_uids)):
+            raise RuntimeError("snapshot belongs to another episode (reset() invalidates snapshots)")
+        pb.restoreState(stateId=snap.state_id, physicsClientId=self._cid)
+        self._hold_arm_targets(snap.arm_targets, snap.arm_max_velocity)
+        self.set_gripper(snap.gripper_open)
+
+    def release_state(self, snap: "WorldSnapshot") -> None:
+        pb.removeState(snap.state_id, physicsClientId=self._cid)
+
+    def scene_state(self) -> dict[str, np.ndarray]:
+        """The scene as plain numbers (object poses, every movable joint's angle): what a render needs."""
+        c = self._cid
+        ep = self._require_episode()
+        poses = np.array([np.concatenate(pb.getBasePositionAndOrientation(u, physicsClientId=c))
+                          for u in ep.object_uids], dtype=np.float64)
+        joints = np.array([s[0] for s in pb.getJointStates(self.arm, self._movable, physicsClientId=c)])
+        return {"seed": np.int64(ep.seed), "object_ids": np.array(ep.object_ids, dtype=np.int32),
+                "object_poses": poses, "joints": joints, "gripper_open": np.bool_(self._gripper_open)}
+
+    def set_scene_state(self, state: dict) -> None:
+        """Place a scene recorded by scene_state() (resetting the episode only when seed or objects differ),
+        with zero velocities.  For rendering stored states; physics from here is not the recorded run's."""
+        c = self._cid
+        ids = [int(i) for i in state["object_ids"]]
+        if self._episode is None or self._episode.seed != int(state["seed"]) or self._episode.object_ids != ids:
+            # reset(seed) draws the objects from the seed before the divider and looks, so passing the ids
+            # would change the scene: only a record with other objects than its seed's needs them.
+            self.reset(int(state["seed"]))
+            if self._episode.object_ids != ids:
+                self.reset(int(state["seed"]), ids)
+        for uid, pose in zip(self._episode.object_uids, np.asarray(state["object_poses"])):
+            pb.resetBasePositionAndOrientation(uid, pose[:3].tolist(), pose[3:].tolist(), physicsClientId=c)
+        for j, angle in zip(self._movable, np.asarray(state["joints"])):
+            pb.resetJointState(self.arm, j, float(angle), physicsClientId=c)
+        self._gripper_open = bool(state["gripper_open"])
 
     def step_physics(self, n: int = 1) -> None:
         for _ in range(int(n)):

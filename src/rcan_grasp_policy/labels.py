@@ -1,0 +1,293 @@
+"""`rcan label-states`: counterfactual action labels from simulator resets (sim-only; NOT in the paper).
+
+The deployed policy stays the paper's Q-network with CEM.  This is a way of *collecting* its
+training data that only a simulator allows:
+
+    for each visited state s of a behaviour episode (scripted, with exploration and an aim offset):
+        snapshot the complete sim state (pybullet state + motor targets + TCP target, yaw, step count)
+        for each of K candidate actions a_k (the behaviour action, draws from CEM's own initial
+        sampling distribution, a jittered close and a jittered terminate):
+            restore s, execute a_k (no rendering)
+            terminal a_k:      label = its exact outcome (1 grasp / 0 miss)
+            non-terminal a_k:  the scripted policy finishes the episode without rendering;
+                               label = the discounted return, clipped to [0, 1]
+        restore s, continue the behaviour episode
+
+A label is thus a Monte-Carlo estimate of Q(s, a_k) under "a_k, then the scripted policy": a
+lower bound of Q*(s, a_k) that contrasts K actions in the *same* state, which the plain episode
+data (one action per state, mostly straight down) never does.
+
+Storage is a dataset of scene states, not only pixels: every record keeps the object ids and
+poses, the joint angles, the gripper and the episode's seed and step (enough to re-render the
+state in any domain or size, `render_record`), plus the image in the labelling domain for
+convenience.  Shards are written atomically, one per task (`labels-NNNNN.npz`), beside a
+manifest; `--resume` skips the shards already there, so a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rcan_common.config import ConfigError, parse_cli, require, to_dict
+from rcan_common.executor import make_executor
+from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+
+FORMAT = "rcan-action-labels"
+FORMAT_VERSION = 1
+SEED_BASE = {"train": 2_000_000, "test": 3_000_000}
+"""Scene seeds per object split; far from the evaluation protocol's seeds 0..101 and selection seeds 1000+."""
+
+
+@dataclass
+class LabelConfig:
+    """Counterfactual labelling of visited states with K candidate actions each."""
+
+    out_dir: Path = Path("data/labels/canonical-64")
+    """Directory of the label shards and manifest.json."""
+    scenes: int = 1000
+    """Behaviour episodes (each a fresh scene)."""
+    scenes_per_task: int = 20
+    """Episodes per worker task = per shard."""
+    split: str = "train"
+    """Object split: 'train' for learning, 'test' for held-out evaluation states."""
+    domain: str = "canonical"
+    """Sim domain of the stored images (records can be re-rendered in any domain)."""
+    image_size: int = 64
+    """Size of the stored images (pixels)."""
+    candidates: int = 6
+    """Candidate actions per state: the behaviour action, a jittered close, a jittered terminate, the rest
+    drawn from CEM's initial sampling distribution."""
+    label_prob: float = 0.6
+    """Probability that a visited state is labelled (the rest are only passed through)."""
+    behaviour_epsilon: float = 0.3
+    """Probability of a uniformly random behaviour action (spreads the visited states)."""
+    aim_offset: float = 0.03
+    """Behaviour policy aims up to this far (m) from the object's centre (near-miss states)."""
+    jitter_translation: float = 0.01
+    """Largest |dx|, |dy|, |dz| (m) of the motion that comes with a close / terminate candidate."""
+    jitter_rotation: float = 0.1
+    """Largest |dtheta| (rad) of the motion that comes with a close / terminate candidate."""
+    gamma: float = 0.9
+    """Discount of the completion return (the learner's gamma)."""
+    max_steps: int = 20
+    seed: int = 0
+    """Seed of the scene seeds and the candidate draws."""
+    workers: int = 1
+    """Worker processes (1: in this process)."""
+    ray: bool = False
+    """Run tasks as Ray tasks (or set RAY_ADDRESS)."""
+    resume: bool = False
+    """Keep the shards already in out_dir and label only the missing ones."""
+
+    def __post_init__(self) -> None:
+        require(self.scenes >= 1, "scenes", f"must be >= 1, got {self.scenes}")
+        require(self.scenes_per_task >= 1, "scenes_per_task", f"must be >= 1, got {self.scenes_per_task}")
+        require(self.split in SEED_BASE, "split", f"must be one of {sorted(SEED_BASE)}, got {self.split!r}")
+        require(self.candidates >= 3, "candidates", f"must be >= 3 (behaviour, close, terminate), got {self.candidates}")
+        require(0.0 < self.label_prob <= 1.0, "label_prob", f"must be in (0, 1], got {self.label_prob}")
+        require(0.0 <= self.behaviour_epsilon <= 1.0, "behaviour_epsilon", "must be in [0, 1]")
+        require(self.aim_offset >= 0, "aim_offset", "must be >= 0")
+        require(self.jitter_translation >= 0 and self.jitter_rotation >= 0, "jitter_translation", "must be >= 0")
+        require(0.0 <= self.gamma < 1.0, "gamma", f"must be in [0, 1), got {self.gamma}")
+        require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+
+    def task_scenes(self, task: int) -> range:
+        start = task * self.scenes_per_task
+        return range(start, min(self.scenes, start + self.scenes_per_task))
+
+    @property
+    def tasks(self) -> int:
+        return math.ceil(self.scenes / self.scenes_per_task)
+
+
+def shard_path(out_dir: Path, task: int) -> Path:
+    return Path(out_dir) / f"labels-{task:05d}.npz"
+
+
+# --------------------------------------------------------------------------- labelling one state
+def completion_return(env, policy, gamma: float) -> float:
+    """Run `policy` from the env's current state to the end of the episode without rendering;
+    the discounted return from here."""
+    ret, discount, done = 0.0, 1.0, env.done
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(policy(None, env), render=False)
+        ret += discount * reward
+        discount *= gamma
+        done = terminated or truncated
+    return ret
+
+
+def label_actions(env, candidates: np.ndarray, completion, gamma: float) -> np.ndarray:
+    """Label of each candidate (K, 8) at the env's current state: restore, execute, finish with `completion`;
+    the discounted return clipped to [0, 1].  The env is left in the state it was in."""
+    snap = env.snapshot()
+    labels = np.zeros(len(candidates), dtype=np.float32)
+    try:
+        for k, action in enumerate(candidates):
+            env.restore(snap)
+            _, reward, terminated, truncated, _ = env.step(action, render=False)
+            ret = reward
+            if not (terminated or truncated):
+                ret += gamma * completion_return(env, completion, gamma)
+            labels[k] = np.clip(ret, 0.0, 1.0)
+        env.restore(snap)
+    finally:
+        env.release(snap)
+    return labels
+
+
+def jittered(gripper: str | None, terminate: bool, rng: np.random.Generator, translation: float,
+             rotation: float) -> np.ndarray:
+    """A close / terminate action with a small uniform motion (so labelled data covers what CEM samples)."""
+    from rcan_sim.action import make_action
+
+    return make_action(rng.uniform(-translation, translation, 3), float(rng.uniform(-rotation, rotation)),
+                       gripper, terminate)
+
+
+def candidate_actions(behaviour: np.ndarray, k: int, bounds, rng: np.random.Generator, cfg: LabelConfig) -> np.ndarray:
+    """K candidates: the behaviour action, a jittered close, a jittered terminate, then draws from CEM's
+    initial distribution (the actions CEM's first iteration scores)."""
+    from rcan_grasp_policy.cem import CEMConfig, SearchDistribution, build_actions, sample
+
+    fixed = [behaviour, jittered("close", False, rng, cfg.jitter_translation, cfg.jitter_rotation),
+             jittered(None, True, rng, cfg.jitter_translation, cfg.jitter_rotation)]
+    n = k - len(fixed)
+    if n <= 0:
+        return np.stack(fixed[:k]).astype(np.float32)
+    cont, grip, term = sample(SearchDistribution.initial(1, CEMConfig(), bounds), n, bounds, rng)
+    return np.concatenate([np.stack(fixed), build_actions(cont, grip, term)[0]]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- one task = one shard
+_ENVS: dict[Any, Any] = {}  # per worker process: envs keyed by their settings
+
+
+def _env(cfg: LabelConfig):
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import WorldConfig
+
+    key = (cfg.split, cfg.domain, cfg.image_size, cfg.max_steps)
+    if key not in _ENVS:
+        _ENVS[key] = GraspEnv(EnvConfig(world=WorldConfig(image_size=cfg.image_size, split=cfg.split),
+                                        domain=cfg.domain, max_steps=cfg.max_steps))
+    return _ENVS[key]
+
+
+def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
+    """Run the task's behaviour episodes, label their states, write the shard; returns its summary."""
+    from rcan_grasp_policy.cem import random_actions
+    from rcan_sim.scripted import ScriptedGraspPolicy
+
+    cfg, task = args
+    t0 = time.perf_counter()
+    env = _env(cfg)
+    completion = ScriptedGraspPolicy()
+    rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
+                                             "target", "yaw", "state", "image", "candidates", "labels")}
+    successes = 0
+    for scene in cfg.task_scenes(task):
+        seed = SEED_BASE[cfg.split] + cfg.seed * 100_000_000 + scene
+        rng = np.random.default_rng([cfg.seed, scene, 0x1ABE])
+        behaviour = ScriptedGraspPolicy(aim_offset=cfg.aim_offset)
+        obs, _ = env.reset(seed)
+        done = False
+        while not done:
+            if rng.random() < cfg.behaviour_epsilon:
+                action = random_actions(1, env.cfg.bounds, rng, 0.05)[0]
+            else:
+                action = behaviour(obs, env)
+            if rng.random() < cfg.label_prob:
+                cands = candidate_actions(np.asarray(action, np.float32), cfg.candidates, env.cfg.bounds, rng, cfg)
+                labels = label_actions(env, cands, completion, cfg.gamma)
+                s = env.world.scene_state()
+                p = env.privileged_state()
+                for f, v in (("seed", seed), ("step", env.steps), ("object_ids", s["object_ids"]),
+                             ("object_poses", s["object_poses"]), ("joints", s["joints"]),
+                             ("gripper_open", s["gripper_open"]), ("target", p["tcp_target"]), ("yaw", p["yaw"]),
+                             ("state", [obs["gripper_open"], obs["gripper_height"]]), ("image", obs["image"]),
+                             ("candidates", cands), ("labels", labels)):
+                    rows[f].append(v)
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        successes += bool(info["success"])
+    dtypes = {"seed": np.int64, "step": np.int32, "object_ids": np.int32, "object_poses": np.float64,
+              "joints": np.float64, "gripper_open": bool, "target": np.float64, "yaw": np.float64,
+              "state": np.float32, "image": np.uint8, "candidates": np.float32, "labels": np.float32}
+    arrays = {f: np.asarray(v, dtype=dtypes[f]) for f, v in rows.items()}
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(shard_path(cfg.out_dir, task), buf.getvalue())
+    scenes = len(cfg.task_scenes(task))
+    return {"task": task, "states": int(len(arrays["seed"])), "scenes": scenes,
+            "behaviour_successes": successes, "seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------- reading
+def load_labels(root: str | Path) -> dict[str, np.ndarray]:
+    """All shards of a label directory concatenated (in task order)."""
+    paths = sorted(Path(root).glob("labels-*.npz"))
+    if not paths:
+        raise FileNotFoundError(f"no label shards (labels-*.npz) in {root}; run `rcan label-states` first")
+    parts = [dict(np.load(p)) for p in paths]
+    parts = [p for p in parts if len(p["seed"])]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def render_record(env, labels: dict[str, np.ndarray], i: int, domain: str | None = None) -> np.ndarray:
+    """Re-render stored state i in `domain` (default: the env's) at the env's image size."""
+    env.world.set_scene_state({k: labels[k][i] for k in ("seed", "object_ids", "object_poses", "joints",
+                                                         "gripper_open")})
+    frame = env.world.render(domain or env.cfg.domain, randomization_seed=int(labels["step"][i]), labels=False)
+    return frame.rgb
+
+
+# --------------------------------------------------------------------------- CLI
+def run(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
+    out = ensure_writable_dir(cfg.out_dir)
+    manifest_path = out / "manifest.json"
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("out_dir", "workers", "ray", "resume", "scenes")}
+    if manifest_path.exists():
+        import json
+
+        old = json.loads(manifest_path.read_text())
+        if not cfg.resume:
+            raise ConfigError(f"{out} already holds labels; pass --resume to continue them or choose another --out-dir")
+        if old.get("settings") != settings:
+            raise ConfigError(f"{out} was labelled with other settings ({old.get('settings')}); "
+                              f"resume needs the same ones")
+    atomic_write_json(manifest_path, {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings})
+    todo = [t for t in range(cfg.tasks) if not (cfg.resume and shard_path(out, t).exists())]
+    ex = make_executor(cfg.workers, cfg.ray)
+    t0, states, done = time.perf_counter(), 0, 0
+    try:
+        for _, summary in ex.map_unordered(label_task, [(cfg, t) for t in todo]):
+            states += summary["states"]
+            done += 1
+            if progress:
+                print(f"[label] shard {summary['task']:5d}  {summary['states']:4d} states  "
+                      f"behaviour success {summary['behaviour_successes']}/{summary['scenes']}  "
+                      f"{summary['seconds']:.1f}s   ({done}/{len(todo)} shards, {states} states, "
+                      f"{time.perf_counter() - t0:.0f}s)", flush=True)
+    finally:
+        ex.close()
+    return {"shards": len(todo), "states": states, "seconds": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_cli(LabelConfig, argv)
+        summary = run(cfg)
+    except (ConfigError, FileNotFoundError, OSError) as exc:
+        print(f"rcan label-states: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[label] done: {summary}")
+    return 0

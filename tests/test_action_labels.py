@@ -1,0 +1,125 @@
+"""Counterfactual action labels from simulator resets (rcan_grasp_policy.labels) and the env snapshot they rest on."""
+import numpy as np
+import pytest
+
+from rcan_grasp_policy import labels as L
+from rcan_sim.action import make_action
+from rcan_sim.env import EnvConfig, GraspEnv
+from rcan_sim.scripted import ScriptedGraspPolicy
+from rcan_sim.world import WorldConfig
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test")))
+    yield e
+    e.close()
+
+
+def _advance(env, seed, steps):
+    policy = ScriptedGraspPolicy()
+    obs, _ = env.reset(seed)
+    for _ in range(steps):
+        obs, *_ = env.step(policy(obs, env))
+    return policy
+
+
+def _finish(env, policy, gamma=0.9):
+    return L.completion_return(env, policy, gamma)
+
+
+def test_restore_replays_the_same_outcome(env):
+    """The same actions from a restored state give the same outcome (restore is exact)."""
+    for seed in (0, 3):
+        policy = _advance(env, seed, 3)
+        snap = env.snapshot()
+        first = _finish(env, policy)
+        poses_first = env.world.scene_state()["object_poses"]
+        env.restore(snap)
+        assert env.steps == 3 and not env.done
+        second = _finish(env, policy)
+        env.release(snap)
+        assert first == second
+        np.testing.assert_allclose(env.world.scene_state()["object_poses"], poses_first, atol=1e-4)
+
+
+def test_restore_reapplies_motor_targets(env):
+    """pybullet's restoreState keeps no motor targets: without re-applying them the arm would drift to the
+    targets of whatever ran last."""
+    _advance(env, 1, 2)
+    snap = env.snapshot()
+    q_before = env.world.joint_positions()
+    env.step(make_action([0.05, 0.05, -0.05]), render=False)  # new motor targets
+    env.restore(snap)
+    np.testing.assert_allclose(env.world._arm_targets[0], snap.world.arm_targets)
+    env.world.step_physics(30)  # holding the snapshot's targets: the arm stays where it was
+    np.testing.assert_allclose(env.world.joint_positions(), q_before, atol=2e-3)
+    env.release(snap)
+
+
+def test_snapshot_from_another_episode_is_refused(env):
+    _advance(env, 2, 1)
+    snap = env.snapshot()
+    env.reset(4)
+    with pytest.raises(RuntimeError, match="another episode"):
+        env.restore(snap)
+
+
+def test_executed_action_is_the_clipped_one(env):
+    env.reset(5)
+    _, _, _, _, info = env.step(make_action([0.3, 0.0, -0.01], dtheta=1.2))
+    executed = info["executed_action"]
+    assert executed[0] == pytest.approx(0.05, abs=1e-6)  # per-step translation bound
+    assert np.arctan2(executed[3], executed[4]) == pytest.approx(0.5, abs=1e-6)  # per-step rotation bound
+
+
+def test_behaviour_label_equals_the_recorded_outcome(env):
+    """Labelling the action the scripted episode then takes gives exactly that episode's discounted return."""
+    policy = _advance(env, 0, 2)
+    action = policy(None, env)
+    label = L.label_actions(env, np.stack([action]), policy, 0.9)[0]
+    _, reward, te, tr, _ = env.step(action, render=False)
+    ret = reward + (0.0 if te or tr else 0.9 * _finish(env, policy))
+    assert label == pytest.approx(np.clip(ret, 0, 1))
+
+
+def test_close_label_is_the_exact_grasp_outcome(env):
+    """At the step where the script closes, the label of close is gamma * success - step cost."""
+    policy = ScriptedGraspPolicy()
+    obs, _ = env.reset(0)
+    while True:
+        a = policy(obs, env)
+        if a[5] > 0.5:  # the script closes now
+            break
+        obs, *_ = env.step(a)
+    lab = L.label_actions(env, np.stack([a, make_action(terminate=True)]), policy, 0.9)
+    assert lab[0] in (0.0, pytest.approx(0.85))
+    assert lab[1] == 0.0  # lifting an open gripper holds nothing
+
+
+def test_label_run_writes_shards_resumes_and_rerenders(tmp_path):
+    cfg = L.LabelConfig(out_dir=tmp_path, scenes=3, scenes_per_task=2, split="test", image_size=32, candidates=4)
+    L.run(cfg, progress=False)
+    data = L.load_labels(tmp_path)
+    n = len(data["seed"])
+    assert n > 0 and data["candidates"].shape == (n, 4, 8) and data["labels"].shape == (n, 4)
+    assert ((data["labels"] >= 0) & (data["labels"] <= 1)).all()
+    # the close and terminate candidates come with a small motion, within the jitter
+    assert (np.abs(data["candidates"][:, 1:3, :3]) <= cfg.jitter_translation + 1e-6).all()
+    assert data["candidates"][:, 1, 5].all() and data["candidates"][:, 2, 7].all()
+    # a stored scene state re-renders to the image stored at labelling time
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test")))
+    try:
+        for i in (0, n - 1):
+            again = L.render_record(env, data, i)
+            np.testing.assert_array_equal(again, data["image"][i])
+    finally:
+        env.close()
+    # a second run without --resume refuses; with it, nothing is left to do
+    with pytest.raises(Exception, match="resume"):
+        L.run(cfg, progress=False)
+    from dataclasses import replace
+
+    assert L.run(replace(cfg, resume=True), progress=False)["shards"] == 0
+    with pytest.raises(Exception, match="other settings"):
+        L.run(replace(cfg, resume=True, candidates=5), progress=False)
