@@ -152,9 +152,38 @@ def test_log_once_causes_separate_kinds_of_problem_but_not_their_numbers():
     from kuka_iiwa_driver.driver_node import cause_of
 
     assert cause_of("stale target: stamp is 3.000 s old") == cause_of("stale target: stamp is 9.1 s old")
-    assert cause_of("joint A4 target -121.0 deg outside") == cause_of("joint A2 would move 40.0 deg")
+    assert cause_of("joint A4 target -121.0 deg outside") == cause_of("joint A2 target 171.0 deg outside")
+    assert cause_of("joint A4 target -121.0 deg outside") != cause_of("joint A2 would move 40.0 deg")
     assert cause_of("stale target: x") != cause_of("non-finite value (NaN/inf) in target")
     assert cause_of("workspace clamp (x=0.9->0.8)") != cause_of("step clamp (0.3 m -> 0.05 m)")
+
+
+def test_causes_come_from_a_fixed_vocabulary_whatever_the_sender_writes(core):
+    """Sender-controlled text (a frame_id) is in the reason, never in the cause."""
+    from kuka_iiwa_driver.driver import CAUSES, OTHER_CAUSE, cause_of
+
+    vocabulary = {c for _, c in CAUSES}
+    causes = set()
+    for i in range(1000):
+        res = target(core, frame=f"evil_{i}_0123456789:[(")
+        assert f"evil_{i}_" in res.reason
+        causes.add(cause_of(res.reason))
+    assert causes == {"target_frame"}
+    # Every rejection this core can produce maps into the vocabulary, none to 'other'.
+    bad = list(HOME)
+    bad[0] = 1e30
+    reasons = [target(core, frame="world").reason, target(core, stamp=9.0).reason,
+               target(core, stamp=10.5).reason, target(core, stamp=0.0).reason,
+               target(core, dp=(float("nan"), 0.0, 0.0)).reason, target(core, yaw=0.0, dp=(0, 0, 0)).reason,
+               core.on_joint_state(NAMES, bad, now=10.01), core.on_joint_state(NAMES[:3], [0.0] * 3, now=10.01),
+               core.on_joint_state(NAMES, [0.0], now=10.01),
+               core.on_joint_state(NAMES, [float("nan")] * 7, now=10.01),
+               core.on_joint_state(NAMES, list(HOME + 0.5), now=10.01)]
+    core.on_estop(True)
+    reasons += [target(core).reason, core.on_gripper(True)[1]]
+    for r in reasons:
+        assert cause_of(r) in vocabulary and cause_of(r) != OTHER_CAUSE, r
+    assert cause_of("anything else 123") == OTHER_CAUSE
 
 
 def test_ee_pose_is_only_reported_while_joint_states_are_fresh(core):
@@ -163,3 +192,110 @@ def test_ee_pose_is_only_reported_while_joint_states_are_fresh(core):
     np.testing.assert_allclose(p, core.kin.fk(HOME)[0])
     assert core.fresh_ee_pose(10.0 + core.cfg.joint_state_timeout_s + 0.01) is None
     assert core.gripper is True  # initial_gripper_open until the first command
+
+
+# ---- spoofed joint states (issue 12, item 1)
+def _spoof(a1: float) -> list[float]:
+    q = list(HOME)
+    q[0] = a1
+    return q
+
+
+def _assert_safe(c: DriverCore, cmd, reference) -> None:
+    """A command is finite, inside the KUKA limits and within the joint step of `reference`."""
+    q = np.asarray(cmd.positions)
+    assert q.shape == (7,) and np.all(np.isfinite(q))
+    assert np.all(q >= c.model.lower) and np.all(q <= c.model.upper)
+    assert np.max(np.abs(q - reference)) <= math.radians(c.cfg.max_joint_step_deg) + 1e-12
+
+
+@pytest.mark.parametrize("a1,why", [(1e30, "outside the joint limits"), (3.1, "outside the joint limits"),
+                                    (-3.1, "outside the joint limits"), (HOME[0] + 1.0, "jump implausibly"),
+                                    (float("inf"), "non-finite")])
+def test_spoofed_joint_state_is_rejected_and_the_estop_hold_uses_the_validated_one(core, a1, why):
+    reason = core.on_joint_state(NAMES, _spoof(a1), now=10.01)
+    assert reason is not None and why in reason
+    assert core.counters.joint_states_rejected == 1
+    np.testing.assert_array_equal(core.q, HOME)  # the spoofed values were never stored
+    hold = core.on_estop(True)
+    assert hold is not None and hold.kind == "hold"
+    np.testing.assert_array_equal(hold.positions, HOME)
+    _assert_safe(core, hold, HOME)
+
+
+def test_watchdog_hold_uses_the_validated_state_too(core):
+    assert target(core, dp=(0.0, 0.0, -0.05)).status is Status.ACCEPTED
+    core.watchdog.move_end = 20.0
+    assert "outside" in core.on_joint_state(NAMES, _spoof(3.1), now=10.2)
+    hold = core.tick(10.6)  # the only validated state (10.0) is stale now
+    assert hold is not None and "joint_states stale" in hold.reason
+    np.testing.assert_array_equal(hold.positions, HOME)
+
+
+def test_with_no_validated_state_the_driver_sends_nothing():
+    c = DriverCore(DriverConfig())
+    for a1 in (1e30, 3.1, float("nan")):
+        assert c.on_joint_state(NAMES, _spoof(a1), now=1.0) is not None
+    assert c.q is None
+    assert c.on_estop(True) is None  # no hold: there is no state that may be held
+    assert c.tick(1.1) is None
+    c.on_estop(False)
+    assert c.release_estop()[0]
+    res = c.on_target((0.5, 0.0, 0.1), matrix_to_quat(top_down(0.0)), "lbr_link_0", 1.09, 1.1)
+    assert res.command is None and "no fresh joint_states" in res.reason
+    assert c.check_command(HOME) is not None
+
+
+def test_plausible_motion_is_accepted_and_the_reference_is_retaken_after_a_gap(core):
+    speed = core.model.max_velocity * 0.5
+    q = HOME.copy()
+    for k in range(1, 20):  # half the KUKA speed, at 50 Hz: all accepted
+        q = HOME + speed * 0.02 * k * np.array([1, 0, 1, 0, 1, 0, 1])
+        assert core.on_joint_state(NAMES, list(q), now=10.0 + 0.02 * k) is None
+    np.testing.assert_allclose(core.q, q)
+    # A sim reset teleports the arm: the jump is rejected while the validated state is fresh ...
+    t = 10.0 + 0.02 * 19
+    assert "jump implausibly" in core.on_joint_state(NAMES, list(HOME), now=t + 0.01)
+    assert core.fresh_ee_pose(t + 0.01) is not None
+    # ... and after joint_state_timeout_s without a validated state the next in-limit state is the reference.
+    t_late = t + core.cfg.joint_state_timeout_s + 0.01
+    assert core.on_joint_state(NAMES, list(HOME), now=t_late) is None
+    np.testing.assert_array_equal(core.q, HOME)
+    assert "outside" in core.on_joint_state(NAMES, _spoof(3.1), now=t_late + 10.0)  # limits always apply
+
+
+def test_every_command_passes_the_same_checks_under_hostile_input():
+    """Seeded random mix of good and hostile inputs: every command returned is safe w.r.t. the
+    validated state at the time, whatever produced it (target, e-stop hold, watchdog hold)."""
+    rng = np.random.default_rng(12)
+    c = DriverCore(DriverConfig(robot_model="iiwa14"))
+    hostile = [1e30, -1e30, 3.1, -3.1, float("nan"), float("inf"), 2.9, -2.9]
+    now, sent = 1.0, 0
+    for _ in range(1500):
+        now += float(rng.uniform(0.0, 0.05))
+        kind = rng.integers(0, 6)
+        before = None if c.q is None else c.q.copy()
+        cmd = None
+        if kind == 0:
+            q = HOME + rng.normal(0.0, 0.01, 7)
+            if rng.random() < 0.5:
+                q[rng.integers(0, 7)] = hostile[rng.integers(0, len(hostile))]
+            c.on_joint_state(NAMES, list(q), now)
+            continue
+        if kind == 1 and c.q is not None:
+            p, _ = c.ee_pose()
+            res = c.on_target(p + rng.normal(0.0, 0.05, 3), matrix_to_quat(top_down(float(rng.uniform(-3, 3)))),
+                              "lbr_link_0", now - 0.01, now)
+            cmd = res.command
+        elif kind == 2:
+            cmd = c.on_estop(bool(rng.random() < 0.5))
+        elif kind == 3:
+            c.release_estop()
+        else:
+            cmd = c.tick(now)
+        if cmd is not None:
+            assert before is not None
+            _assert_safe(c, cmd, before)
+            sent += 1
+    assert sent > 20  # the mix did produce commands of both kinds
+    assert c.counters.joint_states_rejected > 100

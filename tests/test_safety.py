@@ -172,3 +172,39 @@ def test_watchdog_holds_when_joint_states_go_stale_and_lets_finished_moves_be():
     w.joint_state(1.5)
     assert w.tick(1.5) is None  # finished normally: nothing to do
     assert w.tick(9.0) is None  # idle: quiet inputs are fine
+
+
+def test_joint_state_checks_limits_finiteness_and_jumps():
+    m = load_model("iiwa7")
+    f = make_filter(max_state_jump_rad=math.radians(5))
+    q0 = np.radians([0, 30, 0, -90, 0, 60, 0])
+    assert f.check_joint_state(q0) is None
+    for a1, why in [(1e30, "outside the joint limits"), (3.1, "outside the joint limits"),
+                    (-3.1, "outside the joint limits"), (float("nan"), "non-finite"),
+                    (float("-inf"), "non-finite")]:
+        q = q0.copy()
+        q[0] = a1
+        assert why in f.check_joint_state(q), a1
+        assert why in f.check_joint_state(q, q0, 0.02), a1
+    assert "non-finite" in f.check_joint_state(q0[:6])  # wrong size: unusable
+    # Jumps: at most 2x the KUKA speed times dt plus the 5 deg tolerance.
+    allowed = m.max_velocity * 2.0 * 0.1 + math.radians(5)
+    near = q0.copy()
+    near[2] += allowed[2] * 0.99
+    assert f.check_joint_state(near, q0, 0.1) is None
+    far = q0.copy()
+    far[2] += allowed[2] * 1.01
+    assert "A3" in f.check_joint_state(far, q0, 0.1) and "jump implausibly" in f.check_joint_state(far, q0, 0.1)
+    assert f.check_joint_state(far, q0, 1.0) is None  # slower than the arm can move: plausible
+    assert "jump" in f.check_joint_state(far, q0, -5.0)  # a clock going back allows no motion
+
+
+def test_joint_command_needs_a_finite_reference():
+    f = make_filter()
+    q0 = np.radians([0, 30, 0, -90, 0, 60, 0])
+    bad = q0.copy()
+    bad[2] = float("nan")
+    assert "no valid joint state" in f.check_joints(q0, bad).reason
+    assert "no valid joint state" in f.check_joints(q0, q0[:3]).reason
+    assert "outside" in f.check_joints(np.full(7, 1e30), q0).reason
+    assert "invalid joint command" in f.check_joints(np.full(7, np.inf), q0).reason

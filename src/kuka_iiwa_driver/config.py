@@ -65,6 +65,10 @@ class DriverConfig:
     """Watchdog: a move still executing with no new target for this long is stopped (hold)."""
     joint_state_timeout_s: float = 0.5
     """Watchdog: joint_states older than this stop motion and block new targets."""
+    joint_state_max_jump_deg: float = 5.0
+    """A joint_states message may move a joint at most 2x its KUKA speed times the time since the
+    last validated state, plus this; larger jumps (spoofed or glitched states) are rejected.  After
+    joint_state_timeout_s without a validated state the next in-limit state is the new reference."""
 
     ik_max_iterations: int = 200
     ik_position_tolerance_m: float = 0.0005
@@ -108,6 +112,7 @@ class DriverConfig:
         require(self.max_future_s >= 0, "max_future_s", "must be >= 0")
         require(self.command_timeout_s > 0, "command_timeout_s", "must be > 0")
         require(self.joint_state_timeout_s > 0, "joint_state_timeout_s", "must be > 0")
+        require(0 < self.joint_state_max_jump_deg <= 180, "joint_state_max_jump_deg", "must be in (0, 180]")
         require(self.ik_max_iterations >= 1, "ik_max_iterations", "must be >= 1")
         require(0 < self.ik_position_tolerance_m <= 0.01, "ik_position_tolerance_m", "must be in (0, 0.01]")
         require(0 < self.ik_orientation_tolerance_deg <= 5, "ik_orientation_tolerance_deg", "must be in (0, 5]")

@@ -3,17 +3,64 @@
 DriverCore is fed plain values (times in seconds on one clock) and returns JointCommand /
 GripperCommand objects that the node turns into messages.  It never raises on bad input:
 each problem becomes a rejection with a reason, counted and reported in status().
+
+Invariant: every JointCommand it returns (move or hold, whatever produced it: a target, the
+e-stop, the watchdog) has passed SafetyFilter.check_joints against the last *validated* joint
+state, which is finite, inside the KUKA limits and was reached without an implausible jump.
+With no validated state it returns no command at all.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from kuka_iiwa_driver.config import DriverConfig
 from kuka_iiwa_driver.kinematics import Kinematics, load_model
-from kuka_iiwa_driver.safety import EStop, SafetyFilter, Status, Watchdog, check_joint_state
+from kuka_iiwa_driver.safety import EStop, SafetyFilter, Status, Watchdog
+
+
+# The log-once vocabulary: a reason's cause is picked by the pattern its fixed opening matches,
+# never taken from its text, which may quote values a sender controls (a frame_id, a number).
+CAUSES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), c) for p, c in (
+    (r"e-stop latched", "estop_latched"),
+    (r"gripper command ignored", "gripper_ignored"),
+    (r"target frame ", "target_frame"),
+    (r"no fresh joint_states", "joint_states_not_fresh"),
+    (r"no validated joint_states", "joint_states_not_validated"),
+    (r"malformed target", "target_malformed"),
+    (r"non-finite value", "target_non_finite"),
+    (r"quaternion not normalised", "target_quaternion"),
+    (r"missing header stamp", "target_stamp_missing"),
+    (r"stale target", "target_stale"),
+    (r"target stamped ", "target_future"),
+    (r"out-of-order target", "target_out_of_order"),
+    (r"orientation ", "target_orientation"),
+    (r"workspace clamp", "workspace_clamp"),
+    (r"step clamp", "step_clamp"),
+    (r"IK failed", "ik_failed"),
+    (r"invalid joint command", "joint_command_invalid"),
+    (r"joint A\d+ target ", "joint_limit"),
+    (r"joint A\d+ would move ", "joint_step"),
+    (r"malformed joint_states", "joint_states_malformed"),
+    (r"joint_states lacks joints", "joint_states_missing_joints"),
+    (r"non-finite joint position", "joint_states_non_finite"),
+    (r"joint_states outside the joint limits", "joint_states_out_of_limits"),
+    (r"joint_states jump implausibly", "joint_states_jump"),
+    (r"watchdog: joint_states stale", "watchdog_joint_states"),
+    (r"watchdog: no target", "watchdog_no_target"),
+))
+OTHER_CAUSE = "other"
+
+
+def cause_of(reason: str) -> str:
+    """The fixed cause key of a reason (for log-once and counters); unknown openings -> 'other'."""
+    for pattern, cause in CAUSES:
+        if pattern.match(reason):
+            return cause
+    return OTHER_CAUSE
 
 
 @dataclass(frozen=True)
@@ -35,6 +82,7 @@ class Counters:
     gripper_commands: int = 0
     gripper_rejected: int = 0
     joint_states_rejected: int = 0
+    commands_blocked: int = 0  # holds / moves that failed the final joint check (never sent)
 
 
 @dataclass
@@ -55,14 +103,18 @@ class DriverCore:
             workspace_min=cfg.workspace_min, workspace_max=cfg.workspace_max,
             max_step_m=cfg.max_step_m, max_tilt_rad=math.radians(cfg.max_tilt_deg),
             max_command_age_s=cfg.max_command_age_s, max_future_s=cfg.max_future_s,
-            lower=self.kin.lower, upper=self.kin.upper, max_velocity=self.model.max_velocity,
+            # The KUKA limits themselves: measured states and every command are checked against
+            # them; IK goals additionally stay joint_limit_margin_deg inside (Kinematics clips).
+            lower=self.model.lower, upper=self.model.upper, max_velocity=self.model.max_velocity,
             max_joint_step_rad=math.radians(cfg.max_joint_step_deg),
             velocity_scale=cfg.velocity_scale, min_move_duration_s=cfg.min_move_duration_s,
+            max_state_jump_rad=math.radians(cfg.joint_state_max_jump_deg),
         )
         self.estop = EStop()
         self.watchdog = Watchdog(cfg.command_timeout_s, cfg.joint_state_timeout_s)
         self.rest_posture = np.radians(cfg.rest_posture_deg)
-        self.q: np.ndarray | None = None  # last measured joint positions (A1..A7 order)
+        self.q: np.ndarray | None = None  # last VALIDATED joint positions (A1..A7 order)
+        self.q_time: float | None = None  # when self.q was validated
         self.gripper = cfg.initial_gripper_open  # last forwarded gripper command (True open)
         self.counters = Counters()
         self.last_reject_reason = ""
@@ -71,7 +123,13 @@ class DriverCore:
 
     # -- inputs -----------------------------------------------------------------------------
     def on_joint_state(self, names, positions, now: float) -> str | None:
-        """Store the arm's joint positions; returns a reason when the message is unusable."""
+        """Validate and store the arm's joint positions; returns a reason when the message is unusable.
+
+        A state outside the KUKA limits is rejected.  So is one that jumps further from the last
+        validated state than the arm can move in the time since (spoofed or glitched); once no
+        state has been validated for joint_state_timeout_s (e.g. the sim teleported the arm on a
+        reset), the next in-limit state is taken as the new reference.
+        """
         if len(names) != len(positions):
             reason = "malformed joint_states: names and positions differ in length"
         else:
@@ -81,9 +139,11 @@ class DriverCore:
                 reason = f"joint_states lacks joints {missing}"
             else:
                 q = np.array([positions[index[n]] for n in self.joint_names], dtype=float)
-                reason = check_joint_state(q)
+                fresh = self.q is not None and self.watchdog.joint_states_fresh(now)
+                reason = self.safety.check_joint_state(q, self.q if fresh else None,
+                                                       now - self.q_time if fresh else None)
                 if reason is None:
-                    self.q = q
+                    self.q, self.q_time = q, now
                     self.watchdog.joint_state(now)
                     return None
         self.counters.joint_states_rejected += 1
@@ -120,9 +180,9 @@ class DriverCore:
         q_goal = self._solve(decision.position, decision.rotation)
         if q_goal is None:
             return TargetResult(Status.REJECTED, "IK failed: target pose unreachable")
-        joints = self.safety.check_joints(q_goal, self.q)
-        if not joints.ok:
-            return TargetResult(Status.REJECTED, joints.reason)
+        reason = self.check_command(q_goal)
+        if reason:
+            return TargetResult(Status.REJECTED, reason)
         duration = self.safety.move_duration(self.q, q_goal)
         return TargetResult(decision.status, decision.reason,
                             JointCommand(q_goal, duration, "move", decision.reason))
@@ -167,11 +227,24 @@ class DriverCore:
             return self._hold(reason)
         return None
 
+    def check_command(self, positions) -> str | None:
+        """The one gate every joint command passes before it is returned or sent: finite, inside
+        the KUKA limits, within max_joint_step_deg of the last validated state (which must exist)."""
+        if self.q is None:
+            return "no validated joint_states: nothing may be sent"
+        decision = self.safety.check_joints(positions, self.q)
+        return None if decision.ok else decision.reason
+
     def _hold(self, reason: str) -> JointCommand | None:
         self.watchdog.stop()
         self.last_hold_reason = reason
         if self.q is None:
-            return None  # never measured: nothing was ever sent, nothing to stop
+            return None  # never validated a state: nothing was ever sent, nothing to stop
+        blocked = self.check_command(self.q)
+        if blocked:  # cannot happen for a validated state; the gate holds regardless
+            self.counters.commands_blocked += 1
+            self.last_reject_reason = blocked
+            return None
         self.counters.holds += 1
         return JointCommand(self.q.copy(), self.cfg.hold_duration_s, "hold", reason)
 

@@ -6,6 +6,10 @@ non-finite values -> quaternion -> stamp (stale / future / out of order) -> orie
 (top-down, yaw only) -> workspace box (clamp) -> Cartesian step (clamp).  After IK the joint
 checks run: finite, KUKA position limits, joint step.  Moves are timed from the KUKA velocity
 limits.  The e-stop latch and the watchdog are separate small state machines.
+
+Measured joint states are checked too (check_joint_state): finite, inside the KUKA position
+limits, and no implausible jump from the last validated state.  Every joint command the driver
+sends (move, hold) passes check_joints against that validated state.
 """
 from __future__ import annotations
 
@@ -66,7 +70,8 @@ class SafetyFilter:
 
     def __init__(self, *, workspace_min, workspace_max, max_step_m: float, max_tilt_rad: float,
                  max_command_age_s: float, max_future_s: float, lower, upper, max_velocity,
-                 max_joint_step_rad: float, velocity_scale: float, min_move_duration_s: float):
+                 max_joint_step_rad: float, velocity_scale: float, min_move_duration_s: float,
+                 max_state_jump_rad: float = math.radians(5.0), state_speed_factor: float = 2.0):
         self.ws_min = np.asarray(workspace_min, dtype=float)
         self.ws_max = np.asarray(workspace_max, dtype=float)
         self.max_step = float(max_step_m)
@@ -79,6 +84,8 @@ class SafetyFilter:
         self.max_joint_step = float(max_joint_step_rad)
         self.velocity_scale = float(velocity_scale)
         self.min_duration = float(min_move_duration_s)
+        self.max_state_jump = float(max_state_jump_rad)
+        self.state_speed_factor = float(state_speed_factor)
         self.last_stamp: float | None = None
 
     def reset_stamps(self) -> None:
@@ -134,16 +141,22 @@ class SafetyFilter:
         return Decision(Status.ACCEPTED, "", boxed, rotation)
 
     def check_joints(self, q_target, q_current) -> Decision:
-        """Joint-space checks on an IK solution before it may be sent."""
+        """Joint-space checks on every joint command before it may be sent (moves and holds alike).
+
+        `q_current` is the last validated joint state: the step is measured from it.
+        """
         q = np.asarray(q_target, dtype=float)
         if q.shape != self.lower.shape or not np.all(np.isfinite(q)):
-            return reject("IK returned invalid joint values")
+            return reject("invalid joint command: need finite values for every joint")
         bad = np.nonzero((q < self.lower) | (q > self.upper))[0]
         if bad.size:
             i = int(bad[0])
             return reject(f"joint A{i + 1} target {math.degrees(q[i]):.1f} deg outside "
                           f"[{math.degrees(self.lower[i]):.1f}, {math.degrees(self.upper[i]):.1f}] deg")
-        step = np.abs(q - np.asarray(q_current, dtype=float))
+        ref = np.asarray(q_current, dtype=float)
+        if ref.shape != q.shape or not np.all(np.isfinite(ref)):
+            return reject("invalid joint command: no valid joint state to step from")
+        step = np.abs(q - ref)
         i = int(np.argmax(step))
         if step[i] > self.max_joint_step:
             return reject(f"joint A{i + 1} would move {math.degrees(step[i]):.1f} deg in one command "
@@ -155,12 +168,26 @@ class SafetyFilter:
         dq = np.abs(np.asarray(q_to, dtype=float) - np.asarray(q_from, dtype=float))
         return max(self.min_duration, float(np.max(dq / (self.max_velocity * self.velocity_scale))))
 
-
-def check_joint_state(positions) -> str | None:
-    q = np.asarray(positions, dtype=float)
-    if not np.all(np.isfinite(q)):
-        return "non-finite joint position in joint_states"
-    return None
+    def check_joint_state(self, positions, last_valid=None, dt: float | None = None) -> str | None:
+        """A measured joint state the driver may use: finite, inside the KUKA position limits and,
+        given the last validated state `dt` seconds earlier, no faster than state_speed_factor x
+        the KUKA joint speed plus max_state_jump (a spoofed or glitched state is rejected)."""
+        q = np.asarray(positions, dtype=float)
+        if q.shape != self.lower.shape or not np.all(np.isfinite(q)):
+            return "non-finite joint position in joint_states"
+        bad = np.nonzero((q < self.lower) | (q > self.upper))[0]
+        if bad.size:
+            i = int(bad[0])
+            return (f"joint_states outside the joint limits: A{i + 1} at {q[i]:.4g} rad, limits "
+                    f"[{self.lower[i]:.4f}, {self.upper[i]:.4f}] rad")
+        if last_valid is not None and dt is not None:
+            allowed = self.max_velocity * self.state_speed_factor * max(0.0, float(dt)) + self.max_state_jump
+            jump = np.abs(q - np.asarray(last_valid, dtype=float))
+            i = int(np.argmax(jump - allowed))
+            if jump[i] > allowed[i]:
+                return (f"joint_states jump implausibly: A{i + 1} moved {math.degrees(jump[i]):.1f} deg in "
+                        f"{float(dt):.3f} s (at most {math.degrees(allowed[i]):.1f} deg)")
+        return None
 
 
 class EStop:
