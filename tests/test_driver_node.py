@@ -203,3 +203,50 @@ def test_bad_parameters_stop_the_node_at_start_with_the_field_named(tmp_path, ro
     proc = NodeProcess("iiwa_driver_node", CONFIG, ros_env, ("--params-file", str(overrides)))
     assert proc.wait_exit(30.0) == 1
     assert message in proc.output
+
+
+def test_spoofed_joint_states_never_reach_a_trajectory(tmp_path, ros_env):
+    """Issue 12.1: A1 = 1e30 / 3.1 rad / a 1 rad jump on /joint_states, then the e-stop at once:
+    the hold is the last validated (real) state, and nothing out of limits is ever published."""
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool
+
+    rig = Rig(tmp_path, ros_env, joint_state_timeout_s=1.0, status_rate_hz=10.0)
+    try:
+        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        spoofs = [1e30, 3.1, -3.1, HOME[0] + 1.0]
+        for a1 in spoofs:
+            q = [float(v) for v in HOME]
+            q[0] = a1
+            rig.js_pub.publish(JointState(name=NAMES, position=q))
+        rig.estop_pub.publish(Bool(data=True))
+        assert rig.wait(lambda: rig.counter("joint_states_rejected") >= len(spoofs)), rig.status()
+        assert rig.wait(lambda: len(rig.trajs) == 1), rig.proc.output
+        rig.h.spin_for(0.3)
+        assert len(rig.trajs) == 1
+        hold, _ = _assert_valid_trajectory(rig.trajs[0])
+        np.testing.assert_allclose(hold, HOME, atol=1e-9)
+    finally:
+        assert rig.close() == 0, rig.proc.output
+    # One line per cause, not per message.
+    assert rig.proc.output.count("joint_states outside the joint limits") == 1, rig.proc.output
+    assert rig.proc.output.count("joint_states jump implausibly") == 1, rig.proc.output
+
+
+def test_unique_frame_ids_do_not_flood_the_log(tmp_path, ros_env):
+    """Issue 12.3: 1000 targets with 1000 different frame_ids -> one log line for the cause."""
+    rig = Rig(tmp_path, ros_env, status_rate_hz=10.0)
+    n, batch = 1000, 10
+    try:
+        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        for start in range(0, n, batch):  # batches of the QoS depth, so none is dropped on the way
+            for i in range(start, start + batch):
+                rig.send_target(rig.home_p, frame=f"frame_{i}_{'x' * (i % 7)}")
+            assert rig.wait(lambda s=start: rig.counter("rejected") >= s + batch), rig.status()
+        assert rig.counter("rejected") == n and rig.counter("accepted") == 0
+        assert "frame_999" in rig.status()["last_reject_reason"]
+    finally:
+        assert rig.close() == 0, rig.proc.output
+    lines = [ln for ln in rig.proc.lines if "is not base_frame" in ln]
+    assert len(lines) == 1, lines[:5]
+    assert len(rig.proc.lines) < 20, rig.proc.output

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 import typing
 
@@ -28,7 +27,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from rcan_common.config import ConfigError, from_dict
 from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
 from kuka_iiwa_driver.config import DriverConfig
-from kuka_iiwa_driver.driver import DriverCore, JointCommand
+from kuka_iiwa_driver.driver import DriverCore, JointCommand, cause_of  # noqa: F401 (re-exported)
 from kuka_iiwa_driver.kinematics import ModelError, matrix_to_quat
 from kuka_iiwa_driver.safety import Status
 
@@ -64,11 +63,6 @@ def read_config(node: Node) -> DriverConfig:
 
 def _stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
-
-
-def cause_of(reason: str) -> str:
-    """Stable key of a reason (text before the first number, colon or bracket) for log-once."""
-    return re.split(r"[:(\[\d]", reason, maxsplit=1)[0].strip()
 
 
 class IiwaDriverNode(Node):
@@ -113,7 +107,7 @@ class IiwaDriverNode(Node):
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - one bad message must not kill the node
             self.core.counters.rejected += 1
-            self._warn_once(f"internal error handling {what}: {type(exc).__name__}: {exc}")
+            self.log_once(f"internal_error:{what}", f"internal error handling {what}: {type(exc).__name__}: {exc}")
 
     # -- subscriptions ---------------------------------------------------------------------
     def _on_target(self, msg: PoseStamped) -> None:
@@ -198,6 +192,12 @@ class IiwaDriverNode(Node):
         self.status_pub.publish(String(data=json.dumps(self.core.status(self._now()))))
 
     def _send(self, cmd: JointCommand) -> None:
+        # The core only returns checked commands; the last check before the wire holds regardless.
+        blocked = self.core.check_command(cmd.positions)
+        if blocked:
+            self.core.counters.commands_blocked += 1
+            self._warn_once(blocked, f"{cmd.kind} not sent: ")
+            return
         msg = JointTrajectory()
         # A zero stamp means "start now" to joint_trajectory_controller.
         msg.joint_names = list(self.core.joint_names)

@@ -19,15 +19,27 @@ def qos_profile(reliability: str, depth: int) -> QoSProfile:
 
 
 class OnceLog:
-    """Log a problem the first time each cause occurs and count every occurrence."""
+    """Log a problem the first time each cause occurs and count every occurrence.
 
-    def __init__(self, log: Callable[[str], None]):
+    A cause is a key from the caller's fixed vocabulary (never text a sender controls: that
+    belongs in `message`).  The bookkeeping is bounded regardless: once `max_causes` distinct
+    causes are held, any further new cause is counted, and logged once, under OVERFLOW.
+    """
+
+    OVERFLOW = "other_causes"
+
+    def __init__(self, log: Callable[[str], None], max_causes: int = 64):
+        if max_causes < 1:
+            raise ValueError(f"max_causes must be >= 1, got {max_causes}")
         self._log = log
         self._lock = threading.Lock()
+        self.max_causes = max_causes
         self.counts: dict[str, int] = {}
 
     def __call__(self, cause: str, message: str) -> None:
         with self._lock:
+            if cause not in self.counts and len(self.counts) >= self.max_causes:
+                cause = self.OVERFLOW
             first = cause not in self.counts
             self.counts[cause] = self.counts.get(cause, 0) + 1
         if first:
