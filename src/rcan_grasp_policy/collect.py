@@ -49,6 +49,9 @@ class CollectTask:
     """Probability of a uniformly random action per step (exploration)."""
     aim_offset: float = 0.0
     """Scripted policy: radius (m) of the disc its per-episode aim point is drawn from (near-miss data)."""
+    close_jitter: float = 0.0
+    """Scripted policy: largest |dx|, |dy| (m) of the small random motion its close and terminate carry
+    (ScriptedGraspPolicy.close_jitter; 0 for the evaluated baseline, training sets it)."""
     cem_seed: int = 0
     """Seed of the CEM / exploration random stream of this task."""
     gamma: float = 0.9
@@ -122,7 +125,7 @@ def collect_episodes(task: CollectTask) -> CollectResult:
     if task.policy == "scripted":
         from rcan_sim.scripted import ScriptedGraspPolicy
 
-        scripted = ScriptedGraspPolicy(aim_offset=task.aim_offset)
+        scripted = ScriptedGraspPolicy(aim_offset=task.aim_offset, close_jitter=task.close_jitter)
         act = lambda obs, image, state: scripted(obs, env)  # noqa: E731
     else:
         policy = CEMPolicy(_qfunction(task), task.cem, env.cfg.bounds, seed=rng)
@@ -141,6 +144,7 @@ def collect_episodes(task: CollectTask) -> CollectResult:
             else:
                 action = np.asarray(act(obs, image, state), dtype=np.float32)
             obs, reward, terminated, truncated, step_info = env.step(action)
+            action = step_info["executed_action"]  # the replay holds what ran: clipped to step bounds and workspace
             done = terminated or truncated
             next_image, next_state = encoder(obs, env), state_vector(obs)
             if task.record:

@@ -111,6 +111,9 @@ class TrainConfig:
     """Scripted episodes aim at a point drawn per episode within this radius (m) of the object's centre, so the
     replay holds near misses beside good grasps: the contrast that teaches the Q-function the alignment a grasp
     needs (0: always aim at the centre)."""
+    scripted_close_jitter: float = 0.005
+    """Scripted close and terminate carry a random motion up to this far in x and y (m; half in z, 10 rad/m in
+    yaw), within the measured grasp tolerance, so the data covers the small motions CEM samples (0: exactly none)."""
     replay_capacity: int = 30000
     """Transitions kept in the replay ring buffer."""
     algo: QTOptConfig = field(default_factory=QTOptConfig)
@@ -143,6 +146,7 @@ class TrainConfig:
         for name in ("epsilon", "scripted_fraction", "scripted_epsilon"):
             require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
         require(self.scripted_aim_offset >= 0, "scripted_aim_offset", "must be >= 0")
+        require(self.scripted_close_jitter >= 0, "scripted_close_jitter", "must be >= 0")
         require(self.replay_capacity >= self.algo.batch_size, "replay_capacity", "must be >= algo.batch_size")
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
         require(self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
@@ -257,6 +261,7 @@ class Trainer:
                            generator=self.generator, policy=policy, weights=weights,
                            qnet=self.algo.q.cfg.to_dict(), cem=self.cfg.cem, epsilon=epsilon,
                            aim_offset=self.cfg.scripted_aim_offset if policy == "scripted" else 0.0,
+                           close_jitter=self.cfg.scripted_close_jitter if policy == "scripted" else 0.0,
                            cem_seed=cem_seed, gamma=self.cfg.algo.gamma, threads=self.cfg.threads)
 
     def round_tasks(self) -> list[CollectTask]:

@@ -8,6 +8,12 @@ policy should approach, not exceed, its success rate.
 With `aim_offset` > 0 it aims, per episode, at a point up to that far from the object's
 centre: bootstrap data then holds near misses next to the grasps that work, which is what
 teaches a Q-function how well aligned a grasp has to be.
+
+With `close_jitter` > 0 its close and terminate actions carry a small random motion (uniform,
+up to that far in x and y, half of it in z, and 10 rad/m of it in yaw: 5 mm, 2.5 mm and
+0.05 rad at 0.005), within the tolerance closing was measured to have, seeded by the episode
+and the step.  Zero-motion close and terminate alone would teach a Q-function a peak no
+search samples.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ class ScriptedGraspPolicy:
 
     def __init__(self, approach_height: float = 0.08, xy_tolerance: float = 0.006, yaw_tolerance: float = 0.08,
                  z_tolerance: float = 0.006, grasp_clearance: float = 0.015, finger_reach: float = 0.09,
-                 divider_clearance: float = 0.03, max_width: float = 0.11, aim_offset: float = 0.0):
+                 divider_clearance: float = 0.03, max_width: float = 0.11, aim_offset: float = 0.0,
+                 close_jitter: float = 0.0):
         self.approach_height = approach_height  # above the grasp height while still moving sideways (m)
         self.xy_tolerance = xy_tolerance
         self.yaw_tolerance = yaw_tolerance
@@ -38,12 +45,15 @@ class ScriptedGraspPolicy:
         if aim_offset < 0:
             raise ValueError(f"aim_offset must be >= 0, got {aim_offset}")
         self.aim_offset = aim_offset  # radius (m) of the disc the per-episode aim point is drawn from
+        if close_jitter < 0:
+            raise ValueError(f"close_jitter must be >= 0, got {close_jitter}")
+        self.close_jitter = close_jitter  # largest |dx|, |dy| (m) of the motion close and terminate carry
         self._target: tuple[int | None, int, float, np.ndarray] | None = None  # (seed, object, yaw, aim offset)
 
     def __call__(self, obs, env: GraspEnv) -> np.ndarray:
         s = env.privileged_state()
         if not s["gripper_open"]:
-            return make_action(terminate=True)
+            return make_action(*self._jitter(env, s), terminate=True)
         idx, yaw, offset = self._choose(env, s)
         lo, _ = s["object_aabbs"][idx]
         centre = self._centre(env.world.object_ids[idx], s["object_positions"][idx], s["object_orientations"][idx])
@@ -59,7 +69,16 @@ class ScriptedGraspPolicy:
             return make_action(np.clip(np.array([*dxy, dz]), -step, step), dyaw)
         if target[2] - grasp_z > self.z_tolerance:
             return make_action([*dxy, max(grasp_z - target[2], -step)], dyaw)
-        return make_action(gripper="close")
+        return make_action(*self._jitter(env, s), gripper="close")
+
+    def _jitter(self, env: GraspEnv, s) -> tuple[np.ndarray, float]:
+        """The small motion (translation, dtheta) a close or terminate carries, seeded by episode and step."""
+        if self.close_jitter == 0:
+            return np.zeros(3), 0.0
+        rng = np.random.default_rng([int(env.world.episode_seed or 0), int(s["steps"]), 0x7E1])
+        j = self.close_jitter
+        u = rng.uniform(-1.0, 1.0, 4)
+        return np.array([u[0] * j, u[1] * j, u[2] * j / 2]), float(u[3] * j * 10.0)
 
     def _choose(self, env: GraspEnv, s) -> tuple[int, float, np.ndarray]:
         """Pick (once per episode) the reachable object nearest the gripper whose fingers
