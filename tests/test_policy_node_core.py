@@ -36,10 +36,40 @@ def test_matcher_drops_older_unmatched_and_is_bounded():
     m.add("source", 5, "s5")
     assert m.latest().stamp_ns == 5
     assert m.pending() == {"source": 0, "canonical": 0}  # s2, s3 can never be the newest pair
-    assert m.add("canonical", 3, "c3") is None  # older than the newest pair: dropped at once
+    assert m.add("canonical", 3, "c3") is None  # older than the newest pair, and unmatched: no pair
+    assert m.add("canonical", 5, "c5 again") is None and m.latest().canonical == "c5"  # a duplicate
     assert m.latest(after_ns=5) is None and m.latest(after_ns=4).stamp_ns == 5
     with pytest.raises(ValueError):
         m.add("depth", 1, None)
+
+
+def test_matcher_recovers_when_stamps_go_backwards_and_says_so():
+    """Issue 12.2: one pair stamped an hour ahead must not freeze the matching for good."""
+    said: list[str] = []
+    m = StampMatcher(capacity=4, on_reset=said.append)
+    hour = 3600 * 10**9
+    m.add("source", 100 + hour, "s_future")
+    assert m.add("canonical", 100 + hour, "c_future").stamp_ns == 100 + hour
+    # Later, correctly stamped frames are all "older": the first complete pair resets the matcher.
+    assert m.add("source", 200, "s200") is None
+    pair = m.add("canonical", 200, "c200")
+    assert pair == (200, "s200", "c200") and m.latest() == pair
+    assert m.resets == 1 and len(said) == 1 and "went backwards" in said[0] and "3600.000 s" in said[0]
+    # ... and matching goes on normally from there.
+    m.add("canonical", 300, "c300")
+    assert m.add("source", 300, "s300").stamp_ns == 300 and m.resets == 1
+    # A single late message of one stream alone never resets anything.
+    assert m.add("source", 250, "late") is None and m.resets == 1 and m.latest().stamp_ns == 300
+    m.reset("clock jumped")
+    assert m.latest() is None and m.pending() == {"source": 0, "canonical": 0} and "clock jumped" in said[-1]
+
+
+def test_matcher_single_stream_use_recovers_too():
+    m = StampMatcher()
+    for t in (10, 20, 5, 15):  # the policy's single-stream variant adds each image to both streams
+        m.add("source", t, f"i{t}")
+        assert m.add("canonical", t, f"i{t}").stamp_ns == t
+    assert m.resets == 1 and m.latest().stamp_ns == 15
 
 
 # ---- observation and geometry
@@ -115,9 +145,32 @@ def test_stale_or_missing_inputs_send_nothing():
     assert core.tick(10.0, ee(10.0), GripperState(True, 9.0), pair(10.0)).wait == "gripper_state_stale"
     assert core.tick(10.0, ee(10.0), g, None).wait == "images_missing"
     assert core.tick(10.0, ee(10.0), g, pair(9.2)).wait == "images_stale"
+    # |now - stamp| is bounded both ways: inputs stamped in the future are not fresh either.
+    assert core.tick(10.0, ee(10.0), g, pair(3610.0)).wait == "images_stale"
+    assert core.tick(10.0, ee(11.0), g, pair(10.0)).wait == "ee_pose_stale"
+    assert core.tick(10.0, ee(10.0), GripperState(True, 11.0), pair(10.0)).wait == "gripper_state_stale"
     assert core.step == 0 and core.phase is Phase.ACT
     d = core.tick(10.0, ee(10.0), g, pair(9.9))
     assert d.target is not None and core.step == 1
+
+
+def test_no_command_is_computed_from_a_pair_older_than_max_input_age():
+    """Whatever the stamps do, the planner only ever sees pairs with |now - stamp| <= max_input_age."""
+    rng = np.random.default_rng(3)
+    seen_ages: list[float] = []
+    now = [0.0]
+    pair_t = [0.0]
+
+    def act(images, state):
+        seen_ages.append(abs(now[0] - pair_t[0]))
+        return make_action((0.0, 0.0, 0.0)), 0.5
+
+    core = make_core(act, max_input_age=0.5, settle_timeout=0.05, max_steps=10_000)
+    for k in range(3000):
+        now[0] = 100.0 + 0.01 * k
+        pair_t[0] = now[0] + float(rng.choice([0.0, -0.1, -0.49, -0.51, -2.0, 0.3, 0.6, 3600.0, -3600.0]))
+        core.tick(now[0], ee(now[0]), GripperState(True, now[0]), pair(pair_t[0]))
+    assert len(seen_ages) > 50 and max(seen_ages) <= 0.5
 
 
 def test_step_uses_only_images_after_settle_and_builds_state():

@@ -191,7 +191,7 @@ class CoreConfig:
     max_steps: int = 20
     """Actions per episode (paper: at most 20); then lift and check as if terminated."""
     max_input_age: float = 0.5
-    """Images and EE/gripper state older than this (s) are stale: no command is sent."""
+    """Images and EE/gripper state with |now - stamp| above this (s) are stale: no command is sent."""
     tray_bottom_z: float = -0.115
     """Tray bottom height in the base frame (m); state gripper_height = ee z - this."""
     lift_height: float = 0.2
@@ -343,20 +343,22 @@ class EpisodeCore:
         return Decision()
 
     def _stale(self, now: float, ee, gripper, pair) -> str | None:
+        # Every age is |now - stamp|: an input stamped in the future (clock skew, a clock that
+        # jumped back, a hostile stamp) is no fresher than one as far in the past.
         age = self.cfg.max_input_age
         if ee is None:
             return "ee_pose_missing"
-        if now - ee.stamp > age:
+        if abs(now - ee.stamp) > age:
             return "ee_pose_stale"
         if gripper is None:
             return "gripper_state_missing"
-        if now - gripper.stamp > age:
+        if abs(now - gripper.stamp) > age:
             return "gripper_state_stale"
         if pair is None:
             return "images_missing"
         if pair.stamp <= self.settled_at:
             return "waiting_for_images_after_settle"
-        if now - pair.stamp > age:
+        if abs(now - pair.stamp) > age:
             return "images_stale"
         return None
 

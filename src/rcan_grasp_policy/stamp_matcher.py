@@ -5,12 +5,19 @@ with the same stamp.  Unmatched messages wait in small bounded buffers (the cano
 arrives a few ms after its source); once a pair is complete, everything older in both
 buffers can never be the newest pair and is dropped.  A thread lock makes add/latest safe
 from concurrent subscription callbacks.
+
+Stamps that go backwards (a sim reset that restarts its clock, a clock jump, a pair left
+over from a bad stamp) must not freeze the matching: a message older than the newest pair
+is kept like any other, and when it completes a pair both streams agree that time went
+back.  The matcher then resets to that pair and says so (``resets``, ``last_reset`` and the
+``on_reset`` callback).  Whether a pair is recent enough to act on is the caller's check
+(|now - stamp| <= max_input_age); the matcher only pairs.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 STREAMS = ("source", "canonical")
 
@@ -22,24 +29,28 @@ class Pair(NamedTuple):
 
 
 class StampMatcher:
-    def __init__(self, capacity: int = 10):
+    def __init__(self, capacity: int = 10, on_reset: Callable[[str], None] | None = None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self.on_reset = on_reset
         self._buf: dict[str, OrderedDict[int, Any]] = {s: OrderedDict() for s in STREAMS}
         self._latest: Pair | None = None
         self._lock = threading.Lock()
         self.matched = 0
-        self.dropped = 0  # unmatched messages evicted (buffer full, or older than a newer pair)
+        self.dropped = 0  # unmatched messages evicted (buffer full, or older than a newer pair), duplicates
+        self.resets = 0
+        self.last_reset = ""
 
     def add(self, stream: str, stamp_ns: int, item: Any) -> Pair | None:
-        """Add a message; returns the pair if it completed one (and it is the newest so far)."""
+        """Add a message; returns the pair if it completed one (the newest pair from now on)."""
         if stream not in self._buf:
             raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
         other = STREAMS[1 - STREAMS.index(stream)]
+        reset_message = None
         with self._lock:
-            if self._latest is not None and stamp_ns <= self._latest.stamp_ns:
-                self.dropped += 1  # older than (or a duplicate of) a pair we already have
+            if self._latest is not None and stamp_ns == self._latest.stamp_ns:
+                self.dropped += 1  # a duplicate of the newest pair's stamp
                 return None
             mate = self._buf[other].pop(stamp_ns, None)
             if mate is None:
@@ -51,13 +62,37 @@ class StampMatcher:
                     self.dropped += 1
                 return None
             pair = Pair(stamp_ns, item, mate) if stream == "source" else Pair(stamp_ns, mate, item)
+            if self._latest is not None and stamp_ns < self._latest.stamp_ns:
+                # Both streams agree on a stamp before the newest pair: time went back.
+                back_s = (self._latest.stamp_ns - stamp_ns) * 1e-9
+                reset_message = (f"stamp matcher reset: a complete pair stamped {back_s:.3f} s before the "
+                                 "newest one (stamps went backwards: sim reset or clock jump)")
+                self.dropped += sum(len(b) for b in self._buf.values())
+                for buf in self._buf.values():
+                    buf.clear()
+                self.resets += 1
+                self.last_reset = reset_message
             self._latest = pair
             self.matched += 1
             for buf in self._buf.values():
                 for old in [s for s in buf if s < stamp_ns]:
                     del buf[old]
                     self.dropped += 1
-            return pair
+        if reset_message is not None and self.on_reset is not None:
+            self.on_reset(reset_message)
+        return pair
+
+    def reset(self, why: str) -> None:
+        """Forget every buffered message and the newest pair (e.g. the caller saw its clock jump)."""
+        with self._lock:
+            self.dropped += sum(len(b) for b in self._buf.values())
+            for buf in self._buf.values():
+                buf.clear()
+            self._latest = None
+            self.resets += 1
+            self.last_reset = f"stamp matcher reset: {why}"
+        if self.on_reset is not None:
+            self.on_reset(self.last_reset)
 
     def latest(self, after_ns: int | None = None) -> Pair | None:
         """The newest pair, or None if there is none (or none stamped strictly after `after_ns`)."""
