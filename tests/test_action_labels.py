@@ -123,3 +123,55 @@ def test_label_run_writes_shards_resumes_and_rerenders(tmp_path):
     assert L.run(replace(cfg, resume=True), progress=False)["shards"] == 0
     with pytest.raises(Exception, match="other settings"):
         L.run(replace(cfg, resume=True, candidates=5), progress=False)
+
+
+def test_auc_and_label_metrics_by_hand():
+    from rcan_grasp_policy.label_train import auc, label_metrics
+
+    assert auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)  # sklearn's roc_auc_score
+    assert auc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)
+    q = np.array([[0.9, 0.1, 0.2], [0.1, 0.8, 0.3]])
+    lab = np.array([[0.85, 0.0, 0.3], [0.0, 0.0, 0.5]])
+    m = label_metrics(q, lab)
+    assert m["pick_label"] == pytest.approx((0.85 + 0.0) / 2) and m["oracle_label"] == pytest.approx((0.85 + 0.5) / 2)
+    assert m["within_state_auc"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+@pytest.mark.timeout(300)
+def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
+    """Tiny label -> train -> resume (exact) -> greedy check -> export -> eval-policy run."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from rcan_grasp_policy import evaluate, export, label_train
+
+    torch.set_num_threads(1)
+    L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=2, scenes_per_task=1, split="test", image_size=32,
+                        candidates=3, max_steps=4), progress=False)
+    args = ["--labels", str(tmp_path / "lab"), "--eval-labels", str(tmp_path / "lab"), "--out-dir", str(tmp_path),
+            "--image-size", "32", "--width", "4", "--fc-width", "8", "--batch-states", "4", "--eval-every", "4",
+            "--eval-episodes", "1", "--checkpoint-every", "2", "--log-every", "2", "--threads", "1",
+            "--cem.samples", "8", "--cem.elites", "2"]
+    assert label_train.main(args + ["--total-updates", "4"]) == 0
+    run = tmp_path / "labels-canonical-64"
+    assert label_train.main(args + ["--total-updates", "6"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert label_train.main(args + ["--total-updates", "6", "--resume", "--width", "5"]) == 2
+    assert "'width'" in capsys.readouterr().err
+    # resume continues from the saved state: 4 more updates after the restore equal an uninterrupted 8
+    assert label_train.main(args + ["--total-updates", "8", "--resume"]) == 0
+    resumed = load_file(str(run / "policy.safetensors"))
+    assert label_train.main(args + ["--total-updates", "8", "--run-name", "straight"]) == 0
+    straight = load_file(str(tmp_path / "straight" / "policy.safetensors"))
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=0)
+    evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
+    assert [e["updates"] for e in evals] == [4, 8]
+    assert {"label_auc", "within_state_auc", "pick_label", "cem_regret", "greedy_success"} <= set(evals[0])
+    card = export.export(export.ExportConfig(checkpoint=run, out=tmp_path / "p.onnx", parity_states=2,
+                                             cem=label_train.CEMConfig(samples=8, elites=2)))
+    assert card["parity"]["cem_same_actions"]
+    assert evaluate.main(["--policy", str(tmp_path / "p.onnx"), "--episodes", "1", "--max-steps", "3",
+                          "--cem.samples", "8", "--cem.elites", "2"]) == 0

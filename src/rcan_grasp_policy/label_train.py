@@ -1,0 +1,314 @@
+"""`rcan train-labels`: the paper's Q-network trained on counterfactual action labels (rcan label-states).
+
+    every update:  B labelled states, each image randomly shifted by up to `random_shift` px (QT-Opt's crop
+                   augmentation); the trunk runs once per state, the head scores its K labelled candidates;
+                   loss = BCE(Q(s, a_k), label_k), the cross-entropy loss of QT-Opt with Monte-Carlo labels
+    every eval_every updates, on held-out labelled states (test objects):
+                   label AUC, within-state AUC, pick success (label of the Q-best candidate, beside a random
+                   candidate's and the best one's) and CEM regret (Q of CEM's pick / best Q over a dense set
+                   and the labelled actions); plus greedy success on `eval_episodes` selection episodes
+                   (seeds 1000+, test objects; never the protocol's 0..101)
+
+This is a deviation from the paper's data collection, not from its policy: the network, its inputs and
+CEM at decision time are the paper's, and `rcan train-policy` (QT-Opt on episodes) stays selectable alone.
+The run directory is laid out like train-policy's (config.json, metrics.csv, tb/, evals.jsonl,
+policy.safetensors + policy.json), so `rcan eval-policy` and `rcan export-policy` take it as it is.
+Resume is exact: weights, BatchNorm statistics, Adam state, update counter and both RNGs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rcan_common.config import ConfigError, from_dict, parse_cli, require, save, to_dict
+from rcan_common.executor import make_executor
+from rcan_common.io import atomic_write_json, ensure_writable_dir
+from rcan_grasp_policy.backends import TorchQFunction, save_policy
+from rcan_grasp_policy.cem import CEMConfig, cem_regret
+from rcan_grasp_policy.collect import CollectTask, collect_episodes
+from rcan_grasp_policy.inputs import images_to_nchw
+from rcan_grasp_policy.labels import load_labels
+from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+from rcan_grasp_policy.qtopt import shift_images
+from rcan_sim.stats import wilson_interval
+
+SELECTION_SEED_BASE = 1000
+"""Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample")
+
+
+@dataclass
+class LabelTrainConfig:
+    """Supervised training of the grasping Q-network on counterfactual action labels."""
+
+    labels: tuple[Path, ...] = (Path("data/labels/canonical-64-train"),)
+    """Label directories to train on (rcan label-states --split train)."""
+    eval_labels: Path = Path("data/labels/canonical-64-test")
+    """Held-out label directory (test objects) for AUC, pick success and CEM regret."""
+    variant: str = "canonical"
+    """Input variant; the stored images must be in its domain (canonical or dr-*)."""
+    run_name: str = "labels-canonical-64"
+    """Run directory name under out_dir."""
+    out_dir: Path = Path("runs/policy")
+    resume: bool = False
+    """Continue the run in out_dir/run_name from its last checkpoint."""
+    seed: int = 0
+    image_size: int = 64
+    width: int = 32
+    fc_width: int = 64
+    merge_downsample: int = 16
+    batch_states: int = 64
+    """Labelled states per update (each with all its K candidates)."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    random_shift: int = 4
+    """Shift every training image by up to this many pixels (edge-replicated); 0 disables."""
+    total_updates: int = 20000
+    time_budget_min: float = 0.0
+    """Also stop after this many minutes of this invocation (0: no limit)."""
+    eval_every: int = 1000
+    """Updates between held-out checks (label AUC, pick success, CEM regret, greedy episodes)."""
+    eval_episodes: int = 30
+    """Greedy episodes per check, on selection seeds (0: skip them)."""
+    eval_workers: int = 1
+    checkpoint_every: int = 500
+    log_every: int = 100
+    threads: int = 2
+    """torch threads of the learner."""
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    """CEM of the greedy checks and the regret measurement (the deployed search)."""
+
+    def __post_init__(self) -> None:
+        require(self.variant == "canonical" or self.variant.startswith("dr-"), "variant",
+                "label training reads the stored 3-channel images: canonical or dr-* (rcan needs G at training time)")
+        require(self.batch_states >= 2, "batch_states", "must be >= 2 (BatchNorm)")
+        require(self.random_shift >= 0, "random_shift", "must be >= 0")
+        require(self.total_updates >= 0 and self.time_budget_min >= 0, "total_updates", "must be >= 0")
+        require(self.eval_every >= 0 and self.eval_episodes >= 0, "eval_every", "must be >= 0")
+        require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every", "must be >= 1")
+
+    def qnet_config(self) -> QNetConfig:
+        return QNetConfig(in_channels=3, image_size=self.image_size, width=self.width, fc_width=self.fc_width,
+                          merge_downsample=self.merge_downsample)
+
+
+# ----------------------------------------------------------------------------- held-out metrics
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks); nan when one class is missing."""
+    scores, positive = np.asarray(scores, np.float64).ravel(), np.asarray(positive, bool).ravel()
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e - 1) / 2 + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def label_metrics(q: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """q, labels (N, K).  A candidate is positive when its label leads to a grasp (label > 0)."""
+    positive = labels > 0
+    within = [auc(qs, ps) for qs, ps in zip(q, positive) if 0 < ps.sum() < len(ps)]
+    rows = np.arange(len(q))
+    return {"label_auc": auc(q, positive), "within_state_auc": float(np.mean(within)) if within else float("nan"),
+            "pick_label": float(labels[rows, q.argmax(1)].mean()), "random_label": float(labels.mean()),
+            "oracle_label": float(labels.max(1).mean())}
+
+
+@torch.no_grad()
+def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rng: np.random.Generator,
+                  chunk: int = 128) -> dict[str, float]:
+    net.eval()
+    qf = TorchQFunction(net)
+    qs, ratios = [], []
+    for i in range(0, len(data["labels"]), chunk):
+        sl = slice(i, i + chunk)
+        ctx = qf.embed(data["image"][sl], data["state"][sl])
+        qs.append(qf.score(ctx, data["candidates"][sl]))
+        ratios.append(cem_regret(qf, ctx, len(data["labels"][sl]), data["candidates"][sl], rng, cem, dense=256).ratio)
+    net.train()
+    out = label_metrics(np.concatenate(qs), data["labels"])
+    out["cem_regret"] = float(1.0 - np.concatenate(ratios).mean())  # 0: CEM always finds the best candidate
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+class LabelTrainer:
+    def __init__(self, cfg: LabelTrainConfig):
+        self.cfg = cfg
+        self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
+        self.train = self._load(cfg.labels)
+        self.heldout = self._load((cfg.eval_labels,))
+        torch.manual_seed(cfg.seed)
+        self.net = QNetwork(cfg.qnet_config()).train()
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.updates = 0
+
+    def _load(self, dirs) -> dict[str, np.ndarray]:
+        parts = [load_labels(d) for d in dirs]
+        data = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "state", "candidates", "labels", "seed")}
+        if data["image"].shape[1] != self.cfg.image_size:
+            raise ConfigError(f"invalid config field 'image_size': labels in {dirs} hold {data['image'].shape[1]} px "
+                              f"images, got --image-size {self.cfg.image_size}")
+        return data
+
+    def update(self) -> dict[str, float]:
+        d, cfg = self.train, self.cfg
+        idx = self.rng.integers(0, len(d["labels"]), cfg.batch_states)
+        images = shift_images(d["image"][idx], cfg.random_shift, self.rng)
+        logits = self.net(torch.from_numpy(images_to_nchw(images)), torch.from_numpy(d["state"][idx]),
+                          torch.from_numpy(d["candidates"][idx]))
+        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(d["labels"][idx]))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.updates += 1
+        return {"loss": float(loss.detach())}
+
+    def greedy_check(self, executor) -> dict:
+        from safetensors.torch import save
+
+        cfg = self.cfg
+        weights = save({k: v.detach().contiguous() for k, v in self.net.state_dict().items()})
+        tasks = [CollectTask(seeds=(SELECTION_SEED_BASE + i,), variant=cfg.variant, domain=self.domain,
+                             image_size=cfg.image_size, split="test", policy="qnet", weights=weights,
+                             qnet=self.net.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False)
+                 for i in range(cfg.eval_episodes)]
+        wins = sum(ep["success"] for _, r in executor.map_unordered(collect_episodes, tasks) for ep in r.episodes)
+        return {"greedy_success": wins / cfg.eval_episodes, "greedy_wilson95": list(wilson_interval(wins, cfg.eval_episodes))}
+
+    @property
+    def domain(self) -> str:
+        return "canonical" if self.cfg.variant == "canonical" else self.cfg.variant.removeprefix("dr-")
+
+    # -- persistence
+    def checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"net.{k}": v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
+        opt = self.opt.state_dict()
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"optim.{pid}.{k}"] = torch.as_tensor(v).clone().contiguous()
+        tensors["torch_rng"] = torch.get_rng_state()
+        tmp = self.run_dir / ".checkpoint.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(self.run_dir / "checkpoint.safetensors")
+        atomic_write_json(self.run_dir / "checkpoint.json", {"updates": self.updates, "rng": self.rng.bit_generator.state,
+                                                             "optim_param_groups": opt["param_groups"]})
+        save_policy(self.run_dir / "policy.safetensors", self.net,
+                    {"variant": self.cfg.variant, "generator": None, "domain": self.domain, "updates": self.updates,
+                     "run": self.cfg.run_name, "train_config": to_dict(self.cfg), "trained_on": "action labels"})
+
+    def restore(self) -> None:
+        from safetensors.torch import load_file
+
+        d = self.run_dir
+        if not (d / "checkpoint.json").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {d}")
+        saved = from_dict(LabelTrainConfig, json.loads((d / "config.json").read_text()))
+        for f in _ARCH_FIELDS:
+            if getattr(saved, f) != getattr(self.cfg, f):
+                raise ConfigError(f"invalid config field '{f}': run {d} was trained with {getattr(saved, f)!r}, "
+                                  f"got {getattr(self.cfg, f)!r}")
+        extra = json.loads((d / "checkpoint.json").read_text())
+        tensors = load_file(str(d / "checkpoint.safetensors"))
+        torch.set_rng_state(tensors.pop("torch_rng"))
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        self.opt.load_state_dict({"state": state, "param_groups": extra["optim_param_groups"]})
+        self.rng.bit_generator.state = extra["rng"]
+        self.updates = int(extra["updates"])
+
+
+def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
+    torch.set_num_threads(cfg.threads)
+    tr = LabelTrainer(cfg)
+    d = tr.run_dir
+    if cfg.resume:
+        tr.restore()
+    elif (d / "checkpoint.json").exists():
+        raise ConfigError(f"invalid config field 'run_name': {d} already holds a run; pass --resume or another --run-name")
+    save(cfg, d / "config.json")
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(d / "tb"))
+    columns = ["updates", "loss", "label_auc", "within_state_auc", "pick_label", "random_label", "oracle_label",
+               "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"]
+    new_csv = not (d / "metrics.csv").exists()
+    csv_file = open(d / "metrics.csv", "a", newline="")
+    log = csv.DictWriter(csv_file, columns, extrasaction="ignore")
+    if new_csv:
+        log.writeheader()
+    executor = make_executor(cfg.eval_workers)
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * cfg.time_budget_min if cfg.time_budget_min > 0 else math.inf
+    start, losses = tr.updates, []
+    if progress:
+        print(f"[train-labels] {len(tr.train['labels'])} training states ({len(np.unique(tr.train['seed']))} scenes), "
+              f"{len(tr.heldout['labels'])} held-out; run {d}", flush=True)
+
+    def row(extra: dict) -> None:
+        r = {"updates": tr.updates, "loss": float(np.mean(losses)) if losses else float("nan"),
+             "updates_per_s": (tr.updates - start) / max(time.perf_counter() - t0, 1e-9),
+             "elapsed_s": time.perf_counter() - t0, **extra}
+        log.writerow(r)
+        csv_file.flush()
+        for k, v in r.items():
+            if isinstance(v, float) and k != "updates":
+                writer.add_scalar(k, v, tr.updates)
+        if progress:
+            print("[train-labels] " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in r.items() if not isinstance(v, list)), flush=True)
+
+    try:
+        while tr.updates < cfg.total_updates and time.perf_counter() < deadline:
+            losses.append(tr.update()["loss"])
+            if tr.updates % cfg.log_every == 0:
+                row({})
+                losses = []
+            if cfg.eval_every and tr.updates % cfg.eval_every == 0:
+                check = heldout_check(tr.net, tr.heldout, cfg.cem, np.random.default_rng([cfg.seed, tr.updates]))
+                if cfg.eval_episodes:
+                    check.update(tr.greedy_check(executor))
+                with open(d / "evals.jsonl", "a") as f:
+                    f.write(json.dumps({"updates": tr.updates, **check}) + "\n")
+                row(check)
+            if tr.updates % cfg.checkpoint_every == 0:
+                tr.checkpoint()
+    finally:
+        tr.checkpoint()
+        executor.close()
+        writer.close()
+        csv_file.close()
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_cli(LabelTrainConfig, argv)
+        d = train(cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"rcan train-labels: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[train-labels] done: {d}")
+    return 0
