@@ -8,15 +8,11 @@ Serves: ~/release_estop (std_srvs/Trigger).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-import typing
 
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import JointState
@@ -24,41 +20,25 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from rcan_common.config import ConfigError, from_dict
+from rcan_common.config import ConfigError
+from rcan_common.ros_params import declare_config
 from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
 from kuka_iiwa_driver.config import DriverConfig
 from kuka_iiwa_driver.driver import DriverCore, JointCommand, cause_of  # noqa: F401 (re-exported)
 from kuka_iiwa_driver.kinematics import ModelError, matrix_to_quat
 from kuka_iiwa_driver.safety import Status
 
-_PARAM_TYPES = {
-    bool: ParameterType.PARAMETER_BOOL,
-    str: ParameterType.PARAMETER_STRING,
-    int: ParameterType.PARAMETER_INTEGER,
-    float: ParameterType.PARAMETER_DOUBLE,
-    list[float]: ParameterType.PARAMETER_DOUBLE_ARRAY,
-    list[str]: ParameterType.PARAMETER_STRING_ARRAY,
-}
+# Parameters the running node re-reads: DriverCore takes them from its cfg on every IK solve, so a
+# change (validated as at start-up) applies to the next target.  Every other parameter, the safety
+# limits included, is read-only: SetParameters carries no authentication, so the limits a running
+# arm obeys change only with a restart.
+RUNTIME_PARAMETERS = ("ik_max_iterations", "ik_position_tolerance_m", "ik_orientation_tolerance_deg")
 
 
-def read_config(node: Node) -> DriverConfig:
-    """Declare one ROS parameter per DriverConfig field and build the validated config."""
-    hints = typing.get_type_hints(DriverConfig)
-    defaults = DriverConfig()
-    values = {}
-    for f in dataclasses.fields(DriverConfig):
-        ptype = _PARAM_TYPES[hints[f.name]]
-        default = getattr(defaults, f.name)
-        # Doubles also accept integers written in YAML (e.g. `max_step_m: 1`); from_dict coerces.
-        descriptor = ParameterDescriptor(type=ptype, dynamic_typing=ptype == ParameterType.PARAMETER_DOUBLE)
-        try:
-            values[f.name] = node.declare_parameter(f.name, default, descriptor).value
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            raise ConfigError(f"invalid config field '{f.name}': {exc}") from exc
-    for name in ("tool_offset", "workspace_min", "workspace_max", "rest_posture_deg"):
-        values[name] = [float(v) for v in values[name]]
-    values["joint_names"] = list(values["joint_names"])
-    return from_dict(DriverConfig, values)
+def read_config(node: Node, on_change) -> DriverConfig:
+    """Declare one ROS parameter per DriverConfig field and build the validated config;
+    `on_change` receives each validated runtime change (see rcan_common.ros_params)."""
+    return declare_config(node, DriverConfig, RUNTIME_PARAMETERS, on_change)
 
 
 def _stamp_s(stamp) -> float:
@@ -66,10 +46,10 @@ def _stamp_s(stamp) -> float:
 
 
 class IiwaDriverNode(Node):
-    def __init__(self) -> None:
-        super().__init__("iiwa_driver_node")
+    def __init__(self, **kwargs) -> None:
+        super().__init__("iiwa_driver_node", **kwargs)
         try:
-            self.cfg = read_config(self)
+            self.cfg = read_config(self, self._apply_config)
             self.core = DriverCore(self.cfg)
         except (ConfigError, ModelError) as exc:
             raise StartupError(f"iiwa_driver_node: invalid configuration: {exc}") from exc
@@ -94,6 +74,10 @@ class IiwaDriverNode(Node):
         self.get_logger().info(
             f"{self.core.model.description}: joints {self.core.joint_names}, base_frame "
             f"'{cfg.base_frame}', targets on {cfg.target_topic} -> {cfg.trajectory_topic}")
+
+    def _apply_config(self, cfg: DriverConfig) -> None:
+        # Only RUNTIME_PARAMETERS can differ from the running config (the rest are read-only).
+        self.cfg = self.core.cfg = cfg
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 from geometry_msgs.msg import Point, PoseStamped
@@ -26,9 +27,10 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from rcan_common.config import ConfigError
+from rcan_common.config import ConfigError, require
 from rcan_common.ros_image import COLOR_ENCODINGS, ImageError, check_image_header, image_msg_to_rgb
-from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_node import RELIABILITY, OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_params import declare_config
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair,
                                            load_planner, resolve_inputs)
@@ -44,43 +46,103 @@ def _stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
+@dataclass(frozen=True)
+class PolicyNodeParams:
+    """ROS parameters of policy_node (config/policy.yaml)."""
+
+    model_path: str = "models/policy_rcan_64.onnx"
+    image_inputs: str = "auto"
+    provider: str = "cpu"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    fp16: bool = False
+    warmup_runs: int = 2
+    cem_samples: int = 64
+    cem_elites: int = 6
+    cem_iterations: int = 2
+    seed: int = 0
+    max_translation: float = 0.05
+    max_rotation: float = 0.5
+    control_rate_hz: float = 10.0
+    act_on_new_pair: bool = True
+    """Decide as soon as a new matched pair arrives instead of on the next timer tick (up to
+    1 / control_rate_hz later); the timer still drives settling, lifting and timeouts."""
+    max_steps: int = 20
+    max_input_age: float = 0.5
+    tray_bottom_z: float = -0.115
+    lift_height: float = 0.2
+    lift_step: float = 0.05
+    settle_tolerance: float = 0.01
+    still_time: float = 0.5
+    still_tolerance: float = 0.001
+    settle_timeout: float = 3.0
+    gripper_timeout: float = 2.0
+    sim_mode: bool = False
+    autostart: bool = True
+    max_episodes: int = 0
+    matcher_capacity: int = 10
+    base_frame: str = "lbr_link_0"
+    source_topic: str = "/camera/image_raw"
+    canonical_topic: str = "/rcan/canonical/image"
+    ee_pose_topic: str = "/rcan/ee_pose"
+    gripper_state_topic: str = "/iiwa_driver_node/gripper_state"
+    target_pose_topic: str = "/rcan/target_pose"
+    gripper_command_topic: str = "/rcan/gripper_command"
+    markers_topic: str = "/rcan/policy/markers"
+    status_topic: str = "/rcan/policy/status"
+    reset_service: str = "/sim_node/reset"
+    grasp_success_service: str = "/sim_node/grasp_success"
+    qos_reliability: str = "reliable"
+    image_qos_depth: int = 5
+    qos_depth: int = 5
+
+    def __post_init__(self) -> None:
+        require(bool(self.model_path), "model_path", "must not be empty")
+        require(self.control_rate_hz > 0, "control_rate_hz", "must be > 0")
+        require(self.matcher_capacity >= 1, "matcher_capacity", "must be >= 1")
+        require(self.qos_reliability in RELIABILITY, "qos_reliability", f"must be one of {list(RELIABILITY)}")
+        require(self.image_qos_depth >= 1, "image_qos_depth", "must be >= 1")
+        require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
+        self.runtime_config(), self.cem_config(), self.core_config()  # their own checks
+
+    def runtime_config(self) -> RuntimeConfig:
+        return RuntimeConfig(provider=self.provider, intra_op_threads=self.intra_op_threads,
+                             inter_op_threads=self.inter_op_threads, fp16=self.fp16, warmup_runs=self.warmup_runs)
+
+    def cem_config(self) -> CEMConfig:
+        return CEMConfig(samples=self.cem_samples, elites=self.cem_elites, iterations=self.cem_iterations)
+
+    def bounds(self) -> ActionBounds:
+        return ActionBounds(max_translation=self.max_translation, max_rotation=self.max_rotation)
+
+    def core_config(self) -> CoreConfig:
+        return CoreConfig(
+            max_steps=self.max_steps, max_input_age=self.max_input_age, tray_bottom_z=self.tray_bottom_z,
+            lift_height=self.lift_height, lift_step=self.lift_step, settle_tolerance=self.settle_tolerance,
+            settle_timeout=self.settle_timeout, still_time=self.still_time, still_tolerance=self.still_tolerance,
+            gripper_timeout=self.gripper_timeout, sim_mode=self.sim_mode, autostart=self.autostart,
+            max_episodes=self.max_episodes, bounds=self.bounds())
+
+
+# Parameters the running node re-reads (act_on_new_pair, on every completed pair); a change is
+# validated like a start-up value.  The rest (model, CEM, episode logic, topics, QoS, rates) are
+# used at start-up: read-only.
+RUNTIME_PARAMETERS = ("act_on_new_pair",)
+
+
 class PolicyNode(Node):
     def __init__(self, **kwargs):
         super().__init__("policy_node", **kwargs)
-        p = lambda name, default: self.declare_parameter(name, default).value  # noqa: E731
-        model_path = p("model_path", "models/policy_rcan_64.onnx")
-        self.base_frame = p("base_frame", "lbr_link_0")
-        rate_hz = float(p("control_rate_hz", 10.0))
-        # Decide as soon as a new matched pair arrives instead of on the next timer tick (up to
-        # 1 / control_rate_hz later); the timer still drives settling, lifting and timeouts.
-        self.act_on_new_pair = bool(p("act_on_new_pair", True))
-        reliability = p("qos_reliability", "reliable")
-        image_depth = int(p("image_qos_depth", 5))
-        depth = int(p("qos_depth", 5))
         try:
-            runtime = RuntimeConfig(provider=p("provider", "cpu"), intra_op_threads=int(p("intra_op_threads", 0)),
-                                    inter_op_threads=int(p("inter_op_threads", 0)), fp16=bool(p("fp16", False)),
-                                    warmup_runs=int(p("warmup_runs", 2)))
-            cem = CEMConfig(samples=int(p("cem_samples", 64)), elites=int(p("cem_elites", 6)),
-                            iterations=int(p("cem_iterations", 2)))
-            bounds = ActionBounds(max_translation=float(p("max_translation", 0.05)),
-                                  max_rotation=float(p("max_rotation", 0.5)))
-            core_cfg = CoreConfig(
-                max_steps=int(p("max_steps", 20)), max_input_age=float(p("max_input_age", 0.5)),
-                tray_bottom_z=float(p("tray_bottom_z", -0.115)), lift_height=float(p("lift_height", 0.2)),
-                lift_step=float(p("lift_step", 0.05)),
-                settle_tolerance=float(p("settle_tolerance", 0.01)), settle_timeout=float(p("settle_timeout", 3.0)),
-                still_time=float(p("still_time", 0.5)), still_tolerance=float(p("still_tolerance", 0.001)),
-                gripper_timeout=float(p("gripper_timeout", 2.0)), sim_mode=bool(p("sim_mode", False)),
-                autostart=bool(p("autostart", True)), max_episodes=int(p("max_episodes", 0)), bounds=bounds)
-            if not rate_hz > 0:
-                raise ValueError(f"control_rate_hz must be > 0, got {rate_hz}")
-            image_qos, qos = qos_profile(reliability, image_depth), qos_profile(reliability, depth)
-            self.planner = load_planner(model_path, runtime, cem, bounds, int(p("seed", 0)),
-                                        log=self.get_logger().info)
-            inputs = resolve_inputs(p("image_inputs", "auto"), self.planner.in_channels,
-                                    self.planner.meta.get("variant"))
-            self.matcher = StampMatcher(int(p("matcher_capacity", 10)))
+            cfg = self.params = declare_config(self, PolicyNodeParams, RUNTIME_PARAMETERS, self._apply_params)
+            model_path, self.base_frame, rate_hz = cfg.model_path, cfg.base_frame, cfg.control_rate_hz
+            self.act_on_new_pair = cfg.act_on_new_pair
+            runtime, cem, bounds, core_cfg = cfg.runtime_config(), cfg.cem_config(), cfg.bounds(), cfg.core_config()
+            image_qos = qos_profile(cfg.qos_reliability, cfg.image_qos_depth)
+            qos = qos_profile(cfg.qos_reliability, cfg.qos_depth)
+            self.planner = load_planner(model_path, runtime, cem, bounds, cfg.seed, log=self.get_logger().info)
+            inputs = resolve_inputs(cfg.image_inputs, self.planner.in_channels, self.planner.meta.get("variant"))
+            self.matcher = StampMatcher(cfg.matcher_capacity)
         except (ValueError, ConfigError, RuntimeError) as exc:  # ModelError, PolicyLoadError
             raise StartupError(str(exc)) from exc
         self.core = EpisodeCore(core_cfg, self.planner.act, inputs, self.planner.image_size)
@@ -94,20 +156,17 @@ class PolicyNode(Node):
         self._pending: dict[str, object] = {}
         self._waiting: str | None = None  # why the last control tick sent nothing
 
-        self.target_pub = self.create_publisher(PoseStamped, p("target_pose_topic", "/rcan/target_pose"), qos)
-        self.gripper_pub = self.create_publisher(Bool, p("gripper_command_topic", "/rcan/gripper_command"), qos)
-        self.marker_pub = self.create_publisher(MarkerArray, p("markers_topic", "/rcan/policy/markers"), qos)
-        self.status_pub = self.create_publisher(String, p("status_topic", "/rcan/policy/status"), qos)
-        source_topic = p("source_topic", "/camera/image_raw")
-        canonical_topic = p("canonical_topic", "/rcan/canonical/image")
+        self.target_pub = self.create_publisher(PoseStamped, cfg.target_pose_topic, qos)
+        self.gripper_pub = self.create_publisher(Bool, cfg.gripper_command_topic, qos)
+        self.marker_pub = self.create_publisher(MarkerArray, cfg.markers_topic, qos)
+        self.status_pub = self.create_publisher(String, cfg.status_topic, qos)
+        source_topic, canonical_topic = cfg.source_topic, cfg.canonical_topic
         self.create_subscription(Image, source_topic, lambda m: self._on_image("source", m), image_qos)
         self.create_subscription(Image, canonical_topic, lambda m: self._on_image("canonical", m), image_qos)
-        self.create_subscription(PoseStamped, p("ee_pose_topic", "/rcan/ee_pose"), self._on_ee, qos)
-        self.create_subscription(Bool, p("gripper_state_topic", "/iiwa_driver_node/gripper_state"),
-                                 self._on_gripper, qos)
-        self.sim_clients = {"reset": self.create_client(Trigger, p("reset_service", "/sim_node/reset")),
-                        "grasp_success": self.create_client(Trigger, p("grasp_success_service",
-                                                                       "/sim_node/grasp_success"))}
+        self.create_subscription(PoseStamped, cfg.ee_pose_topic, self._on_ee, qos)
+        self.create_subscription(Bool, cfg.gripper_state_topic, self._on_gripper, qos)
+        self.sim_clients = {"reset": self.create_client(Trigger, cfg.reset_service),
+                            "grasp_success": self.create_client(Trigger, cfg.grasp_success_service)}
         self.create_service(Trigger, "~/start_episode", self._on_start)
         self.create_timer(1.0 / rate_hz, self._tick)
         self.create_timer(1.0, self._publish_status)
@@ -115,6 +174,10 @@ class PolicyNode(Node):
         self.get_logger().info(f"policy {model_path} ({self.planner.provider}, inputs {inputs}, "
                                f"{self.planner.image_size}px, CEM {cem.samples}/{cem.elites}/{cem.iterations}) "
                                f"at {rate_hz:g} Hz, {mode} mode")
+
+    def _apply_params(self, params: PolicyNodeParams) -> None:
+        self.params = params  # validated; only RUNTIME_PARAMETERS can differ
+        self.act_on_new_pair = params.act_on_new_pair
 
     # -- inputs
     def _now(self) -> float:

@@ -8,45 +8,66 @@ with the node clock and published at ``rate_hz`` with a matching CameraInfo.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from rcan_common.ros_image import rgb_to_image_msg
-from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.config import require
+from rcan_common.ros_node import RELIABILITY, OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_params import declare_config
 from rcan_perception.camera_source import (SourceError, center_crop_resize, crop_resize_intrinsics,
                                            intrinsics_from_fov, open_source)
+
+
+@dataclass(frozen=True)
+class CameraNodeParams:
+    """ROS parameters of camera_node (config/camera.yaml)."""
+
+    source: str = "0"
+    image_size: int = 472
+    rate_hz: float = 10.0
+    frame_id: str = "camera_color_optical_frame"
+    loop: bool = True
+    fov_deg: float = 60.0
+    # Intrinsics of the SOURCE frame; fx <= 0 means "derive from fov_deg for the output".
+    fx: float = 0.0
+    fy: float = 0.0
+    cx: float = 0.0
+    cy: float = 0.0
+    image_topic: str = "/camera/image_raw"
+    camera_info_topic: str = "/camera/camera_info"
+    qos_reliability: str = "reliable"
+    qos_depth: int = 5
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 8, "image_size", "must be >= 8")
+        require(self.rate_hz > 0, "rate_hz", "must be > 0")
+        require(0 < self.fov_deg < 180, "fov_deg", "must be in (0, 180)")
+        require(bool(self.frame_id), "frame_id", "must not be empty")
+        require(self.qos_reliability in RELIABILITY, "qos_reliability", f"must be one of {list(RELIABILITY)}")
+        require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
+
+
+# Parameters the running node re-reads (frame_id stamps every frame); a change is validated like a
+# start-up value.  The rest (source, size, rate, intrinsics, topics, QoS) are used at start-up: read-only.
+RUNTIME_PARAMETERS = ("frame_id",)
 
 
 class CameraNode(Node):
     def __init__(self, **kwargs):
         super().__init__("camera_node", **kwargs)
-        p = self.declare_parameter
-        self.source_spec = p("source", "0").value
-        self.image_size = int(p("image_size", 472).value)
-        rate_hz = float(p("rate_hz", 10.0).value)
-        self.frame_id = p("frame_id", "camera_color_optical_frame").value
-        loop = bool(p("loop", True).value)
-        fov_deg = float(p("fov_deg", 60.0).value)
-        # Intrinsics of the SOURCE frame; fx <= 0 means "derive from fov_deg for the output".
-        fx, fy, cx, cy = (float(p(n, 0.0).value) for n in ("fx", "fy", "cx", "cy"))
-        image_topic = p("image_topic", "/camera/image_raw").value
-        info_topic = p("camera_info_topic", "/camera/camera_info").value
-        reliability = p("qos_reliability", "reliable").value
-        depth = int(p("qos_depth", 5).value)
-
-        if self.image_size < 8:
-            raise StartupError(f"image_size must be >= 8, got {self.image_size}")
-        if not rate_hz > 0:
-            raise StartupError(f"rate_hz must be > 0, got {rate_hz}")
-        if not 0 < fov_deg < 180:
-            raise StartupError(f"fov_deg must be in (0, 180), got {fov_deg}")
         try:
-            qos = qos_profile(reliability, depth)
-            self.source = open_source(self.source_spec, loop)
-        except (ValueError, SourceError) as exc:
+            cfg = declare_config(self, CameraNodeParams, RUNTIME_PARAMETERS, self._apply_params)
+            qos = qos_profile(cfg.qos_reliability, cfg.qos_depth)
+            self.source = open_source(cfg.source, cfg.loop)
+        except (ValueError, SourceError) as exc:  # ConfigError is a ValueError
             raise StartupError(str(exc)) from exc
+        self.source_spec, self.image_size, self.frame_id = cfg.source, cfg.image_size, cfg.frame_id
+        rate_hz, fov_deg, image_topic, info_topic = cfg.rate_hz, cfg.fov_deg, cfg.image_topic, cfg.camera_info_topic
+        fx, fy, cx, cy = cfg.fx, cfg.fy, cfg.cx, cfg.cy
         self._source_k = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]) if fx > 0 else None
         self._fov_deg = fov_deg
         self._info: CameraInfo | None = None
@@ -58,6 +79,9 @@ class CameraNode(Node):
         self.timer = self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f"camera {self.source.name} -> {image_topic} ({self.image_size}x{self.image_size} "
                                f"rgb8 at {rate_hz:g} Hz, frame '{self.frame_id}')")
+
+    def _apply_params(self, params: CameraNodeParams) -> None:
+        self.frame_id = params.frame_id  # validated; only RUNTIME_PARAMETERS can differ
 
     def _camera_info(self, height: int, width: int) -> CameraInfo:
         if self._source_k is not None:

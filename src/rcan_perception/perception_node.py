@@ -17,6 +17,7 @@ import json
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -24,45 +25,73 @@ from std_msgs.msg import String
 
 from rcan_common.ros_image import (COLOR_ENCODINGS, DEFAULT_MAX_PIXELS, ImageError, check_image_header,
                                    depth_to_image_msg, image_msg_to_rgb, mono8_to_image_msg, rgb_to_image_msg)
-from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.config import require
+from rcan_common.ros_node import RELIABILITY, OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_params import declare_config
 from rcan_perception.perception_core import CanonicalGenerator, LatencyStats, LatestSlot
 from rcan_perception.runtime import ModelError, RuntimeConfig
+
+MAX_OUTPUT_SIZE = 4096  # px; larger outputs would only cost memory
+
+
+@dataclass(frozen=True)
+class PerceptionNodeParams:
+    """ROS parameters of perception_node (config/perception.yaml)."""
+
+    model_path: str = "models/generator_64.onnx"
+    contract_path: str = ""  # "" = <model>.contract.json
+    provider: str = "cpu"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    fp16: bool = False
+    warmup_runs: int = 2
+    output_size: int = 0  # 0 = the model's resolution
+    max_input_pixels: int = DEFAULT_MAX_PIXELS
+    input_topic: str = "/camera/image_raw"
+    output_prefix: str = "/rcan/canonical"
+    latency_topic: str = "/rcan/perception/latency"
+    stats_period_s: float = 1.0
+    qos_reliability: str = "reliable"
+    input_qos_depth: int = 1
+    output_qos_depth: int = 5
+
+    def __post_init__(self) -> None:
+        require(bool(self.model_path), "model_path", "must not be empty")
+        require(0 <= self.output_size <= MAX_OUTPUT_SIZE, "output_size",
+                f"must be in [0, {MAX_OUTPUT_SIZE}] (0 = the model's resolution)")
+        require(self.max_input_pixels >= 1, "max_input_pixels", "must be >= 1")
+        require(self.stats_period_s > 0, "stats_period_s", "must be > 0")
+        require(self.qos_reliability in RELIABILITY, "qos_reliability", f"must be one of {list(RELIABILITY)}")
+        require(self.input_qos_depth >= 1, "input_qos_depth", "must be >= 1")
+        require(self.output_qos_depth >= 1, "output_qos_depth", "must be >= 1")
+        self.runtime_config()  # provider, threads, warmup runs
+
+    def runtime_config(self) -> RuntimeConfig:
+        return RuntimeConfig(provider=self.provider, intra_op_threads=self.intra_op_threads,
+                             inter_op_threads=self.inter_op_threads, fp16=self.fp16, warmup_runs=self.warmup_runs)
+
+
+# Parameters the running node re-reads (the worker takes output_size for every frame); a change
+# is validated like a start-up value.  The rest (model, contract, provider, topics, QoS, the input
+# size limit) are used at start-up or guard the input: read-only.
+RUNTIME_PARAMETERS = ("output_size",)
 
 
 class PerceptionNode(Node):
     def __init__(self, **kwargs):
         super().__init__("perception_node", **kwargs)
-        p = self.declare_parameter
-        model_path = p("model_path", "models/generator_64.onnx").value
-        contract_file = p("contract_path", "").value  # "" = <model>.contract.json
-        provider = p("provider", "cpu").value
-        intra = int(p("intra_op_threads", 0).value)
-        inter = int(p("inter_op_threads", 0).value)
-        fp16 = bool(p("fp16", False).value)
-        warmup = int(p("warmup_runs", 2).value)
-        output_size = int(p("output_size", 0).value)  # 0 = the model's resolution
-        self.max_pixels = int(p("max_input_pixels", DEFAULT_MAX_PIXELS).value)
-        input_topic = p("input_topic", "/camera/image_raw").value
-        prefix = p("output_prefix", "/rcan/canonical").value.rstrip("/")
-        latency_topic = p("latency_topic", "/rcan/perception/latency").value
-        stats_period = float(p("stats_period_s", 1.0).value)
-        reliability = p("qos_reliability", "reliable").value
-        in_depth = int(p("input_qos_depth", 1).value)
-        out_depth = int(p("output_qos_depth", 5).value)
-
         try:
-            in_qos, out_qos = qos_profile(reliability, in_depth), qos_profile(reliability, out_depth)
-            if output_size < 0:
-                raise ValueError(f"output_size must be >= 0, got {output_size}")
-            if stats_period <= 0:
-                raise ValueError(f"stats_period_s must be > 0, got {stats_period}")
-            runtime = RuntimeConfig(provider=provider, intra_op_threads=intra, inter_op_threads=inter,
-                                    fp16=fp16, warmup_runs=warmup)
-            self.generator = CanonicalGenerator(model_path, runtime, contract_file or None,
+            cfg = self.params = declare_config(self, PerceptionNodeParams, RUNTIME_PARAMETERS, self._apply_params)
+            in_qos = qos_profile(cfg.qos_reliability, cfg.input_qos_depth)
+            out_qos = qos_profile(cfg.qos_reliability, cfg.output_qos_depth)
+            self.generator = CanonicalGenerator(cfg.model_path, cfg.runtime_config(), cfg.contract_path or None,
                                                 log=self.get_logger().info)
-        except (ValueError, ModelError) as exc:
+        except (ValueError, ModelError) as exc:  # ConfigError is a ValueError
             raise StartupError(str(exc)) from exc
-        self.output_size = (output_size, output_size) if output_size else None
+        self.max_pixels = cfg.max_input_pixels
+        self.output_size = (cfg.output_size, cfg.output_size) if cfg.output_size else None
+        input_topic, prefix, model_path = cfg.input_topic, cfg.output_prefix.rstrip("/"), cfg.model_path
+        latency_topic, stats_period = cfg.latency_topic, cfg.stats_period_s
 
         self.rejects = OnceLog(self.get_logger().warning)
         self.stats = LatencyStats()
@@ -80,6 +109,11 @@ class PerceptionNode(Node):
         c = self.generator.contract
         self.get_logger().info(f"{input_topic} -> {prefix}/{{image,segmentation,segmentation/labels,depth}} "
                                f"(model {model_path}, {c.input_width}x{c.input_height})")
+
+    def _apply_params(self, params: PerceptionNodeParams) -> None:
+        # Validated; only RUNTIME_PARAMETERS can differ.  The worker reads output_size per frame.
+        self.params = params
+        self.output_size = (params.output_size, params.output_size) if params.output_size else None
 
     def _on_image(self, msg: Image) -> None:
         # Only the cheap header check here; the pixels are copied by the worker.

@@ -16,7 +16,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
@@ -26,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory
 from rcan_common.config import ConfigError, require
 from rcan_common.ros_image import rgb_to_image_msg
 from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_params import declare_config
 from rcan_sim.domains import DOMAINS
 from rcan_sim.sim_core import SimCore, TrajectoryError, arm_joint_names
 
@@ -75,16 +75,18 @@ def make_world(params: SimNodeParams):
                                   time_step=1.0 / params.physics_hz))
 
 
+# Parameters the running node re-reads (from self.params, on every render, control step or
+# grasp_success call); a change is validated like a start-up value.  The rest (image size, seed,
+# split, rates, QoS, joint names) shape the world, timers and publishers at start-up: read-only.
+RUNTIME_PARAMETERS = ("domain", "success_height", "max_render_share", "real_time_factor", "camera_frame")
+
+
 class SimNode(Node):
-    def __init__(self, world_factory=make_world):
-        super().__init__("sim_node")
-        defaults = SimNodeParams()
-        values = {}
+    def __init__(self, world_factory=make_world, **kwargs):
+        super().__init__("sim_node", **kwargs)
         try:
-            for name in SimNodeParams.__dataclass_fields__:
-                values[name] = self.declare_parameter(name, getattr(defaults, name)).value
-            self.params = SimNodeParams(**values)
-        except (ConfigError, InvalidParameterTypeException) as exc:
+            self.params = declare_config(self, SimNodeParams, RUNTIME_PARAMETERS, self._apply_params)
+        except ConfigError as exc:
             raise StartupError(f"sim_node: {exc}") from exc
         p = self.params
         self.world = world_factory(p)
@@ -115,6 +117,9 @@ class SimNode(Node):
 
     def close(self) -> None:
         self.world.close()
+
+    def _apply_params(self, params: SimNodeParams) -> None:
+        self.params = params  # validated; only RUNTIME_PARAMETERS can differ
 
     # --- commands -------------------------------------------------------------------------
     def on_trajectory(self, msg: JointTrajectory) -> None:
