@@ -285,3 +285,24 @@ def test_readme_names_exactly_the_runtime_validated_parameters():
                 "camera_node": camera_node.RUNTIME_PARAMETERS, "policy_node": policy_node.RUNTIME_PARAMETERS}
     assert {k: set(v) for k, v in declared.items()} == expected
     assert _readme_runtime_table() == expected
+
+
+# -- build_config: the one validation behind start-up and runtime --------------------------------------
+
+@pytest.mark.parametrize("values,words", [
+    ({"tool_offset": [0.0, NAN, 0.2]}, ("tool_offset", "finite")),
+    ({"workspace_max": [0.8, math.inf, 0.35]}, ("workspace_max", "finite")),
+    ({"max_step_m": True}, ("max_step_m", "number")),
+    ({"joint_names": ["a"] * 7}, ("joint_names", "distinct")),
+    ({"ik_max_iterations": 1.5}, ("ik_max_iterations", "integer")),
+])
+def test_build_config_refuses_what_start_up_would(values, words):
+    from kuka_iiwa_driver.config import DriverConfig
+    from rcan_common.config import ConfigError, to_dict
+    from rcan_common.ros_params import build_config
+
+    with pytest.raises(ConfigError) as err:
+        build_config(DriverConfig, {**to_dict(DriverConfig()), **values})
+    for word in words:
+        assert word in str(err.value)
+    assert build_config(DriverConfig, {**to_dict(DriverConfig()), "max_step_m": 1}).max_step_m == 1.0

@@ -58,11 +58,11 @@ def _value(tp: Any, value: Any, field: str) -> Any:
     """A ROS parameter value as the dataclass field's type (strict; numbers must be finite)."""
     if tp is float:
         return _number(value, field)
-    if tp is list[float]:
+    if tp == list[float]:
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
             raise ConfigError(f"invalid config field '{field}': expected a list of numbers, got {value!r}")
         return [_number(v, field) for v in value]
-    if tp is list[str]:
+    if tp == list[str]:
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") \
                 or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"invalid config field '{field}': expected a list of strings, got {value!r}")
