@@ -250,3 +250,47 @@ def test_unique_frame_ids_do_not_flood_the_log(tmp_path, ros_env):
     lines = [ln for ln in rig.proc.lines if "is not base_frame" in ln]
     assert len(lines) == 1, lines[:5]
     assert len(rig.proc.lines) < 20, rig.proc.output
+
+
+def test_release_estop_stays_correct_under_a_burst_of_calls(tmp_path, ros_env):
+    """Issue 12.7: 200 rapid release_estop calls.  With rclpy's default services QoS (depth 10)
+    only about 10 were answered; the server now queues SERVICE_QOS_DEPTH requests.  Every answer
+    is right: no release while the e-stop input is asserted, exactly one release after it clears."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Bool
+    from std_srvs.srv import Trigger
+
+    from rcan_common.ros_node import SERVICE_QOS_DEPTH
+
+    rig = Rig(tmp_path, ros_env, joint_state_timeout_s=1.0, status_rate_hz=10.0)
+    # The caller's side matters too: a client keeps only `depth` unread responses.
+    deep = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=256, reliability=ReliabilityPolicy.RELIABLE)
+    client = rig.h.node.create_client(Trigger, "/iiwa_driver_node/release_estop", qos_profile=deep)
+
+    def burst(n=200):
+        futures = [client.call_async(Trigger.Request()) for _ in range(n)]
+        # Requests are served in order, so once a last call is answered every earlier one that
+        # was going to be answered has been.
+        last = client.call_async(Trigger.Request())
+        assert rig.wait(last.done, 30.0), rig.proc.output
+        return [f.result() for f in futures if f.done()] + [last.result()]
+
+    try:
+        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        assert client.wait_for_service(timeout_sec=10.0)
+        rig.estop_pub.publish(Bool(data=True))
+        assert rig.wait(lambda: rig.status().get("state") == "estop")
+        answers = burst()
+        assert len(answers) > 50, len(answers)
+        assert all(not a.success and "still asserted" in a.message for a in answers)
+        assert rig.wait(lambda: rig.status().get("state") == "estop")
+        rig.estop_pub.publish(Bool(data=False))
+        assert rig.wait(lambda: rig.status().get("estop", {}).get("input_asserted") is False)
+        answers = burst()
+        assert len(answers) > 50, len(answers)
+        assert all(a.success for a in answers)
+        assert [a.message for a in answers].count("e-stop released") == 1
+        assert rig.wait(lambda: rig.status().get("state") == "idle")
+        print(f"answered {len(answers)} of 201 (server depth {SERVICE_QOS_DEPTH})")
+    finally:
+        assert rig.close() == 0, rig.proc.output

@@ -22,7 +22,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from rcan_common.config import ConfigError
 from rcan_common.ros_params import declare_config
-from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_node import OnceLog, StartupError, qos_profile, service_qos, spin_node
 from kuka_iiwa_driver.config import DriverConfig
 from kuka_iiwa_driver.driver import DriverCore, JointCommand, cause_of  # noqa: F401 (re-exported)
 from kuka_iiwa_driver.kinematics import ModelError, matrix_to_quat
@@ -68,7 +68,7 @@ class IiwaDriverNode(Node):
         self.create_subscription(Bool, cfg.gripper_command_topic, self._on_gripper, qos_in)
         self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, qos_in)
         self.create_subscription(Bool, cfg.estop_topic, self._on_estop, qos_reliable)
-        self.create_service(Trigger, "~/release_estop", self._on_release)
+        self.create_service(Trigger, "~/release_estop", self._on_release, qos_profile=service_qos())
         self.create_timer(1.0 / cfg.state_rate_hz, self._on_state_timer)
         self.create_timer(1.0 / cfg.status_rate_hz, self._publish_status)
         self.get_logger().info(

@@ -24,7 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from rcan_common.config import ConfigError, require
 from rcan_common.ros_image import rgb_to_image_msg
-from rcan_common.ros_node import OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_node import OnceLog, StartupError, qos_profile, service_qos, spin_node
 from rcan_common.ros_params import declare_config
 from rcan_sim.domains import DOMAINS
 from rcan_sim.sim_core import SimCore, TrajectoryError, arm_joint_names
@@ -102,8 +102,8 @@ class SimNode(Node):
         self.episode_pub = self.create_publisher(String, "~/episode", p.qos_depth)
         self.create_subscription(JointTrajectory, TRAJECTORY_TOPIC, self.on_trajectory, p.qos_depth)
         self.create_subscription(Bool, GRIPPER_COMMAND_TOPIC, self.on_gripper, p.qos_depth)
-        self.create_service(Trigger, "~/reset", self.on_reset)
-        self.create_service(Trigger, "~/grasp_success", self.on_grasp_success)
+        self.create_service(Trigger, "~/reset", self.on_reset, qos_profile=service_qos())
+        self.create_service(Trigger, "~/grasp_success", self.on_grasp_success, qos_profile=service_qos())
 
         self._last_wall = time.monotonic()
         self.create_timer(1.0 / p.control_rate_hz, self.on_control)
