@@ -175,3 +175,24 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert card["parity"]["cem_same_actions"]
     assert evaluate.main(["--policy", str(tmp_path / "p.onnx"), "--episodes", "1", "--max-steps", "3",
                           "--cem.samples", "8", "--cem.elites", "2"]) == 0
+
+
+def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
+    """One label set trains every variant: rcan inputs are [randomized render, G(render)] of the stored states."""
+    from pathlib import Path
+
+    gen = Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx"
+    L.run(L.LabelConfig(out_dir=tmp_path, scenes=1, scenes_per_task=1, split="test", image_size=64, candidates=3,
+                        max_steps=3), progress=False)
+    data = L.load_labels(tmp_path)
+    images = L.policy_images(tmp_path, data, "rcan", str(gen))
+    assert images.shape == data["image"].shape[:3] + (6,)
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=64, split="test"), domain="randomized"))
+    try:
+        np.testing.assert_array_equal(images[-1, :, :, :3], L.render_record(env, data, len(images) - 1))
+    finally:
+        env.close()
+    assert not np.array_equal(images[..., :3], data["image"])  # randomized, not the stored canonical renders
+    assert len(list(tmp_path.glob("images-rcan-64-*.npy"))) == 1
+    np.testing.assert_array_equal(L.policy_images(tmp_path, data, "rcan", str(gen)), images)  # from the cache
+    assert L.policy_images(tmp_path, data, "canonical") is data["image"]

@@ -35,8 +35,8 @@ from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_grasp_policy.backends import TorchQFunction, save_policy
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
-from rcan_grasp_policy.inputs import images_to_nchw
-from rcan_grasp_policy.labels import load_labels
+from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
+from rcan_grasp_policy.labels import load_labels, policy_images
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 from rcan_grasp_policy.qtopt import shift_images
 from rcan_sim.stats import wilson_interval
@@ -55,7 +55,10 @@ class LabelTrainConfig:
     eval_labels: Path = Path("data/labels/canonical-64-test")
     """Held-out label directory (test objects) for AUC, pick success and CEM regret."""
     variant: str = "canonical"
-    """Input variant; the stored images must be in its domain (canonical or dr-*)."""
+    """Input variant (canonical, rcan, dr-*); inputs in another domain than the stored images are rendered from
+    the stored scene states once and cached beside the labels."""
+    generator: str = "models/generator_64.onnx"
+    """Generator ONNX of variant rcan ([x_randomized, G(x_randomized)])."""
     run_name: str = "labels-canonical-64"
     """Run directory name under out_dir."""
     out_dir: Path = Path("runs/policy")
@@ -88,8 +91,7 @@ class LabelTrainConfig:
     """CEM of the greedy checks and the regret measurement (the deployed search)."""
 
     def __post_init__(self) -> None:
-        require(self.variant == "canonical" or self.variant.startswith("dr-"), "variant",
-                "label training reads the stored 3-channel images: canonical or dr-* (rcan needs G at training time)")
+        require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
         require(self.batch_states >= 2, "batch_states", "must be >= 2 (BatchNorm)")
         require(self.random_shift >= 0, "random_shift", "must be >= 0")
         require(self.total_updates >= 0 and self.time_budget_min >= 0, "total_updates", "must be >= 0")
@@ -97,7 +99,7 @@ class LabelTrainConfig:
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every", "must be >= 1")
 
     def qnet_config(self) -> QNetConfig:
-        return QNetConfig(in_channels=3, image_size=self.image_size, width=self.width, fc_width=self.fc_width,
+        return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width, fc_width=self.fc_width,
                           merge_downsample=self.merge_downsample)
 
 
@@ -160,7 +162,11 @@ class LabelTrainer:
         self.updates = 0
 
     def _load(self, dirs) -> dict[str, np.ndarray]:
-        parts = [load_labels(d) for d in dirs]
+        parts = []
+        for d in dirs:
+            part = load_labels(d)
+            part["image"] = policy_images(d, part, self.cfg.variant, self.cfg.generator, progress=True)
+            parts.append(part)
         data = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "state", "candidates", "labels", "seed")}
         if data["image"].shape[1] != self.cfg.image_size:
             raise ConfigError(f"invalid config field 'image_size': labels in {dirs} hold {data['image'].shape[1]} px "
@@ -186,15 +192,19 @@ class LabelTrainer:
         cfg = self.cfg
         weights = save({k: v.detach().contiguous() for k, v in self.net.state_dict().items()})
         tasks = [CollectTask(seeds=(SELECTION_SEED_BASE + i,), variant=cfg.variant, domain=self.domain,
-                             image_size=cfg.image_size, split="test", policy="qnet", weights=weights,
-                             qnet=self.net.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False)
+                             image_size=cfg.image_size, split="test", generator=self.generator, policy="qnet",
+                             weights=weights, qnet=self.net.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False)
                  for i in range(cfg.eval_episodes)]
         wins = sum(ep["success"] for _, r in executor.map_unordered(collect_episodes, tasks) for ep in r.episodes)
         return {"greedy_success": wins / cfg.eval_episodes, "greedy_wilson95": list(wilson_interval(wins, cfg.eval_episodes))}
 
     @property
     def domain(self) -> str:
-        return "canonical" if self.cfg.variant == "canonical" else self.cfg.variant.removeprefix("dr-")
+        return training_domain(self.cfg.variant)
+
+    @property
+    def generator(self) -> str | None:
+        return self.cfg.generator if self.cfg.variant == "rcan" else None
 
     # -- persistence
     def checkpoint(self) -> None:
@@ -212,7 +222,7 @@ class LabelTrainer:
         atomic_write_json(self.run_dir / "checkpoint.json", {"updates": self.updates, "rng": self.rng.bit_generator.state,
                                                              "optim_param_groups": opt["param_groups"]})
         save_policy(self.run_dir / "policy.safetensors", self.net,
-                    {"variant": self.cfg.variant, "generator": None, "domain": self.domain, "updates": self.updates,
+                    {"variant": self.cfg.variant, "generator": self.generator, "domain": self.domain, "updates": self.updates,
                      "run": self.cfg.run_name, "train_config": to_dict(self.cfg), "trained_on": "action labels"})
 
     def restore(self) -> None:

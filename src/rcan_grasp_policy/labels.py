@@ -250,6 +250,49 @@ def render_record(env, labels: dict[str, np.ndarray], i: int, domain: str | None
     return frame.rgb
 
 
+def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, generator: str | None = None,
+                  progress: bool = False) -> np.ndarray:
+    """The policy input (N, S, S, C) uint8 of every stored state for `variant`, rendered from the scene states
+    (rcan: the randomized render and G of it through ONNX Runtime) and cached in `root` beside the shards."""
+    import hashlib
+    import json
+
+    from rcan_grasp_policy.inputs import InputEncoder, training_domain
+
+    settings = json.loads((Path(root) / "manifest.json").read_text())["settings"]
+    domain, size = training_domain(variant), int(data["image"].shape[1])
+    if variant != "rcan" and domain == settings["domain"]:
+        return data["image"]
+    tag = f"{variant}-{size}"
+    if variant == "rcan":
+        if not generator or not Path(generator).is_file():
+            raise FileNotFoundError(f"variant rcan needs the generator ONNX, got {generator!r}")
+        tag += "-" + hashlib.sha256(Path(generator).read_bytes()).hexdigest()[:12]
+    key = hashlib.sha256(np.ascontiguousarray(data["seed"]).tobytes() + data["joints"].tobytes()).hexdigest()[:12]
+    cache = Path(root) / f"images-{tag}-{key}.npy"
+    if cache.exists():
+        return np.load(cache)
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import WorldConfig
+
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=settings["split"]), domain=domain))
+    encoder = InputEncoder(variant, generator)
+    out = np.zeros((len(data["seed"]), size, size, encoder.channels), np.uint8)
+    try:
+        for i in range(len(out)):
+            out[i] = encoder({"image": render_record(env, data, i)})
+            if progress and i % 2000 == 0:
+                print(f"[labels] rendering {variant} inputs: {i}/{len(out)}", flush=True)
+    finally:
+        env.close()
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, out)
+    atomic_write_bytes(cache, buf.getvalue())
+    return out
+
+
 # --------------------------------------------------------------------------- CLI
 def run(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
     out = ensure_writable_dir(cfg.out_dir)
