@@ -145,3 +145,27 @@ def test_mismatched_model_fails_at_start_naming_file(tmp_path, ros_env):
     node = _start(tmp_path, ros_env, model)
     assert node.wait_exit(30.0) == 1
     assert "four_channel.onnx" in node.output and "channels = 4, expected 3" in node.output
+
+
+def test_future_stamped_frames_are_rejected_on_receipt(tmp_path, ros_env, harness, tiny_gen):
+    """Issue 12.2: a frame stamped an hour ahead is not processed (its header would be copied to
+    every output); a frame within max_future_stamp_s of the node's clock is."""
+    got = harness.collect(Image, OUT["image"])
+    stats = harness.collect(String, "/rcan/perception/latency")
+    pub = harness.node.create_publisher(Image, "/camera/image_raw", 20)
+    node = _start(tmp_path, ros_env, tiny_gen, input_qos_depth=20, max_future_stamp_s=0.5)
+    try:
+        assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
+        now = harness.node.get_clock().now().nanoseconds // 10**9
+        for ahead in (3600, 3601, 60):
+            pub.publish(_frame(now + ahead, seed=ahead)[0])
+        good, _ = _frame(now, seed=1)
+        pub.publish(good)
+        assert harness.spin_until(lambda: any(_stamp(m) == now for m in got), 20.0, node), node.output
+        assert harness.spin_until(
+            lambda: stats and json.loads(stats[-1].data)["rejected"] == {"future_stamp": 3}, 10.0, node), \
+            [s.data for s in stats[-1:]]
+    finally:
+        assert node.stop() == 0
+    assert [_stamp(m) for m in got] == [now]
+    assert sum("in the future" in line for line in node.lines) == 1, node.output

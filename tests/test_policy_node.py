@@ -208,3 +208,44 @@ def test_bad_policy_model_fails_at_start(tmp_path, ros_env, tiny_q):
                        ros_env)
     assert node.wait_exit(30.0) == 1
     assert "gives 6 channels but the policy model takes 3" in node.output
+
+
+def test_future_stamped_pair_is_rejected_and_matching_recovers_when_stamps_go_back(tmp_path, ros_env, harness,
+                                                                                     tiny_q):
+    """Issue 12.2: one pair stamped an hour ahead used to freeze the matcher for good."""
+    from rclpy.time import Duration
+
+    d = Driver(harness)
+    # The timer fires every 20 s: every command here comes from a newly matched pair.
+    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(tiny_q, control_rate_hz=0.05)),
+                       ros_env)
+
+    def status():
+        return json.loads(d.status[-1].data) if d.status else {}
+
+    try:
+        d.wait_connected(node)
+        d.state()
+        d.pair(d.now() + Duration(seconds=3600))
+        assert harness.spin_until(lambda: status().get("rejected", {}).get("future_stamp") == 2, 10.0, node), \
+            status()
+        assert d.targets == [] and status()["matched_pairs"] == 0
+        # Correctly stamped pairs are matched and acted on right after.
+        assert d.publish_until(lambda: d.targets, 15.0, node), node.output
+        # Stamps go backwards (a sim reset, a clock jump): the matcher resets, says so, and goes on.
+        last = d.now()
+        d.state()
+        d.pair(last)
+        # (wait until that pair is matched, so the older one cannot arrive first)
+        assert harness.spin_until(lambda: (status().get("latest_pair_stamp") or 0) >= last.nanoseconds * 1e-9,
+                                  10.0, node), status()
+        assert status()["matcher_resets"] == 0
+        d.pair(last - Duration(seconds=0.2))
+        assert harness.spin_until(lambda: status().get("matcher_resets") == 1, 10.0, node), status()
+        n = len(d.targets)
+        assert d.publish_until(lambda: len(d.targets) > n, 15.0, node), node.output
+    finally:
+        assert node.stop() == 0
+    out = node.output
+    assert sum("in the future" in line for line in out.splitlines()) == 1, out
+    assert "stamp matcher reset" in out and "went backwards" in out

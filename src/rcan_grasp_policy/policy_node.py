@@ -29,7 +29,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from rcan_common.config import ConfigError, require
 from rcan_common.ros_image import COLOR_ENCODINGS, ImageError, check_image_header, image_msg_to_rgb
-from rcan_common.ros_node import RELIABILITY, OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_node import RELIABILITY, OnceLog, StartupError, qos_profile, service_qos, spin_node
+from rcan_common.stamps import DEFAULT_MAX_FUTURE_S, FUTURE_STAMP, future_stamp_reason
 from rcan_common.ros_params import declare_config
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair,
@@ -69,6 +70,8 @@ class PolicyNodeParams:
     1 / control_rate_hz later); the timer still drives settling, lifting and timeouts."""
     max_steps: int = 20
     max_input_age: float = 0.5
+    max_future_stamp_s: float = DEFAULT_MAX_FUTURE_S
+    """Images and EE poses stamped more than this (s) ahead of this node's clock are rejected on receipt."""
     tray_bottom_z: float = -0.115
     lift_height: float = 0.2
     lift_step: float = 0.05
@@ -100,6 +103,7 @@ class PolicyNodeParams:
         require(bool(self.model_path), "model_path", "must not be empty")
         require(self.control_rate_hz > 0, "control_rate_hz", "must be > 0")
         require(self.matcher_capacity >= 1, "matcher_capacity", "must be >= 1")
+        require(0 <= self.max_future_stamp_s <= 10, "max_future_stamp_s", "must be in [0, 10]")
         require(self.qos_reliability in RELIABILITY, "qos_reliability", f"must be one of {list(RELIABILITY)}")
         require(self.image_qos_depth >= 1, "image_qos_depth", "must be >= 1")
         require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
@@ -142,7 +146,7 @@ class PolicyNode(Node):
             qos = qos_profile(cfg.qos_reliability, cfg.qos_depth)
             self.planner = load_planner(model_path, runtime, cem, bounds, cfg.seed, log=self.get_logger().info)
             inputs = resolve_inputs(cfg.image_inputs, self.planner.in_channels, self.planner.meta.get("variant"))
-            self.matcher = StampMatcher(cfg.matcher_capacity)
+            self.matcher = StampMatcher(cfg.matcher_capacity, on_reset=self._on_matcher_reset)
         except (ValueError, ConfigError, RuntimeError) as exc:  # ModelError, PolicyLoadError
             raise StartupError(str(exc)) from exc
         self.core = EpisodeCore(core_cfg, self.planner.act, inputs, self.planner.image_size)
@@ -153,6 +157,7 @@ class PolicyNode(Node):
         self.ee: EEState | None = None
         self.gripper: GripperState | None = None
         self._pair_cache: ImagePair | None = None
+        self._pair_cached_from = None  # the matcher Pair _pair_cache was converted from
         self._pending: dict[str, object] = {}
         self._waiting: str | None = None  # why the last control tick sent nothing
 
@@ -167,7 +172,7 @@ class PolicyNode(Node):
         self.create_subscription(Bool, cfg.gripper_state_topic, self._on_gripper, qos)
         self.sim_clients = {"reset": self.create_client(Trigger, cfg.reset_service),
                             "grasp_success": self.create_client(Trigger, cfg.grasp_success_service)}
-        self.create_service(Trigger, "~/start_episode", self._on_start)
+        self.create_service(Trigger, "~/start_episode", self._on_start, qos_profile=service_qos())
         self.create_timer(1.0 / rate_hz, self._tick)
         self.create_timer(1.0, self._publish_status)
         mode = "sim" if core_cfg.sim_mode else "robot"
@@ -188,6 +193,8 @@ class PolicyNode(Node):
             check_image_header(msg, COLOR_ENCODINGS, 3)
         except ImageError as exc:
             self.rejects(f"{stream}:{exc.reason}", f"rejected {stream} image: {exc}")
+            return
+        if self._future(msg.header.stamp, f"{stream} image"):
             return
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         if self.uses["source"] and self.uses["canonical"]:
@@ -212,7 +219,20 @@ class PolicyNode(Node):
         if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat)) and norm > 1e-6):
             self.rejects("ee_values", f"rejected EE pose with non-finite values or a zero quaternion: {pos}, {quat}")
             return
+        if self._future(msg.header.stamp, "EE pose"):
+            return
         self.ee = EEState(pos, quat / norm, _stamp_s(msg.header.stamp))
+
+    def _future(self, stamp, what: str) -> bool:
+        """Reject (log once per cause, count) an input stamped too far ahead of this node's clock."""
+        reason = future_stamp_reason(_stamp_s(stamp), self._now(), self.params.max_future_stamp_s)
+        if reason is not None:
+            self.rejects(FUTURE_STAMP, f"rejected {what}: {reason}")
+        return reason is not None
+
+    def _on_matcher_reset(self, message: str) -> None:
+        # Logged once until the next command (like every wait cause), counted in the status.
+        self.waits("matcher_reset", message)
 
     def _on_gripper(self, msg: Bool) -> None:
         self.gripper = GripperState(bool(msg.data), self._now())  # Bool has no header: stamp on receipt
@@ -222,9 +242,10 @@ class PolicyNode(Node):
         if pair is None:
             return None
         stamp = pair.stamp_ns * 1e-9
-        if self._pair_cache is None or self._pair_cache.stamp != stamp:
+        if self._pair_cached_from is not pair:  # a new pair (after a matcher reset its stamp may repeat)
             try:
                 self._pair_cache = ImagePair(stamp, image_msg_to_rgb(pair.source), image_msg_to_rgb(pair.canonical))
+                self._pair_cached_from = pair
             except ImageError as exc:  # headers were checked on receipt; keep the node up regardless
                 self.rejects(f"pair:{exc.reason}", f"cannot convert image pair: {exc}")
                 return None
@@ -314,9 +335,14 @@ class PolicyNode(Node):
         self.get_logger().info(f"start_episode: {response.message}")
         return response
 
+    def _latest_pair_stamp(self) -> float | None:
+        pair = self.matcher.latest()
+        return None if pair is None else pair.stamp_ns * 1e-9
+
     def _publish_status(self) -> None:
         status = self.core.status()
         status.update(waiting=self._waiting, matched_pairs=self.matcher.matched, unmatched_dropped=self.matcher.dropped,
+                      matcher_resets=self.matcher.resets, latest_pair_stamp=self._latest_pair_stamp(),
                       rejected=dict(self.rejects.counts), provider=self.planner.provider)
         self.status_pub.publish(String(data=json.dumps(status)))
 

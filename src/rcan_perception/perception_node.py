@@ -28,6 +28,7 @@ from rcan_common.ros_image import (COLOR_ENCODINGS, DEFAULT_MAX_PIXELS, ImageErr
 from rcan_common.config import require
 from rcan_common.ros_node import RELIABILITY, OnceLog, StartupError, qos_profile, spin_node
 from rcan_common.ros_params import declare_config
+from rcan_common.stamps import DEFAULT_MAX_FUTURE_S, FUTURE_STAMP, future_stamp_reason
 from rcan_perception.perception_core import CanonicalGenerator, LatencyStats, LatestSlot
 from rcan_perception.runtime import ModelError, RuntimeConfig
 
@@ -47,6 +48,8 @@ class PerceptionNodeParams:
     warmup_runs: int = 2
     output_size: int = 0  # 0 = the model's resolution
     max_input_pixels: int = DEFAULT_MAX_PIXELS
+    max_future_stamp_s: float = DEFAULT_MAX_FUTURE_S
+    """Images stamped more than this (s) ahead of this node's clock are rejected on receipt."""
     input_topic: str = "/camera/image_raw"
     output_prefix: str = "/rcan/canonical"
     latency_topic: str = "/rcan/perception/latency"
@@ -61,6 +64,7 @@ class PerceptionNodeParams:
                 f"must be in [0, {MAX_OUTPUT_SIZE}] (0 = the model's resolution)")
         require(self.max_input_pixels >= 1, "max_input_pixels", "must be >= 1")
         require(self.stats_period_s > 0, "stats_period_s", "must be > 0")
+        require(0 <= self.max_future_stamp_s <= 10, "max_future_stamp_s", "must be in [0, 10]")
         require(self.qos_reliability in RELIABILITY, "qos_reliability", f"must be one of {list(RELIABILITY)}")
         require(self.input_qos_depth >= 1, "input_qos_depth", "must be >= 1")
         require(self.output_qos_depth >= 1, "output_qos_depth", "must be >= 1")
@@ -121,6 +125,12 @@ class PerceptionNode(Node):
             check_image_header(msg, COLOR_ENCODINGS, 3, max_pixels=self.max_pixels)
         except ImageError as exc:
             self.rejects(exc.reason, f"rejected image on {msg.header.frame_id or '(no frame_id)'}: {exc}")
+            return
+        # A future stamp would be copied onto every output and poison the policy's pairing.
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        reason = future_stamp_reason(stamp, self.get_clock().now().nanoseconds * 1e-9, self.params.max_future_stamp_s)
+        if reason is not None:
+            self.rejects(FUTURE_STAMP, f"rejected image: {reason}")
             return
         self.slot.put((msg, time.monotonic()))
 
