@@ -163,6 +163,59 @@ def bench_collect(net: QNetwork, episodes: int = 2) -> dict:
     return out
 
 
+def bench_labels(scenes: int = 4) -> dict:
+    """Counterfactual labels (rcan label-states) against the plain scripted episode collector, per CPU-second of
+    this process, same scenes' count, same run; and the label learner's updates/s."""
+    import tempfile
+
+    from rcan_grasp_policy.collect import CollectTask, collect_episodes
+    from rcan_grasp_policy.label_train import LabelTrainConfig, LabelTrainer
+    from rcan_grasp_policy.labels import LabelConfig, label_task, load_labels
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = LabelConfig(out_dir=Path(tmp), scenes=scenes + 1, scenes_per_task=1, split="train")
+        label_task((cfg, 0))  # build the env first
+        c0 = time.process_time()
+        summaries = [label_task((cfg, t)) for t in range(1, scenes + 1)]
+        label_cpu = time.process_time() - c0
+        data = load_labels(tmp)
+        contrast = float((data["labels"].max(1) > data["labels"].min(1)).mean())
+        n_labels = sum(s["states"] for s in summaries) * cfg.candidates
+        task = CollectTask(seeds=tuple(range(2_000_000, 2_000_000 + scenes)), variant="canonical", domain="canonical",
+                           image_size=64, policy="scripted", epsilon=0.1, gamma=0.9)
+        collect_episodes(CollectTask(**{**task.__dict__, "seeds": (1_999_999,)}))
+        c0 = time.process_time()
+        res = collect_episodes(task)
+        collect_cpu = time.process_time() - c0
+        n_transitions = len(res.transitions.reward)
+        # learner on these labels
+        train = LabelTrainer.__new__(LabelTrainer)
+        train.cfg = LabelTrainConfig(labels=(Path(tmp),), threads=1)
+        train.train = {k: data[k] for k in ("image", "state", "candidates", "labels", "seed")}
+        torch.manual_seed(0)
+        train.net = QNetwork(train.cfg.qnet_config()).train()
+        train.opt = torch.optim.AdamW(train.net.parameters(), lr=1e-3)
+        train.rng, train.updates = np.random.default_rng(0), 0
+        torch.set_num_threads(1)
+        train.update()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            train.update()
+        updates_per_s = 10 / (time.perf_counter() - t0)
+    labels_per_cpu_s = n_labels / label_cpu
+    transitions_per_cpu_s = n_transitions / collect_cpu
+    return {"labels_per_cpu_s": round(labels_per_cpu_s, 2), "labelled_states_per_cpu_s": round(n_labels / cfg.candidates / label_cpu, 2),
+            "states_with_contrast": round(contrast, 3), "candidates_per_state": cfg.candidates,
+            "episode_transitions_per_cpu_s": round(transitions_per_cpu_s, 2),
+            "ratio_labels_vs_transitions": round(labels_per_cpu_s / transitions_per_cpu_s, 3),
+            "ratio_contrasted_labels_vs_transitions": round(contrast * labels_per_cpu_s / transitions_per_cpu_s, 3),
+            "label_learner_updates_per_s_1_thread": round(updates_per_s, 2), "label_batch_states": train.cfg.batch_states,
+            "scenes": scenes,
+            "note": "a transition is one (state, action, reward) of a scripted episode (epsilon 0.1), rendered; a label is "
+                    "one candidate's outcome at a state (restore, execute, scripted completion without rendering). "
+                    "Only labels contrast actions in the same state (states_with_contrast: K labels not all equal)"}
+
+
 def scripted_states(net_cfg: QNetConfig, seeds, domain: str = "canonical", generator: str | None = None,
                     close_jitter: float = 0.0) -> dict:
     """The policy's inputs at every step of scripted episodes on unseen test objects, with the scripted (executed)
@@ -257,6 +310,7 @@ def main() -> dict:
         "learner_paper_target_cem": bench_updates(net.cfg, CEMConfig(), updates=3),
         "collector": bench_collect(net),
         "cem_regret": bench_regret(net),
+        "labels": bench_labels(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__},
     }
@@ -264,7 +318,7 @@ def main() -> dict:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(OUT, result)
     print(json.dumps({k: result[k] for k in ("decision_latency_1_thread", "learner", "merge8", "collector", "cem_regret",
-                                             "seconds")}, indent=1))
+                                             "labels", "seconds")}, indent=1))
     return result
 
 
