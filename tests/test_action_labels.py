@@ -170,6 +170,10 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
     assert [e["updates"] for e in evals] == [4, 8]
     assert {"label_auc", "within_state_auc", "pick_label", "cem_regret", "greedy_success"} <= set(evals[0])
+    # DAgger-style: the trained policy's own episodes visit the next states to label
+    L.run(L.LabelConfig(out_dir=tmp_path / "dagger", scenes=1, split="test", image_size=32, candidates=3,
+                        max_steps=3, behaviour=str(run), behaviour_epsilon=0.0), progress=False)
+    assert len(L.load_labels(tmp_path / "dagger")["seed"]) > 0
     card = export.export(export.ExportConfig(checkpoint=run, out=tmp_path / "p.onnx", parity_states=2,
                                              cem=label_train.CEMConfig(samples=8, elites=2)))
     assert card["parity"]["cem_same_actions"]

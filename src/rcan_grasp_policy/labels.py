@@ -65,6 +65,9 @@ class LabelConfig:
     drawn from CEM's initial sampling distribution."""
     label_prob: float = 0.6
     """Probability that a visited state is labelled (the rest are only passed through)."""
+    behaviour: str = "scripted"
+    """Policy whose episodes visit the labelled states: 'scripted', or a policy (.safetensors / .onnx / run
+    directory) of a 3-channel variant run greedily through CEM (DAgger-style: the data follows the policy)."""
     behaviour_epsilon: float = 0.3
     """Probability of a uniformly random behaviour action (spreads the visited states)."""
     aim_offset: float = 0.03
@@ -180,6 +183,20 @@ def _env(cfg: LabelConfig):
     return _ENVS[key]
 
 
+def _behaviour_policy(path: str, env):
+    """A learned policy as `policy(obs, env) -> action`: greedy CEM on its Q-function (3-channel variants)."""
+    from rcan_grasp_policy.backends import load_qfunction
+    from rcan_grasp_policy.cem import CEMPolicy
+    from rcan_grasp_policy.inputs import state_vector
+
+    p = Path(path)
+    qf, meta = load_qfunction(p / "policy.safetensors" if p.is_dir() else p, threads=1)
+    if meta.get("variant") == "rcan":
+        raise ConfigError(f"behaviour policy {path} is an rcan policy; DAgger labelling runs 3-channel variants")
+    policy = CEMPolicy(qf, seed=0)
+    return lambda obs, env: policy.act(obs["image"][None], state_vector(obs)[None])[0][0]
+
+
 def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
     """Run the task's behaviour episodes, label their states, write the shard; returns its summary."""
     from rcan_grasp_policy.cem import random_actions
@@ -189,13 +206,14 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
     t0 = time.perf_counter()
     env = _env(cfg)
     completion = ScriptedGraspPolicy()
+    learned = None if cfg.behaviour == "scripted" else _behaviour_policy(cfg.behaviour, env)
     rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
                                              "target", "yaw", "state", "image", "candidates", "labels")}
     successes = 0
     for scene in cfg.task_scenes(task):
         seed = SEED_BASE[cfg.split] + cfg.seed * 100_000_000 + scene
         rng = np.random.default_rng([cfg.seed, scene, 0x1ABE])
-        behaviour = ScriptedGraspPolicy(aim_offset=cfg.aim_offset)
+        behaviour = ScriptedGraspPolicy(aim_offset=cfg.aim_offset) if learned is None else learned
         obs, _ = env.reset(seed)
         done = False
         while not done:
