@@ -140,12 +140,15 @@ class IiwaDriverNode(Node):
         self._publish_status()
 
     def _on_release(self, request, response):
+        was_latched = self.core.estop.latched
         response.success, response.message = self.core.release_estop()
-        # rclpy forbids two severities from one call site, hence two calls.
-        if response.success:
+        # Only a state change is logged each time; a burst of calls must not flood the log: a
+        # refusal is logged once (the caller has the reason in the response), a call while not
+        # latched is only answered.
+        if response.success and was_latched:
             self.get_logger().info(f"release_estop: {response.message}")
-        else:
-            self.get_logger().warning(f"release_estop: {response.message}")
+        elif not response.success:
+            self.log_once("release_refused", f"release_estop refused: {response.message}")
         self._publish_status()
         return response
 

@@ -154,6 +154,7 @@ class PolicyNode(Node):
 
         self.rejects = OnceLog(self.get_logger().warning)
         self.waits = OnceLog(self.get_logger().warning)
+        self.events = OnceLog(self.get_logger().warning)
         self.ee: EEState | None = None
         self.gripper: GripperState | None = None
         self._pair_cache: ImagePair | None = None
@@ -221,6 +222,11 @@ class PolicyNode(Node):
             return
         if self._future(msg.header.stamp, "EE pose"):
             return
+        age = self._now() - _stamp_s(msg.header.stamp)
+        if age > self.params.max_input_age:  # never usable: keep the fresh state it would replace
+            self.rejects("ee_stale", f"rejected EE pose stamped {age:.3f} s ago (max_input_age "
+                                     f"{self.params.max_input_age} s)")
+            return
         self.ee = EEState(pos, quat / norm, _stamp_s(msg.header.stamp))
 
     def _future(self, stamp, what: str) -> bool:
@@ -231,8 +237,8 @@ class PolicyNode(Node):
         return reason is not None
 
     def _on_matcher_reset(self, message: str) -> None:
-        # Logged once until the next command (like every wait cause), counted in the status.
-        self.waits("matcher_reset", message)
+        # Logged once (a sender replaying old pairs must not flood the log); status counts them all.
+        self.events("matcher_reset", message)
 
     def _on_gripper(self, msg: Bool) -> None:
         self.gripper = GripperState(bool(msg.data), self._now())  # Bool has no header: stamp on receipt
