@@ -196,8 +196,8 @@ class Fuzzer:
         from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
         q = [float(self.rng.choice([1e30, math.nan, 3.1, 40.0])) for _ in range(7)]
-        return JointTrajectory(joint_names=list(NAMES), points=[
-            JointTrajectoryPoint(positions=q, time_from_start=Duration(sec=0, nanosec=int(self.rng.integers(0, 10**8))))])
+        t = Duration(sec=0, nanosec=int(self.rng.integers(0, 10**8)))
+        return JointTrajectory(joint_names=list(NAMES), points=[JointTrajectoryPoint(positions=q, time_from_start=t)])
 
     def _never_executable(self, msg):
         """A trajectory on the controller topic goes straight to the (simulated) robot, past the
@@ -250,7 +250,6 @@ def test_fuzz_the_running_graph(tmp_path, models_64):
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, String
     from std_srvs.srv import Trigger
-    from trajectory_msgs.msg import JointTrajectory
 
     from kuka_iiwa_driver.kinematics import load_model
     from rcan_common.ros_node import service_qos
