@@ -169,6 +169,8 @@ def test_causes_come_from_a_fixed_vocabulary_whatever_the_sender_writes(core):
         assert f"evil_{i}_" in res.reason
         causes.add(cause_of(res.reason))
     assert causes == {"target_frame"}
+    long = target(core, frame="x" * 100_000 + "\n[ERROR] forged log line").reason
+    assert len(long) < 200 and "\n" not in long and cause_of(long) == "target_frame"
     # Every rejection this core can produce maps into the vocabulary, none to 'other'.
     bad = list(HOME)
     bad[0] = 1e30

@@ -169,7 +169,9 @@ class DriverCore:
         if self.estop.latched:
             return TargetResult(Status.REJECTED, "e-stop latched: call ~/release_estop")
         if frame_id != self.cfg.base_frame:
-            return TargetResult(Status.REJECTED, f"target frame '{frame_id}' is not base_frame "
+            # The sender's text is quoted (repr, at most 64 characters): it reaches logs and status.
+            shown = repr(frame_id[:64]) + ("..." if len(frame_id) > 64 else "")
+            return TargetResult(Status.REJECTED, f"target frame {shown} is not base_frame "
                                                  f"'{self.cfg.base_frame}'")
         if self.q is None or not self.watchdog.joint_states_fresh(now):
             return TargetResult(Status.REJECTED, "no fresh joint_states: robot state unknown")
