@@ -173,6 +173,28 @@ def test_no_command_is_computed_from_a_pair_older_than_max_input_age():
     assert len(seen_ages) > 50 and max(seen_ages) <= 0.5
 
 
+def test_a_clock_that_jumps_back_does_not_freeze_the_episode():
+    """After the clock goes back (sim clock restart, NTP step), fresh images on the new clock are
+    'after the settle time' again and timeouts still fire."""
+    core = make_core(Script(make_action((0.0, 0.0, 0.0)), make_action((0.0, 0.0, 0.0))), settle_timeout=0.5)
+    g = GripperState(True, 100.0)
+    d = core.tick(100.0, ee(100.0), g, pair(99.95))
+    assert d.target is not None and core.phase is Phase.MOVE
+    pos, _ = d.target
+    core.tick(100.2, ee(100.2, pos), GripperState(True, 100.2), pair(100.15))  # arrived: settled at 100.2
+    assert core.phase is Phase.ACT and core.settled_at == 100.2
+    d = core.tick(40.0, ee(40.0, pos), GripperState(True, 40.0), pair(39.99))  # the clock went back 60.2 s
+    assert core.clock_jumps == 1 and "clock went back 60.200 s" in d.event
+    assert d.wait == "waiting_for_images_after_settle"  # settled "at 40.0" on the new clock
+    d = core.tick(40.1, ee(40.1, pos), GripperState(True, 40.1), pair(40.05))
+    assert d.target is not None, d
+    assert core.status()["clock_jumps"] == 1
+    # The move it started still times out on the new clock.
+    assert core.tick(40.4, None, None, None).target is None and core.phase is Phase.MOVE
+    core.tick(40.7, None, None, None)
+    assert core.phase is Phase.ACT
+
+
 def test_step_uses_only_images_after_settle_and_builds_state():
     script = Script(make_action((0.01, 0.0, -0.2), gripper="close"), make_action((0.0, 0.0, 0.0)))
     core = make_core(script, tray_bottom_z=-0.185, settle_tolerance=0.005)

@@ -208,3 +208,21 @@ def test_joint_command_needs_a_finite_reference():
     assert "no valid joint state" in f.check_joints(q0, q0[:3]).reason
     assert "outside" in f.check_joints(np.full(7, 1e30), q0).reason
     assert "invalid joint command" in f.check_joints(np.full(7, np.inf), q0).reason
+
+
+def test_a_clock_that_jumps_back_does_not_freeze_or_refresh_anything():
+    f = make_filter()
+    assert check(f, (0.5, 0.0, 0.1), stamp=NOW - 0.01, now=NOW).ok
+    # The clock went back ten minutes: new targets are not "out of order" against the old stamp.
+    later = NOW - 600.0
+    assert "future" in check(f, (0.5, 0.0, 0.1), stamp=NOW, now=later).reason
+    assert check(f, (0.5, 0.0, 0.1), stamp=later - 0.01, now=later).ok
+    assert "out-of-order" in check(f, (0.5, 0.0, 0.1), stamp=later - 0.02, now=later).reason
+    # Ages are |now - t|: an arrival "in the future" of a clock that went back is not fresh.
+    w = Watchdog(command_timeout_s=0.5, joint_state_timeout_s=0.3)
+    w.joint_state(100.0)
+    w.command(100.0)
+    w.move_started(100.0, 1000.0)
+    assert w.joint_states_fresh(100.1) and not w.joint_states_fresh(50.0)
+    w.joint_state(50.0)
+    assert "no target" in w.tick(50.0)

@@ -100,6 +100,8 @@ class SafetyFilter:
             return f"stale target: stamp is {age:.3f} s old (max {self.max_age} s)"
         if age < -self.max_future:
             return f"target stamped {-age:.3f} s in the future (max {self.max_future} s)"
+        if self.last_stamp is not None and self.last_stamp > now + self.max_future:
+            self.last_stamp = None  # accepted "in the future": this clock went back, start over
         if self.last_stamp is not None and stamp <= self.last_stamp:
             return "out-of-order target: stamp not newer than the last accepted one"
         return None
@@ -237,7 +239,8 @@ class Watchdog:
         self.last_joint_state = now
 
     def joint_states_fresh(self, now: float) -> bool:
-        return self.last_joint_state is not None and now - self.last_joint_state <= self.joint_state_timeout
+        # |now - t|: after this clock jumps back, an old arrival time is not fresh for ever.
+        return self.last_joint_state is not None and abs(now - self.last_joint_state) <= self.joint_state_timeout
 
     def move_started(self, now: float, duration: float) -> None:
         self.move_end = now + duration
@@ -257,7 +260,7 @@ class Watchdog:
         if not self.joint_states_fresh(now):
             self.move_end = None
             return "watchdog: joint_states stale during a move"
-        if self.last_command is None or now - self.last_command > self.command_timeout:
+        if self.last_command is None or abs(now - self.last_command) > self.command_timeout:
             self.move_end = None
             return f"watchdog: no target for {self.command_timeout} s during a move"
         return None

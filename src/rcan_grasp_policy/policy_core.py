@@ -264,6 +264,8 @@ class EpisodeCore:
         self._end_reason: str | None = None
         self._lift_top = 0.0  # height the lift increments stop at
         self._retry_at = -math.inf
+        self._last_now = -math.inf
+        self.clock_jumps = 0  # times `now` went backwards (time references were shifted with it)
         self.phase = Phase.IDLE
         if cfg.autostart:
             self.start_episode(-math.inf)  # any fresh image will do for the first step
@@ -315,6 +317,31 @@ class EpisodeCore:
     # -- the control step
     def tick(self, now: float, ee: EEState | None, gripper: GripperState | None,
              pair: ImagePair | None) -> Decision:
+        jumped = self._follow_clock(now)
+        d = self._tick(now, ee, gripper, pair)
+        if jumped and d.event is None:
+            d.event = jumped
+        return d
+
+    def _follow_clock(self, now: float) -> str | None:
+        """When `now` goes backwards (a clock jump, a sim clock restart), shift the settle and
+        timeout references with it: otherwise no image would be 'after the settle time' and no
+        timeout would fire until the clock caught up again."""
+        back = self._last_now - now
+        self._last_now = now
+        if not back > 0:
+            return None
+        self.clock_jumps += 1
+        self.settled_at -= back
+        self._since -= back
+        self._still_since -= back
+        self._retry_at -= back
+        if back < 1e-3:
+            return None
+        return f"clock went back {back:.3f} s: settle and timeout references moved with it"
+
+    def _tick(self, now: float, ee: EEState | None, gripper: GripperState | None,
+              pair: ImagePair | None) -> Decision:
         ph = self.phase
         if ph in (Phase.RESET, Phase.CHECK):
             if now < self._retry_at:
@@ -338,7 +365,7 @@ class EpisodeCore:
                 return Decision(target=self._lift_increment(pos, quat, now))
             if self.cfg.sim_mode:
                 self.phase = Phase.CHECK
-                return self.tick(now, ee, gripper, pair)
+                return self._tick(now, ee, gripper, pair)
             return Decision(event=self._finish(None, "robot mode", now))
         return Decision()
 
@@ -417,5 +444,5 @@ class EpisodeCore:
                 "max_steps": self.cfg.max_steps, "image_inputs": self.image_inputs,
                 "last_q": self.last_q,
                 "last_action": None if self.last_action is None else [round(float(v), 4) for v in self.last_action],
-                "episodes_finished": len(self.results), "successes": successes,
+                "episodes_finished": len(self.results), "successes": successes, "clock_jumps": self.clock_jumps,
                 "last_result": self.results[-1] if self.results else None}
