@@ -170,6 +170,14 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
     assert [e["updates"] for e in evals] == [4, 8]
     assert {"label_auc", "within_state_auc", "pick_label", "cem_regret", "greedy_success"} <= set(evals[0])
+    # training-only auxiliary heads: resumable like the rest, dropped from the exported policy
+    assert label_train.main(args + ["--total-updates", "2", "--run-name", "aux", "--aux-weight", "0.5",
+                                    "--eval-every", "0"]) == 0
+    assert label_train.main(args + ["--total-updates", "4", "--run-name", "aux", "--aux-weight", "0.5",
+                                    "--eval-every", "0", "--resume"]) == 0
+    aux_ckpt = load_file(str(tmp_path / "aux" / "checkpoint.safetensors"))
+    assert any(k.startswith("aux.") for k in aux_ckpt)
+    assert set(load_file(str(tmp_path / "aux" / "policy.safetensors"))) == set(straight)
     # DAgger-style: the trained policy's own episodes visit the next states to label
     L.run(L.LabelConfig(out_dir=tmp_path / "dagger", scenes=1, split="test", image_size=32, candidates=3,
                         max_steps=3, behaviour=str(run), behaviour_epsilon=0.0), progress=False)
@@ -200,3 +208,16 @@ def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
     assert len(list(tmp_path.glob("images-rcan-64-*.npy"))) == 1
     np.testing.assert_array_equal(L.policy_images(tmp_path, data, "rcan", str(gen)), images)  # from the cache
     assert L.policy_images(tmp_path, data, "canonical") is data["image"]
+
+
+def test_shift_moves_pixel_targets_with_the_image():
+    from rcan_grasp_policy.label_train import shift_with_offsets
+    from rcan_grasp_policy.qtopt import shift_images
+
+    img = np.zeros((3, 16, 16, 1), np.uint8)
+    img[:, 5, 9] = 255  # a bright pixel at (v, u) = (5, 9)
+    shifted, shift = shift_with_offsets(img, 3, np.random.default_rng(1))
+    np.testing.assert_array_equal(shifted, shift_images(img, 3, np.random.default_rng(1)))  # same draws
+    for k in range(3):
+        v, u = np.argwhere(shifted[k, ..., 0] == 255)[0]
+        assert (v, u) == (5 + shift[k, 0], 9 + shift[k, 1])

@@ -36,14 +36,14 @@ from rcan_grasp_policy.backends import TorchQFunction, save_policy
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
-from rcan_grasp_policy.labels import load_labels, policy_images
+from rcan_grasp_policy.labels import aux_targets, load_labels, policy_images
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-from rcan_grasp_policy.qtopt import shift_images
 from rcan_sim.stats import wilson_interval
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample")
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "aux_weight")
+AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
 @dataclass
@@ -89,6 +89,11 @@ class LabelTrainConfig:
     """torch threads of the learner."""
     cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM of the greedy checks and the regret measurement (the deployed search)."""
+    aux_weight: float = 0.0
+    """NOT in the paper (0 = off): weight of training-only auxiliary heads on the image trunk, fed by the
+    simulator's free labels: the object mask and the gripper's pixel (at 1/4 resolution) and the image offset from
+    the gripper to the nearest object (from the pooled trunk output).  The heads are dropped at export: the
+    deployed network is the paper's."""
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
@@ -148,26 +153,78 @@ def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rn
     return out
 
 
+# ----------------------------------------------------------------------------- auxiliary heads (training only)
+class AuxHeads(torch.nn.Module):
+    """Dense supervision for the Q-network's image trunk; not part of the exported policy."""
+
+    TAP = 12  # trunk module whose output (the last ReLU at 1/4 resolution) feeds the dense heads
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.mask = torch.nn.Conv2d(width, 1, 1)
+        self.gripper = torch.nn.Conv2d(width, 1, 1)
+        self.offset = torch.nn.Linear(width, 2)
+
+    @staticmethod
+    def trunk(net: QNetwork, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """QNetwork.embed, also returning the 1/4-resolution activation."""
+        x, tap = images - 0.5, None
+        for i, layer in enumerate(net.trunk):
+            x = layer(x)
+            if i == AuxHeads.TAP:
+                tap = x
+        return x, tap
+
+    def loss(self, feats: torch.Tensor, tap: torch.Tensor, mask: torch.Tensor, gripper_uv: torch.Tensor,
+             object_uv: torch.Tensor) -> torch.Tensor:
+        """mask (B, S, S) in {0, 1}, pixel positions (B, 2) at the input size S."""
+        b, _, h, w = tap.shape
+        size = mask.shape[-1]
+        target_mask = F.avg_pool2d(mask[:, None].float(), size // h)
+        mask_loss = F.binary_cross_entropy_with_logits(self.mask(tap), target_mask)
+        cell = (gripper_uv * (h / size)).long().clamp(0, h - 1)
+        gripper_loss = F.cross_entropy(self.gripper(tap).reshape(b, -1), cell[:, 1] * w + cell[:, 0])
+        offset = self.offset(feats.mean(dim=(2, 3)))
+        offset_loss = F.smooth_l1_loss(offset, (object_uv - gripper_uv) * (8.0 / size))
+        return mask_loss + gripper_loss + offset_loss
+
+
+def shift_with_offsets(images: np.ndarray, pad: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Like qtopt.shift_images (same random draws), also returning each image's content shift (dy, dx) in pixels."""
+    n, h, w = images.shape[:3]
+    if pad == 0:
+        return images, np.zeros((n, 2), np.int64)
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (images.ndim - 3), mode="edge")
+    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
+    shifted = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return shifted, pad - offsets
+
+
 # ----------------------------------------------------------------------------- the run
 class LabelTrainer:
     def __init__(self, cfg: LabelTrainConfig):
         self.cfg = cfg
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
-        self.train = self._load(cfg.labels)
+        self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0)
         self.heldout = self._load((cfg.eval_labels,))
         torch.manual_seed(cfg.seed)
         self.net = QNetwork(cfg.qnet_config()).train()
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.aux = AuxHeads(cfg.width) if cfg.aux_weight > 0 else None
+        params = list(self.net.parameters()) + (list(self.aux.parameters()) if self.aux else [])
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.updates = 0
 
-    def _load(self, dirs) -> dict[str, np.ndarray]:
+    def _load(self, dirs, aux: bool = False) -> dict[str, np.ndarray]:
         parts = []
         for d in dirs:
             part = load_labels(d)
             part["image"] = policy_images(d, part, self.cfg.variant, self.cfg.generator, progress=True)
+            if aux:
+                part.update(aux_targets(d, part, progress=True))
             parts.append(part)
-        data = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "state", "candidates", "labels", "seed")}
+        keys = ("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
+        data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         if data["image"].shape[1] != self.cfg.image_size:
             raise ConfigError(f"invalid config field 'image_size': labels in {dirs} hold {data['image'].shape[1]} px "
                               f"images, got --image-size {self.cfg.image_size}")
@@ -176,10 +233,24 @@ class LabelTrainer:
     def update(self) -> dict[str, float]:
         d, cfg = self.train, self.cfg
         idx = self.rng.integers(0, len(d["labels"]), cfg.batch_states)
-        images = shift_images(d["image"][idx], cfg.random_shift, self.rng)
-        logits = self.net(torch.from_numpy(images_to_nchw(images)), torch.from_numpy(d["state"][idx]),
-                          torch.from_numpy(d["candidates"][idx]))
+        images = d["image"][idx]
+        if self.aux is not None:  # the mask rides along as a last channel, so it shifts with its image
+            images = np.concatenate([images, d["object_mask"][idx][..., None]], axis=3)
+        images, shift = shift_with_offsets(images, cfg.random_shift, self.rng)
+        c = self.net.cfg.in_channels
+        x = torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., :c])))
+        if self.aux is None:
+            feats = self.net.embed(x)
+        else:
+            feats, tap = AuxHeads.trunk(self.net, x)
+            uv = torch.from_numpy(shift[:, ::-1].astype(np.float32).copy())  # (dy, dx) -> (du, dv)
+            aux_loss = self.aux.loss(feats, tap, torch.from_numpy(images[..., c]),
+                                     torch.from_numpy(d["gripper_uv"][idx]) + uv,
+                                     torch.from_numpy(d["object_uv"][idx]) + uv)
+        logits = self.net.head_logits(feats, torch.from_numpy(d["state"][idx]), torch.from_numpy(d["candidates"][idx]))
         loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(d["labels"][idx]))
+        if self.aux is not None:
+            loss = loss + cfg.aux_weight * aux_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -211,6 +282,8 @@ class LabelTrainer:
         from safetensors.torch import save_file
 
         tensors = {f"net.{k}": v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
+        if self.aux is not None:
+            tensors.update({f"aux.{k}": v.detach().clone().contiguous() for k, v in self.aux.state_dict().items()})
         opt = self.opt.state_dict()
         for pid, st in opt["state"].items():
             for k, v in st.items():
@@ -240,6 +313,8 @@ class LabelTrainer:
         tensors = load_file(str(d / "checkpoint.safetensors"))
         torch.set_rng_state(tensors.pop("torch_rng"))
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        if self.aux is not None:
+            self.aux.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")})
         state: dict[int, dict] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):

@@ -311,6 +311,55 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     return out
 
 
+def _project(camera, points: np.ndarray) -> np.ndarray:
+    """World points (N, 3) -> pixel (u, v) (N, 2) of the pinhole camera."""
+    p = (camera.extrinsics @ np.c_[points, np.ones(len(points))].T)[:3]
+    return (camera.K @ (p / p[2:3]))[:2].T
+
+
+def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = False) -> dict[str, np.ndarray]:
+    """Free simulator labels of every stored state, for training-only auxiliary heads: the object mask (N, S, S)
+    uint8 and the pixel positions (N, 2) of the gripper's TCP and of the object nearest to it (in the table
+    plane).  Rendered from the scene states once and cached beside the labels."""
+    import hashlib
+    import io
+    import json
+
+    from rcan_sim import classes
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import WorldConfig
+
+    size = int(data["image"].shape[1])
+    key = hashlib.sha256(np.ascontiguousarray(data["seed"]).tobytes() + data["joints"].tobytes()).hexdigest()[:12]
+    cache = Path(root) / f"aux-{size}-{key}.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    split = json.loads((Path(root) / "manifest.json").read_text())["settings"]["split"]
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=split)))
+    n = len(data["seed"])
+    out = {"object_mask": np.zeros((n, size, size), np.uint8), "gripper_uv": np.zeros((n, 2), np.float32),
+           "object_uv": np.zeros((n, 2), np.float32)}
+    try:
+        cam = env.world.camera
+        for i in range(n):
+            frame_rgb = render_record(env, data, i)  # places the scene
+            del frame_rgb
+            seg = env.world.render("canonical", randomization_seed=int(data["step"][i]), labels=True).segmentation
+            out["object_mask"][i] = seg == classes.OBJECT
+            tcp, _ = env.world.ee_pose()
+            objs = data["object_poses"][i][:, :3]
+            nearest = objs[np.argmin(np.linalg.norm(objs[:, :2] - tcp[:2], axis=1))]
+            out["gripper_uv"][i], out["object_uv"][i] = _project(cam, np.stack([tcp, nearest]))
+            if progress and i % 2000 == 0:
+                print(f"[labels] rendering auxiliary targets: {i}/{n}", flush=True)
+    finally:
+        env.close()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **out)
+    atomic_write_bytes(cache, buf.getvalue())
+    return out
+
+
 # --------------------------------------------------------------------------- CLI
 def run(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
     out = ensure_writable_dir(cfg.out_dir)
