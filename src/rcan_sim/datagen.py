@@ -150,7 +150,7 @@ class DatagenEnv(GraspEnv):
     """GraspEnv without its own observation render: datagen renders a pair at every step anyway
     and gives the policy the randomized render as obs["image"] (saves a third of the rendering)."""
 
-    def _obs(self) -> dict[str, Any]:
+    def _obs(self, render: bool = True) -> dict[str, Any]:
         return {"image": None, "gripper_open": 1.0 if self.world.gripper_is_open() else 0.0,
                 "gripper_height": self.world.gripper_height()}
 
