@@ -5,7 +5,8 @@ import importlib
 import sys
 import traceback
 
-BENCHMARKS = ["bench.bench_sim", "bench.bench_perception", "bench.bench_policy", "bench.bench_loop"]
+BENCHMARKS = ["bench.bench_sim", "bench.bench_memory", "bench.bench_perception", "bench.bench_policy",
+              "bench.bench_loop"]
 
 
 def main() -> int:

@@ -219,3 +219,75 @@ def test_user_texture_folder(tmp_path):
         assert set(w._palette(False)) == {0, 1} and set(w._palette(True)) == {2}
     finally:
         w.close()
+
+
+def test_resets_keep_the_scene_and_python_memory_bounded():
+    """sim_node grew ~3-8 MB per episode: pybullet leaked every vertex list it was handed and kept
+    every texture and shape until the scene was reset.  Bodies, textures, shapes and Python-side
+    allocations must now stay bounded however many episodes run."""
+    import gc
+    import tracemalloc
+
+    from rcan_sim import objects
+
+    cfg = WorldConfig(image_size=16, settle_steps=2, episode_textures=4, max_loaded_textures=12, max_object_shapes=10)
+    w = GraspWorld(cfg)
+    try:
+        bodies = None
+        for seed in range(12):  # distinct objects and textures every episode: the caps force rebuilds
+            w.reset(seed)
+            w.render("randomized", 0, labels=False)
+            stats = w.scene_stats()
+            bodies = bodies or stats["bodies"]
+            assert stats["bodies"] == bodies  # removed objects leave nothing behind
+            assert stats["textures"] <= 12 + 4 + 6 and stats["object_shapes"] <= 10 + cfg.num_objects
+        assert w.scene_stats()["builds"] >= 3
+
+        fixed = list(objects.TEST_IDS[:5])
+        for seed in range(2):  # warm every per-process cache (hull lists, meshes, OBJ files)
+            w.reset(seed, fixed)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for seed in range(6):
+                w.reset(seed, fixed)
+                w._build()  # a rebuild re-creates the floor mesh, which leaked 1.6 MB per build
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < 200_000, f"Python memory grew {grown} bytes over 6 resets (the vertex-list leak was ~3 MB each)"
+    finally:
+        w.close()
+
+
+def test_object_mesh_from_file_renders_like_the_vertex_lists(tmp_path):
+    """Object visuals go to pybullet as OBJ files (vertex lists leak); the file keeps full precision,
+    so the pixels and depth match the vertex-list route exactly."""
+    import pybullet as pb
+
+    from rcan_sim import objects
+
+    oid = objects.TEST_IDS[3]
+    mesh = objects.object_visual_mesh(oid)
+    images = []
+    for route in ("lists", "file"):
+        c = pb.connect(pb.DIRECT)
+        try:
+            if route == "lists":
+                vis = pb.createVisualShape(pb.GEOM_MESH, vertices=mesh.vertices.tolist(), indices=mesh.indices.tolist(),
+                                           uvs=mesh.uvs.tolist(), normals=mesh.normals.tolist(), physicsClientId=c)
+            else:
+                path = objects.object_visual_obj(oid, tmp_path)
+                vis = pb.createVisualShape(pb.GEOM_MESH, fileName=str(path), physicsClientId=c)
+            pb.createMultiBody(0, -1, vis, [0, 0, 0], pb.getQuaternionFromEuler([0.3, 0.2, 0.1]), physicsClientId=c)
+            view = pb.computeViewMatrix([0.15, 0.1, 0.12], [0, 0, 0], [0, 0, 1], physicsClientId=c)
+            proj = pb.computeProjectionMatrixFOV(45, 1.0, 0.01, 1.0, physicsClientId=c)
+            _, _, rgba, depth, _ = pb.getCameraImage(96, 96, view, proj, renderer=pb.ER_TINY_RENDERER, physicsClientId=c)
+            images.append((np.asarray(rgba), np.asarray(depth)))
+        finally:
+            pb.disconnect(physicsClientId=c)
+    (rgb_a, depth_a), (rgb_b, depth_b) = images
+    assert (rgb_a[..., :3] != 255).mean() > 0.05  # the object is in view
+    assert np.array_equal(rgb_a, rgb_b) and np.array_equal(depth_a, depth_b)

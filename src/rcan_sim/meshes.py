@@ -100,12 +100,20 @@ def floor_grid(x_range=(-1.5, 3.5), y_range=(-3.0, 3.0), cell: float = 0.25, uv_
     return UVMesh(verts, normals, tris / uv_scale)
 
 
-def write_obj(mesh: UVMesh, path: Path) -> None:
+def write_obj(mesh: UVMesh, path: Path, exact: bool = False) -> None:
+    """Write `mesh` as OBJ (atomically).  exact=True keeps every coordinate's full double
+    precision (17 significant digits), so pybullet reads back exactly the arrays it would
+    have been handed as lists; otherwise 6 decimals for positions and 5 for UVs/normals."""
     from rcan_common.io import atomic_write_bytes
 
-    lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in mesh.vertices]
-    lines += [f"vt {u:.5f} {v:.5f}" for u, v in mesh.uvs]
-    lines += [f"vn {x:.5f} {y:.5f} {z:.5f}" for x, y, z in mesh.normals]
+    if exact:
+        lines = [f"v {x:.17g} {y:.17g} {z:.17g}" for x, y, z in mesh.vertices.tolist()]
+        lines += [f"vt {u:.17g} {v:.17g}" for u, v in mesh.uvs.tolist()]
+        lines += [f"vn {x:.17g} {y:.17g} {z:.17g}" for x, y, z in mesh.normals.tolist()]
+    else:
+        lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in mesh.vertices]
+        lines += [f"vt {u:.5f} {v:.5f}" for u, v in mesh.uvs]
+        lines += [f"vn {x:.5f} {y:.5f} {z:.5f}" for x, y, z in mesh.normals]
     lines += [f"f {i}/{i}/{i} {i + 1}/{i + 1}/{i + 1} {i + 2}/{i + 2}/{i + 2}" for i in range(1, len(mesh.vertices), 3)]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 

@@ -100,14 +100,51 @@ def object_model(object_id: int) -> ObjectModel:
 OBJECT_UV_SCALE = 0.04  # metres per texture repeat on objects
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=None)
+def object_hull_vertices(object_id: int) -> list[list[float]]:
+    """`object_model(id).hull_points` as the nested list pybullet's createCollisionShape takes,
+    built once per object and kept for the life of the process.
+
+    pybullet (3.2.x) leaks a reference to every per-vertex sequence it is handed, so a fresh
+    ``.tolist()`` per call is never freed; handing it the same kept list leaks nothing (at
+    most ~1,000 objects x 40 points)."""
+    return object_model(object_id).hull_points.tolist()
+
+
+@functools.lru_cache(maxsize=16)
 def object_visual_mesh(object_id: int):
-    """The object's visual mesh, scaled, with box-projected UVs (rcan_sim.meshes.UVMesh)."""
+    """The object's visual mesh, scaled, with box-projected UVs (rcan_sim.meshes.UVMesh).
+    Only needed to write `object_visual_obj`'s file, hence the small cache."""
     from rcan_sim.meshes import box_uv_mesh, read_obj
 
     model = object_model(object_id)
     v, t, n = read_obj(model.mesh_path)
     return box_uv_mesh(v * model.scale, t, n, OBJECT_UV_SCALE)
+
+
+@functools.lru_cache(maxsize=None)
+def _visual_digest(object_id: int) -> str:
+    from rcan_sim.meshes import FORMAT_VERSION
+
+    model = object_model(object_id)
+    return hashlib.sha256(f"{FORMAT_VERSION}:obj-17g:{OBJECT_UV_SCALE!r}:{model.scale!r}:".encode()
+                          + model.mesh_path.read_bytes()).hexdigest()[:12]
+
+
+def object_visual_obj(object_id: int, cache_dir: Path) -> Path:
+    """An OBJ file of `object_visual_mesh(id)` (written once into `cache_dir`, then reused), for
+    pybullet's createVisualShape(fileName=...).
+
+    Handing pybullet the mesh as vertex lists instead leaks every list (see
+    `object_hull_vertices`): ~0.6 MB per object per episode.  The file keeps full double
+    precision, so renders are pixel-identical to the vertex-list route.  Its name carries a
+    digest of the source mesh, scale and UV settings, so a changed source is never served stale."""
+    from rcan_sim.meshes import write_obj
+
+    path = Path(cache_dir) / "objects_uv" / f"{object_id:03d}-{_visual_digest(object_id)}.obj"
+    if not path.is_file():
+        write_obj(object_visual_mesh(object_id), path, exact=True)
+    return path
 
 
 def _farthest_points(points: np.ndarray, k: int) -> np.ndarray:

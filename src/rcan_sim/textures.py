@@ -148,7 +148,9 @@ class TextureBank:
             key = f"folder-{abs(hash(str(self.folder.resolve()))) % 10**10}-s{size}"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._png_dir = self.cache_dir / key
-        self.image = functools.lru_cache(maxsize=512)(self._image)
+        # A small memo: pybullet reads textures from png_path's files, so image() mostly runs once per
+        # index and cache directory; 512 memoised 128 px images held 25 MB for nothing.
+        self.image = functools.lru_cache(maxsize=16)(self._image)
 
     def __len__(self) -> int:
         return len(self.train_indices) + len(self.held_out_indices)

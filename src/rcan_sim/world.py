@@ -14,9 +14,15 @@ the physics state is never changed by rendering.
 Randomization cost is kept low by loading bank textures into pybullet once (per index,
 on demand) and re-assigning texture ids per render; each episode draws a palette of bank
 indices from its seed, and renders draw from that palette.
+
+Memory stays bounded over any number of episodes: pybullet frees textures and shapes only when
+the whole scene is reset, so `reset` rebuilds the scene once more than `max_loaded_textures`
+textures or `max_object_shapes` objects' shapes have accumulated, and object meshes reach
+pybullet in forms it does not leak (see `_load_object`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +99,11 @@ class WorldConfig:
     """Where bank textures are written as PNG for pybullet (default: $RCAN_TEXTURE_CACHE or /tmp/rcan_textures)."""
     episode_textures: int = 48
     """Bank textures drawn per episode; each render assigns textures from this palette."""
-    max_loaded_textures: int = 1500
-    """Rebuild the pybullet scene at the next reset once this many textures are loaded (bounds memory)."""
+    max_loaded_textures: int = 128
+    """Rebuild the pybullet scene at the next reset once more textures than this are loaded (bounds memory:
+    pybullet frees textures only with the scene, ~0.1 MB each at texture_size 128; a rebuild takes ~75 ms)."""
+    max_object_shapes: int = 64
+    """Rebuild the pybullet scene at the next reset once more distinct objects than this have shapes (bounds memory)."""
     time_step: float = 1.0 / 120.0
     """Physics time step (s)."""
     solver_iterations: int = 40
@@ -128,8 +137,10 @@ class WorldConfig:
         require(self.texture_folder is None or Path(self.texture_folder).is_dir(), "texture_folder",
                 f"{self.texture_folder} is not a directory")
         require(4 <= self.episode_textures <= 512, "episode_textures", "must be in 4..512")
-        require(self.max_loaded_textures >= 4 * self.episode_textures, "max_loaded_textures",
-                "must be at least 4 x episode_textures")
+        require(self.max_loaded_textures >= 2 * self.episode_textures, "max_loaded_textures",
+                "must be at least 2 x episode_textures")
+        require(self.max_object_shapes >= self.num_objects, "max_object_shapes",
+                "must be at least num_objects")
         require(0 < self.time_step <= 0.05, "time_step", "must be in (0, 0.05]")
         require(1 <= self.solver_iterations <= 500, "solver_iterations", "must be in 1..500")
         require(0 <= self.settle_steps <= 5000, "settle_steps", "must be in 0..5000")
@@ -193,6 +204,34 @@ class _Episode:
     identity: list[tuple[int, tuple[float, float, float]]] = field(default_factory=list)
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand heap pages freed by a scene rebuild back to the OS.  glibc otherwise keeps them (its mmap
+    threshold grows after large frees), and the process's RSS stays ~60 MB above what is live."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _floor_visual_args() -> dict[str, list]:
+    """The floor grid as createVisualShape keyword lists, built once per process: pybullet leaks
+    every vertex list it is handed (see objects.object_hull_vertices), so each scene build reuses these."""
+    grid = floor_grid()
+    return {"vertices": grid.vertices.tolist(), "indices": grid.indices.tolist(), "uvs": grid.uvs.tolist(),
+            "normals": grid.normals.tolist()}
+
+
 class GraspWorld:
     """KUKA iiwa grasping scene in a private pybullet DIRECT client."""
 
@@ -215,20 +254,23 @@ class GraspWorld:
     def _build(self) -> None:
         c = self._cid
         pb.resetSimulation(physicsClientId=c)
+        release_freed_memory()
         pb.setGravity(0, 0, -9.81, physicsClientId=c)
         pb.setTimeStep(self.cfg.time_step, physicsClientId=c)
+        # enableFileCaching=0: pybullet otherwise keeps every mesh file it ever parsed for the life of
+        # the process (~0.3 MB per object mesh; the setting is process-wide), even across resetSimulation.
         pb.setPhysicsEngineParameter(numSolverIterations=self.cfg.solver_iterations, deterministicOverlappingPairs=1,
-                                     physicsClientId=c)
+                                     enableFileCaching=0, physicsClientId=c)
         root = objects.data_root()
+        self._builds = getattr(self, "_builds", 0) + 1
         self._textures: dict[int, int] = {}  # bank index -> pybullet texture id
+        self._object_shapes: dict[int, tuple[int, int]] = {}  # object id -> (collision, visual) shapes
         # Floor: an infinite collision plane with a tessellated visual grid whose UVs repeat
         # every 0.5 m (TinyRenderer maps textures affinely per triangle, which warps textures
         # on plane.urdf's few huge triangles).
-        grid = floor_grid()
         self.floor = pb.createMultiBody(
             0, pb.createCollisionShape(pb.GEOM_PLANE, physicsClientId=c),
-            pb.createVisualShape(pb.GEOM_MESH, vertices=grid.vertices.tolist(), indices=grid.indices.tolist(),
-                                 uvs=grid.uvs.tolist(), normals=grid.normals.tolist(), physicsClientId=c),
+            pb.createVisualShape(pb.GEOM_MESH, **_floor_visual_args(), physicsClientId=c),
             [0, 0, FLOOR_Z], physicsClientId=c)
         ped_half = (0.12, 0.12, -FLOOR_Z / 2)
         self.pedestal = pb.createMultiBody(
@@ -237,9 +279,10 @@ class GraspWorld:
             [0, 0, FLOOR_Z / 2], physicsClientId=c)
         # Same links, joints and collision meshes as pybullet_data's SDF; visuals carry UVs.
         self.arm = pb.loadSDF(str(uv_arm_sdf(root, self.bank.cache_dir)), physicsClientId=c)[0]
-        pb.resetSimulation(physicsClientId=self._kin_cid)
-        self._kin_arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"), physicsClientId=self._kin_cid)[0]
-        pb.resetBasePositionAndOrientation(self._kin_arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=self._kin_cid)
+        if not hasattr(self, "_kin_arm"):  # the IK copy holds no textures or objects: loaded once, never rebuilt
+            self._kin_arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"),
+                                       physicsClientId=self._kin_cid)[0]
+            pb.resetBasePositionAndOrientation(self._kin_arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=self._kin_cid)
         pb.resetBasePositionAndOrientation(self.arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=c)
         self._arm_visual_links = sorted({v[1] for v in pb.getVisualShapeData(self.arm, physicsClientId=c)})
         self._movable = [j for j in range(pb.getNumJoints(self.arm, physicsClientId=c))
@@ -279,6 +322,11 @@ class GraspWorld:
         self._reset_arm_joints(self.home_q)
         if self._episode is not None:
             self._episode.object_uids = []
+
+    def scene_stats(self) -> dict[str, int]:
+        """What the pybullet scene holds now (bounded across resets; see `reset`)."""
+        return {"bodies": pb.getNumBodies(physicsClientId=self._cid), "textures": len(self._textures),
+                "object_shapes": len(self._object_shapes), "builds": self._builds}
 
     def _tray_visual_body(self, scale: float, pos) -> int:
         """Tray look as one link per box (bottom + 4 walls), so each can be painted."""
@@ -387,8 +435,9 @@ class GraspWorld:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         c = self._cid
-        if len(self._textures) > self.cfg.max_loaded_textures:
-            self._build()  # pybullet cannot unload textures; a fresh scene frees them
+        if len(self._textures) > self.cfg.max_loaded_textures \
+                or len(self._object_shapes) > self.cfg.max_object_shapes:
+            self._build()  # pybullet cannot unload textures or shapes; a fresh scene frees them
         rng = np.random.default_rng([int(seed), 0xB1A5])
         if object_ids is None:
             chosen = [int(i) for i in rng.choice(self._object_pool, self.cfg.num_objects, replace=False)]
@@ -438,14 +487,26 @@ class GraspWorld:
 
     def _load_object(self, object_id: int, pos, orn) -> int:
         """Object body with the URDF's mesh (plus UVs) and mass, but a collision hull of at most
-        OBJECT_HULL_POINTS vertices (the full hulls of hundreds of points made physics ~2x slower)."""
+        OBJECT_HULL_POINTS vertices (the full hulls of hundreds of points made physics ~2x slower).
+
+        Memory: pybullet leaks every vertex list it is handed and frees shapes only on
+        resetSimulation (removeBody keeps them; removeCollisionShape refuses a shape a removed
+        body used).  So each object id gets one collision and one visual shape per scene build,
+        shared by all its bodies; the hull list is built once per process
+        (objects.object_hull_vertices) and the visual mesh goes in as a file
+        (objects.object_visual_obj); `reset` rebuilds the scene past `max_object_shapes`."""
         c = self._cid
         model = objects.object_model(object_id)
-        col = pb.createCollisionShape(pb.GEOM_MESH, vertices=model.hull_points.tolist(), physicsClientId=c)
-        mesh = objects.object_visual_mesh(object_id)
-        vis = pb.createVisualShape(pb.GEOM_MESH, vertices=mesh.vertices.tolist(), indices=mesh.indices.tolist(),
-                                   uvs=mesh.uvs.tolist(), normals=mesh.normals.tolist(), physicsClientId=c)
-        uid = pb.createMultiBody(model.mass, col, vis, pos, orn, physicsClientId=c)
+        shapes = self._object_shapes.get(object_id)
+        if shapes is None:
+            col = pb.createCollisionShape(pb.GEOM_MESH, vertices=objects.object_hull_vertices(object_id),
+                                          physicsClientId=c)
+            path = objects.object_visual_obj(object_id, self.bank.cache_dir)
+            vis = pb.createVisualShape(pb.GEOM_MESH, fileName=str(path), physicsClientId=c)
+            if col < 0 or vis < 0:
+                raise RuntimeError(f"pybullet could not create the shapes of object {object_id} ({path})")
+            shapes = self._object_shapes[object_id] = (col, vis)
+        uid = pb.createMultiBody(model.mass, shapes[0], shapes[1], pos, orn, physicsClientId=c)
         pb.changeDynamics(uid, -1, lateralFriction=model.lateral_friction, physicsClientId=c)
         return uid
 
