@@ -240,3 +240,32 @@ def test_ray_backend(tmp_path):
     assert rc == 0
     m = shards.load_manifest(out)
     assert m["complete"] and m["counts"]["episodes"] == 2 and len(PairedDataset(out)) == m["counts"]["frames"]
+
+
+def test_texture_folder_is_recorded_by_contents_and_resume_refuses_a_changed_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from rcan_sim.textures import folder_digest
+
+    folder = tmp_path / "tex"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), (50 * i, 90, 200 - 40 * i), np.uint8)).save(folder / f"t{i}.png")
+    out = tmp_path / "d"
+    args = ["--texture-folder", str(folder), "--max-steps", "1"]
+    assert gen(out, "--episodes", "1", *args) == 0
+    m = shards.load_manifest(out)
+    assert m["config"]["texture_folder_sha256"] == folder_digest(folder)
+    assert m["config"]["texture_held_out_fraction"] == 0.1
+
+    # A moved but unchanged folder resumes; an edited image is refused with a clear error.
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    assert gen(out, "--episodes", "2", "--resume", "--texture-folder", str(moved), "--max-steps", "1") == 0
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(moved / "t2.png")
+    capsys.readouterr()
+    assert gen(out, "--episodes", "3", "--resume", "--texture-folder", str(moved), "--max-steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "does not hold the images" in err and m["config"]["texture_folder_sha256"] in err
+    assert shards.load_manifest(out)["counts"]["episodes"] == 2  # nothing was generated with the new images
+

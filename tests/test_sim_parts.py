@@ -61,6 +61,70 @@ def test_texture_folder_errors(tmp_path):
     assert bank.image(1).shape == (8, 8, 3) and bank.image(1)[0, 0, 0] == 40
 
 
+def _write_folder(folder, n, size=8):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((size, size, 3), (20 * i) % 256, np.uint8)).save(folder / f"t{i:02d}.png")
+
+
+def test_texture_folder_cache_key_is_stable_across_processes(tmp_path):
+    """The key was hash(str(folder)): randomised per process, so every process wrote a new cache
+    directory.  It is now a digest of the folder's contents."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "tex"
+    _write_folder(folder, 4)
+    code = ("import sys; from rcan_sim import textures; "
+            "b = textures.TextureBank(size=8, folder=sys.argv[1], cache_dir=sys.argv[2]); "
+            "print(b.png_path(0).parent.name, b.folder_sha256)")
+    keys = set()
+    for seed in ("1", "2", "3"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp_path / "cache")], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        keys.add(tuple(out))
+    assert len(keys) == 1
+    (name, digest), = keys
+    assert name.startswith("folder-") and digest == textures.folder_digest(folder)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [name]  # one cache directory, not three
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    assert textures.folder_digest(moved) == digest  # contents, not the path
+
+
+def test_texture_folder_key_changes_when_an_image_changes(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "tex"
+    _write_folder(folder, 3)
+    before = textures.TextureBank(size=8, folder=folder, cache_dir=tmp_path / "cache")
+    assert before.image(1)[0, 0, 0] == 20
+    old_png = before.png_path(1)
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / "t01.png")  # same name, new pixels
+    after = textures.TextureBank(size=8, folder=folder, cache_dir=tmp_path / "cache")
+    assert after.folder_sha256 != before.folder_sha256
+    new_png = after.png_path(1)
+    assert new_png != old_png and np.asarray(Image.open(new_png))[0, 0, 0] == 200  # not served stale
+    (folder / "notes.txt").write_text("not an image")  # only images count
+    assert textures.folder_digest(folder) == after.folder_sha256
+
+
+def test_texture_folder_held_out_fraction(tmp_path):
+    folder = tmp_path / "tex"
+    _write_folder(folder, 20)
+    default = textures.TextureBank(size=8, folder=folder, cache_dir=tmp_path / "c")
+    assert list(default.held_out_indices) == [18, 19] and list(default.train_indices) == list(range(18))
+    quarter = textures.TextureBank(size=8, folder=folder, cache_dir=tmp_path / "c", held_out_fraction=0.25)
+    assert list(quarter.held_out_indices) == list(range(15, 20))
+    both = textures.TextureBank(size=8, folder=folder, cache_dir=tmp_path / "c", held_out_fraction=0.0)
+    assert list(both.train_indices) == list(both.held_out_indices) == list(range(20)) and len(both) == 20
+    with pytest.raises(textures.TextureError, match="held_out_fraction"):
+        textures.TextureBank(size=8, folder=folder, held_out_fraction=0.95)
+
+
 def test_action_layout_and_clipping():
     a = action.make_action([0.2, -0.01, 0.0], dtheta=1.5, gripper="close", terminate=False)
     assert a.shape == (action.ACTION_DIM,) == (8,)

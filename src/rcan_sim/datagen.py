@@ -68,7 +68,9 @@ class DatagenConfig:
     max_steps: int = 20
     """Step limit per episode (paper: 20)."""
     split: Literal["train", "test"] = "train"
-    """train: training objects and textures; test: held-out objects and held-out textures (evaluation)."""
+    """train: training objects and textures; test: held-out objects and held-out textures (evaluation).
+    With --texture-folder, the held-out textures are only the folder's last --texture-held-out-fraction
+    (default 10 %) of images by file name, and train uses only the rest."""
     policy: str = DEFAULT_POLICY
     """Policy factory as 'module:callable'; called once per worker task, returns policy(obs, env) -> action."""
     explore: float = 0.2
@@ -76,7 +78,12 @@ class DatagenConfig:
     object_ids: tuple[int, ...] | None = None
     """Use exactly these random_urdfs object ids in every episode (default: 5 drawn from the split)."""
     texture_folder: Path | None = None
-    """Folder of images to use as the texture bank instead of the procedural one."""
+    """Folder of images to use as the texture bank instead of the procedural one.  The manifest and
+    the dataset fingerprint record a sha256 of its images (names and bytes): --resume refuses a
+    folder whose images changed."""
+    texture_held_out_fraction: float = 0.1
+    """With --texture-folder: the share of its images (the last ones by file name) held out for
+    --split test and never used by --split train; 0 uses every image for both splits."""
     compression: Literal["gzip", "lzf", "none"] = "gzip"
     """HDF5 compression of each frame chunk."""
     compression_level: int = 4
@@ -96,6 +103,8 @@ class DatagenConfig:
         require(":" in self.policy and all(self.policy.split(":", 1)), "policy",
                 f"must be 'module:callable', got {self.policy!r}")
         require(0.0 <= self.explore <= 1.0, "explore", f"must be in [0, 1], got {self.explore}")
+        require(0.0 <= self.texture_held_out_fraction <= 0.9, "texture_held_out_fraction",
+                f"must be in [0, 0.9], got {self.texture_held_out_fraction}")
         require(self.object_ids is None or len(self.object_ids) >= 1, "object_ids", "must not be empty")
         require(self.compression in ("gzip", "lzf", "none"), "compression",
                 f"must be gzip, lzf or none, got {self.compression!r}")
@@ -125,11 +134,26 @@ SEED_DERIVATION = {
 
 
 def data_config(cfg: DatagenConfig) -> dict[str, Any]:
-    """The fields that define the data (everything but execution settings)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in EXECUTION_FIELDS}
+    """The fields that define the data (everything but execution settings).
+
+    With a texture folder, its content digest (texture_folder_sha256, rcan_sim.textures.folder_digest)
+    is part of the data: the fingerprint and the manifest change when its images do.  Without one,
+    the texture fields are left out (the procedural bank's split is fixed), so datasets made before
+    these fields existed keep their fingerprint."""
+    out = {k: v for k, v in to_dict(cfg).items() if k not in EXECUTION_FIELDS}
+    if cfg.texture_folder is None:
+        out.pop("texture_held_out_fraction", None)
+    elif Path(cfg.texture_folder).is_dir():  # a missing folder fails in check_sim_inputs, naming the field
+        from rcan_sim.textures import folder_digest
+
+        out["texture_folder_sha256"] = folder_digest(cfg.texture_folder)
+    return out
 
 
 def fingerprint(data_cfg: dict[str, Any]) -> str:
+    """Digest of the data config; a texture folder counts by its contents (texture_folder_sha256), not its path."""
+    if data_cfg.get("texture_folder_sha256"):
+        data_cfg = {k: v for k, v in data_cfg.items() if k != "texture_folder"}
     return hashlib.sha256(json.dumps(data_cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -137,7 +161,8 @@ def env_config(data_cfg: dict[str, Any]) -> EnvConfig:
     """The EnvConfig of a data config (split picks the object split)."""
     folder = data_cfg["texture_folder"]
     world = WorldConfig(image_size=data_cfg["image_size"], split=data_cfg["split"],
-                        texture_folder=Path(folder) if folder is not None else None)
+                        texture_folder=Path(folder) if folder is not None else None,
+                        texture_held_out_fraction=data_cfg.get("texture_held_out_fraction", 0.1))
     return EnvConfig(world=world, max_steps=data_cfg["max_steps"])
 
 
@@ -250,9 +275,26 @@ def _env_for(data_cfg: dict[str, Any]) -> DatagenEnv:
     return _worker_env[1]
 
 
+def _check_texture_folder(data_cfg: dict[str, Any], root: Path | None = None) -> None:
+    """Refuse a texture folder whose images differ from the ones the dataset records."""
+    folder = data_cfg.get("texture_folder")
+    if folder is None:
+        return
+    from rcan_sim.textures import folder_digest
+
+    recorded = data_cfg.get("texture_folder_sha256")
+    now = folder_digest(folder) if Path(folder).is_dir() else "missing"
+    if recorded != now:
+        where = f"the dataset in {root}" if root is not None else "this dataset"
+        raise ConfigError(
+            f"texture folder {folder} does not hold the images {where} was generated with (content sha256 "
+            f"{recorded or 'not recorded'} then, {now} now); restore those images, or generate into a new --out")
+
+
 def generate_shard(task: ShardTask) -> dict[str, Any]:
     """Worker entry point (local process or Ray task): write one shard, return its ShardInfo json."""
     cfg = json.loads(task.data_cfg_json)
+    _check_texture_folder(cfg)
     env = _env_for(cfg)
     policy = resolve_policy_factory(cfg["policy"])()
     with shards.ShardWriter(task.root, task.index, task.start, task.stop, cfg["image_size"], task.fp,
@@ -342,8 +384,14 @@ def prepare_output(cfg: DatagenConfig, data_cfg: dict[str, Any], fp: str,
                           f"extend it with the same config, or choose another --out")
     manifest = shards.load_manifest(root)
     old = manifest["config"]
+    same_folder_contents = False
+    if old.get("texture_folder") is not None and data_cfg.get("texture_folder") is not None:
+        # A texture folder is compared by its images, not its path (it may have moved).
+        _check_texture_folder({**data_cfg, "texture_folder_sha256": old.get("texture_folder_sha256")}, root)
+        same_folder_contents = True
     diffs = [f"{k}: dataset has {old.get(k)!r}, requested {data_cfg.get(k)!r}"
-             for k in sorted(set(old) | set(data_cfg)) if old.get(k) != data_cfg.get(k)]
+             for k in sorted(set(old) | set(data_cfg))
+             if old.get(k) != data_cfg.get(k) and not (same_folder_contents and k == "texture_folder")]
     if diffs:
         raise ConfigError(f"--resume with a different config than the dataset in {root}: " + "; ".join(diffs))
     done_episodes = max((s["episode_stop"] for s in manifest["shards"]), default=0)

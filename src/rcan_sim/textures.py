@@ -9,12 +9,16 @@ held out (the "held-out" domain) and never used by training domains.
 Nothing is generated at import: `TextureBank.image(i)` builds one texture on demand
 (memoised), and `TextureBank.png_path(i)` writes it once to an on-disk cache, because
 pybullet's `loadTexture` only reads files.  A folder of user images can replace the
-procedural bank (`TextureBank(folder=...)`).
+procedural bank (`TextureBank(folder=...)`): its images in file-name order, the last
+`held_out_fraction` of them (default 10 %) held out.  The PNG cache of a folder is keyed on the
+folder's contents (`folder_digest`), so an edited image is never served stale and every process
+shares one cache directory.
 """
 from __future__ import annotations
 
 import colorsys
 import functools
+import hashlib
 import io
 import os
 import tempfile
@@ -31,6 +35,42 @@ FAMILIES = ("noise", "stripes", "checks", "gradient", "blobs", "marble", "dots",
 
 class TextureError(ValueError):
     """Bad texture index, size or folder."""
+
+
+DEFAULT_HELD_OUT_FRACTION = 0.1
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    """The texture images of `folder` (top level, IMAGE_SUFFIXES), sorted by file name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 (hex) of a texture folder's contents: every image's file name, size and bytes, in
+    file-name order (files that are not images do not count).  The same on every machine and in
+    every process, whatever the folder's path or the files' times.
+
+    Memoised per process on the files' (name, size, mtime_ns), so an unchanged folder is read once
+    per process; any change to those re-reads it."""
+    folder = Path(folder)
+    files = folder_images(folder)
+    stats = [(p.name, p.stat()) for p in files]
+    signature = (str(folder.resolve()), tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats))
+    digest = _DIGESTS.get(signature)
+    if digest is None:
+        h = hashlib.sha256(b"rcan-texture-folder-v1\0")
+        for path in files:
+            data = path.read_bytes()
+            h.update(f"{path.name}\0{len(data)}\0".encode())
+            h.update(data)
+        digest = h.hexdigest()
+        if len(_DIGESTS) >= 64:
+            _DIGESTS.clear()
+        _DIGESTS[signature] = digest
+    return digest
 
 
 def default_cache_dir() -> Path:
@@ -121,31 +161,46 @@ def procedural_texture(index: int, size: int = 128) -> np.ndarray:
 class TextureBank:
     """Deterministic textures by index: procedural by default, or images from `folder`.
 
-    `train_indices` and `held_out_indices` are disjoint ranges of valid indices.
+    `train_indices` and `held_out_indices` are disjoint ranges of valid indices, except for a
+    folder with held_out_fraction=0, where both are every image.  A folder's held-out images are
+    its last max(1, int(n * held_out_fraction)) by file name (n images; at least one stays for
+    training); the procedural bank always holds out [TRAIN_SIZE, BANK_SIZE).
     """
 
-    def __init__(self, size: int = 128, folder: str | Path | None = None, cache_dir: str | Path | None = None):
+    def __init__(self, size: int = 128, folder: str | Path | None = None, cache_dir: str | Path | None = None,
+                 held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION):
         if not isinstance(size, int) or not 8 <= size <= 1024:
             raise TextureError(f"texture size must be an int in 8..1024, got {size!r}")
+        if not 0.0 <= held_out_fraction <= 0.9:
+            raise TextureError(f"held_out_fraction must be in [0, 0.9], got {held_out_fraction!r}")
         self.size = size
         self.folder = Path(folder) if folder is not None else None
+        self.folder_sha256: str | None = None
         if self.folder is None:
             self._files: list[Path] = []
+            self._count = BANK_SIZE
             self.train_indices = range(0, TRAIN_SIZE)
             self.held_out_indices = range(TRAIN_SIZE, BANK_SIZE)
             key = f"procedural-s{size}"
         else:
             if not self.folder.is_dir():
                 raise TextureError(f"texture folder {self.folder} does not exist or is not a directory")
-            self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if len(self._files) < 2:
+            self._files = folder_images(self.folder)
+            n = self._count = len(self._files)
+            if n < 2:
                 raise TextureError(
-                    f"texture folder {self.folder} holds {len(self._files)} images ({'/'.join(IMAGE_SUFFIXES)}); "
-                    "need at least 2 (the last 10% are held out)")
-            n_held = max(1, len(self._files) // 10)
-            self.train_indices = range(0, len(self._files) - n_held)
-            self.held_out_indices = range(len(self._files) - n_held, len(self._files))
-            key = f"folder-{abs(hash(str(self.folder.resolve()))) % 10**10}-s{size}"
+                    f"texture folder {self.folder} holds {n} images ({'/'.join(IMAGE_SUFFIXES)}); "
+                    "need at least 2 (training and held-out textures)")
+            if held_out_fraction == 0:  # the user's choice: every image for both splits
+                self.train_indices = self.held_out_indices = range(0, n)
+            else:
+                n_held = min(n - 1, max(1, int(n * held_out_fraction)))
+                self.train_indices = range(0, n - n_held)
+                self.held_out_indices = range(n - n_held, n)
+            # Keyed on the contents, not the path: stable across processes and machines, and an
+            # edited image gets a fresh directory instead of its stale PNG.
+            self.folder_sha256 = folder_digest(self.folder)
+            key = f"folder-{self.folder_sha256[:16]}-s{size}"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._png_dir = self.cache_dir / key
         # A small memo: pybullet reads textures from png_path's files, so image() mostly runs once per
@@ -153,7 +208,7 @@ class TextureBank:
         self.image = functools.lru_cache(maxsize=16)(self._image)
 
     def __len__(self) -> int:
-        return len(self.train_indices) + len(self.held_out_indices)
+        return self._count
 
     def indices(self, held_out: bool) -> range:
         return self.held_out_indices if held_out else self.train_indices

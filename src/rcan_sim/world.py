@@ -94,7 +94,10 @@ class WorldConfig:
     texture_size: int = 128
     """Side of each bank texture in pixels."""
     texture_folder: Path | None = None
-    """Folder of images to use as the texture bank instead of the procedural one."""
+    """Folder of images to use as the texture bank instead of the procedural one (see texture_held_out_fraction)."""
+    texture_held_out_fraction: float = 0.1
+    """With texture_folder: the share of its images, the last ones by file name, kept as held-out textures
+    (the held-out domain and the test split; never in training domains); 0 uses every image for both."""
     texture_cache_dir: Path | None = None
     """Where bank textures are written as PNG for pybullet (default: $RCAN_TEXTURE_CACHE or /tmp/rcan_textures)."""
     episode_textures: int = 48
@@ -136,6 +139,7 @@ class WorldConfig:
         require(8 <= self.texture_size <= 1024, "texture_size", "must be in 8..1024")
         require(self.texture_folder is None or Path(self.texture_folder).is_dir(), "texture_folder",
                 f"{self.texture_folder} is not a directory")
+        require(0.0 <= self.texture_held_out_fraction <= 0.9, "texture_held_out_fraction", "must be in [0, 0.9]")
         require(4 <= self.episode_textures <= 512, "episode_textures", "must be in 4..512")
         require(self.max_loaded_textures >= 2 * self.episode_textures, "max_loaded_textures",
                 "must be at least 2 x episode_textures")
@@ -239,7 +243,8 @@ class GraspWorld:
 
     def __init__(self, cfg: WorldConfig | None = None):
         self.cfg = cfg or WorldConfig()
-        self.bank = TextureBank(self.cfg.texture_size, self.cfg.texture_folder, self.cfg.texture_cache_dir)
+        self.bank = TextureBank(self.cfg.texture_size, self.cfg.texture_folder, self.cfg.texture_cache_dir,
+                                self.cfg.texture_held_out_fraction)
         self._object_pool = objects.object_ids(self.cfg.split)
         self._cid = pb.connect(pb.DIRECT)
         if self._cid < 0:
