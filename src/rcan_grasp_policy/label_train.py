@@ -42,7 +42,7 @@ from rcan_sim.stats import wilson_interval
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "aux_weight")
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "aux_weight", "blank_images")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -89,6 +89,10 @@ class LabelTrainConfig:
     """torch threads of the learner."""
     cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM of the greedy checks and the regret measurement (the deployed search)."""
+    max_states: int = 0
+    """Train on the first this many labelled states only (learning curves; 0: all)."""
+    blank_images: bool = False
+    """Ablation baseline: every image is blanked (grey), so Q sees only the gripper state and the action."""
     aux_weight: float = 0.0
     """NOT in the paper (0 = off): weight of training-only auxiliary heads on the image trunk, fed by the
     simulator's free labels: the object mask and the gripper's pixel (at 1/4 resolution) and the image offset from
@@ -206,6 +210,8 @@ class LabelTrainer:
         self.cfg = cfg
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
         self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0)
+        if cfg.max_states:
+            self.train = {k: v[:cfg.max_states] for k, v in self.train.items()}
         self.heldout = self._load((cfg.eval_labels,))
         torch.manual_seed(cfg.seed)
         self.net = QNetwork(cfg.qnet_config()).train()
@@ -225,6 +231,8 @@ class LabelTrainer:
             parts.append(part)
         keys = ("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
         data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+        if self.cfg.blank_images:
+            data["image"] = np.full_like(data["image"], 128)
         if data["image"].shape[1] != self.cfg.image_size:
             raise ConfigError(f"invalid config field 'image_size': labels in {dirs} hold {data['image'].shape[1]} px "
                               f"images, got --image-size {self.cfg.image_size}")
