@@ -60,6 +60,9 @@ class CollectTask:
     """Return the transitions (False for evaluation: only per-episode records)."""
     threads: int = 1
     """torch / ONNX Runtime threads in the worker."""
+    fresh_world: bool = False
+    """Rebuild the pybullet scene before every episode, so an episode's outcome does not depend on which
+    episodes its worker ran before (evaluation: the same per-episode results with any number of workers)."""
 
 
 @dataclass
@@ -134,6 +137,8 @@ def collect_episodes(task: CollectTask) -> CollectResult:
     parts: list[dict[str, list]] = []
     episodes, env_steps = [], 0
     for seed in task.seeds:
+        if task.fresh_world:
+            env.world.rebuild()
         obs, info = env.reset(int(seed))
         image, state = encoder(obs, env), state_vector(obs)
         buf: dict[str, list] = {f: [] for f in Transitions.FIELDS}

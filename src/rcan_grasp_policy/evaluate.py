@@ -137,7 +137,7 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
                          generator=pol["generator"], policy="scripted" if pol["kind"] == "scripted" else "qnet",
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
                          cem_seed=int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]),
-                         record=False, threads=cfg.threads)
+                         record=False, threads=cfg.threads, fresh_world=True)
              for i in range(cfg.episodes)]
     t0 = time.perf_counter()
     records, env_steps = [], 0

@@ -272,7 +272,8 @@ class LabelTrainer:
         weights = save({k: v.detach().contiguous() for k, v in self.net.state_dict().items()})
         tasks = [CollectTask(seeds=(SELECTION_SEED_BASE + i,), variant=cfg.variant, domain=self.domain,
                              image_size=cfg.image_size, split="test", generator=self.generator, policy="qnet",
-                             weights=weights, qnet=self.net.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False)
+                             weights=weights, qnet=self.net.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False,
+                             fresh_world=True)
                  for i in range(cfg.eval_episodes)]
         wins = sum(ep["success"] for _, r in executor.map_unordered(collect_episodes, tasks) for ep in r.episodes)
         return {"greedy_success": wins / cfg.eval_episodes, "greedy_wilson95": list(wilson_interval(wins, cfg.eval_episodes))}

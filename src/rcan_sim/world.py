@@ -419,6 +419,12 @@ class GraspWorld:
         """Dataset ids (random_urdfs NNN) of this episode's objects."""
         return [] if self._episode is None else list(self._episode.object_ids)
 
+    def rebuild(self) -> None:
+        """A fresh pybullet scene (resetSimulation, everything loaded again), so the next reset(seed) does not
+        depend on what this client ran before (pybullet's state after a reset carries ~1e-7 of its history)."""
+        self._episode = None
+        self._build()
+
     def close(self) -> None:
         if self._cid >= 0:
             pb.disconnect(physicsClientId=self._cid)
