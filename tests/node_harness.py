@@ -14,6 +14,44 @@ import yaml
 
 BIN = Path(sys.executable).parent
 
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` s pass; the result of a last call.  For waits on an
+    event (a log line, a file, a counter) with a generous bound, in place of a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class LineReader:
+    """Collects a text stream's lines on a thread, so a test waits for a line with a timeout
+    instead of blocking in readline() on a process that may print nothing."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def matching(self, text: str) -> list[str]:
+        return [line for line in list(self.lines) if text in line]
+
+    def wait_for(self, text: str, timeout: float, count: int = 1) -> list[str]:
+        """The first `count` lines containing `text`, waiting up to `timeout` s; fewer if they never come."""
+        wait_until(lambda: len(self.matching(text)) >= count, timeout)
+        return self.matching(text)[:count]
+
+    def join(self, timeout: float = 5.0) -> str:
+        """Wait for the end of the stream (the process exited); all of it."""
+        self._thread.join(timeout)
+        return "\n".join(self.lines)
+
+
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
     return path

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 MAX_INPUT_AGE = 0.5  # policy_node max_input_age (s), set below
 TRAJECTORY = "/lbr/joint_trajectory_controller/joint_trajectory"
+DRIVER_STATUS = "/iiwa_driver_node/status"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def graph(tmp_path_factory):
         monitor = LoopMonitor(probe)
         probe.listen("/sim_node/episode", String)
         probe.listen("/rcan/ee_pose", PoseStamped)
+        probe.listen(DRIVER_STATUS, String)
         procs.start_all(specs)
         assert probe.wait_for(lambda: len(monitor.steps) >= 2, 90), {n: procs.log_tail(n) for n in procs.children}
         pgids = [procs.pid(n) for n in procs.children]
@@ -86,6 +88,15 @@ def assert_still(probe, since: float, duration: float, timeout: float = 10.0, to
     assert np.abs(q - q[0]).max() < tol, f"the arm moved by {np.abs(q - q[0]).max():.4f} rad"
 
 
+def statuses(probe, topic: str, since: float = 0.0) -> list[dict]:
+    return [json.loads(r.msg.data) for r in probe.received(topic, since=since)]
+
+
+def driver_counters(probe) -> dict:
+    last = probe.last(DRIVER_STATUS)
+    return json.loads(last.msg.data)["counters"] if last else {}
+
+
 def wait_for_mid_episode_action(monitor, probe, timeout: float = 60.0):
     """Wait for an action that neither terminates nor ends the episode (no lift will follow)."""
     seen = len(monitor.steps)
@@ -110,12 +121,16 @@ def test_policy_goes_quiet_and_driver_holds_when_perception_dies(graph):
     acting = lambda: any(r.t > t_kill + 0.2 and json.loads(r.msg.data)["phase"] == "act"  # noqa: E731
                          for r in probe.received("/rcan/policy/status"))
     assert probe.wait_for(acting, 8), monitor.statuses[-3:]
-    time.sleep(1.5)
+    # The driver's watchdog (command_timeout_s = 1 s) has stopped any move 2.5 s after the kill.
+    assert_still(probe, since=t_kill + 2.5, duration=1.0)
+    # The policy is still deciding, and says why it sends nothing: a status from well after the kill
+    # in the act phase with a wait reason (the positive event behind "no action").
+    quiet = lambda: any(s["phase"] == "act" and s.get("waiting")  # noqa: E731
+                        for s in statuses(probe, "/rcan/policy/status", since=t_kill + MAX_INPUT_AGE + 1.0))
+    assert probe.wait_for(quiet, 10), monitor.statuses[-3:]
     # Images from before the kill may still be used while younger than max_input_age, no later.
     late = [s.marker_t for s in monitor.steps if s.marker_t > t_kill_wall + MAX_INPUT_AGE + 0.3]
     assert not late, "the policy acted on stale images"
-    # The driver's watchdog (command_timeout_s = 1 s) has stopped any move 2.5 s after the kill.
-    assert_still(probe, since=t_kill + 2.5, duration=1.0)
     assert sorted(procs.running()) == ["iiwa_driver_node", "policy_node", "sim_node"]
 
 
@@ -138,8 +153,12 @@ def test_estop_stops_motion_until_released(graph):
     assert_still(probe, since=t_stop + 0.5, duration=2.5)
     assert "E-STOP latched" in procs.log_tail("iiwa_driver_node", 200_000)
 
+    t_clear = time.monotonic()
     probe.publish("/rcan/estop", Bool(data=False))
-    time.sleep(0.2)
+    # The driver has seen the input go low (its status says so) before the release is asked for.
+    cleared = lambda: any(s["estop"]["latched"] and not s["estop"]["input_asserted"]  # noqa: E731
+                          for s in statuses(probe, DRIVER_STATUS, since=t_clear))
+    assert probe.wait_for(cleared, 10), statuses(probe, DRIVER_STATUS)[-1:]
     ok, message = probe.trigger("/iiwa_driver_node/release_estop")
     assert ok, message
     t_release = time.monotonic()
@@ -165,11 +184,17 @@ def test_unsafe_targets_are_clamped_or_rejected(graph):
         return msg
 
     t0 = time.monotonic()
+    before = driver_counters(probe)
     for _ in range(3):
         probe.publish("/rcan/target_pose", target(math.nan, 0.0, 0.2))
         probe.publish("/rcan/target_pose", target(5.0, -4.0, 3.0))
-        time.sleep(0.3)
-    time.sleep(1.5)
+    # The driver publishes its status after each target it handles: wait until it counts all six.
+    handled = lambda: (driver_counters(probe).get("rejected", 0) >= before.get("rejected", 0) + 3  # noqa: E731
+                       and driver_counters(probe).get("clamped", 0) >= before.get("clamped", 0) + 3)
+    assert probe.wait_for(handled, 15), (before, driver_counters(probe))
+    # Then watch the arm for 30 EE poses (1.5 s at the driver's 20 Hz) after the clamped moves were sent.
+    t_handled = time.monotonic()
+    assert probe.wait_count("/rcan/ee_pose", 30, timeout=30, since=t_handled)
     log = procs.log_tail("iiwa_driver_node", 300_000)
     assert "target rejected" in log and "target clamped" in log
     # Whatever was sent, the tool stayed inside the workspace box (config/iiwa_driver.yaml) + 2 cm.
@@ -223,15 +248,17 @@ def test_malformed_messages_on_every_topic_are_dropped(graph):
         (TRAJECTORY, bad_traj),  # sim
         (TRAJECTORY, nan_traj),
     ]
-    for _ in range(5):
+    def policy_rejected() -> int:
+        last = probe.last("/rcan/policy/status")
+        return sum(json.loads(last.msg.data)["rejected"].values()) if last else 0
+
+    p0, d0 = policy_rejected(), driver_counters(probe)
+    for k in range(1, 6):
         for topic, msg in sends:
             probe.publish(topic, msg)
-        time.sleep(0.1)
-    time.sleep(2.0)
-    assert len(procs.running()) == 4, procs.poll_deaths()
-    logs = {name: procs.log_tail(name, 1_000_000) for name in procs.children}
-    for name, log in logs.items():
-        assert "Traceback" not in log, f"{name}:\n{log[-3000:]}"
+        # One round at a time (the policy keeps 5 images per topic): the policy's status (1 Hz) has counted
+        # this round's 6 rejections (2 source, 2 canonical, 2 EE) before the next is sent.
+        assert probe.wait_for(lambda: policy_rejected() >= p0 + 6 * k, 15, interval=0.1), (k, policy_rejected() - p0)
     # Each cause is logged once however often it recurs (5 sends each).
     expect = {
         "perception_node": ["rejected image"],
@@ -240,6 +267,21 @@ def test_malformed_messages_on_every_topic_are_dropped(graph):
         "iiwa_driver_node": ["joint_states"],
         "sim_node": ["ignored joint trajectory"],
     }
+
+    def all_handled() -> bool:
+        # Counters: the policy's 30 (2 x 5 source, canonical, EE), the driver's 10 targets and 10 joint_states;
+        # log lines: every node reported its causes.
+        d = driver_counters(probe)
+        if (policy_rejected() < p0 + 30 or d.get("rejected", 0) < d0.get("rejected", 0) + 10
+                or d.get("joint_states_rejected", 0) < d0.get("joint_states_rejected", 0) + 10):
+            return False
+        return all(phrase in procs.log_tail(name, 1_000_000) for name, phrases in expect.items() for phrase in phrases)
+
+    assert probe.wait_for(all_handled, 30, interval=0.2), (policy_rejected() - p0, d0, driver_counters(probe))
+    assert len(procs.running()) == 4, procs.poll_deaths()
+    logs = {name: procs.log_tail(name, 1_000_000) for name in procs.children}
+    for name, log in logs.items():
+        assert "Traceback" not in log, f"{name}:\n{log[-3000:]}"
     for name, phrases in expect.items():
         for phrase in phrases:
             assert phrase in logs[name], f"{name} did not report '{phrase}'"

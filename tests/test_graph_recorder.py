@@ -23,6 +23,7 @@ def test_schema_text_contains_every_nested_definition_once():
 
 def test_recording_round_trips_through_the_mcap_ros2_reader(ros_env, tmp_path):
     from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import Image
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
@@ -35,15 +36,25 @@ def test_recording_round_trips_through_the_mcap_ros2_reader(ros_env, tmp_path):
     with Probe("rec_probe") as probe:
         rec = McapRecorder(probe.node, tmp_path / "run.mcap", topics)
         probe.listen("/t/pose", PoseStamped)
-        for i in range(30):  # until discovery has matched, then a few more
+        pose_pub = probe.node.create_publisher(PoseStamped, "/t/pose", 10)
+        image_pub = probe.node.create_publisher(Image, "/t/image", 10)
+        # Discovery: the publishers are matched with the recorder's subscriptions (and the probe's).
+        assert probe.wait_for(lambda: pose_pub.get_subscription_count() >= 2
+                              and image_pub.get_subscription_count() >= 1, 30), "publishers never matched"
+
+        def recorded() -> bool:
+            return rec.counts["/t/pose"] >= 5 and rec.counts["/t/image"] >= 5
+
+        # The recorder subscribes best effort: publish until it has five of each (bounded, not a fixed count).
+        deadline, i = time.monotonic() + 30, 0
+        while not recorded() and time.monotonic() < deadline:
             pose = PoseStamped()
             pose.header.frame_id = "lbr_link_0"
             pose.pose.position.x = float(i)
-            probe.publish("/t/pose", pose)
-            probe.publish("/t/image", rgb_to_image_msg(rgb))
-            time.sleep(0.05)
-            if rec.counts["/t/pose"] >= 5 and rec.counts["/t/image"] >= 5:
-                break
+            pose_pub.publish(pose)
+            image_pub.publish(rgb_to_image_msg(rgb))
+            i += 1
+            probe.wait_for(recorded, 0.05, interval=0.01)
         counts = rec.close()
     assert counts["/t/pose"] >= 5 and counts["/t/image"] >= 5
     with open(tmp_path / "run.mcap", "rb") as f:

@@ -26,6 +26,10 @@ def models(tmp_path_factory):
     return ensure_untrained_models(tmp_path_factory.getbasetemp() / "untrained_models", 64)
 
 
+def _stamp(msg) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
 def assert_no_tracebacks(graph: GraphProcesses) -> None:
     for name in graph.children:
         log = graph.log_tail(name, 1_000_000)
@@ -62,12 +66,18 @@ def test_three_episodes_through_the_real_graph(ros_env, tmp_path, models):
             assert r["success"] in (True, False) and r["steps"] >= 1
             assert "held" in json.loads(r["detail"])
 
-        # Canonical images follow the camera: close to its rate, and never a growing backlog.
-        t1 = time.time()
-        cam = probe.count(CAMERA, since=time.monotonic() - 5.0) / 5.0
-        rate = monitor.canonical_rate(t1 - 5.0, t1)
-        assert cam >= 0.5 * CAMERA_HZ, cam
-        assert rate >= 0.5 * cam, (rate, cam)
+        # Canonical images follow the camera: the camera keeps streaming, perception turns most of its frames
+        # (matched by capture stamp) into canonical ones, and never a growing backlog.  Judged on the next
+        # 20 camera frames, however long a loaded machine takes to deliver them.
+        t1 = time.monotonic()
+        assert probe.wait_count(CAMERA, 20, timeout=60, since=t1), probe.count(CAMERA, since=t1)
+        cam = [_stamp(r.msg) for r in probe.received(CAMERA, since=t1)[:20]]
+        # Everything perception will make of those frames is in once a canonical image of a later capture is.
+        assert probe.wait_for(lambda: any(_stamp(r.msg) > cam[-1] for r in probe.received(CANONICAL)),
+                              30), "perception stopped following the camera"
+        canonical = {_stamp(r.msg) for r in probe.received(CANONICAL)}
+        followed = sum(stamp in canonical for stamp in cam)
+        assert followed >= 10, (followed, "of 20 camera frames got a canonical image")
         lags = monitor.cam_to_canonical[-20:]
         assert max(lags) < 1.0, lags  # queued frames would lag further and further behind
 

@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from node_harness import LineReader, wait_until
 from rcan_bringup.launcher import group_alive
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -24,29 +24,26 @@ def test_rcan_launch_reports_deaths_and_forwards_ctrl_c(ros_env, tmp_path, tmp_p
            "--generator-model", str(generator), "--policy-model", str(policy),
            "--domain-id", ros_env["ROS_DOMAIN_ID"], "--log-dir", str(logs)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ros_env)
+    out_lines = LineReader(proc.stdout)  # never block in readline(): a silent launcher fails on a timeout
     try:
+        started = out_lines.wait_for("[rcan launch] started ", timeout=60, count=4)
+        assert len(started) == 4, out_lines.lines
         pids = {}
-        for _ in range(4):
-            line = proc.stdout.readline()
+        for line in started:
             name, pid = line.split("started ")[1].split(" (pid ")
-            pids[name] = int(pid.rstrip(")\n"))
+            pids[name] = int(pid.rstrip(")"))
         assert sorted(pids) == ["iiwa_driver_node", "perception_node", "policy_node", "sim_node"]
         policy_log = logs / "policy_node.log"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and "episode 1 started" not in (
-                policy_log.read_text() if policy_log.is_file() else ""):
-            time.sleep(0.5)
-        assert "episode 1 started" in policy_log.read_text(), "the launched graph never ran an episode"
+        assert wait_until(lambda: policy_log.is_file() and "episode 1 started" in policy_log.read_text(), 120,
+                          interval=0.5), "the launched graph never ran an episode"
 
         os.kill(pids["perception_node"], signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        reported = ""
-        while time.monotonic() < deadline and "perception_node" not in reported:
-            reported = proc.stdout.readline()
-        assert "exited with code -9" in reported, reported
+        reported = out_lines.wait_for("exited with code", timeout=30)
+        assert reported and "perception_node" in reported[0] and "exited with code -9" in reported[0], out_lines.lines
 
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=60)
+        out = out_lines.join()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -90,6 +90,22 @@ class Driver:
             self.keep_alive_for(0.1, proc)
         return cond()
 
+    def last_status(self) -> dict:
+        return json.loads(self.status[-1].data) if self.status else {}
+
+    def wait_status(self, cond, timeout, proc, state=True) -> bool:
+        """Spin (publishing fresh EE/gripper state when `state`) until the node's status satisfies `cond`.
+        The status (1 Hz) reports what the node has processed: a positive event to wait for."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond(self.last_status()):
+                return True
+            if state:
+                self.state()
+            self.h.spin_for(0.05)
+            assert proc.alive(), proc.output
+        return cond(self.last_status())
+
     def wait_connected(self, proc):
         pubs = (self.src, self.can, self.ee, self.grip)
         assert self.h.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs), 30.0, proc), proc.output
@@ -112,10 +128,12 @@ def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny
             d.image(d.src, t, 96)
             d.image(d.can, t.__class__(nanoseconds=t.nanoseconds + 1000), 64)
             harness.spin_for(0.05)
-        # An exactly matched pair that is stale (5 s old): still nothing.
+        # An exactly matched pair that is stale (5 s old): still nothing.  Once the node has matched it (the
+        # images before it on both streams were processed first) and ticked on it, it says why it waits.
         old = d.now().__class__(nanoseconds=d.now().nanoseconds - 5_000_000_000)
         d.pair(old)
-        d.keep_alive_for(0.4, node, pairs=False)
+        assert d.wait_status(lambda s: s.get("matched_pairs") == 1 and s.get("waiting") == "images_stale", 15.0,
+                             node), (d.last_status(), node.output)
         # Malformed messages: rejected, the node stays up.
         bad = rgb_to_image_msg(np.zeros((8, 8, 3), np.uint8))
         bad.step = 5
@@ -124,20 +142,34 @@ def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny
         bad2.encoding = "mono16"
         d.can.publish(bad2)
         d.state(frame="world")
-        harness.spin_for(0.3)
+        rejected = {"source:step": 1, "canonical:encoding": 1, "ee_frame": 1}
+        assert d.wait_status(lambda s: s.get("rejected") == rejected, 15.0, node), d.last_status()
+        # Everything above was processed (status) and none of it gave a command.
+        assert d.last_status()["matched_pairs"] == 1
         assert d.targets == [] and d.markers == [], "a command was sent without a fresh matched pair"
         assert node.alive()
         # Fresh matched pairs with fresh state -> a command.
         assert d.publish_until(lambda: d.targets, 15.0, node), node.output
-        # Stop the EE/gripper stream: once stale, no further commands.
-        harness.spin_for(1.5)
-        n_before = len(d.targets)
+        # Stop the EE/gripper stream (pairs keep coming): once the node reports the EE pose stale ...
+        def pairs_until(cond, timeout):
+            end = time.monotonic() + timeout
+            while not cond(d.last_status()) and time.monotonic() < end:
+                d.pair()
+                harness.spin_for(0.05)
+                assert node.alive(), node.output
+            return cond(d.last_status())
+
+        assert pairs_until(lambda s: s.get("waiting") == "ee_pose_stale", 15.0), d.last_status()
+        n_before, matched = len(d.targets), d.last_status()["matched_pairs"]
+        # ... ten more pairs, each matched (and ticked on), give no command.
         for _ in range(10):
             d.pair()
             harness.spin_for(0.05)
+        assert d.wait_status(lambda s: s.get("matched_pairs", 0) >= matched + 10, 15.0, node, state=False), \
+            d.last_status()
         assert len(d.targets) == n_before, "a command was sent with a stale EE pose"
-        assert harness.spin_until(lambda: json.loads(d.status[-1].data)["waiting"] == "ee_pose_stale", 3.0, node)
-        status = json.loads(d.status[-1].data)
+        status = d.last_status()
+        assert status["waiting"] == "ee_pose_stale", status
     finally:
         assert node.stop() == 0
     target = d.targets[0]
@@ -158,13 +190,13 @@ def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny
 
 
 def test_acts_when_a_pair_arrives_not_on_the_timer(tmp_path, ros_env, harness, tiny_q):
-    # The control timer fires every 20 s, so a command within a few seconds came from a new matched pair.
+    # The control timer fires every 1000 s, so a command within the (generous) wait came from a new matched pair.
     d = Driver(harness)
-    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(tiny_q, control_rate_hz=0.05)),
+    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(tiny_q, control_rate_hz=0.001)),
                        ros_env)
     try:
         d.wait_connected(node)
-        assert d.publish_until(lambda: d.targets, 5.0, node), node.output
+        assert d.publish_until(lambda: d.targets, 30.0, node), node.output
     finally:
         assert node.stop() == 0
 
@@ -187,7 +219,9 @@ def test_sim_mode_runs_episode_through_sim_services(tmp_path, ros_env, harness, 
     try:
         d.wait_connected(node)
         assert d.publish_until(lambda: "grasp_success" in calls, 30.0, node), (calls, node.output)
-        d.keep_alive_for(0.5, node)
+        # The episode is over when the node says so (max_episodes = 1): nothing may follow.
+        assert d.wait_status(lambda s: s.get("phase") == "done" and s.get("successes") == 1, 15.0, node), \
+            d.last_status()
     finally:
         assert node.stop() == 0
     assert calls == ["reset", "grasp_success"], (calls, node.output)
@@ -216,8 +250,8 @@ def test_future_stamped_pair_is_rejected_and_matching_recovers_when_stamps_go_ba
     from rclpy.time import Duration
 
     d = Driver(harness)
-    # The timer fires every 20 s: every command here comes from a newly matched pair.
-    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(tiny_q, control_rate_hz=0.05)),
+    # The timer fires every 1000 s: every command here comes from a newly matched pair.
+    node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", _params(tiny_q, control_rate_hz=0.001)),
                        ros_env)
 
     def status():

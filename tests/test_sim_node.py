@@ -12,6 +12,7 @@ import pytest
 
 from rcan_bringup.graph import LaunchArgs, build_graph
 from rcan_bringup.launcher import GraphProcesses
+from rcan_bringup.probe import stamp_seconds
 
 pytestmark = pytest.mark.ros
 
@@ -57,11 +58,17 @@ def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
         # Principal point at the image centre (either pixel-centre convention), square pixels.
         assert abs(info.k[2] - 32.0) <= 0.5 and info.k[5] == info.k[2] and info.k[0] == info.k[4] > 0
         assert (info.width, info.height) == (64, 64) and list(info.p[:3]) == list(info.k[:3])
-        # Camera rate: about 20 Hz at 64x64.
+        # Camera rate: about 20 Hz at 64x64, judged on 41 consecutive frames' capture stamps (the node's
+        # clock), however long a loaded machine takes to deliver them.  Its timer never fires faster than
+        # 20 Hz on average; the median gap stays near the configured 50 ms unless most ticks were missed
+        # (10 Hz, the default rate, would be 100 ms).
         t0 = time.monotonic()
-        time.sleep(2.0)
-        rate = probe.count("/camera/image_raw", since=t0) / 2.0
-        assert 10.0 <= rate <= 22.0, rate
+        assert probe.wait_count("/camera/image_raw", 41, timeout=60, since=t0), probe.count("/camera/image_raw", t0)
+        stamps = np.array([stamp_seconds(r.msg.header.stamp) for r in probe.received("/camera/image_raw", t0)[:41]])
+        gaps = np.diff(stamps)
+        assert (gaps > 0).all(), gaps
+        assert 40 / (stamps[-1] - stamps[0]) <= 22.0, gaps
+        assert np.median(gaps) <= 0.09, gaps
 
         # A trajectory moves the arm; the follower reaches the goal.
         start = list(js.position)
@@ -74,11 +81,21 @@ def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
         # Malformed trajectories are dropped (arm stays), logged once per cause, node survives.
         bad = [trajectory(names[:6], goal[:6], 0.5), trajectory(names, [math.nan] * 7, 0.5),
                trajectory(names, goal[:6], 0.5), trajectory(names[::-1][:6] + ["x"], goal, 0.5)]
+        t_bad = time.monotonic()
         for _ in range(3):
             for msg in bad:
                 probe.publish("/lbr/joint_trajectory_controller/joint_trajectory", msg)
-        time.sleep(1.0)
-        assert abs(probe.last("/joint_states").msg.position[0] - goal[0]) < 0.01
+        # Then a valid one for joint 1 only: the topic is delivered and handled in order, so once the arm
+        # reaches it every malformed message before it was handled.
+        goal2 = list(goal)
+        goal2[0] += 0.1
+        probe.publish("/lbr/joint_trajectory_controller/joint_trajectory", trajectory(names, goal2, 0.5))
+        assert probe.wait_for(lambda: abs(probe.last("/joint_states").msg.position[0] - goal2[0]) < 0.01, 10), \
+            probe.last("/joint_states").msg.position
+        # None of them moved the arm: meanwhile joints 2-7 held their goal, joint 1 only went from goal to goal2.
+        q = np.array([r.msg.position for r in probe.received("/joint_states", since=t_bad)])
+        assert np.isfinite(q).all() and np.abs(q[:, 1:] - np.array(goal[1:])).max() < 0.01
+        assert q[:, 0].min() > goal[0] - 0.01 and q[:, 0].max() < goal2[0] + 0.01
         assert graph.running() == ["sim_node"]
         log = graph.log_tail("sim_node", 100_000)
         assert log.count("ignored joint trajectory") == 3, log  # joint_names, non_finite, point_size
@@ -115,13 +132,21 @@ def test_slow_rendering_lowers_the_camera_rate_not_the_physics_rate(ros_env, tmp
         t0 = time.monotonic()
         probe.publish("/lbr/joint_trajectory_controller/joint_trajectory", trajectory(names, goal, 1.0))
         assert probe.wait_for(lambda: abs(probe.last("/joint_states").msg.position[1] - goal[1]) < 0.01, 10)
-        # A 1 s trajectory takes about 1 s of wall time: physics kept real time.
-        assert time.monotonic() - t0 < 2.0
+        # A 1 s trajectory takes about 1 s of the node's own clock (joint_states stamps, from the first state
+        # that moved to the first at the goal): physics kept real time while rendering.
+        js = [r.msg for r in probe.received("/joint_states", since=t0)]
+        moving = [stamp_seconds(m.header.stamp) for m in js if abs(m.position[1] - start[1]) > 2e-3]
+        arrived = [stamp_seconds(m.header.stamp) for m in js if abs(m.position[1] - goal[1]) < 0.01]
+        assert moving and arrived and arrived[0] - moving[0] < 2.0, (moving[:1], arrived[:1])
+        # joint_states keep coming while the camera renders 320 px frames: wait for 40 of them and
+        # 3 camera frames, then judge the gaps on the node's stamps.
         t1 = time.monotonic()
-        time.sleep(2.0)
-        stamps = [r.t for r in probe.received("/joint_states", since=t1)]
-        assert len(stamps) >= 10 and max(np.diff(stamps)) < 0.5  # the driver's joint_state_timeout
-        assert probe.count("/camera/image_raw", since=t1) / 2.0 < 30.0
+        assert probe.wait_count("/joint_states", 40, timeout=30, since=t1)
+        assert probe.wait_count("/camera/image_raw", 3, timeout=30, since=t1)
+        stamps = [stamp_seconds(r.msg.header.stamp) for r in probe.received("/joint_states", since=t1)]
+        assert max(np.diff(stamps)) < 0.5, np.diff(stamps)  # the driver's joint_state_timeout
+        cam = [stamp_seconds(r.msg.header.stamp) for r in probe.received("/camera/image_raw", since=t1)]
+        assert (len(cam) - 1) / (cam[-1] - cam[0]) < 30.0, cam  # below the asked rate: limited by rendering
         assert "camera limited to" in graph.log_tail("sim_node", 100_000)
 
 
