@@ -221,7 +221,7 @@ def scripted_states(net_cfg: QNetConfig, seeds, domain: str = "canonical", gener
     """The policy's inputs at every step of scripted episodes on unseen test objects, with the scripted (executed)
     action and what it was: 'move', 'close' or 'terminate'."""
     from rcan_grasp_policy.inputs import InputEncoder, state_vector
-    from rcan_sim.action import CLOSE, TERMINATE
+    from rcan_common.action import CLOSE, TERMINATE
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.scripted import ScriptedGraspPolicy
     from rcan_sim.world import WorldConfig

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rcan_grasp_policy import labels as L
-from rcan_sim.action import make_action
+from rcan_common.action import make_action
 from rcan_sim.env import EnvConfig, GraspEnv
 from rcan_sim.scripted import ScriptedGraspPolicy
 from rcan_sim.world import WorldConfig

@@ -5,7 +5,7 @@ import pytest
 from rcan_common.config import ConfigError
 from rcan_grasp_policy.cem import (CEMConfig, CEMPolicy, SearchDistribution, build_actions, cem_regret, cem_search,
                                   dense_candidates, refit, sample)
-from rcan_sim.action import CLOSE, COS, OPEN, SIN, TERMINATE, ActionBounds
+from rcan_common.action import CLOSE, COS, OPEN, SIN, TERMINATE, ActionBounds
 
 BOUNDS = ActionBounds(max_translation=0.05, max_rotation=0.5)
 

@@ -10,7 +10,7 @@ from rcan_grasp_policy.backends import (OrtQFunction, PolicyLoadError, TorchQFun
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy  # noqa: E402
 from rcan_grasp_policy.export import export_onnx, parity  # noqa: E402
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork  # noqa: E402
-from rcan_sim.stats import wilson_interval  # noqa: E402
+from rcan_common.stats import wilson_interval  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[16, 8], ids=["merge16", "merge8"])

@@ -40,7 +40,7 @@ def test_policy_image_resizes_and_stacks():
 
 
 def test_oracle_input_is_the_sim_pair_of_the_observed_state():
-    from rcan_sim.action import make_action
+    from rcan_common.action import make_action
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import WorldConfig
 

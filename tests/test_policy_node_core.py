@@ -13,7 +13,7 @@ from rcan_common.config import ConfigError
 from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair, Phase,
                                            apply_action, build_policy_images, resolve_inputs)
 from rcan_grasp_policy.stamp_matcher import StampMatcher
-from rcan_sim.action import ActionBounds, make_action
+from rcan_common.action import ActionBounds, make_action
 
 
 # ---- stamp matcher

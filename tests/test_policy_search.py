@@ -12,7 +12,7 @@ torch.set_num_threads(1)  # several test processes share 2 cores
 from rcan_common.config import ConfigError  # noqa: E402
 from rcan_grasp_policy import collect, train  # noqa: E402
 from rcan_grasp_policy.collect import CollectTask, collect_episodes  # noqa: E402
-from rcan_sim.action import CLOSE, COS, SIN, TERMINATE, decode_action  # noqa: E402
+from rcan_common.action import CLOSE, COS, SIN, TERMINATE, decode_action  # noqa: E402
 from rcan_sim.scripted import ScriptedGraspPolicy  # noqa: E402
 
 SEEDS = (3, 0)  # test-split scene 3: the scripted policy's first turn is 1.39 rad

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rcan_common.config import ConfigError
-from rcan_sim.action import ACTION_DIM, ActionError, make_action
+from rcan_common.action import ACTION_DIM, ActionError, make_action
 from rcan_sim.env import EnvConfig, GraspEnv
 from rcan_sim.scripted import ScriptedGraspPolicy
 from rcan_sim.world import WorldConfig

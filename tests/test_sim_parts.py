@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from rcan_sim import action, classes, objects, textures
-from rcan_sim.domains import DOMAINS, DomainError, domain_spec
-from rcan_sim.stats import wilson_interval
+from rcan_common import action, classes
+from rcan_common.domains import DOMAINS
+from rcan_common.stats import wilson_interval
+from rcan_sim import objects, textures
+from rcan_sim.domains import DomainError, domain_spec
 
 
 def test_object_split_is_fixed_and_disjoint():

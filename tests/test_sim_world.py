@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rcan_sim import classes
-from rcan_sim.domains import DOMAINS, DomainError
+from rcan_common import classes
+from rcan_common.domains import DOMAINS
+from rcan_sim.domains import DomainError
 from rcan_sim.objects import UnknownObjectError
 from rcan_sim.world import CANON_ARM, GraspWorld, WorldConfig
 

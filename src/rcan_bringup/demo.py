@@ -29,7 +29,7 @@ from rcan_bringup.graph import resolve, sim_graph
 from rcan_bringup.launcher import GraphProcesses, LaunchError, ros_environment
 from rcan_common.config import parse_cli, require, to_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
-from rcan_sim.domains import DOMAINS
+from rcan_common.domains import DOMAINS
 
 
 @dataclass
@@ -158,7 +158,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None, log=print) ->
     """Run the demo; returns the results dict (also written to out_dir/demo.json)."""
     from rcan_bringup.loop_monitor import LoopMonitor
     from rcan_bringup.probe import Probe
-    from rcan_sim.stats import wilson_interval
+    from rcan_common.stats import wilson_interval
 
     stop = stop or threading.Event()
     out = ensure_writable_dir(cfg.out_dir)

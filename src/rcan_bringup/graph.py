@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from rcan_common.config import require
-from rcan_sim.domains import DOMAINS
+from rcan_common.domains import DOMAINS
 
 PACKAGE = "rcan_bringup"
 

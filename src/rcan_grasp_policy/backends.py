@@ -17,7 +17,7 @@ Running a policy (what the ROS policy node does):
     policy = CEMPolicy(qf, CEMConfig(), ActionBounds(), seed=0)   # rcan_grasp_policy.cem
     x = policy_image(source_rgb, canonical_rgb, meta["qnet"]["image_size"])  # rcan_grasp_policy.inputs
     actions, q = policy.act(x[None], np.array([[gripper_open, gripper_height]], np.float32))
-    action = actions[0]   # rcan_sim.action layout: dx, dy, dz, sin, cos, close, open, terminate
+    action = actions[0]   # rcan_common.action layout: dx, dy, dz, sin, cos, close, open, terminate
 
 meta["variant"] says whether G(x) is needed ("rcan": 6 channels) or not (3 channels).
 """

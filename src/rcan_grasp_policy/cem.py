@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rcan_common.config import require
-from rcan_sim.action import ACTION_DIM, CLOSE, COS, OPEN, SIN, STATE_DIM, TERMINATE, ActionBounds
+from rcan_common.action import ACTION_DIM, CLOSE, COS, OPEN, SIN, STATE_DIM, TERMINATE, ActionBounds
 
 # Gripper classes of the categorical part, in this order.
 GRIPPER_CLASSES = ("none", "close", "open")

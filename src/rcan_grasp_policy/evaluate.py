@@ -28,7 +28,7 @@ from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import ORACLE
-from rcan_sim.stats import wilson_interval
+from rcan_common.stats import wilson_interval
 
 Domain = Literal["canonical", "randomized", "held-out", "mild", "medium", "heavy"]
 

@@ -38,7 +38,7 @@ from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
 from rcan_grasp_policy.labels import aux_targets, load_labels, policy_images
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-from rcan_sim.stats import wilson_interval
+from rcan_common.stats import wilson_interval
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""

@@ -148,7 +148,7 @@ def label_actions(env, candidates: np.ndarray, completion, gamma: float) -> np.n
 def jittered(gripper: str | None, terminate: bool, rng: np.random.Generator, translation: float,
              rotation: float) -> np.ndarray:
     """A close / terminate action with a small uniform motion (so labelled data covers what CEM samples)."""
-    from rcan_sim.action import make_action
+    from rcan_common.action import make_action
 
     return make_action(rng.uniform(-translation, translation, 3), float(rng.uniform(-rotation, rotation)),
                        gripper, terminate)
@@ -325,7 +325,7 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
     import io
     import json
 
-    from rcan_sim import classes
+    from rcan_common import classes
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import WorldConfig
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from rcan_common.config import require
 from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw
-from rcan_sim.action import ActionBounds, decode_action
+from rcan_common.action import ActionBounds, decode_action
 
 ImageInputs = Literal["auto", "source+canonical", "canonical", "source"]
 INPUT_CHANNELS = {"source+canonical": 6, "canonical": 3, "source": 3}

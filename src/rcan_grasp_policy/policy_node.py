@@ -37,7 +37,7 @@ from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, Gri
                                            load_planner, resolve_inputs)
 from rcan_grasp_policy.stamp_matcher import StampMatcher
 from rcan_perception.runtime import RuntimeConfig
-from rcan_sim.action import ActionBounds
+from rcan_common.action import ActionBounds
 
 # Causes that are part of normal operation (waiting for the next frame), not problems.
 _NORMAL_WAITS = {"waiting_for_images_after_settle"}

@@ -32,7 +32,7 @@ from rcan_grasp_policy.cem import CEMConfig, cem_search, random_actions
 from rcan_grasp_policy.inputs import images_to_nchw
 from rcan_grasp_policy.qnet import QNetwork
 from rcan_grasp_policy.replay import Transitions
-from rcan_sim.action import ActionBounds
+from rcan_common.action import ActionBounds
 
 
 @dataclass(frozen=True)

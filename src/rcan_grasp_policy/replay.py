@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rcan_common.io import atomic_write_bytes
-from rcan_sim.action import ACTION_DIM, STATE_DIM
+from rcan_common.action import ACTION_DIM, STATE_DIM
 
 SOURCES = ("scripted", "policy")
 

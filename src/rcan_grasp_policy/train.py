@@ -46,8 +46,8 @@ from rcan_grasp_policy.inputs import ORACLE, Variant, training_domain, variant_c
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 from rcan_grasp_policy.qtopt import QTOpt, QTOptConfig
 from rcan_grasp_policy.replay import ReplayBuffer
-from rcan_sim.action import ActionBounds
-from rcan_sim.stats import wilson_interval
+from rcan_common.action import ActionBounds
+from rcan_common.stats import wilson_interval
 
 # Fields that must match the saved config when resuming (they shape the networks / data).
 _ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "max_steps", "replay_capacity")

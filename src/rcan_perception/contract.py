@@ -26,20 +26,12 @@ from typing import Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from rcan_common.classes import CLASS_COLORS, CLASS_NAMES
 from rcan_common.config import ConfigError, from_dict, require, to_dict
 
 FORMAT = "rcan-generator-contract-v1"
 
-_DEFAULT_NAMES = ("background", "object", "tray", "divider", "arm")
-_DEFAULT_COLORS = ((0, 0, 0), (230, 57, 70), (69, 123, 157), (244, 162, 97), (42, 157, 143))
-
-
-def _sim_classes() -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    try:
-        from rcan_sim import classes
-    except ImportError:  # perception must not require the simulator to be importable
-        return _DEFAULT_NAMES, _DEFAULT_COLORS
-    return tuple(classes.CLASS_NAMES), tuple(tuple(int(v) for v in c) for c in classes.CLASS_COLORS)
+_CLASS_COLORS = tuple(tuple(int(v) for v in c) for c in CLASS_COLORS)
 
 
 @dataclass
@@ -66,9 +58,9 @@ class GeneratorContract:
     """Metres at normalised depth 0."""
     depth_max_m: float = 2.0
     """Metres at normalised depth 1."""
-    class_names: tuple[str, ...] = _DEFAULT_NAMES
+    class_names: tuple[str, ...] = CLASS_NAMES
     """Segmentation class names, index = class id."""
-    class_colors: tuple[tuple[int, int, int], ...] = _DEFAULT_COLORS
+    class_colors: tuple[tuple[int, int, int], ...] = _CLASS_COLORS
     """uint8 RGB colour per class id for the colourised segmentation."""
     input_name: str = "image"
     """ONNX input tensor name."""
@@ -102,9 +94,8 @@ class GeneratorContract:
 
     @classmethod
     def for_training(cls, image_size: int, depth_range_m: tuple[float, float]) -> "GeneratorContract":
-        names, colors = _sim_classes()
         return cls(input_height=image_size, input_width=image_size, depth_min_m=float(depth_range_m[0]),
-                   depth_max_m=float(depth_range_m[1]), class_names=names, class_colors=colors)
+                   depth_max_m=float(depth_range_m[1]), class_names=CLASS_NAMES, class_colors=_CLASS_COLORS)
 
     def save(self, path: str | Path) -> None:
         from rcan_common.io import atomic_write_json

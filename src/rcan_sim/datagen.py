@@ -31,7 +31,7 @@ from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import WorkerError, make_executor
 from rcan_common.io import OutputError, ensure_writable_dir
 from rcan_sim import shards
-from rcan_sim.action import make_action
+from rcan_common.action import make_action
 from rcan_sim.env import EnvConfig, GraspEnv
 from rcan_sim.world import WorldConfig
 

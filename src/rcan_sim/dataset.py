@@ -15,10 +15,10 @@ Each item is a dict of tensors:
 
     "randomized"          uint8   (3, H, W)  randomized-domain RGB (the generator input x_s)
     "canonical"           uint8   (3, H, W)  canonical-domain RGB of the same frozen state (x_c)
-    "segmentation"        int64   (H, W)     class ids 0..4 (rcan_sim.classes), m_c
+    "segmentation"        int64   (H, W)     class ids 0..4 (rcan_common.classes), m_c
     "depth"               float32 (1, H, W)  canonical depth in metres, d_c
     "state"               float32 (2,)       [gripper_open, gripper_height]
-    "action"              float32 (8,)       action taken (rcan_sim.action layout)
+    "action"              float32 (8,)       action taken (rcan_common.action layout)
     "reward"              float32 ()         reward for that action
     "terminal"            bool    ()         last step of its episode
     "episode", "step", "episode_seed", "randomization_seed"   int64 ()

@@ -11,14 +11,14 @@ mild       5.2: tray texture, object texture and colour, arm colour (uniform per
 medium     mild plus a diverse mix of floor images (the whole bank).
 held-out   like randomized but textures from the held-out part of the bank and lights
            from ranges training domains never sample (low sun, strong colour casts).
+
+The names alone (DOMAINS) live in rcan_common.domains, which the robot side imports.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DOMAINS = ("canonical", "randomized", "held-out", "mild", "medium", "heavy")
-# Domains whose randomization comes only from the training part of the texture bank.
-TRAINING_DOMAINS = ("canonical", "randomized", "mild", "medium", "heavy")
+from rcan_common.domains import DOMAINS
 
 
 class DomainError(ValueError):

@@ -1,7 +1,7 @@
 """Gymnasium-style grasping environment on GraspWorld (paper 4.3, after Kalashnikov et al.).
 
 Observation: {"image": HxWx3 uint8 in cfg.domain, "gripper_open": 1.0/0.0, "gripper_height": m}.
-Action: rcan_sim.action layout (8 numbers); translation is clipped per step and the TCP
+Action: rcan_common.action layout (8 numbers); translation is clipped per step and the TCP
 target is kept inside a box above the tray (height >= a few mm above the tray bottom),
 the gripper always points down (like pybullet's KukaDiverseObjectEnv) and only rotates
 about the vertical.
@@ -18,8 +18,9 @@ from typing import Any, Literal
 import numpy as np
 
 from rcan_common.config import require
-from rcan_sim.action import ActionBounds, decode_action, make_action
-from rcan_sim.domains import DOMAINS, domain_spec
+from rcan_common.action import ActionBounds, decode_action, make_action
+from rcan_common.domains import DOMAINS
+from rcan_sim.domains import domain_spec
 from rcan_sim.world import TRAY_POS, GraspWorld, PairedFrame, WorldConfig, WorldSnapshot
 
 Domain = Literal["canonical", "randomized", "held-out", "mild", "medium", "heavy"]

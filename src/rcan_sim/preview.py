@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from rcan_common.config import parse_cli, require
-from rcan_sim.classes import colorize
+from rcan_common.classes import colorize
 from rcan_sim.env import EnvConfig, GraspEnv
 from rcan_sim.scripted import ScriptedGraspPolicy
 from rcan_sim.world import PairedFrame, WorldConfig

@@ -23,7 +23,7 @@ import numpy as np
 import pybullet as pb
 
 from rcan_sim import objects
-from rcan_sim.action import make_action
+from rcan_common.action import make_action
 from rcan_sim.env import GraspEnv
 
 

@@ -19,14 +19,14 @@ Layout of one shard (N frames, images H x W)::
 
     randomized          (N, H, W, 3) uint8    randomized-domain RGB
     canonical           (N, H, W, 3) uint8    canonical-domain RGB of the same frozen state
-    segmentation        (N, H, W)    uint8    class ids (rcan_sim.classes), shared by both renders
+    segmentation        (N, H, W)    uint8    class ids (rcan_common.classes), shared by both renders
     depth               (N, H, W)    float32  metric depth of the canonical render
     episode             (N,)         int64    global episode index
     step                (N,)         int32    step within the episode (0-based)
     episode_seed        (N,)         int64    seed passed to env.reset
     randomization_seed  (N,)         int64    seed of this frame's randomization
     state               (N, 2)       float32  [gripper_open, gripper_height] before the action
-    action              (N, 8)       float32  action taken at this step (rcan_sim.action layout)
+    action              (N, 8)       float32  action taken at this step (rcan_common.action layout)
     reward              (N,)         float32  reward received for that action
     terminal            (N,)         uint8    1 on the last recorded step of an episode
 

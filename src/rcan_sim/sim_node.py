@@ -26,7 +26,7 @@ from rcan_common.config import ConfigError, require
 from rcan_common.ros_image import rgb_to_image_msg
 from rcan_common.ros_node import OnceLog, StartupError, qos_profile, service_qos, spin_node
 from rcan_common.ros_params import declare_config
-from rcan_sim.domains import DOMAINS
+from rcan_common.domains import DOMAINS
 from rcan_sim.sim_core import SimCore, TrajectoryError, arm_joint_names
 
 TRAJECTORY_TOPIC = "/lbr/joint_trajectory_controller/joint_trajectory"

@@ -32,7 +32,8 @@ import numpy as np
 import pybullet as pb
 
 from rcan_common.config import require
-from rcan_sim import classes, objects
+from rcan_common import classes
+from rcan_sim import objects
 from rcan_sim.domains import DomainSpec, domain_spec
 from rcan_sim.meshes import floor_grid, uv_arm_sdf
 from rcan_sim.textures import TextureBank
@@ -172,7 +173,7 @@ class CameraInfo:
 class Frame:
     rgb: np.ndarray  # HxWx3 uint8
     depth: np.ndarray | None  # HxW float32, metres along the optical axis (None: rendered without labels)
-    segmentation: np.ndarray | None  # HxW uint8 class ids (rcan_sim.classes) (None: rendered without labels)
+    segmentation: np.ndarray | None  # HxW uint8 class ids (rcan_common.classes) (None: rendered without labels)
     camera: CameraInfo
 
 
