@@ -135,6 +135,14 @@ def test_auc_and_label_metrics_by_hand():
     m = label_metrics(q, lab)
     assert m["pick_label"] == pytest.approx((0.85 + 0.0) / 2) and m["oracle_label"] == pytest.approx((0.85 + 0.5) / 2)
     assert m["within_state_auc"] == pytest.approx((1.0 + 0.5) / 2)
+    # close_auc: only the close candidates of low open-gripper states count
+    cands = np.zeros((2, 3, 8), np.float32)
+    cands[:, 0, 5] = cands[:, 2, 5] = 1.0  # candidates 0 and 2 close
+    state = np.array([[1.0, 0.03], [1.0, 0.03]], np.float32)
+    m = label_metrics(q, lab, cands, state)
+    assert m["close_auc"] == pytest.approx(auc([0.9, 0.2, 0.1, 0.3], [1, 1, 0, 1]))
+    state[1, 1] = 0.2  # the second state is too high: its candidates drop out
+    assert np.isnan(label_metrics(q, lab, cands, state)["close_auc"])  # only positives left
 
 
 @pytest.mark.timeout(300)

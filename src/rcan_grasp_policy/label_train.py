@@ -29,16 +29,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rcan_common.action import CLOSE
 from rcan_common.config import ConfigError, from_dict, parse_cli, require, save, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
+from rcan_common.stats import wilson_interval
 from rcan_grasp_policy.backends import TorchQFunction, save_policy
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
 from rcan_grasp_policy.labels import aux_targets, load_labels, policy_images
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-from rcan_common.stats import wilson_interval
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
@@ -130,14 +131,29 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def label_metrics(q: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """q, labels (N, K).  A candidate is positive when its label leads to a grasp (label > 0)."""
+CLOSE_AUC_HEIGHT = 0.06
+"""close_auc looks at open-gripper states whose TCP is below this height above the tray bottom (m)."""
+
+
+def label_metrics(q: np.ndarray, labels: np.ndarray, candidates: np.ndarray | None = None,
+                  state: np.ndarray | None = None) -> dict[str, float]:
+    """q, labels (N, K).  A candidate is positive when its label leads to a grasp (label > 0).
+
+    close_auc is the one that needs the image: the AUC of Q for "closing here grasps an object" over the
+    close candidates of low open-gripper states.  Most of what the other figures measure (close or terminate
+    too high, terminate with an open gripper) can be read off the state and the action alone, so a network
+    that sees a blank image gets them too."""
     positive = labels > 0
     within = [auc(qs, ps) for qs, ps in zip(q, positive) if 0 < ps.sum() < len(ps)]
     rows = np.arange(len(q))
-    return {"label_auc": auc(q, positive), "within_state_auc": float(np.mean(within)) if within else float("nan"),
-            "pick_label": float(labels[rows, q.argmax(1)].mean()), "random_label": float(labels.mean()),
-            "oracle_label": float(labels.max(1).mean())}
+    out = {"label_auc": auc(q, positive), "within_state_auc": float(np.mean(within)) if within else float("nan"),
+           "pick_label": float(labels[rows, q.argmax(1)].mean()), "random_label": float(labels.mean()),
+           "oracle_label": float(labels.max(1).mean())}
+    if candidates is not None and state is not None:
+        low = (state[:, 0] > 0.5) & (state[:, 1] < CLOSE_AUC_HEIGHT)
+        close = (candidates[:, :, CLOSE] > 0.5) & low[:, None]
+        out["close_auc"] = auc(q[close], positive[close])
+    return out
 
 
 @torch.no_grad()
@@ -152,7 +168,7 @@ def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rn
         qs.append(qf.score(ctx, data["candidates"][sl]))
         ratios.append(cem_regret(qf, ctx, len(data["labels"][sl]), data["candidates"][sl], rng, cem, dense=256).ratio)
     net.train()
-    out = label_metrics(np.concatenate(qs), data["labels"])
+    out = label_metrics(np.concatenate(qs), data["labels"], data["candidates"], data["state"])
     out["cem_regret"] = float(1.0 - np.concatenate(ratios).mean())  # 0: CEM always finds the best candidate
     return out
 
@@ -346,7 +362,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(d / "tb"))
-    columns = ["updates", "loss", "label_auc", "within_state_auc", "pick_label", "random_label", "oracle_label",
+    columns = ["updates", "loss", "label_auc", "within_state_auc", "close_auc", "pick_label", "random_label", "oracle_label",
                "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"]
     new_csv = not (d / "metrics.csv").exists()
     csv_file = open(d / "metrics.csv", "a", newline="")
