@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from rcan_common.io import atomic_write_json
-from rcan_grasp_policy.backends import OrtQFunction, TorchQFunction, load_policy_net
+from rcan_grasp_policy.backends import TorchQFunction, load_policy_net, load_qfunction
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy, cem_regret
 from rcan_grasp_policy.inputs import images_to_nchw
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
@@ -87,7 +87,7 @@ def bench_decision(net: QNetwork, threads: int, naive: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.onnx"
         export_onnx(net, {"variant": "rcan"}, path)
-        ort_qf = OrtQFunction(path, threads=threads)
+        ort_qf, _ = load_qfunction(path, threads=threads)
         res = {
             "torch_batched_trunk_once": _latency_ms(CEMPolicy(TorchQFunction(net), cem), images, state, 20),
             "ort_batched_trunk_once": _latency_ms(CEMPolicy(ort_qf, cem), images, state, 20),

@@ -27,16 +27,30 @@ def test_rcan_input_is_source_then_generated():
         InputEncoder("rcan", "/nonexistent/g.onnx")
 
 
-def test_policy_image_resizes_and_stacks():
-    from rcan_grasp_policy.inputs import policy_image
+def test_one_builder_for_sim_and_robot_images():
+    import cv2
 
-    src = np.zeros((472, 472, 3), np.uint8)
-    can = np.full((100, 100, 3), 200, np.uint8)
-    x = policy_image(src, can, 64)
-    assert x.shape == (64, 64, 6) and (x[..., 3:] == 200).all()
-    assert policy_image(src, None, 32).shape == (32, 32, 3)
-    with pytest.raises(ValueError, match="uint8 HxWx3"):
-        policy_image(src.astype(np.float32), None, 64)
+    from rcan_grasp_policy.inputs import build_policy_images
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (472, 472, 3), dtype=np.uint8)
+    can = np.full((16, 16, 3), 200, np.uint8)
+    x = build_policy_images(src, can, "source+canonical", 64)
+    assert x.shape == (64, 64, 6) and x.dtype == np.uint8 and (x[..., 3:] == 200).all()
+    # Camera-sized images shrink with area interpolation; smaller ones grow linearly.
+    assert np.array_equal(x[..., :3], cv2.resize(src, (64, 64), interpolation=cv2.INTER_AREA))
+    small = src[:16, :16]
+    assert np.array_equal(build_policy_images(src, small, "canonical", 32),
+                          cv2.resize(small, (32, 32), interpolation=cv2.INTER_LINEAR))
+    assert build_policy_images(src, can, "source", 32).shape == (32, 32, 3)
+    # Images already at the policy size (the sim renders at it) pass through untouched.
+    obs = {"image": src[:64, :64], "gripper_open": 1.0, "gripper_height": 0.2}
+    assert build_policy_images(obs["image"], None, "source", 64) is obs["image"]
+    assert build_policy_images(obs["image"], None, "source") is obs["image"]
+    # The sim's encoder is the same builder: [x, G(x)] at the render size.
+    g = lambda rgb: 255 - rgb  # noqa: E731
+    assert np.array_equal(InputEncoder("rcan", adapter=g)(obs),
+                          build_policy_images(obs["image"], g(obs["image"][None])[0], "source+canonical", 64))
 
 
 def test_oracle_input_is_the_sim_pair_of_the_observed_state():

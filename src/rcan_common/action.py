@@ -83,12 +83,6 @@ def decode_action(action, bounds: ActionBounds = ActionBounds()) -> Command:
     return Command(translation, dtheta, gripper, bool(a[TERMINATE] > 0.5))
 
 
-def clip_action(action, bounds: ActionBounds = ActionBounds()) -> np.ndarray:
-    """The canonical form of `action` after clipping (what the env actually executes)."""
-    cmd = decode_action(action, bounds)
-    return make_action(cmd.translation, cmd.dtheta, cmd.gripper, cmd.terminate)
-
-
 def make_action(translation=(0.0, 0.0, 0.0), dtheta: float = 0.0, gripper: str | None = None,
                 terminate: bool = False) -> np.ndarray:
     """Build an action vector from its parts (gripper: "close", "open" or None)."""

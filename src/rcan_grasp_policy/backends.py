@@ -1,21 +1,27 @@
-"""Q-function backends for CEM: a torch `QNetwork` or an exported ONNX Runtime session.
+"""Q-function backends for CEM, and the one policy loader.
 
-Both implement `rcan_grasp_policy.cem.QFunction`:
+Both backends implement `rcan_grasp_policy.cem.QFunction`:
 
     ctx = qf.embed(images, state)   # images uint8 (B, H, W, C) as the policy sees them, state (B, 2)
     q   = qf.score(ctx, actions)    # (B, N, 8) -> (B, N) Q in [0, 1]
 
-and both convert images with the same `images_to_nchw`, so a decision is the same on either.
+and both convert images with the same `images_to_nchw`, so a decision is the same on either:
+
+* `OrtQFunction`: the exported ONNX graph, run by the project's ONNX Runtime wrapper
+  (rcan_perception.runtime: provider choice and fallback, threads, warm-up, start-up shape checks).
+  The robot's policy node, evaluation, collection and the export parity check all use it.
+* `TorchQFunction`: a torch `QNetwork` (training, and `.safetensors` weights).
 
 Weights on disk are safetensors with a JSON sidecar (`<name>.json`: network config, variant,
 provenance); the ONNX export carries the same JSON in its metadata (key ``rcan_policy``).
-`load_qfunction(path)` opens either.
+`load_qfunction(path)` opens either.  This module does not import torch until torch weights are
+used, so the ONNX path (the deployed node) starts without it.
 
-Running a policy (what the ROS policy node does):
+Running a policy (what the ROS policy node does, through rcan_grasp_policy.planner.load_planner):
 
     qf, meta = load_qfunction("models/policy_rcan_64.onnx")      # or a .safetensors
     policy = CEMPolicy(qf, CEMConfig(), ActionBounds(), seed=0)   # rcan_grasp_policy.cem
-    x = policy_image(source_rgb, canonical_rgb, meta["qnet"]["image_size"])  # rcan_grasp_policy.inputs
+    x = build_policy_images(source_rgb, canonical_rgb, "source+canonical", meta["qnet"]["image_size"])  # .inputs
     actions, q = policy.act(x[None], np.array([[gripper_open, gripper_height]], np.float32))
     action = actions[0]   # rcan_common.action layout: dx, dy, dz, sin, cos, close, open, terminate
 
@@ -23,20 +29,26 @@ meta["variant"] says whether G(x) is needed ("rcan": 6 channels) or not (3 chann
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
+from rcan_common.action import ACTION_DIM, STATE_DIM
 from rcan_common.config import from_dict
 from rcan_common.io import atomic_write_json
 from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw
-from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+from rcan_perception.runtime import ModelError, OrtModel, RuntimeConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from rcan_grasp_policy.qnet import QNetwork
 
 
-class PolicyLoadError(RuntimeError):
+class PolicyLoadError(ModelError):
     """A policy file is missing, malformed or does not match its config."""
 
 
@@ -44,54 +56,77 @@ class TorchQFunction:
     """QFunction over a torch QNetwork (switched to eval mode: BatchNorm uses running statistics)."""
 
     def __init__(self, net: QNetwork, device: str | torch.device = "cpu"):
+        import torch
+
         self.net = net.eval().to(device)
         self.device = torch.device(device)
 
-    @torch.inference_mode()
-    def embed(self, images: np.ndarray, state: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(images_to_nchw(images)).to(self.device)
-        return self.net.embed(x), torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
+    @property
+    def provider(self) -> str:
+        return f"torch:{self.device}"
 
-    @torch.inference_mode()
+    def embed(self, images: np.ndarray, state: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(images_to_nchw(images)).to(self.device)
+            return self.net.embed(x), torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
+
     def score(self, context: tuple[torch.Tensor, torch.Tensor], actions: np.ndarray) -> np.ndarray:
-        feats, state = context
-        a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
-        return torch.sigmoid(self.net.head_logits(feats, state, a)).cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            feats, state = context
+            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
+            return torch.sigmoid(self.net.head_logits(feats, state, a)).cpu().numpy()
 
 
 class OrtQFunction:
     """QFunction over the exported ONNX graph (images, state, actions (B, N, 8)) -> q (B, N).
 
     The graph runs the image trunk once per state inside each call and broadcasts it over the
-    N candidates, so one CEM iteration costs one trunk pass per state, as in torch.
+    N candidates, so one CEM iteration costs one trunk pass per state, as in torch.  The graph's
+    inputs are checked at load against the network config in its metadata; `runtime` picks the
+    provider (falling back to the CPU), threads and warm-up runs (default: CPU, ORT's default
+    threads, no warm-up).  Every load failure raises PolicyLoadError (a runtime ModelError).
     """
 
-    def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyLoadError(f"policy ONNX file not found: {path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+    def __init__(self, path: str | Path, runtime: RuntimeConfig | None = None,
+                 log: Callable[[str], None] | None = None):
+        runtime = RuntimeConfig(warmup_runs=0) if runtime is None else runtime
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise PolicyLoadError(f"cannot load policy ONNX {path}: {exc}") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if ONNX_METADATA_KEY not in meta:
-            raise PolicyLoadError(f"{path} has no '{ONNX_METADATA_KEY}' metadata; was it made by `rcan export-policy`?")
-        self.meta = json.loads(meta[ONNX_METADATA_KEY])
-        self.qnet_cfg = from_dict(QNetConfig, self.meta["qnet"])
+            # The expected input shapes come from the model's own metadata: check after loading, then warm up.
+            self.model = OrtModel(path, dataclasses.replace(runtime, warmup_runs=0), log=log)
+        except ModelError as exc:
+            raise PolicyLoadError(str(exc)) from exc
+        if ONNX_METADATA_KEY not in self.model.metadata:
+            raise PolicyLoadError(f"policy model {path} has no '{ONNX_METADATA_KEY}' metadata; "
+                                  "was it made by `rcan export-policy`?")
+        try:
+            self.meta = json.loads(self.model.metadata[ONNX_METADATA_KEY])
+            self.in_channels = int(self.meta["qnet"]["in_channels"])
+            self.image_size = int(self.meta["qnet"]["image_size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PolicyLoadError(f"policy model {path}: unreadable '{ONNX_METADATA_KEY}' metadata: {exc!r}") from exc
+        c, s = self.in_channels, self.image_size
+        try:
+            self.model.check_io({"images": (None, c, s, s), "state": (None, STATE_DIM),
+                                 "actions": (None, None, ACTION_DIM)}, ["q"])
+        except ModelError as exc:
+            raise PolicyLoadError(str(exc)) from exc
+        self.model.warmup(runtime.warmup_runs)
+
+    @property
+    def provider(self) -> str:
+        return self.model.provider
 
     def embed(self, images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return images_to_nchw(images), np.asarray(state, dtype=np.float32)
 
     def score(self, context: tuple[np.ndarray, np.ndarray], actions: np.ndarray) -> np.ndarray:
         images, state = context
-        (q,) = self.session.run(["q"], {"images": images, "state": state,
-                                        "actions": np.asarray(actions, dtype=np.float32)})
-        return q
+        return self.model.run({"images": images, "state": state,
+                               "actions": np.asarray(actions, dtype=np.float32)})["q"]
 
 
 def save_policy(path: str | Path, net: QNetwork, meta: dict[str, Any]) -> None:
@@ -110,6 +145,8 @@ def load_policy_net(path: str | Path) -> tuple[QNetwork, dict[str, Any]]:
     """A QNetwork (eval mode) and its metadata from safetensors + JSON sidecar."""
     from safetensors.torch import load_file
 
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not path.is_file() or not sidecar.is_file():
@@ -125,15 +162,24 @@ def load_policy_net(path: str | Path) -> tuple[QNetwork, dict[str, Any]]:
     return net.eval(), meta
 
 
-def load_qfunction(path: str | Path, threads: int = 0) -> tuple[TorchQFunction | OrtQFunction, dict[str, Any]]:
-    """Open a policy: `.onnx` -> ONNX Runtime, `.safetensors` -> torch.  Returns (qfunction, metadata)."""
+def load_qfunction(path: str | Path, threads: int = 0, *, runtime: RuntimeConfig | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[TorchQFunction | OrtQFunction, dict[str, Any]]:
+    """Open a policy: `.onnx` -> OrtQFunction, `.safetensors` -> TorchQFunction.  Returns (qfunction, metadata).
+
+    `runtime` configures ONNX Runtime (its intra_op_threads also sets torch's threads); without it,
+    the CPU with `threads` intra-op threads (0: the library's default) and no warm-up.
+    """
     path = Path(path)
+    if runtime is None:
+        runtime = RuntimeConfig(intra_op_threads=threads, warmup_runs=0)
     if path.suffix == ".onnx":
-        qf = OrtQFunction(path, threads=threads)
+        qf = OrtQFunction(path, runtime, log=log)
         return qf, qf.meta
     if path.suffix == ".safetensors":
-        if threads:
-            torch.set_num_threads(threads)
+        import torch
+
+        if runtime.intra_op_threads:
+            torch.set_num_threads(runtime.intra_op_threads)
         net, meta = load_policy_net(path)
         return TorchQFunction(net), meta
     raise PolicyLoadError(f"unknown policy file type {path.suffix!r} ({path}); expected .onnx or .safetensors")

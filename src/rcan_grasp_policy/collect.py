@@ -98,11 +98,11 @@ def _encoder(task: CollectTask) -> InputEncoder:
 
 def _qfunction(task: CollectTask):
     if task.onnx_path is not None:
-        from rcan_grasp_policy.backends import OrtQFunction
+        from rcan_grasp_policy.backends import load_qfunction
 
         key = ("onnx", task.onnx_path)
         if key not in _CACHE:
-            _CACHE[key] = OrtQFunction(task.onnx_path, threads=task.threads)
+            _CACHE[key] = load_qfunction(task.onnx_path, threads=task.threads)[0]
         return _CACHE[key]
     from safetensors.torch import load as load_tensors
 

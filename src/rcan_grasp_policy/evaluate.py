@@ -102,9 +102,9 @@ def resolve_policy(cfg: EvalConfig) -> dict:
     if not path.is_file():
         raise ConfigError(f"invalid config field 'policy': {path} does not exist")
     if path.suffix == ".onnx":
-        from rcan_grasp_policy.backends import OrtQFunction
+        from rcan_grasp_policy.backends import load_qfunction
 
-        meta = OrtQFunction(path).meta
+        meta = load_qfunction(path)[1]
     elif path.suffix == ".safetensors":
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():

@@ -27,7 +27,7 @@ from torch import nn
 
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
-from rcan_grasp_policy.backends import OrtQFunction, TorchQFunction, load_policy_net, save_policy
+from rcan_grasp_policy.backends import TorchQFunction, load_policy_net, load_qfunction, save_policy
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
 from rcan_grasp_policy.inputs import ONNX_METADATA_KEY
 from rcan_grasp_policy.qnet import QNetwork
@@ -103,7 +103,7 @@ def parity(net: QNetwork, onnx_path: Path, cem: CEMConfig, states: int, seed: in
     images = rng.integers(0, 256, (states, c.image_size, c.image_size, c.in_channels), dtype=np.uint8)
     state = np.stack([rng.integers(0, 2, states), rng.uniform(0, 0.35, states)], axis=1).astype(np.float32)
     actions = rng.uniform(-1, 1, (states, cem.samples, 8)).astype(np.float32)
-    tq, oq = TorchQFunction(net), OrtQFunction(onnx_path)
+    tq, (oq, _) = TorchQFunction(net), load_qfunction(onnx_path)
     q_torch = tq.score(tq.embed(images, state), actions)
     q_ort = oq.score(oq.embed(images, state), actions)
     a_torch, _ = CEMPolicy(tq, cem, seed=seed).act(images, state)

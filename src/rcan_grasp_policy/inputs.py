@@ -51,6 +51,28 @@ def _check(variant: str) -> None:
         raise ValueError(f"unknown policy variant {variant!r}; expected one of {VARIANTS}")
 
 
+def build_policy_images(source: np.ndarray, canonical: np.ndarray | None, inputs: str,
+                        size: int | None = None) -> np.ndarray:
+    """The Q-network image (S, S, C) uint8: [source, canonical] (inputs "source+canonical", C=6) or
+    one of them ("source" or "canonical", C=3).  The one builder of the policy image: the sim's
+    InputEncoder (training, evaluation) and the robot's episode core both call it.
+
+    With `size`, images of another size are resized to it (area interpolation when shrinking, as
+    a render at that size would be; linear when enlarging); without, they are used as they are.
+    """
+    def fit(img: np.ndarray) -> np.ndarray:
+        if size is None or img.shape[:2] == (size, size):
+            return img
+        import cv2
+
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        return cv2.resize(img, (size, size), interpolation=interp)
+
+    if inputs == "source+canonical":
+        return np.concatenate([fit(source), fit(canonical)], axis=2)
+    return fit(canonical if inputs == "canonical" else source)
+
+
 class Adapter(Protocol):
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB (B, H, W, 3) -> canonical-looking uint8 RGB (B, H, W, 3)."""
@@ -98,36 +120,15 @@ class InputEncoder:
         """Policy image for `obs`; the oracle also needs the env (its paired canonical render)."""
         x = obs["image"]
         if self.variant != "rcan":
-            return x
+            return build_policy_images(x, None, "source")
         if self.oracle:
-            if env.cfg.domain == "canonical":
-                return np.concatenate([x, x], axis=2)
             # obs["image"] already is the pair's source half: only the canonical half is rendered.
-            return np.concatenate([x, env.render_pair(source=False).canonical_rgb], axis=2)
-        return np.concatenate([x, self.adapter(x[None])[0]], axis=2)
+            canonical = x if env.cfg.domain == "canonical" else env.render_pair(source=False).canonical_rgb
+        else:
+            canonical = self.adapter(x[None])[0]
+        return build_policy_images(x, canonical, "source+canonical")
 
 
 def state_vector(obs: dict[str, Any]) -> np.ndarray:
     """(gripper_open, gripper_height) as float32 (2,)."""
     return np.array([obs["gripper_open"], obs["gripper_height"]], dtype=np.float32)
-
-
-def policy_image(source_rgb: np.ndarray, canonical_rgb: np.ndarray | None, image_size: int) -> np.ndarray:
-    """The policy's uint8 (S, S, C) input from camera-sized images (e.g. 472x472 on the robot).
-
-    Both images are resized to `image_size` with area interpolation (anti-aliased, like a
-    render at that size); `canonical_rgb` (G's output) is appended for rcan policies and must
-    be None for 3-channel policies.
-    """
-    import cv2
-
-    def fit(rgb: np.ndarray) -> np.ndarray:
-        rgb = np.asarray(rgb)
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected a uint8 HxWx3 RGB image, got {rgb.dtype} {rgb.shape}")
-        if rgb.shape[:2] == (image_size, image_size):
-            return rgb
-        return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
-
-    parts = [fit(source_rgb)] + ([] if canonical_rgb is None else [fit(canonical_rgb)])
-    return np.ascontiguousarray(np.concatenate(parts, axis=2))

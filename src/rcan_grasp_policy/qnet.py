@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rcan_common.action import ACTION_DIM, STATE_DIM
 from rcan_common.config import require
 
-ACTION_DIM = 8
-STATE_DIM = 2
 TRUNK_CONVS = 7
 HEAD_CONVS = 9
 
