@@ -38,10 +38,10 @@ class Rig:
         self.h = RosHarness("driver_test")
         node = self.h.node
         self.trajs = self.h.collect(JointTrajectory, TRAJ)
-        self.grippers = self.h.collect(Bool, "/rcan/gripper/command")
+        self.grippers = self.h.collect(Bool, "/gripper/command")
         self.statuses = self.h.collect(String, "/iiwa_driver_node/status")
         self.target_pub = node.create_publisher(PoseStamped, "/rcan/target_pose", 10)
-        self.gripper_pub = node.create_publisher(Bool, "/rcan/gripper_command", 10)
+        self.gripper_pub = node.create_publisher(Bool, "/rcan/target_gripper", 10)
         self.estop_pub = node.create_publisher(Bool, "/rcan/estop", 10)
         self.js_pub = node.create_publisher(JointState, "/joint_states", 10)
         self.release = node.create_client(Trigger, "/iiwa_driver_node/release_estop")

@@ -66,7 +66,7 @@ def test_driver_moves_the_simulated_arm_to_the_target(ros_env, tmp_path):
         assert status["counters"]["rejected"] == 0 or "joint_states" in status["last_reject_reason"], status
 
         # The gripper command goes through the driver to the sim's gripper.
-        probe.publish("/rcan/gripper_command", Bool(data=False))
+        probe.publish("/rcan/target_gripper", Bool(data=False))
         assert probe.wait_for(lambda: probe.last("/sim_node/gripper_open") is not None
                               and probe.last("/sim_node/gripper_open").msg.data is False, timeout=10)
         assert sorted(graph.running()) == ["iiwa_driver_node", "sim_node"]

@@ -15,6 +15,8 @@ from tiny_models import export_tiny_generator
 
 pytestmark = pytest.mark.ros
 
+# The input subscription's depth, through rclpy's QoS override parameters.
+INPUT_DEPTH = "qos_overrides./camera/image_raw.subscription.depth"
 OUT = {"image": "/rcan/canonical/image", "seg": "/rcan/canonical/segmentation",
        "labels": "/rcan/canonical/segmentation/labels", "depth": "/rcan/canonical/depth"}
 
@@ -66,7 +68,7 @@ def test_outputs_headers_and_malformed_inputs(tmp_path, ros_env, harness, tiny_g
     stats = harness.collect(String, "/rcan/perception/latency")
     pub = harness.node.create_publisher(Image, "/camera/image_raw", 20)
     # Deep input queue: the 10 bad frames are sent in a burst and every one must reach the check.
-    node = _start(tmp_path, ros_env, tiny_gen, input_qos_depth=20)
+    node = _start(tmp_path, ros_env, tiny_gen, **{INPUT_DEPTH: 20})
     try:
         assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
         frames = {}
@@ -124,7 +126,7 @@ def test_slow_model_drops_old_frames_instead_of_queueing(tmp_path, ros_env, harn
     out = harness.collect(Image, OUT["image"], qos=50)
     stats = harness.collect(String, "/rcan/perception/latency")
     pub = harness.node.create_publisher(Image, "/camera/image_raw", 50)
-    node = _start(tmp_path, ros_env, model, input_qos_depth=50)
+    node = _start(tmp_path, ros_env, model, **{INPUT_DEPTH: 50})
     try:
         assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
         for stamp in range(1, 16):
@@ -153,7 +155,7 @@ def test_future_stamped_frames_are_rejected_on_receipt(tmp_path, ros_env, harnes
     got = harness.collect(Image, OUT["image"])
     stats = harness.collect(String, "/rcan/perception/latency")
     pub = harness.node.create_publisher(Image, "/camera/image_raw", 20)
-    node = _start(tmp_path, ros_env, tiny_gen, input_qos_depth=20, max_future_stamp_s=0.5)
+    node = _start(tmp_path, ros_env, tiny_gen, max_future_stamp_s=0.5, **{INPUT_DEPTH: 20})
     try:
         assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
         now = harness.node.get_clock().now().nanoseconds // 10**9

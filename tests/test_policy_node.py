@@ -45,11 +45,11 @@ class Driver:
         self.src = n.create_publisher(Image, "/camera/image_raw", 10)
         self.can = n.create_publisher(Image, "/rcan/canonical/image", 10)
         self.ee = n.create_publisher(PoseStamped, "/rcan/ee_pose", 10)
-        self.grip = n.create_publisher(Bool, "/iiwa_driver_node/gripper_state", 10)
+        self.grip = n.create_publisher(Bool, "/rcan/gripper_state", 10)
         self.targets = h.collect(PoseStamped, "/rcan/target_pose")
         self.markers = h.collect(MarkerArray, "/rcan/policy/markers")
         self.status = h.collect(String, "/rcan/policy/status")
-        self.commands = h.collect(Bool, "/rcan/gripper_command")
+        self.commands = h.collect(Bool, "/rcan/target_gripper")
 
     def now(self):
         return self.h.node.get_clock().now()

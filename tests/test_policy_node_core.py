@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rcan_common.config import ConfigError
-from rcan_grasp_policy.policy_core import (CoreConfig, EEState, EpisodeCore, GripperState, ImagePair, Phase,
-                                           apply_action, build_policy_images, resolve_inputs)
+from rcan_grasp_policy.episode import CoreConfig, EEState, EpisodeCore, GripperState, ImagePair, Phase
+from rcan_grasp_policy.planner import apply_action, build_policy_images, resolve_inputs
 from rcan_grasp_policy.stamp_matcher import StampMatcher
 from rcan_common.action import ActionBounds, make_action
 
@@ -241,8 +241,8 @@ def test_robot_mode_terminate_lifts_and_reports():
     assert core.start_episode(1.0)[0] and core.phase is Phase.ACT and core.episode == 2
 
 
-def test_sim_mode_max_steps_then_check_and_reset():
-    core = make_core(Script(*[make_action((0.0, 0.0, 0.0))] * 2), sim_mode=True, max_steps=2, max_episodes=2)
+def test_supervised_max_steps_then_check_and_reset():
+    core = make_core(Script(*[make_action((0.0, 0.0, 0.0))] * 2), supervised=True, max_steps=2, max_episodes=2)
     assert core.phase is Phase.RESET
     assert core.tick(0.0, None, None, None).service == "reset" and core.phase is Phase.AWAIT_RESET
     assert core.tick(0.05, None, None, None).service is None  # one call at a time
@@ -284,7 +284,7 @@ def test_core_config_validation():
 def test_runtime_qfunction_agrees_with_backends(tmp_path):
     from rcan_grasp_policy import backends
     from rcan_grasp_policy.cem import CEMConfig
-    from rcan_grasp_policy.policy_core import RuntimeQFunction, load_planner
+    from rcan_grasp_policy.planner import RuntimeQFunction, load_planner
     from rcan_perception.runtime import RuntimeConfig
     from tiny_models import export_tiny_qnet
 
@@ -303,7 +303,7 @@ def test_runtime_qfunction_agrees_with_backends(tmp_path):
 
 
 def test_runtime_qfunction_rejects_models_without_metadata(tmp_path):
-    from rcan_grasp_policy.policy_core import RuntimeQFunction
+    from rcan_grasp_policy.planner import RuntimeQFunction
     from rcan_perception.runtime import ModelError, RuntimeConfig
     from tiny_models import export_tiny_generator
 

@@ -77,7 +77,7 @@ def test_policy_planner_runs_the_shipped_policy_without_rcan_sim():
 import numpy as np
 from rcan_common.action import ActionBounds, decode_action
 from rcan_grasp_policy.cem import CEMConfig
-from rcan_grasp_policy.policy_core import load_planner
+from rcan_grasp_policy.planner import load_planner
 from rcan_perception.runtime import RuntimeConfig
 p = load_planner({str(model)!r}, RuntimeConfig(warmup_runs=0), CEMConfig(), ActionBounds(), seed=0)
 images = np.zeros((p.image_size, p.image_size, p.in_channels), np.uint8)

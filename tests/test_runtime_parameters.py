@@ -214,9 +214,9 @@ def test_camera_and_policy_refuse_start_up_parameters_and_accept_their_runtime_o
     assert_rejected(policy.set(model_path="/etc/passwd"), "read-only", "model_path")
     assert_rejected(policy.set(max_input_age=NAN), "read-only")
     assert_rejected(policy.set(act_on_new_pair="yes"))  # wrong type: refused by rclpy's typed parameter
-    assert policy.value("model_path") == model and policy.node.act_on_new_pair is True
+    assert policy.value("model_path") == model and policy.node.params.act_on_new_pair is True
     assert_accepted(policy.set(act_on_new_pair=False))
-    assert policy.node.act_on_new_pair is False and policy.value("act_on_new_pair") is False
+    assert policy.node.params.act_on_new_pair is False and policy.value("act_on_new_pair") is False
 
 
 # -- start-up uses the same validation -------------------------------------------------------------
@@ -306,3 +306,33 @@ def test_build_config_refuses_what_start_up_would(values, words):
     for word in words:
         assert word in str(err.value)
     assert build_config(DriverConfig, {**to_dict(DriverConfig()), "max_step_m": 1}).max_step_m == 1.0
+
+
+# -- QoS: rclpy's QoSOverridingOptions, the one way to change a topic's QoS --------------------------
+
+def test_qos_is_set_through_rclpy_qos_overrides_and_is_read_only(rig_factory):
+    from rclpy.qos import ReliabilityPolicy
+
+    from kuka_iiwa_driver.driver_node import IiwaDriverNode
+
+    key = "qos_overrides./rcan/target_pose.subscription"
+    rig = rig_factory(IiwaDriverNode, {f"{key}.reliability": "best_effort", f"{key}.depth": 3})
+    (sub,) = [s for s in rig.node.subscriptions if s.topic_name == "/rcan/target_pose"]
+    assert sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT and sub.qos_profile.depth == 3
+    (ee,) = [p for p in rig.node.publishers if p.topic_name == "/rcan/ee_pose"]
+    assert ee.qos_profile.reliability == ReliabilityPolicy.RELIABLE and ee.qos_profile.depth == 10  # defaults
+    assert rig.value(f"{key}.depth") == 3
+    assert_rejected(rig.set(**{f"{key}.depth": 7}), "read-only")
+
+
+def test_no_node_has_qos_parameters_of_its_own():
+    import dataclasses
+
+    from kuka_iiwa_driver.config import DriverConfig
+    from rcan_grasp_policy.policy_params import PolicyNodeParams
+    from rcan_perception.camera_node import CameraNodeParams
+    from rcan_perception.perception_params import PerceptionNodeParams
+    from rcan_sim.sim_params import SimNodeParams
+
+    for cls in (DriverConfig, PolicyNodeParams, CameraNodeParams, PerceptionNodeParams, SimNodeParams):
+        assert not [f.name for f in dataclasses.fields(cls) if "qos" in f.name], cls.__name__

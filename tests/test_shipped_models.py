@@ -155,7 +155,7 @@ def test_generator_loads_through_the_demo_path_and_matches_its_card_and_contract
 @pytest.mark.parametrize("name", POLICIES)
 def test_policy_loads_through_the_demo_path_and_matches_its_card(name):
     from rcan_grasp_policy.inputs import ONNX_METADATA_KEY
-    from rcan_grasp_policy.policy_core import load_planner, resolve_inputs
+    from rcan_grasp_policy.planner import load_planner, resolve_inputs
     from rcan_grasp_policy.policy_node import PolicyNodeParams
 
     spec = _demo_specs(policy_model=f"models/{name}")["policy_node"]

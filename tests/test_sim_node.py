@@ -101,7 +101,7 @@ def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
         assert log.count("ignored joint trajectory") == 3, log  # joint_names, non_finite, point_size
 
         # Gripper command reaches the sim and its state comes back.
-        probe.publish("/rcan/gripper/command", Bool(data=False))
+        probe.publish("/gripper/command", Bool(data=False))
         assert probe.wait_for(lambda: probe.last("/sim_node/gripper_open").msg.data is False, 5)
 
         ok, message = probe.trigger("/sim_node/grasp_success")

@@ -27,19 +27,19 @@ class DriverConfig:
     tool_offset: list[float] = field(default_factory=lambda: [0.0, 0.024, 0.217])
     """Flange (lbr_link_ee) -> fingertip centre [m], in the flange frame (default: the sim's gripper)."""
 
-    target_topic: str = "/rcan/target_pose"
-    gripper_command_topic: str = "/rcan/gripper_command"
-    estop_topic: str = "/rcan/estop"
-    joint_states_topic: str = "/joint_states"
-    trajectory_topic: str = "/lbr/joint_trajectory_controller/joint_trajectory"
-    gripper_output_topic: str = "/rcan/gripper/command"
-    ee_pose_topic: str = "/rcan/ee_pose"
-    gripper_state_topic: str = "~/gripper_state"
+    # Relative names: a node namespace moves the whole robot's graph.
+    target_topic: str = "rcan/target_pose"
+    gripper_command_topic: str = "rcan/target_gripper"
+    """The policy's gripper target (std_msgs/Bool, True = open)."""
+    estop_topic: str = "rcan/estop"
+    joint_states_topic: str = "joint_states"
+    trajectory_topic: str = "lbr/joint_trajectory_controller/joint_trajectory"
+    gripper_output_topic: str = "gripper/command"
+    """The gripper (or sim_node): the target forwarded unless the e-stop is latched."""
+    ee_pose_topic: str = "rcan/ee_pose"
+    gripper_state_topic: str = "rcan/gripper_state"
+    """The last forwarded gripper command (what the policy reads as the gripper state)."""
     status_topic: str = "~/status"
-    qos_depth: int = 10
-    """History depth of every subscription and publisher."""
-    qos_reliability: str = "reliable"
-    """'reliable' or 'best_effort' for the target, gripper and joint_states subscriptions."""
 
     workspace_min: list[float] = field(default_factory=lambda: [0.3, -0.25, -0.105])
     """Lower corner of the allowed tool-position box [m] in base_frame (targets are clamped)."""
@@ -94,9 +94,6 @@ class DriverConfig:
                      "trajectory_topic", "gripper_output_topic", "ee_pose_topic",
                      "gripper_state_topic", "status_topic"):
             require(bool(getattr(self, name)), name, "must not be empty")
-        require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
-        require(self.qos_reliability in ("reliable", "best_effort"), "qos_reliability",
-                "must be 'reliable' or 'best_effort'")
         require(len(self.workspace_min) == 3 and len(self.workspace_max) == 3, "workspace_min",
                 "workspace_min and workspace_max must be [x, y, z]")
         require(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)), "workspace_max",

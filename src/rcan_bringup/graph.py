@@ -7,13 +7,15 @@ files, parameters and remappings.  Three consumers read it and nothing else:
 * :mod:`rcan_bringup.launcher` (``rcan launch``) starts the same specs as processes;
 * the tests (unit, integration, fault) start the graph through the launcher.
 
-Topic names inside the nodes are their defaults; launch arguments that move a topic
-(``controller_topic``, ``camera_source``) do it by remapping, so one argument always
-moves both ends of a connection.
+Topic names inside the nodes are their defaults, all relative: ``namespace`` moves the whole
+robot's graph, and no node addresses another node's private names.  Launch arguments that
+move a topic (``controller_topic``, ``camera_source``) do it by remapping, so one argument
+always moves both ends of a connection.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,9 +25,11 @@ from rcan_common.domains import DOMAINS
 
 PACKAGE = "rcan_bringup"
 
-DEFAULT_CONTROLLER_TOPIC = "/lbr/joint_trajectory_controller/joint_trajectory"
-DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
-DEFAULT_CAMERA_INFO_TOPIC = "/camera/camera_info"
+# The nodes' (relative) names; a remapping's left side matches them in any namespace.
+DEFAULT_CONTROLLER_TOPIC = "lbr/joint_trajectory_controller/joint_trajectory"
+DEFAULT_IMAGE_TOPIC = "camera/image_raw"
+DEFAULT_CAMERA_INFO_TOPIC = "camera/camera_info"
+_TOPIC_NAME = re.compile(r"/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
 
 Condition = Literal["always", "use_sim", "not use_sim", "rviz"]
 
@@ -45,11 +49,11 @@ class LaunchArgs:
     namespace: str = ""
     """Namespace for every node (empty: root)."""
     controller_topic: str = DEFAULT_CONTROLLER_TOPIC
-    """JointTrajectory command topic of the joint trajectory controller (or of sim_node)."""
+    """JointTrajectory command topic of the joint trajectory controller (or of sim_node); relative names are in `namespace`."""
     joint_prefix: str = "lbr_"
     """Prefix of the arm joint names: <prefix>A1 .. <prefix>A7 (lbr_fri_ros2_stack convention)."""
     camera_source: str = DEFAULT_IMAGE_TOPIC
-    """Image topic perception and policy read; the camera_info topic is its sibling `camera_info`."""
+    """Image topic perception and policy read (relative: in `namespace`); the camera_info topic is its sibling `camera_info`."""
     domain: str = "canonical"
     """sim_node's rendering domain: canonical, randomized, held-out, mild, medium or heavy (use_sim only)."""
     image_size: int = 472
@@ -58,8 +62,8 @@ class LaunchArgs:
     """sim_node seed of the first episode (use_sim only)."""
 
     def __post_init__(self) -> None:
-        require(self.controller_topic.startswith("/"), "controller_topic", "must be an absolute topic name")
-        require(self.camera_source.startswith("/"), "camera_source", "must be an absolute topic name")
+        for name in ("controller_topic", "camera_source"):
+            require(bool(_TOPIC_NAME.fullmatch(getattr(self, name))), name, "must be a ROS topic name")
         require(self.domain in DOMAINS, "domain", f"must be one of {DOMAINS}")
         require(self.image_size >= 16, "image_size", "must be >= 16")
         require(self.generator_model != "", "generator_model", "must not be empty")
@@ -158,7 +162,8 @@ def resolve(path: str, root: Path | None = None) -> Path:
 def _image_remaps(args: LaunchArgs) -> tuple[tuple[str, str], ...]:
     if args.camera_source == DEFAULT_IMAGE_TOPIC:
         return ()
-    info = args.camera_source.rsplit("/", 1)[0] + "/camera_info"
+    parent = args.camera_source.rpartition("/")[0]
+    info = f"{parent}/camera_info" if parent or args.camera_source.startswith("/") else "camera_info"
     return ((DEFAULT_IMAGE_TOPIC, args.camera_source), (DEFAULT_CAMERA_INFO_TOPIC, info))
 
 
@@ -166,16 +171,6 @@ def _controller_remaps(args: LaunchArgs) -> tuple[tuple[str, str], ...]:
     if args.controller_topic == DEFAULT_CONTROLLER_TOPIC:
         return ()
     return ((DEFAULT_CONTROLLER_TOPIC, args.controller_topic),)
-
-
-def _private_remaps(args: LaunchArgs) -> tuple[tuple[str, str], ...]:
-    """The policy addresses other nodes' private names (~/gripper_state, ~/reset) absolutely;
-    in a namespace those move, so follow them."""
-    if not args.namespace:
-        return ()
-    ns = "/" + args.namespace.strip("/")
-    return tuple((name, ns + name) for name in (
-        "/iiwa_driver_node/gripper_state", "/sim_node/reset", "/sim_node/grasp_success"))
 
 
 def build_graph(args: LaunchArgs) -> list[NodeSpec]:
@@ -214,9 +209,9 @@ def build_graph(args: LaunchArgs) -> list[NodeSpec]:
             name="policy_node",
             executable="policy_node",
             parameter_files=("config/policy.yaml",),
-            # In sim the policy runs whole episodes: it resets the sim and asks it for success.
+            # In sim the sim node supervises the episodes the policy runs: its reset and grasp_success.
             parameters={"model_path": str(resolve(args.policy_model)), "sim_mode": args.use_sim},
-            remappings=images + _private_remaps(args),
+            remappings=images,
             namespace=ns,
         ),
         NodeSpec(

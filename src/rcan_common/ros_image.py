@@ -131,6 +131,21 @@ def image_msg_to_depth(msg, max_pixels: int = DEFAULT_MAX_PIXELS, backend: str |
     return np.array(_rows(msg, 1, np.float32)[:, :, 0], dtype=np.float32, copy=True)
 
 
+def receipt_problem(msg, now_s: float, max_future_s: float, encodings: tuple[str, ...] = COLOR_ENCODINGS,
+                    channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, str] | None:
+    """Why an image is refused on receipt, as (cause, detail): a malformed header (cause: the
+    ImageError's reason) or a stamp more than `max_future_s` ahead of `now_s` (cause FUTURE_STAMP:
+    it would be copied onto every output and poison stamp pairing).  None if it is acceptable."""
+    from rcan_common.stamps import FUTURE_STAMP, future_stamp_reason, stamp_to_s
+
+    try:
+        check_image_header(msg, encodings, channels, max_pixels=max_pixels)
+    except ImageError as exc:
+        return exc.reason, str(exc)
+    future = future_stamp_reason(stamp_to_s(msg.header.stamp), now_s, max_future_s)
+    return None if future is None else (FUTURE_STAMP, future)
+
+
 def _check_array(arr, ndim: int, dtype, what: str, channels: int | None = None) -> np.ndarray:
     a = np.asarray(arr)
     if a.dtype != dtype:
@@ -173,3 +188,20 @@ def mono8_to_image_msg(mono, header=None, backend: str | None = None):
 def depth_to_image_msg(depth, header=None, backend: str | None = None):
     """HxW float32 (metres) -> Image 32FC1."""
     return _build(_check_array(depth, 2, np.float32, "depth image"), "32FC1", header, backend)
+
+
+def camera_info_msg(k, height: int, width: int, header=None):
+    """sensor_msgs/CameraInfo of a pinhole camera without distortion: K (3x3), R = I, P = [K | 0]."""
+    from sensor_msgs.msg import CameraInfo
+
+    k = np.asarray(k, dtype=np.float64).reshape(3, 3)
+    msg = CameraInfo()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(height), int(width)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [float(v) for v in k.reshape(-1)]
+    msg.r = [float(v) for v in np.eye(3).reshape(-1)]
+    msg.p = [float(v) for v in np.hstack([k, np.zeros((3, 1))]).reshape(-1)]
+    return msg

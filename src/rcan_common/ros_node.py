@@ -1,21 +1,36 @@
-"""Small rclpy helpers shared by the rcan nodes: QoS from parameters, log-once, the main() lifecycle."""
+"""Small rclpy helpers shared by the rcan nodes: overridable QoS, log-once, the main() lifecycle."""
 from __future__ import annotations
 
 import threading
 from typing import Callable
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
-def qos_profile(reliability: str, depth: int) -> QoSProfile:
+def qos_profile(depth: int, reliability: str = "reliable") -> QoSProfile:
     """KEEP_LAST QoS; 'reliable' (rviz's default for images) or 'best_effort'."""
     if reliability not in RELIABILITY:
         raise ValueError(f"qos reliability must be one of {list(RELIABILITY)}, got {reliability!r}")
     if depth < 1:
         raise ValueError(f"qos depth must be >= 1, got {depth}")
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=RELIABILITY[reliability])
+
+
+def publisher(node, msg_type, topic: str, depth: int, reliability: str = "reliable"):
+    """A publisher whose QoS (history, depth, reliability) is overridable by rclpy's
+    QoSOverridingOptions: read-only parameters
+    ``qos_overrides.<fully qualified topic>.publisher.<history|depth|reliability>``."""
+    return node.create_publisher(msg_type, topic, qos_profile(depth, reliability),
+                                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
+
+def subscription(node, msg_type, topic: str, callback, depth: int, reliability: str = "reliable"):
+    """A subscription with QoS overridable as ``qos_overrides.<topic>.subscription.<policy>``."""
+    return node.create_subscription(msg_type, topic, callback, qos_profile(depth, reliability),
+                                    qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
 
 # Requests a service queues before DDS silently drops the oldest unserved ones (KEEP_LAST).
@@ -32,6 +47,33 @@ def service_qos(depth: int = SERVICE_QOS_DEPTH) -> QoSProfile:
         raise ValueError(f"service qos depth must be >= 1, got {depth}")
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def now_s(node) -> float:
+    """The node's clock (ROS time: sim time where use_sim_time is set) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+_IN_FLIGHT: set = set()  # futures of call_trigger, referenced until they complete
+
+
+def call_trigger(client, on_done: Callable[[bool, str], None]) -> None:
+    """Call a std_srvs/Trigger service without blocking; `on_done(success, message)` runs when it
+    answers (a failed call reports False and the exception)."""
+    from std_srvs.srv import Trigger
+
+    future = client.call_async(Trigger.Request())
+    _IN_FLIGHT.add(future)
+
+    def done(fut) -> None:
+        _IN_FLIGHT.discard(fut)
+        try:
+            ok, message = bool(fut.result().success), fut.result().message
+        except Exception as exc:  # noqa: BLE001 - the caller decides what a failed call means
+            ok, message = False, repr(exc)
+        on_done(ok, message)
+
+    future.add_done_callback(done)
 
 
 class OnceLog:
@@ -60,6 +102,11 @@ class OnceLog:
             self.counts[cause] = self.counts.get(cause, 0) + 1
         if first:
             self._log(f"{message} (logged once; further '{cause}' problems are only counted)")
+
+    def reset_all(self) -> None:
+        """Forget every cause (the problems went away): each is logged again when it recurs."""
+        with self._lock:
+            self.counts.clear()
 
     def reset(self, cause: str) -> None:
         """Forget `cause` so its next occurrence is logged again (the problem went away)."""

@@ -10,6 +10,11 @@ FUTURE_STAMP = "future_stamp"  # the log-once cause of a rejected future stamp
 DEFAULT_MAX_FUTURE_S = 0.1  # default tolerance, as the driver's max_future_s for targets
 
 
+def stamp_to_s(stamp) -> float:
+    """A builtin_interfaces/Time (anything with sec and nanosec) in seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def future_stamp_reason(stamp_s: float, now_s: float, tolerance_s: float) -> str | None:
     """Why a message stamped `stamp_s` is refused on receipt at `now_s`, or None if it is not
     stamped more than `tolerance_s` in the future."""

@@ -41,6 +41,7 @@ class StampMatcher:
         self.dropped = 0  # unmatched messages evicted (buffer full, or older than a newer pair), duplicates
         self.resets = 0
         self.last_reset = ""
+        self._converted: tuple[Pair, Any] | None = None
 
     def add(self, stream: str, stamp_ns: int, item: Any) -> Pair | None:
         """Add a message; returns the pair if it completed one (the newest pair from now on)."""
@@ -82,6 +83,11 @@ class StampMatcher:
             self.on_reset(reset_message)
         return pair
 
+    def add_self_paired(self, stamp_ns: int, item: Any) -> Pair | None:
+        """A single-stream variant: `item` is both halves of its pair (returned as `add` does)."""
+        self.add("source", stamp_ns, item)
+        return self.add("canonical", stamp_ns, item)
+
     def reset(self, why: str) -> None:
         """Forget every buffered message and the newest pair (e.g. the caller saw its clock jump)."""
         with self._lock:
@@ -101,6 +107,23 @@ class StampMatcher:
         if pair is None or (after_ns is not None and pair.stamp_ns <= after_ns):
             return None
         return pair
+
+    def latest_as(self, convert: Callable[[Pair], Any]) -> Any:
+        """`convert` of the newest pair, computed once per pair (None while there is none); when
+        `convert` raises, the next call tries again."""
+        pair = self.latest()
+        if pair is None:
+            return None
+        cached = self._converted
+        if cached is None or cached[0] is not pair:  # a new pair (after a reset its stamp may repeat)
+            cached = self._converted = (pair, convert(pair))
+        return cached[1]
+
+    def status(self) -> dict:
+        """Counters for a status message (stamps in s)."""
+        pair = self.latest()
+        return {"matched_pairs": self.matched, "unmatched_dropped": self.dropped, "matcher_resets": self.resets,
+                "latest_pair_stamp": None if pair is None else pair.stamp_ns * 1e-9}
 
     def pending(self) -> dict[str, int]:
         with self._lock:

@@ -1,4 +1,4 @@
-"""camera_node: a real or synthetic camera -> /camera/image_raw (rgb8, square) + /camera/camera_info.
+"""camera_node: a real or synthetic camera -> camera/image_raw (rgb8, square) + camera/camera_info.
 
 Source (parameter ``source``): an OpenCV device index ("0"), a video file, or a folder
 of images (the synthetic mode: tests and demos need no hardware).  Frames are centre-
@@ -14,9 +14,9 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from rcan_common.ros_image import rgb_to_image_msg
 from rcan_common.config import require
-from rcan_common.ros_node import RELIABILITY, OnceLog, StartupError, qos_profile, spin_node
+from rcan_common.ros_image import camera_info_msg, rgb_to_image_msg
+from rcan_common.ros_node import OnceLog, StartupError, publisher, spin_node
 from rcan_common.ros_params import declare_config
 from rcan_perception.camera_source import (SourceError, center_crop_resize, crop_resize_intrinsics,
                                            intrinsics_from_fov, open_source)
@@ -37,18 +37,14 @@ class CameraNodeParams:
     fy: float = 0.0
     cx: float = 0.0
     cy: float = 0.0
-    image_topic: str = "/camera/image_raw"
-    camera_info_topic: str = "/camera/camera_info"
-    qos_reliability: str = "reliable"
-    qos_depth: int = 5
+    image_topic: str = "camera/image_raw"  # relative: a namespace moves it
+    camera_info_topic: str = "camera/camera_info"
 
     def __post_init__(self) -> None:
         require(self.image_size >= 8, "image_size", "must be >= 8")
         require(self.rate_hz > 0, "rate_hz", "must be > 0")
         require(0 < self.fov_deg < 180, "fov_deg", "must be in (0, 180)")
         require(bool(self.frame_id), "frame_id", "must not be empty")
-        require(self.qos_reliability in RELIABILITY, "qos_reliability", f"must be one of {list(RELIABILITY)}")
-        require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
 
 
 # Parameters the running node re-reads (frame_id stamps every frame); a change is validated like a
@@ -61,7 +57,6 @@ class CameraNode(Node):
         super().__init__("camera_node", **kwargs)
         try:
             cfg = declare_config(self, CameraNodeParams, RUNTIME_PARAMETERS, self._apply_params)
-            qos = qos_profile(cfg.qos_reliability, cfg.qos_depth)
             self.source = open_source(cfg.source, cfg.loop)
         except (ValueError, SourceError) as exc:  # ConfigError is a ValueError
             raise StartupError(str(exc)) from exc
@@ -73,8 +68,9 @@ class CameraNode(Node):
         self._info: CameraInfo | None = None
         self._shape: tuple[int, int] | None = None
         self.problems = OnceLog(self.get_logger().warning)
-        self.image_pub = self.create_publisher(Image, image_topic, qos)
-        self.info_pub = self.create_publisher(CameraInfo, info_topic, qos)
+        # Reliable (rviz's default), depth 5; qos_overrides.<topic>.publisher.* change it.
+        self.image_pub = publisher(self, Image, image_topic, 5)
+        self.info_pub = publisher(self, CameraInfo, info_topic, 5)
         self.frames = 0
         self.timer = self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f"camera {self.source.name} -> {image_topic} ({self.image_size}x{self.image_size} "
@@ -88,16 +84,7 @@ class CameraNode(Node):
             k = crop_resize_intrinsics(self._source_k, height, width, self.image_size)
         else:
             k = intrinsics_from_fov(self.image_size, self._fov_deg)
-        info = CameraInfo()
-        info.height = info.width = self.image_size
-        info.distortion_model = "plumb_bob"
-        info.d = [0.0] * 5
-        info.k = k.reshape(-1).tolist()
-        info.r = np.eye(3).reshape(-1).tolist()
-        p = np.zeros((3, 4))
-        p[:, :3] = k
-        info.p = p.reshape(-1).tolist()
-        return info
+        return camera_info_msg(k, self.image_size, self.image_size)
 
     def _tick(self) -> None:
         try:

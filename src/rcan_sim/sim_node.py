@@ -1,20 +1,17 @@
 """sim_node: the pybullet grasping world behind the same ROS interfaces as the real robot.
 
-Subscribes to the joint_trajectory_controller command topic (trajectory_msgs/JointTrajectory)
-and the gripper command; publishes /joint_states, /camera/image_raw (rgb8),
-/camera/camera_info and the gripper state; serves ~/reset and ~/grasp_success
-(std_srvs/Trigger).  All logic lives in rcan_sim.sim_core; this file is wiring only.
-
-Topic names are the real robot's defaults; move them with remappings.  A trajectory starts
-on receipt (as the JTC does for a zero header stamp) and replaces the one running.  A
-malformed message is logged once per cause and dropped: the node keeps running.
+Subscribes to the controller's JointTrajectory and gripper/command (Bool, True open); publishes
+joint_states, camera/image_raw (rgb8), camera/camera_info, ~/gripper_open, ~/episode; serves
+~/reset and ~/grasp_success (std_srvs/Trigger), the supervision of sim episodes.  The logic lives
+in rcan_sim.sim_core; this file is wiring only.  Topic names are the real robot's (relative: a
+namespace moves them); a trajectory starts on receipt and replaces the one running; a malformed
+message is logged once per cause and dropped.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-from dataclasses import dataclass
 
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -22,63 +19,15 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rcan_common.config import ConfigError, require
-from rcan_common.ros_image import rgb_to_image_msg
-from rcan_common.ros_node import OnceLog, StartupError, qos_profile, service_qos, spin_node
+from rcan_common.config import ConfigError
+from rcan_common.ros_image import camera_info_msg, rgb_to_image_msg
+from rcan_common.ros_node import OnceLog, StartupError, publisher, service_qos, spin_node, subscription
 from rcan_common.ros_params import declare_config
-from rcan_common.domains import DOMAINS
 from rcan_sim.sim_core import SimCore, TrajectoryError, arm_joint_names
+from rcan_sim.sim_params import RUNTIME_PARAMETERS, SimNodeParams, make_world  # noqa: F401 (re-exported)
 
-TRAJECTORY_TOPIC = "/lbr/joint_trajectory_controller/joint_trajectory"
-GRIPPER_COMMAND_TOPIC = "/rcan/gripper/command"
-
-
-@dataclass(frozen=True)
-class SimNodeParams:
-    """ROS parameters of sim_node (config/sim.yaml)."""
-
-    domain: str = "canonical"
-    seed: int = 0
-    object_split: str = "test"
-    image_size: int = 472
-    camera_rate_hz: float = 10.0
-    joint_state_rate_hz: float = 50.0
-    control_rate_hz: float = 100.0
-    physics_hz: float = 120.0
-    success_height: float = 0.08
-    max_render_share: float = 0.5
-    real_time_factor: float = 1.0
-    joint_prefix: str = "lbr_"
-    camera_frame: str = "camera_optical_frame"
-    base_frame: str = "lbr_link_0"
-    image_qos_reliability: str = "reliable"
-    qos_depth: int = 5
-
-    def __post_init__(self) -> None:
-        require(self.domain in DOMAINS, "domain", f"must be one of {DOMAINS}")
-        require(self.object_split in ("train", "test"), "object_split", "must be 'train' or 'test'")
-        require(self.image_size >= 16, "image_size", "must be >= 16")
-        for name in ("camera_rate_hz", "joint_state_rate_hz", "control_rate_hz", "physics_hz", "real_time_factor",
-                     "success_height"):
-            require(getattr(self, name) > 0, name, "must be > 0")
-        require(0 < self.max_render_share <= 1, "max_render_share", "must be in (0, 1]")
-        require(self.image_qos_reliability in ("reliable", "best_effort"), "image_qos_reliability",
-                "must be 'reliable' or 'best_effort'")
-        require(self.qos_depth >= 1, "qos_depth", "must be >= 1")
-
-
-def make_world(params: SimNodeParams):
-    """The pybullet world (DIRECT), configured for the node's camera size."""
-    from rcan_sim.world import GraspWorld, WorldConfig
-
-    return GraspWorld(WorldConfig(image_size=params.image_size, split=params.object_split,
-                                  time_step=1.0 / params.physics_hz))
-
-
-# Parameters the running node re-reads (from self.params, on every render, control step or
-# grasp_success call); a change is validated like a start-up value.  The rest (image size, seed,
-# split, rates, QoS, joint names) shape the world, timers and publishers at start-up: read-only.
-RUNTIME_PARAMETERS = ("domain", "success_height", "max_render_share", "real_time_factor", "camera_frame")
+TRAJECTORY_TOPIC = "lbr/joint_trajectory_controller/joint_trajectory"
+GRIPPER_COMMAND_TOPIC = "gripper/command"
 
 
 class SimNode(Node):
@@ -94,14 +43,14 @@ class SimNode(Node):
         self.core.reset()
         self.log_once = OnceLog(self.get_logger().warning)
 
-        image_qos = qos_profile(p.image_qos_reliability, p.qos_depth)
-        self.image_pub = self.create_publisher(Image, "/camera/image_raw", image_qos)
-        self.info_pub = self.create_publisher(CameraInfo, "/camera/camera_info", image_qos)
-        self.joint_pub = self.create_publisher(JointState, "/joint_states", p.qos_depth)
-        self.gripper_pub = self.create_publisher(Bool, "~/gripper_open", p.qos_depth)
-        self.episode_pub = self.create_publisher(String, "~/episode", p.qos_depth)
-        self.create_subscription(JointTrajectory, TRAJECTORY_TOPIC, self.on_trajectory, p.qos_depth)
-        self.create_subscription(Bool, GRIPPER_COMMAND_TOPIC, self.on_gripper, p.qos_depth)
+        # Reliable (matches reliable and best-effort subscribers, rviz included); qos_overrides.<topic>.* change it.
+        self.image_pub = publisher(self, Image, "camera/image_raw", 5)
+        self.info_pub = publisher(self, CameraInfo, "camera/camera_info", 5)
+        self.joint_pub = publisher(self, JointState, "joint_states", 5)
+        self.gripper_pub = publisher(self, Bool, "~/gripper_open", 5)
+        self.episode_pub = publisher(self, String, "~/episode", 5)
+        subscription(self, JointTrajectory, TRAJECTORY_TOPIC, self.on_trajectory, 5)
+        subscription(self, Bool, GRIPPER_COMMAND_TOPIC, self.on_gripper, 5)
         self.create_service(Trigger, "~/reset", self.on_reset, qos_profile=service_qos())
         self.create_service(Trigger, "~/grasp_success", self.on_grasp_success, qos_profile=service_qos())
 
@@ -172,7 +121,7 @@ class SimNode(Node):
         image.header.stamp = stamp
         image.header.frame_id = self.params.camera_frame
         self.image_pub.publish(image)
-        self.info_pub.publish(camera_info(frame, stamp, self.params.camera_frame))
+        self.info_pub.publish(camera_info_msg(frame.camera.K, *frame.rgb.shape[:2], image.header))
         self.frames += 1
 
     # --- services -------------------------------------------------------------------------
@@ -189,22 +138,6 @@ class SimNode(Node):
         response.success = success
         response.message = json.dumps(detail)
         return response
-
-
-def camera_info(frame, stamp, frame_id: str) -> CameraInfo:
-    """CameraInfo from the world's pinhole intrinsics (no distortion)."""
-    msg = CameraInfo()
-    msg.header.stamp = stamp
-    msg.header.frame_id = frame_id
-    h, w = frame.rgb.shape[:2]
-    msg.height, msg.width = int(h), int(w)
-    k = [float(v) for v in frame.camera.K.reshape(-1)]
-    msg.k = k
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    msg.p = [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
-    return msg
 
 
 def main(argv: list[str] | None = None) -> int:

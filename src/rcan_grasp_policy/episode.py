@@ -1,57 +1,39 @@
-"""The ROS-free part of policy_node: Q-function loading, observation building, the episode state machine.
+"""The policy's episode state machine (ROS-free): when to act, wait, lift and end an episode.
 
 One control step (paper 4.3, mirroring rcan_sim.env.GraspEnv.step):
     fresh [source, G(source)] pair stamped after the previous command settled + fresh EE/gripper state
-    -> CEM argmax_a Q(s, a) -> target pose = current EE pose + clipped translation, rotated by
+    -> the planner's action -> target pose = current EE pose + clipped translation, rotated by
        dtheta about the vertical (absolute, base frame) -> wait until the arm arrives
     -> gripper command (if the action changes it) -> wait until the gripper reports it
-    -> next step, or after `terminate` / `max_steps`: lift -> success check -> reset.
-Success check and reset are the sim node's Trigger services in sim mode; on the robot the
-episode ends after the lift and is reported (an operator judges and starts the next one).
+    -> next step, or after `terminate` / `max_steps`: lift -> end of episode.
+Who prepares an episode and judges it is not the policy's business: with ``supervised`` the
+machine asks a supervisor (Decision.service "reset" before an episode, "grasp_success" after
+the lift; in the sim graph these are the sim node's Trigger services) and records its verdict;
+without one (the robot) the episode ends after the lift and is reported unjudged (an operator
+judges and starts the next one).
 
 The state machine never blocks and never talks to ROS: ``tick`` returns a :class:`Decision`
 (what to publish or which service to call, or why nothing was sent) and the node does the I/O.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from rcan_common.config import require
-from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw
 from rcan_common.action import ActionBounds, decode_action
-
-ImageInputs = Literal["auto", "source+canonical", "canonical", "source"]
-INPUT_CHANNELS = {"source+canonical": 6, "canonical": 3, "source": 3}
-
-
-# ---- small geometry helpers (quaternions are x, y, z, w like geometry_msgs)
-def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw,
-                     aw * bw - ax * bx - ay * by - az * bz])
-
-
-def yaw_quat(dtheta: float) -> np.ndarray:
-    return np.array([0.0, 0.0, math.sin(dtheta / 2), math.cos(dtheta / 2)])
-
-
-def apply_action(pos: np.ndarray, quat: np.ndarray, translation: np.ndarray, dtheta: float):
-    """Absolute target: position + translation (base frame), orientation rotated about the base vertical."""
-    q = quat_multiply(yaw_quat(dtheta), np.asarray(quat, dtype=np.float64))
-    return np.asarray(pos, dtype=np.float64) + translation, q / np.linalg.norm(q)
+from rcan_common.config import require
+from rcan_common.stamps import FUTURE_STAMP, future_stamp_reason
+from rcan_grasp_policy.planner import apply_action, build_policy_images
 
 
 # ---- inputs
+NORMAL_WAITS = {"waiting_for_images_after_settle"}  # Decision.wait causes that are no problem (the next frame)
+
+
 class EEState(NamedTuple):
     pos: np.ndarray  # (3,) m, base frame
     quat: np.ndarray  # (4,) x, y, z, w
@@ -69,119 +51,34 @@ class ImagePair(NamedTuple):
     canonical: np.ndarray  # HxWx3 uint8 RGB
 
 
-def build_policy_images(source: np.ndarray, canonical: np.ndarray, inputs: str, size: int) -> np.ndarray:
-    """The Q-network image (size, size, C) uint8: [source, canonical] (C=6) or one of them (C=3)."""
-    import cv2
-
-    def fit(img: np.ndarray) -> np.ndarray:
-        if img.shape[:2] == (size, size):
-            return img
-        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-        return cv2.resize(img, (size, size), interpolation=interp)
-
-    if inputs == "source+canonical":
-        return np.concatenate([fit(source), fit(canonical)], axis=2)
-    return fit(canonical if inputs == "canonical" else source)
-
-
-# ---- the Q-function through the project's ONNX Runtime wrapper (torch-free: fast node start-up)
-class RuntimeQFunction:
-    """A QFunction (see rcan_grasp_policy.cem) over an exported Q-network run by rcan_perception.runtime.
-
-    Same graph contract and image conversion as rcan_grasp_policy.backends.OrtQFunction, but with
-    provider choice/fallback, thread settings, warm-up and start-up shape checks.
-    """
-
-    def __init__(self, path: str | Path, runtime, log: Callable[[str], None] | None = None):
-        import dataclasses
-
-        from rcan_perception.runtime import ModelError, OrtModel
-
-        # The expected input shapes come from the model's own metadata: check after loading, then warm up.
-        self.model = OrtModel(path, dataclasses.replace(runtime, warmup_runs=0), log=log)
-        if ONNX_METADATA_KEY not in self.model.metadata:
-            raise ModelError(f"policy model {path} has no '{ONNX_METADATA_KEY}' metadata; "
-                             "was it made by the project's policy export?")
-        try:
-            self.meta = json.loads(self.model.metadata[ONNX_METADATA_KEY])
-            self.in_channels = int(self.meta["qnet"]["in_channels"])
-            self.image_size = int(self.meta["qnet"]["image_size"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"policy model {path}: unreadable '{ONNX_METADATA_KEY}' metadata: {exc!r}") from exc
-        c, s = self.in_channels, self.image_size
-        self.model.check_io({"images": (None, c, s, s), "state": (None, 2), "actions": (None, None, 8)}, ["q"])
-        self.model.warmup(runtime.warmup_runs)
-
-    def embed(self, images: np.ndarray, state: np.ndarray):
-        return images_to_nchw(images), np.asarray(state, dtype=np.float32)
-
-    def score(self, context, actions: np.ndarray) -> np.ndarray:
-        images, state = context
-        return self.model.run({"images": images, "state": state,
-                               "actions": np.asarray(actions, dtype=np.float32)})["q"]
-
-
-class Planner(NamedTuple):
-    act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (H,W,C) uint8, (2,) -> action, Q
-    in_channels: int
-    image_size: int
-    meta: dict
-    provider: str
-
-
-def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds, seed: int,
-                 log: Callable[[str], None] | None = None) -> Planner:
-    """CEM over the policy at `model_path` (.onnx: ONNX Runtime via the runtime wrapper; .safetensors: torch)."""
-    from rcan_grasp_policy.cem import CEMPolicy
-
-    path = Path(model_path)
-    if path.suffix == ".onnx":
-        qf: Any = RuntimeQFunction(path, runtime, log=log)
-        channels, size, meta, provider = qf.in_channels, qf.image_size, qf.meta, qf.model.provider
-    else:
-        from rcan_grasp_policy.backends import load_qfunction  # torch: only for .safetensors weights
-
-        qf, meta = load_qfunction(path, threads=runtime.intra_op_threads)
-        channels, size, provider = qf.net.cfg.in_channels, qf.net.cfg.image_size, f"torch:{qf.device}"
-    policy = CEMPolicy(qf, cem_cfg, bounds, seed=seed)
-
-    def act(images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
-        actions, q = policy.act(images[None], np.asarray(state, dtype=np.float32)[None])
-        return actions[0], float(q[0])
-
-    return Planner(act, channels, size, meta, provider)
-
-
-def resolve_inputs(requested: str, in_channels: int, variant: str | None = None) -> str:
-    """The image variant.  'auto' follows the model card's training variant (rcan_grasp_policy.inputs):
-    rcan -> [source, G(source)]; canonical (trained in the canonical sim) -> G(source);
-    dr-* (trained on randomized images) -> the raw source.  Without a variant: 6 channels ->
-    [source, G(source)], 3 -> G(source)."""
-    if requested == "auto":
-        if variant is not None and variant.startswith("dr-"):
-            requested = "source"
-        elif variant == "canonical":
-            requested = "canonical"
-        else:
-            requested = "source+canonical" if in_channels == 6 else "canonical"
-    if requested not in INPUT_CHANNELS:
-        raise ValueError(f"image_inputs must be one of {['auto', *INPUT_CHANNELS]}, got {requested!r}")
-    if INPUT_CHANNELS[requested] != in_channels:
-        raise ValueError(f"image_inputs '{requested}' gives {INPUT_CHANNELS[requested]} channels but the "
-                         f"policy model takes {in_channels}")
-    return requested
+def check_ee_pose(pos: np.ndarray, quat: np.ndarray, frame: str, stamp: float, now: float, base_frame: str,
+                  max_future_s: float, max_age: float) -> tuple[EEState | None, str, str]:
+    """A received EE pose as an EEState (quaternion normalized), or (None, cause, log line) when it is
+    in the wrong frame, non-finite, stamped in the future or too old to ever be used."""
+    if frame != base_frame:
+        return None, "ee_frame", f"rejected EE pose in frame '{frame}', expected '{base_frame}'"
+    norm = np.linalg.norm(quat)
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat)) and norm > 1e-6):
+        return None, "ee_values", f"rejected EE pose with non-finite values or a zero quaternion: {pos}, {quat}"
+    future = future_stamp_reason(stamp, now, max_future_s)
+    if future is not None:
+        return None, FUTURE_STAMP, f"rejected EE pose: {future}"
+    age = now - stamp
+    if age > max_age:  # never usable: keep the fresh state it would replace
+        return None, "ee_stale", f"rejected EE pose stamped {age:.3f} s ago (max_input_age {max_age} s)"
+    return EEState(pos, quat / norm, stamp), "", ""
 
 
 # ---- the episode state machine
 class Phase(str, Enum):
     IDLE = "idle"  # waiting for start_episode
-    RESET = "reset"  # about to call the sim's reset
+    RESET = "reset"  # about to ask the supervisor to reset (the sim's ~/reset)
     AWAIT_RESET = "await_reset"
     ACT = "act"  # waiting for fresh inputs, then choose an action
     MOVE = "move"  # waiting for the arm to reach the target
     GRIP = "grip"  # waiting for the gripper to open/close
     LIFT = "lift"  # waiting for the arm to finish the lift
-    CHECK = "check"  # about to call the sim's grasp_success
+    CHECK = "check"  # about to ask the supervisor to judge (the sim's ~/grasp_success)
     AWAIT_CHECK = "await_check"
     DONE = "done"
 
@@ -209,12 +106,12 @@ class CoreConfig:
     """Give up waiting for the arm after this long (s) and go on (the next step re-checks freshness)."""
     gripper_timeout: float = 2.0
     """Give up waiting for the gripper state after this long (s)."""
-    sim_mode: bool = False
-    """Use the sim node's grasp_success/reset services; otherwise lift and report."""
+    supervised: bool = False
+    """A supervisor prepares each episode ("reset") and judges it ("grasp_success"); otherwise lift and report."""
     autostart: bool = True
     """Start the first episode at once (else wait for start_episode)."""
     max_episodes: int = 0
-    """Stop after this many episodes (0 = no limit; sim mode resets and goes on)."""
+    """Stop after this many episodes (0 = no limit; a supervised run resets and goes on)."""
     bounds: ActionBounds = field(default_factory=ActionBounds)
 
     def __post_init__(self) -> None:
@@ -274,7 +171,7 @@ class EpisodeCore:
     def start_episode(self, now: float) -> tuple[bool, str]:
         if self.phase not in (Phase.IDLE, Phase.DONE):
             return False, f"an episode is running (phase {self.phase.value})"
-        if self.cfg.sim_mode:
+        if self.cfg.supervised:
             self.phase = Phase.RESET
             return True, "resetting the sim for a new episode"
         self._begin(now)
@@ -307,7 +204,7 @@ class EpisodeCore:
         self.results.append({"episode": self.episode, "steps": self.step, "success": success,
                              "ended_by": self._end_reason, "detail": detail})
         done = self.cfg.max_episodes and len(self.results) >= self.cfg.max_episodes
-        if self.cfg.sim_mode and not done:
+        if self.cfg.supervised and not done:
             self.phase = Phase.RESET
         else:
             self.phase = Phase.DONE
@@ -363,7 +260,7 @@ class EpisodeCore:
             pos, quat = self._target
             if pos[2] < self._lift_top - 1e-9:
                 return Decision(target=self._lift_increment(pos, quat, now))
-            if self.cfg.sim_mode:
+            if self.cfg.supervised:
                 self.phase = Phase.CHECK
                 return self._tick(now, ee, gripper, pair)
             return Decision(event=self._finish(None, "robot mode", now))
