@@ -11,7 +11,8 @@ import pytest
 
 from rcan_common.config import ConfigError
 from rcan_grasp_policy.episode import CoreConfig, EEState, EpisodeCore, GripperState, ImagePair, Phase
-from rcan_grasp_policy.planner import apply_action, build_policy_images, resolve_inputs
+from rcan_grasp_policy.inputs import build_policy_images
+from rcan_grasp_policy.planner import apply_action, resolve_inputs
 from rcan_grasp_policy.stamp_matcher import StampMatcher
 from rcan_common.action import ActionBounds, make_action
 
@@ -280,36 +281,39 @@ def test_core_config_validation():
         CoreConfig(max_input_age=0.0)
 
 
-# ---- the ONNX Runtime Q-function matches POL's backend exactly
-def test_runtime_qfunction_agrees_with_backends(tmp_path):
+# ---- the node's planner opens the policy through the one loader and Q-function class
+def test_planner_uses_the_one_ort_qfunction(tmp_path):
     from rcan_grasp_policy import backends
-    from rcan_grasp_policy.cem import CEMConfig
-    from rcan_grasp_policy.planner import RuntimeQFunction, load_planner
+    from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
+    from rcan_grasp_policy.planner import load_planner
     from rcan_perception.runtime import RuntimeConfig
     from tiny_models import export_tiny_qnet
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 32, 32, 6), dtype=np.uint8)
-    path = export_tiny_qnet(tmp_path / "q.onnx")
-    ours, theirs = RuntimeQFunction(path, RuntimeConfig(warmup_runs=1)), backends.OrtQFunction(path)
     state = rng.random((2, 2), dtype=np.float32)
-    actions = rng.standard_normal((2, 5, 8)).astype(np.float32)
-    np.testing.assert_allclose(ours.score(ours.embed(images, state), actions),
-                               theirs.score(theirs.embed(images, state), actions), rtol=1e-6)
+    path = export_tiny_qnet(tmp_path / "q.onnx")
+    qf, meta = backends.load_qfunction(path, runtime=RuntimeConfig(warmup_runs=1))
+    assert isinstance(qf, backends.OrtQFunction) and qf.provider == "CPUExecutionProvider"
+    assert (qf.in_channels, qf.image_size) == (6, 32)
     planner = load_planner(path, RuntimeConfig(), CEMConfig(samples=8, elites=2), ActionBounds(), seed=3)
-    assert (planner.in_channels, planner.image_size, planner.meta["variant"]) == (6, 32, "rcan")
+    assert (planner.in_channels, planner.image_size, planner.meta) == (6, 32, meta)
+    assert planner.provider == "CPUExecutionProvider"
     action, q = planner.act(images[0], state[0])
-    assert action.shape == (8,) and 0.0 <= q <= 1.0
+    # The same decision as CEM over the loader's Q-function with the same seed.
+    actions, qs = CEMPolicy(qf, CEMConfig(samples=8, elites=2), ActionBounds(), seed=3).act(images[:1], state[:1])
+    assert np.array_equal(action, actions[0]) and q == float(qs[0])
 
 
-def test_runtime_qfunction_rejects_models_without_metadata(tmp_path):
-    from rcan_grasp_policy.planner import RuntimeQFunction
+def test_ort_qfunction_rejects_models_without_metadata(tmp_path):
+    from rcan_grasp_policy.backends import OrtQFunction, PolicyLoadError
     from rcan_perception.runtime import ModelError, RuntimeConfig
     from tiny_models import export_tiny_generator
 
+    assert issubclass(PolicyLoadError, ModelError)  # the node's start-up handling catches either
     gen = export_tiny_generator(tmp_path / "not_a_policy.onnx")
-    with pytest.raises(ModelError, match=r"not_a_policy\.onnx has no 'rcan_policy' metadata"):
-        RuntimeQFunction(gen, RuntimeConfig())
+    with pytest.raises(PolicyLoadError, match=r"not_a_policy\.onnx has no 'rcan_policy' metadata"):
+        OrtQFunction(gen, RuntimeConfig())
 
 
 def test_arm_that_stops_short_counts_as_arrived():

@@ -69,7 +69,7 @@ def test_graph_description_imports_without_rcan_sim():
 
 def test_policy_planner_runs_the_shipped_policy_without_rcan_sim():
     """Beyond the import: the node's model path (load_planner over ONNX Runtime, CEM, action
-    decoding in the episode core) does not reach for the sim at run time either."""
+    decoding in the episode core) does not reach for the sim, or for torch, at run time either."""
     model = ROOT / "models" / "policy_rcan_64.onnx"
     if not model.is_file():
         pytest.skip(f"{model} not present")
@@ -84,6 +84,7 @@ images = np.zeros((p.image_size, p.image_size, p.in_channels), np.uint8)
 action, q = p.act(images, np.array([1.0, 0.2], np.float32))
 decode_action(action)
 assert 0.0 <= q <= 1.0
+assert 'torch' not in sys.modules  # the ONNX path starts without torch
 print('ok')
 """
     out = _run_without_sim(code)

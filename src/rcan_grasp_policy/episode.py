@@ -27,7 +27,8 @@ import numpy as np
 from rcan_common.action import ActionBounds, decode_action
 from rcan_common.config import require
 from rcan_common.stamps import FUTURE_STAMP, future_stamp_reason
-from rcan_grasp_policy.planner import apply_action, build_policy_images
+from rcan_grasp_policy.inputs import build_policy_images
+from rcan_grasp_policy.planner import apply_action
 
 
 # ---- inputs
