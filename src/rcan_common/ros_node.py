@@ -20,9 +20,8 @@ def qos_profile(depth: int, reliability: str = "reliable") -> QoSProfile:
 
 
 def publisher(node, msg_type, topic: str, depth: int, reliability: str = "reliable"):
-    """A publisher whose QoS (history, depth, reliability) is overridable by rclpy's
-    QoSOverridingOptions: read-only parameters
-    ``qos_overrides.<fully qualified topic>.publisher.<history|depth|reliability>``."""
+    """A publisher whose QoS is overridable through rclpy's QoSOverridingOptions: the read-only
+    parameters ``qos_overrides.<fully qualified topic>.publisher.<history|depth|reliability>``."""
     return node.create_publisher(msg_type, topic, qos_profile(depth, reliability),
                                  qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
@@ -35,9 +34,9 @@ def subscription(node, msg_type, topic: str, callback, depth: int, reliability: 
 
 # Requests a service queues before DDS silently drops the oldest unserved ones (KEEP_LAST).
 # rclpy's default services QoS keeps 10: of 200 rapid Trigger calls only about 10 were answered.
-# The servers here answer in microseconds to milliseconds, so a deeper queue costs little; a
-# caller must still expect the excess of a burst beyond this depth to go unanswered, and its own
-# client's response queue (rclpy default: 10) to drop responses it does not spin for in time.
+# The servers answer in microseconds to milliseconds, so a deeper queue costs little; a caller must
+# still expect a burst's excess beyond this depth to go unanswered, and its client's response queue
+# (rclpy default: 10) to drop responses it does not spin for in time.
 SERVICE_QOS_DEPTH = 100
 
 
@@ -58,8 +57,7 @@ _IN_FLIGHT: set = set()  # futures of call_trigger, referenced until they comple
 
 
 def call_trigger(client, on_done: Callable[[bool, str], None]) -> None:
-    """Call a std_srvs/Trigger service without blocking; `on_done(success, message)` runs when it
-    answers (a failed call reports False and the exception)."""
+    """Call a std_srvs/Trigger service without blocking; then `on_done(success, message)` (a failed call: False)."""
     from std_srvs.srv import Trigger
 
     future = client.call_async(Trigger.Request())
@@ -141,9 +139,8 @@ def spin_node(make_node: Callable[[], object], args=None) -> int:
             raise
     finally:
         if node is not None:
-            close = getattr(node, "close", None)
-            if close is not None:
-                close()
+            if getattr(node, "close", None) is not None:
+                node.close()
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
