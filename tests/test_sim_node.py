@@ -12,7 +12,7 @@ import pytest
 
 from rcan_bringup.graph import LaunchArgs, build_graph
 from rcan_bringup.launcher import GraphProcesses
-from rcan_bringup.probe import stamp_seconds
+from rcan_common.stamps import stamp_to_s
 
 pytestmark = pytest.mark.ros
 
@@ -64,7 +64,7 @@ def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
         # (10 Hz, the default rate, would be 100 ms).
         t0 = time.monotonic()
         assert probe.wait_count("/camera/image_raw", 41, timeout=60, since=t0), probe.count("/camera/image_raw", t0)
-        stamps = np.array([stamp_seconds(r.msg.header.stamp) for r in probe.received("/camera/image_raw", t0)[:41]])
+        stamps = np.array([stamp_to_s(r.msg.header.stamp) for r in probe.received("/camera/image_raw", t0)[:41]])
         gaps = np.diff(stamps)
         assert (gaps > 0).all(), gaps
         assert 40 / (stamps[-1] - stamps[0]) <= 22.0, gaps
@@ -135,17 +135,17 @@ def test_slow_rendering_lowers_the_camera_rate_not_the_physics_rate(ros_env, tmp
         # A 1 s trajectory takes about 1 s of the node's own clock (joint_states stamps, from the first state
         # that moved to the first at the goal): physics kept real time while rendering.
         js = [r.msg for r in probe.received("/joint_states", since=t0)]
-        moving = [stamp_seconds(m.header.stamp) for m in js if abs(m.position[1] - start[1]) > 2e-3]
-        arrived = [stamp_seconds(m.header.stamp) for m in js if abs(m.position[1] - goal[1]) < 0.01]
+        moving = [stamp_to_s(m.header.stamp) for m in js if abs(m.position[1] - start[1]) > 2e-3]
+        arrived = [stamp_to_s(m.header.stamp) for m in js if abs(m.position[1] - goal[1]) < 0.01]
         assert moving and arrived and arrived[0] - moving[0] < 2.0, (moving[:1], arrived[:1])
         # joint_states keep coming while the camera renders 320 px frames: wait for 40 of them and
         # 3 camera frames, then judge the gaps on the node's stamps.
         t1 = time.monotonic()
         assert probe.wait_count("/joint_states", 40, timeout=30, since=t1)
         assert probe.wait_count("/camera/image_raw", 3, timeout=30, since=t1)
-        stamps = [stamp_seconds(r.msg.header.stamp) for r in probe.received("/joint_states", since=t1)]
+        stamps = [stamp_to_s(r.msg.header.stamp) for r in probe.received("/joint_states", since=t1)]
         assert max(np.diff(stamps)) < 0.5, np.diff(stamps)  # the driver's joint_state_timeout
-        cam = [stamp_seconds(r.msg.header.stamp) for r in probe.received("/camera/image_raw", since=t1)]
+        cam = [stamp_to_s(r.msg.header.stamp) for r in probe.received("/camera/image_raw", since=t1)]
         assert (len(cam) - 1) / (cam[-1] - cam[0]) < 30.0, cam  # below the asked rate: limited by rendering
         assert "camera limited to" in graph.log_tail("sim_node", 100_000)
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rcan_bringup.probe import Probe, Received, stamp_seconds
+from rcan_bringup.probe import Probe, Received
+from rcan_common.stamps import stamp_to_s
 
 CAMERA = "/camera/image_raw"
 CANONICAL = "/rcan/canonical/image"
@@ -113,12 +114,12 @@ class LoopMonitor:
             return
         with self._lock:
             store = self._images[kind]
-            store[stamp_seconds(rec.msg.header.stamp)] = rgb
+            store[stamp_to_s(rec.msg.header.stamp)] = rgb
             while len(store) > self.keep_images:
                 store.pop(next(iter(store)))
 
     def _on_canonical(self, rec: Received) -> None:
-        stamp = stamp_seconds(rec.msg.header.stamp)
+        stamp = stamp_to_s(rec.msg.header.stamp)
         with self._lock:
             self._canonical.append((rec.wall, stamp))
             self.cam_to_canonical.append(rec.wall - stamp)

@@ -138,8 +138,3 @@ class Probe:
 
     def now_msg(self):
         return self.node.get_clock().now().to_msg()
-
-
-def stamp_seconds(stamp) -> float:
-    """builtin_interfaces/Time as float seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9

@@ -11,7 +11,7 @@ DEFAULT_MAX_FUTURE_S = 0.1  # default tolerance, as the driver's max_future_s fo
 
 
 def stamp_to_s(stamp) -> float:
-    """A builtin_interfaces/Time (anything with sec and nanosec) in seconds."""
+    """A builtin_interfaces/Time or Duration (anything with sec and nanosec) in seconds."""
     return stamp.sec + stamp.nanosec * 1e-9
 
 

@@ -23,6 +23,7 @@ from rcan_common.config import ConfigError
 from rcan_common.ros_image import camera_info_msg, rgb_to_image_msg
 from rcan_common.ros_node import OnceLog, StartupError, publisher, service_qos, spin_node, subscription
 from rcan_common.ros_params import declare_config
+from rcan_common.stamps import stamp_to_s
 from rcan_sim.sim_core import SimCore, TrajectoryError, arm_joint_names
 from rcan_sim.sim_params import RUNTIME_PARAMETERS, SimNodeParams, make_world  # noqa: F401 (re-exported)
 
@@ -73,7 +74,7 @@ class SimNode(Node):
     # --- commands -------------------------------------------------------------------------
     def on_trajectory(self, msg: JointTrajectory) -> None:
         try:
-            points = [(p.time_from_start.sec + p.time_from_start.nanosec * 1e-9, list(p.positions)) for p in msg.points]
+            points = [(stamp_to_s(p.time_from_start), list(p.positions)) for p in msg.points]
             self.core.on_trajectory(list(msg.joint_names), points)
         except TrajectoryError as exc:
             self.log_once(f"trajectory:{exc.reason}", f"ignored joint trajectory: {exc}")
