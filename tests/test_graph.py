@@ -166,3 +166,28 @@ def test_every_launch_parameter_is_one_the_node_declares():
             declared = next(iter(yaml.safe_load(resolve(rel).read_text()).values()))["ros__parameters"]
             unknown = set(spec.parameters) - set(declared)
             assert not unknown, f"{spec.name}: {sorted(unknown)} are not in {rel}"
+
+
+def test_every_default_name_is_relative_so_a_namespace_moves_the_whole_robot():
+    import dataclasses
+
+    from kuka_iiwa_driver.config import DriverConfig
+    from rcan_grasp_policy.policy_params import PolicyNodeParams
+    from rcan_perception.camera_node import CameraNodeParams
+    from rcan_perception.perception_params import PerceptionNodeParams
+    from rcan_sim import sim_node
+
+    names = {f"{cls.__name__}.{f.name}": f.default for cls in (DriverConfig, PolicyNodeParams, CameraNodeParams,
+                                                                PerceptionNodeParams)
+             for f in dataclasses.fields(cls) if f.name.endswith(("_topic", "_service", "_prefix"))}
+    names.update(sim_node=sim_node.TRAJECTORY_TOPIC, sim_gripper=sim_node.GRIPPER_COMMAND_TOPIC,
+                 controller=DEFAULT_CONTROLLER_TOPIC)
+    assert len(names) > 20
+    assert not {k: v for k, v in names.items() if v.startswith("/")}, "absolute default names"
+    # No node addresses another node's private names: only a node's own names start with ~.
+    assert {k for k, v in names.items() if v.startswith("~")} == {"DriverConfig.status_topic"}
+    # The policy and the driver meet on public names.
+    policy, driver = PolicyNodeParams(), DriverConfig()
+    assert policy.gripper_state_topic == driver.gripper_state_topic == "rcan/gripper_state"
+    assert policy.gripper_command_topic == driver.gripper_command_topic == "rcan/target_gripper"
+    assert driver.gripper_output_topic == sim_node.GRIPPER_COMMAND_TOPIC == "gripper/command"

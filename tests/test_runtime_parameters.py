@@ -336,3 +336,13 @@ def test_no_node_has_qos_parameters_of_its_own():
 
     for cls in (DriverConfig, PolicyNodeParams, CameraNodeParams, PerceptionNodeParams, SimNodeParams):
         assert not [f.name for f in dataclasses.fields(cls) if "qos" in f.name], cls.__name__
+
+
+def test_a_namespace_moves_every_topic_of_a_node(rig_factory):
+    from kuka_iiwa_driver.driver_node import IiwaDriverNode
+
+    node = rig_factory(IiwaDriverNode, namespace="robot1").node
+    topics = {e.topic_name for e in (*node.publishers, *node.subscriptions)} - {"/rosout", "/parameter_events"}
+    assert topics and all(t.startswith("/robot1/") for t in topics), topics
+    assert {"/robot1/rcan/gripper_state", "/robot1/gripper/command", "/robot1/rcan/target_gripper",
+            "/robot1/lbr/joint_trajectory_controller/joint_trajectory"} <= topics
