@@ -23,7 +23,8 @@ import pybullet as pb
 
 from rcan_common.io import atomic_write_json
 from rcan_sim import datagen
-from rcan_sim.world import CANON_LIGHT, GraspWorld, WorldConfig
+from rcan_sim.domains import CANON_LIGHT
+from rcan_sim.world import GraspWorld, WorldConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sim.json"
 

@@ -6,9 +6,9 @@ import pytest
 
 from rcan_common import classes
 from rcan_common.domains import DOMAINS
-from rcan_sim.domains import DomainError
+from rcan_sim.domains import CANON_ARM, DomainError
 from rcan_sim.objects import UnknownObjectError
-from rcan_sim.world import CANON_ARM, GraspWorld, WorldConfig
+from rcan_sim.world import GraspWorld, WorldConfig
 
 CFG = WorldConfig(image_size=64, settle_steps=60)
 

@@ -1,5 +1,9 @@
 """The pybullet grasping world (paper 4.1): KUKA iiwa + gripper, tray with a divider, 5 objects.
 
+This module owns the scene (bodies, episodes, physics, camera, captures).  The looks a render
+applies (canonical colours, random textures and lights, pose jitter) live in rcan_sim.domains,
+and inverse kinematics on a kinematic copy of the arm in rcan_sim.ik.
+
 Plain Python (no ROS).  One `GraspWorld` owns one pybullet DIRECT client.  Poses from
 `ee_pose`/`flange_pose` are in the world frame.  The robot base frame (`lbr_link_0`, the
 frame the iiwa driver's kinematics and the ROS topics use) is not the world frame: pybullet
@@ -33,15 +37,14 @@ import pybullet as pb
 
 from rcan_common.config import require
 from rcan_common import classes
-from rcan_sim import objects
-from rcan_sim.domains import DomainSpec, domain_spec
+from rcan_sim import domains, objects
+from rcan_sim.domains import CANON_LIGHT, domain_spec
+from rcan_sim.ik import ARM_JOINTS, FLANGE_LINK, ArmIK, top_down_orientation
 from rcan_sim.meshes import floor_grid, uv_arm_sdf
 from rcan_sim.textures import TextureBank
 
 # Arm joints exposed to ROS, named like lbr_fri_ros2_stack's joints (pybullet calls them J0..J6).
 JOINT_NAMES = tuple(f"lbr_A{i}" for i in range(1, 8))
-ARM_JOINTS = tuple(range(7))
-FLANGE_LINK = 6
 GRIPPER_BASE_JOINT = 7
 FINGER_JOINTS = (8, 11)  # left, right finger (opposite signs)
 FINGERTIP_JOINTS = (10, 13)
@@ -63,23 +66,7 @@ TRAY_BOXES = (
     ((0.3, 0.01, 0.075), (0.0, -0.25, 0.059), (0.575469961, 0.0, 0.0)),
     ((0.3, 0.01, 0.075), (0.0, 0.25, 0.059), (-0.575469961, 0.0, 0.0)),
 )
-TRAY_LINKS = (-1, 0, 1, 2, 3)
 DIVIDER_SIZE = (0.012, 0.42, 0.05)  # thickness, length, height (m)
-TOP_DOWN = (0.0, -math.pi, 0.0)  # flange euler for a vertical, downward gripper
-
-CANON_FLOOR = (0.55, 0.55, 0.55)
-CANON_PEDESTAL = (0.30, 0.30, 0.32)
-CANON_TRAY = (0.80, 0.62, 0.35)
-CANON_DIVIDER = (0.20, 0.35, 0.75)
-# One fixed, distinct colour per arm visual (base, 7 links, gripper parts), paper 4.1.
-CANON_ARM = (
-    (0.90, 0.10, 0.10), (0.95, 0.55, 0.10), (0.95, 0.90, 0.15), (0.55, 0.85, 0.15),
-    (0.10, 0.75, 0.35), (0.10, 0.80, 0.80), (0.15, 0.45, 0.90), (0.35, 0.20, 0.85),
-    (0.70, 0.20, 0.85), (0.90, 0.25, 0.60), (0.60, 0.40, 0.25), (0.95, 0.95, 0.95),
-    (0.40, 0.60, 0.55), (0.85, 0.65, 0.55), (0.25, 0.25, 0.25),
-)
-CANON_LIGHT = dict(lightDirection=(0.3, 0.6, 1.0), lightColor=(1.0, 1.0, 1.0), lightDistance=2.0,
-                   lightAmbientCoeff=0.6, lightDiffuseCoeff=0.35, lightSpecularCoeff=0.05)
 
 
 @dataclass
@@ -250,7 +237,7 @@ class GraspWorld:
         self._cid = pb.connect(pb.DIRECT)
         if self._cid < 0:
             raise RuntimeError("pybullet could not open a DIRECT client")
-        self._kin_cid = pb.connect(pb.DIRECT)  # kinematics-only copy of the arm for IK
+        self._ik: ArmIK | None = None  # kinematics-only copy of the arm, loaded with the first scene
         self._episode: _Episode | None = None
         self._gripper_open = True
         self._build()
@@ -285,18 +272,13 @@ class GraspWorld:
             [0, 0, FLOOR_Z / 2], physicsClientId=c)
         # Same links, joints and collision meshes as pybullet_data's SDF; visuals carry UVs.
         self.arm = pb.loadSDF(str(uv_arm_sdf(root, self.bank.cache_dir)), physicsClientId=c)[0]
-        if not hasattr(self, "_kin_arm"):  # the IK copy holds no textures or objects: loaded once, never rebuilt
-            self._kin_arm = pb.loadSDF(str(root / "kuka_iiwa" / "kuka_with_gripper2.sdf"),
-                                       physicsClientId=self._kin_cid)[0]
-            pb.resetBasePositionAndOrientation(self._kin_arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=self._kin_cid)
+        if self._ik is None:  # the IK copy holds no textures or objects: loaded once, never rebuilt
+            self._ik = ArmIK(root / "kuka_iiwa" / "kuka_with_gripper2.sdf")
         pb.resetBasePositionAndOrientation(self.arm, [0, 0, 0], [0, 0, 0, 1], physicsClientId=c)
         self._arm_visual_links = sorted({v[1] for v in pb.getVisualShapeData(self.arm, physicsClientId=c)})
         self._movable = [j for j in range(pb.getNumJoints(self.arm, physicsClientId=c))
                          if pb.getJointInfo(self.arm, j, physicsClientId=c)[2] != pb.JOINT_FIXED]
         info = [pb.getJointInfo(self.arm, j, physicsClientId=c) for j in self._movable]
-        self._ik_lower = [i[8] for i in info]
-        self._ik_upper = [i[9] if i[9] > i[8] else i[8] for i in info]
-        self._ik_range = [max(u - l, 0.1) for l, u in zip(self._ik_lower, self._ik_upper)]
         self.arm_limits = np.array([[info[j][8], info[j][9]] for j in ARM_JOINTS])
 
         # Tray: a collision-only body with traybox.urdf's boxes, plus visual-only copies of the
@@ -429,7 +411,8 @@ class GraspWorld:
     def close(self) -> None:
         if self._cid >= 0:
             pb.disconnect(physicsClientId=self._cid)
-            pb.disconnect(physicsClientId=self._kin_cid)
+            if self._ik is not None:
+                self._ik.close()
             self._cid = -1
 
     def __del__(self) -> None:
@@ -658,41 +641,21 @@ class GraspWorld:
         """Rotation of the top-down gripper about the vertical (rad)."""
         _, orn = self.flange_pose()
         m = np.array(pb.getMatrixFromQuaternion(orn.tolist())).reshape(3, 3)
-        # The top-down flange's x axis is the base x axis turned by pi (see TOP_DOWN).
+        # The top-down flange's x axis is the base x axis turned by pi (see rcan_sim.ik.TOP_DOWN).
         return math.remainder(math.atan2(m[1, 0], m[0, 0]) + math.pi, 2 * math.pi)
 
     def gripper_height(self) -> float:
         """TCP height above the tray bottom (m), the paper's g_height."""
         return float(self.ee_pose()[0][2] - TRAY_BOTTOM_Z)
 
-    @staticmethod
-    def top_down_orientation(yaw: float) -> tuple[float, float, float, float]:
-        return pb.getQuaternionFromEuler([TOP_DOWN[0], TOP_DOWN[1], TOP_DOWN[2] + yaw])
+    top_down_orientation = staticmethod(top_down_orientation)
 
     def solve_ik(self, tcp_pos, yaw: float, rest=None, iterations: int = 20, tolerance: float = 5e-4) -> np.ndarray:
-        """7 arm joint angles putting the TCP at `tcp_pos` with the gripper vertical at `yaw`.
-
-        Solved on a kinematic copy of the arm (its own pybullet client), re-seeding pybullet's
-        IK with its own answer until the TCP is within `tolerance`, so the live arm is untouched.
-        """
-        orn = self.top_down_orientation(yaw)
-        m = np.array(pb.getMatrixFromQuaternion(orn)).reshape(3, 3)
-        flange = np.asarray(tcp_pos, dtype=np.float64) - m @ self.tool_offset[0]
-        k = self._kin_cid
-        q = np.asarray(rest if rest is not None else self.joint_positions(), dtype=np.float64)
-        rest_full = list(q) + [0.0] * (len(self._movable) - 7)
-        for _ in range(iterations):
-            for j, v in zip(ARM_JOINTS, q):
-                pb.resetJointState(self._kin_arm, j, float(v), physicsClientId=k)
-            pos = pb.getLinkState(self._kin_arm, FLANGE_LINK, computeForwardKinematics=True, physicsClientId=k)[4]
-            if np.linalg.norm(np.array(pos) - flange) < tolerance and _ > 0:
-                break
-            sol = pb.calculateInverseKinematics(
-                self._kin_arm, FLANGE_LINK, flange.tolist(), orn, lowerLimits=self._ik_lower,
-                upperLimits=self._ik_upper, jointRanges=self._ik_range, restPoses=rest_full,
-                maxNumIterations=50, residualThreshold=1e-5, physicsClientId=k)
-            q = np.clip(np.array(sol[:7]), self.arm_limits[:, 0], self.arm_limits[:, 1])
-        return q
+        """7 arm joint angles putting the TCP at `tcp_pos` with the gripper vertical at `yaw`, starting
+        from `rest` (default: the current joint angles).  Solved on a kinematic copy of the arm
+        (rcan_sim.ik.ArmIK), so the live arm is untouched."""
+        rest = rest if rest is not None else self.joint_positions()
+        return self._ik.solve(tcp_pos, yaw, rest, self.tool_offset[0], iterations, tolerance)
 
     # ---------------------------------------------------------------- objects
     def object_poses(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -753,100 +716,6 @@ class GraspWorld:
             self._textures[index] = tid
         return tid
 
-    def _paint(self, body: int, link: int, rgb, texture: int = -1) -> None:
-        pb.changeVisualShape(body, link, textureUniqueId=texture, rgbaColor=[*rgb, 1.0], physicsClientId=self._cid)
-
-    def _apply_canonical(self, objects_too: bool) -> None:
-        self._paint(self.floor, -1, CANON_FLOOR)
-        self._paint(self.pedestal, -1, CANON_PEDESTAL)
-        for v in self._tray_visuals:
-            for link in TRAY_LINKS:
-                self._paint(v, link, CANON_TRAY)
-        self._paint(self.divider, -1, CANON_DIVIDER)
-        for k, link in enumerate(self._arm_visual_links):
-            self._paint(self.arm, link, CANON_ARM[k % len(CANON_ARM)])
-        if objects_too:
-            ep = self._require_episode()
-            for uid, (tex, tint) in zip(ep.object_uids, ep.identity):
-                self._paint(uid, -1, tint, self._texture_id(tex))
-
-    def _apply_random(self, spec: DomainSpec, rng: np.random.Generator) -> dict:
-        """Assign textures/colours for a non-canonical `spec`; returns the light keyword arguments."""
-        assert not spec.canonical, "canonical renders use _apply_canonical"
-        ep = self._require_episode()
-        pal = self._palette(spec.held_out)
-
-        def tex() -> int:
-            return self._texture_id(pal[int(rng.integers(len(pal)))])
-
-        def tint(lo: float = 0.6) -> np.ndarray:
-            return rng.uniform(lo, 1.0, 3)
-
-        if spec.floor == "fixed6":  # six fixed "real camera" backgrounds (paper 5.2, mild)
-            fixed = self.bank.indices(False)[:6]  # fewer with a small user folder
-            self._paint(self.floor, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(len(fixed)))]))
-            self._paint(self.pedestal, -1, (1, 1, 1), self._texture_id(fixed[int(rng.integers(len(fixed)))]))
-        else:
-            self._paint(self.floor, -1, tint(), tex())
-            self._paint(self.pedestal, -1, tint(), tex())
-        tray_tex, tray_tint = tex(), tint()
-        for v in self._tray_visuals:
-            for link in TRAY_LINKS:
-                self._paint(v, link, tray_tint, tray_tex)
-        self._paint(self.divider, -1, tint(), tex())
-        for link in self._arm_visual_links:
-            if spec.arm == "bank":
-                self._paint(self.arm, link, tint(0.3), tex())
-            else:
-                self._paint(self.arm, link, rng.uniform(0.05, 1.0, 3))
-        for uid in ep.object_uids:
-            self._paint(uid, -1, tint(0.2), tex())
-        return self._light(spec, rng)
-
-    @staticmethod
-    def _light(spec: DomainSpec, rng: np.random.Generator) -> dict:
-        if spec.light == "fixed":
-            return dict(CANON_LIGHT)
-        # Training lights come from above 30 deg elevation with mild colour; held-out lights are
-        # low (10-30 deg) with a strong colour cast, ranges no training domain samples.
-        elev = math.radians(rng.uniform(10, 30) if spec.held_out else rng.uniform(30, 90))
-        azim = rng.uniform(-math.pi, math.pi)
-        direction = (math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev))
-        if spec.light == "direction_brightness":
-            b = rng.uniform(0.6, 1.3)
-            return dict(lightDirection=direction, lightColor=(1.0, 1.0, 1.0), lightDistance=2.0,
-                        lightAmbientCoeff=0.6 * b, lightDiffuseCoeff=0.35 * b, lightSpecularCoeff=0.05)
-        color = rng.uniform(0.55, 1.0, 3)
-        if spec.held_out:
-            color[int(rng.integers(3))] = rng.uniform(0.1, 0.45)
-        return dict(lightDirection=direction, lightColor=tuple(color), lightDistance=rng.uniform(1.0, 4.0),
-                    lightAmbientCoeff=rng.uniform(0.3, 0.8), lightDiffuseCoeff=rng.uniform(0.2, 0.7),
-                    lightSpecularCoeff=rng.uniform(0.0, 0.3))
-
-    def _jitter(self, rng: np.random.Generator):
-        """Move arm base and tray visual for a render; returns a function that restores them."""
-        c, cfg = self._cid, self.cfg
-        j, yaw = cfg.jitter_position, math.radians(cfg.jitter_yaw_deg)
-        arm_pose = pb.getBasePositionAndOrientation(self.arm, physicsClientId=c)
-        arm_pos = np.array(arm_pose[0]) + rng.uniform(-j, j, 3) * (1, 1, 0.5)
-        pb.resetBasePositionAndOrientation(self.arm, arm_pos.tolist(),
-                                           pb.getQuaternionFromEuler([0, 0, rng.uniform(-yaw, yaw)]),
-                                           physicsClientId=c)
-        k = int(rng.integers(len(self._tray_visuals)))
-        vis = self._tray_visuals[k]
-        tray_pos = np.array(TRAY_POS) + np.append(rng.uniform(-j, j, 2), 0.0)
-        pb.resetBasePositionAndOrientation(self._tray_visuals[0], self._parked(0), [0, 0, 0, 1], physicsClientId=c)
-        pb.resetBasePositionAndOrientation(vis, tray_pos.tolist(),
-                                           pb.getQuaternionFromEuler([0, 0, rng.uniform(-yaw, yaw)]),
-                                           physicsClientId=c)
-
-        def restore() -> None:
-            pb.resetBasePositionAndOrientation(self.arm, arm_pose[0], arm_pose[1], physicsClientId=c)
-            pb.resetBasePositionAndOrientation(vis, self._parked(k), [0, 0, 0, 1], physicsClientId=c)
-            pb.resetBasePositionAndOrientation(self._tray_visuals[0], TRAY_POS, [0, 0, 0, 1], physicsClientId=c)
-
-        return restore
-
     def _capture(self, light: dict, full: bool):
         n = self.cfg.image_size
         flags = 0 if full else pb.ER_NO_SEGMENTATION_MASK
@@ -870,11 +739,11 @@ class GraspWorld:
         self._require_episode()
         rng = self._render_rng(randomization_seed)
         if spec.canonical:
-            self._apply_canonical(objects_too=True)
-            light = self._light(spec, rng)
+            domains.apply_canonical(self, objects_too=True)
+            light = domains.light(spec, rng)
         else:
-            light = self._apply_random(spec, rng)
-        restore = self._jitter(rng) if spec.jitter else None
+            light = domains.apply_random(self, spec, rng)
+        restore = domains.jitter(self, rng, TRAY_POS) if spec.jitter else None
         try:
             rgb, depth, seg = self._capture(light, full=labels)
         finally:
@@ -892,11 +761,11 @@ class GraspWorld:
             raise ValueError("render_pair needs a randomized source domain, not 'canonical'")
         self._require_episode()
         rng = self._render_rng(randomization_seed)
-        light = self._apply_random(spec, rng)
-        restore = self._jitter(rng) if spec.jitter else None
+        light = domains.apply_random(self, spec, rng)
+        restore = domains.jitter(self, rng, TRAY_POS) if spec.jitter else None
         try:
             rand_rgb = self._capture(light, full=False)[0] if source else None
-            self._apply_canonical(objects_too=False)
+            domains.apply_canonical(self, objects_too=False)
             canon_rgb, depth, seg = self._capture(dict(CANON_LIGHT), full=True)
         finally:
             if restore:
