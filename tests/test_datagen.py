@@ -16,7 +16,6 @@ import pytest
 
 from rcan_common.config import ConfigError
 from rcan_sim import datagen, objects, shards
-from rcan_sim.dataset import PairedDataset
 
 FAST = ["--image-size", "64", "--max-steps", "3", "--episodes-per-shard", "1", "--no-progress"]
 
@@ -30,6 +29,12 @@ def shard_arrays(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k][:] for k in f}
 
 
+def frame(frames: dict[str, np.ndarray], episode: int, step: int) -> dict[str, np.ndarray]:
+    """The stored frame of (episode, step) from shards.read_frames' arrays."""
+    (i,) = np.flatnonzero((frames["episode"] == episode) & (frames["step"] == step))
+    return {k: v[i] for k, v in frames.items()}
+
+
 def test_round_trip_pairs_and_replay(tmp_path):
     out = tmp_path / "d"
     assert gen(out, "--episodes", "2") == 0
@@ -38,32 +43,32 @@ def test_round_trip_pairs_and_replay(tmp_path):
     assert set(m["versions"]) >= {"numpy", "pybullet", "torch", "h5py", "rcan"}
     assert all(set(ids) <= set(objects.TRAIN_IDS) and len(ids) == 5
                for sh in m["shards"] for ids in sh["episode_object_ids"])
-    ds = PairedDataset(out)
-    assert len(ds) == m["counts"]["frames"] == sum(s["num_frames"] for s in m["shards"])
-    keys = {(int(ds[i]["episode"]), int(ds[i]["step"])) for i in range(len(ds))}
-    assert len(keys) == len(ds)
+    ds = shards.read_frames(out)
+    n = len(ds["step"])
+    assert n == m["counts"]["frames"] == sum(s["num_frames"] for s in m["shards"])
+    assert len(set(zip(ds["episode"].tolist(), ds["step"].tolist()))) == n
 
     # Replay episode 1 from its stored seed and actions: the stored frame must be reproduced
     # exactly, and a plain randomized render with the same seed must share the segmentation.
     env = datagen.DatagenEnv(datagen.env_config(m["config"]))
-    item = ds.get(1, 0)
+    item = frame(ds, 1, 0)
     env.reset(seed=int(item["episode_seed"]))
-    last = ds.get(1, 1)
-    env.step(item["action"].numpy())
+    last = frame(ds, 1, 1)
+    env.step(item["action"])
     r_seed = int(last["randomization_seed"])
     pair = env.world.render_pair(r_seed)
-    np.testing.assert_array_equal(pair.randomized_rgb, last["randomized"].permute(1, 2, 0).numpy())
-    np.testing.assert_array_equal(pair.canonical_rgb, last["canonical"].permute(1, 2, 0).numpy())
-    np.testing.assert_array_equal(pair.depth, last["depth"][0].numpy())
+    np.testing.assert_array_equal(pair.randomized_rgb, last["randomized"])
+    np.testing.assert_array_equal(pair.canonical_rgb, last["canonical"])
+    np.testing.assert_array_equal(pair.depth, last["depth"])
     randomized_only = env.world.render("randomized", r_seed)
-    np.testing.assert_array_equal(randomized_only.segmentation, last["segmentation"].numpy())
+    np.testing.assert_array_equal(randomized_only.segmentation, last["segmentation"])
     np.testing.assert_array_equal(randomized_only.rgb, pair.randomized_rgb)
     env.close()
     # Same geometry, different looks: the RGB images differ substantially, all classes are in range.
-    diff = float((last["randomized"].float() - last["canonical"].float()).abs().mean())
+    diff = float(np.abs(last["randomized"].astype(np.float32) - last["canonical"].astype(np.float32)).mean())
     assert diff > 10, diff
-    assert set(np.unique(last["segmentation"].numpy())) <= {0, 1, 2, 3, 4}
-    assert {1, 2, 4} <= set(np.unique(last["segmentation"].numpy()))  # objects, tray and arm visible
+    assert set(np.unique(last["segmentation"])) <= {0, 1, 2, 3, 4}
+    assert {1, 2, 4} <= set(np.unique(last["segmentation"]))  # objects, tray and arm visible
 
 
 def test_test_split_uses_held_out_objects_and_textures(tmp_path):
@@ -72,11 +77,11 @@ def test_test_split_uses_held_out_objects_and_textures(tmp_path):
     m = shards.load_manifest(out)
     (ids,) = m["shards"][0]["episode_object_ids"]
     assert set(ids) <= set(objects.TEST_IDS)
-    item = PairedDataset(out)[0]
+    item = frame(shards.read_frames(out), 0, 0)
     env = datagen.DatagenEnv(datagen.env_config(m["config"]))
     env.reset(seed=int(item["episode_seed"]))
     held_out = env.world.render_pair(int(item["randomization_seed"]), domain="held-out")
-    np.testing.assert_array_equal(held_out.randomized_rgb, item["randomized"].permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(held_out.randomized_rgb, item["randomized"])
     env.close()
 
 
@@ -211,8 +216,10 @@ def test_kill9_then_resume_reaches_exact_count(tmp_path):
     m = shards.load_manifest(out)
     assert m["complete"] and m["counts"]["episodes"] == n
     assert not list(out.glob(".shard-*")), "temp files of killed workers must be cleaned up"
-    ds = PairedDataset(out)
-    pairs = [(int(e), int(s)) for e, s in zip(ds._ep, ds._step)]
+    pairs = [(e, t) for s in m["shards"] for e, n in zip(range(s["episode_start"], s["episode_stop"]), s["episode_frames"])
+             for t in range(n)]  # what the manifest says the shards hold
+    ds = shards.read_frames(out, ("episode", "step"))
+    assert list(zip(ds["episode"].tolist(), ds["step"].tolist())) == pairs
     assert len(pairs) == len(set(pairs)) == m["counts"]["frames"]
     stored = set()
     for s in m["shards"]:
@@ -239,7 +246,7 @@ def test_ray_backend(tmp_path):
                        "--policy", "rcan_sim.datagen:RandomPolicy", *FAST])
     assert rc == 0
     m = shards.load_manifest(out)
-    assert m["complete"] and m["counts"]["episodes"] == 2 and len(PairedDataset(out)) == m["counts"]["frames"]
+    assert m["complete"] and m["counts"]["episodes"] == 2 and len(shards.read_frames(out, ("step",))["step"]) == m["counts"]["frames"]
 
 
 def test_texture_folder_is_recorded_by_contents_and_resume_refuses_a_changed_folder(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Storage layer and PairedDataset on synthetic shards (no simulator needed)."""
+"""Storage layer: the shard writer and the one reader (rcan_sim.shards.read_frames, and generator
+training's rcan_perception.data.load_frames on top of it) on synthetic shards (no simulator needed)."""
 from __future__ import annotations
 
 import errno
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from rcan_common.io import OutputError
+from rcan_perception.data import load_frames, split_by_episode
 from rcan_sim import shards
-from rcan_sim.dataset import PairedDataset
 
 S = 64
 
@@ -54,51 +55,40 @@ def write_dataset(root, lengths: list[list[int]], compression="gzip"):
 
 
 @pytest.mark.parametrize("compression", ["gzip", "lzf", "none"])
-def test_round_trip_and_index(tmp_path, compression):
+def test_round_trip(tmp_path, compression):
     truth = write_dataset(tmp_path, [[3, 2], [4]], compression)
-    ds = PairedDataset(tmp_path)
-    assert len(ds) == 9 == len(truth)
-    assert ds.episodes.tolist() == [0, 1, 2]
-    for (ep, t), rec in truth.items():
-        item = ds.get(ep, t)
-        assert item["randomized"].dtype == torch.uint8 and item["randomized"].shape == (3, S, S)
-        assert item["canonical"].shape == (3, S, S)
-        assert item["segmentation"].dtype == torch.int64 and item["segmentation"].shape == (S, S)
-        assert item["depth"].dtype == torch.float32 and item["depth"].shape == (1, S, S)
-        np.testing.assert_array_equal(item["randomized"].permute(1, 2, 0).numpy(), rec["randomized"])
-        np.testing.assert_array_equal(item["canonical"].permute(1, 2, 0).numpy(), rec["canonical"])
-        np.testing.assert_array_equal(item["segmentation"].numpy(), rec["segmentation"])
-        np.testing.assert_array_equal(item["depth"][0].numpy(), rec["depth"])
-        np.testing.assert_array_equal(item["action"].numpy(), rec["action"])
-        assert int(item["episode"]) == ep and int(item["step"]) == t
-        assert int(item["randomization_seed"]) == rec["randomization_seed"]
-        assert bool(item["terminal"]) == bool(rec["terminal"])
-    with pytest.raises(KeyError, match="episode 1 step 2"):
-        ds.index_of(1, 2)
-    with pytest.raises(IndexError):
-        ds[9]
+    frames = shards.read_frames(tmp_path)
+    schema = shards.frame_schema(S)
+    assert set(frames) == set(schema)
+    for name, (shape, dtype) in schema.items():
+        assert frames[name].shape == (9, *shape) and frames[name].dtype == dtype, name
+    keys = list(zip(frames["episode"].tolist(), frames["step"].tolist()))
+    assert keys == sorted(truth)  # shard order, then step order
+    for i, key in enumerate(keys):
+        for name, value in truth[key].items():
+            np.testing.assert_array_equal(frames[name][i], value, err_msg=f"{key} {name}")
 
 
-def test_episode_filter_and_dataloader_workers(tmp_path):
-    write_dataset(tmp_path, [[2, 2], [2, 2]])
-    ds = PairedDataset(tmp_path, episodes=[1, 3])
-    assert len(ds) == 4 and ds.episodes.tolist() == [1, 3]
-    ds[0]  # open a handle in the parent before forking workers
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, shuffle=False)
-    seen = [(int(e), int(s)) for b in loader for e, s in zip(b["episode"], b["step"])]
-    assert sorted(seen) == [(1, 0), (1, 1), (3, 0), (3, 1)]
+def test_field_subset_and_frame_cap_across_shards(tmp_path):
+    write_dataset(tmp_path, [[2, 2], [3]])
+    frames = shards.read_frames(tmp_path, ("episode", "step"), max_frames=5)
+    assert set(frames) == {"episode", "step"}
+    assert list(zip(frames["episode"].tolist(), frames["step"].tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
 
 
-def test_split_by_whole_episodes(tmp_path):
-    write_dataset(tmp_path, [[2, 3, 1], [2, 2, 4], [1, 1, 2, 3]])
-    ds = PairedDataset(tmp_path)
-    train, val = ds.split(val_fraction=0.3, seed=1)
-    assert len(val.episodes) == 3 and len(train) + len(val) == len(ds)
-    assert not set(train.episodes.tolist()) & set(val.episodes.tolist())
-    again = ds.split(val_fraction=0.3, seed=1)[1]
-    assert again.episodes.tolist() == val.episodes.tolist()
-    with pytest.raises(ValueError, match="val_fraction"):
-        ds.split(val_fraction=1.0)
+def test_generator_frames_come_from_the_same_reader(tmp_path):
+    truth = write_dataset(tmp_path, [[2, 3, 1], [2, 2, 4]])
+    frames = load_frames(tmp_path, max_frames=7)
+    raw = shards.read_frames(tmp_path, max_frames=7)
+    assert len(frames) == 7 and frames.randomized.dtype == torch.uint8 and frames.depth.dtype == torch.float32
+    np.testing.assert_array_equal(frames.randomized.permute(0, 2, 3, 1).numpy(), raw["randomized"])
+    np.testing.assert_array_equal(frames.canonical.permute(0, 2, 3, 1).numpy(), raw["canonical"])
+    np.testing.assert_array_equal(frames.segmentation.numpy(), raw["segmentation"])
+    np.testing.assert_array_equal(frames.depth.numpy(), raw["depth"])
+    np.testing.assert_array_equal(frames.episode.numpy(), raw["episode"])
+    train, val = split_by_episode(load_frames(tmp_path), 0.34)
+    assert len(train) + len(val) == len(truth)
+    assert not set(train.episode.tolist()) & set(val.episode.tolist())
 
 
 def test_uncommitted_shard_is_invisible_and_abort_cleans(tmp_path):
@@ -146,19 +136,28 @@ def test_read_shard_info_matches_commit(tmp_path):
     assert shards.ShardInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
 
 
-def test_manifest_errors(tmp_path):
+def test_manifest_and_reader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an rcan paired dataset"):
-        PairedDataset(tmp_path)
+        shards.load_manifest(tmp_path)
+    assert shards.read_manifest(tmp_path) == {}
+    with pytest.raises(shards.DataError, match="no shard-\\*.h5 files"):
+        shards.read_frames(tmp_path)
+    with pytest.raises(shards.DataError, match="directory not found"):
+        shards.read_frames(tmp_path / "nowhere")
     (tmp_path / "manifest.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not an rcan-paired-hdf5 manifest"):
-        PairedDataset(tmp_path)
-    write_dataset(tmp_path, [[1]])
-    stale = PairedDataset(tmp_path)
-    with shards.ShardWriter(tmp_path, 0, 0, 1, S, "fp") as w:  # the shard is regenerated meanwhile
-        w.append_episode(fake_episode(0, 2, np.random.default_rng(5)))
-        w.commit()
-    with pytest.raises(RuntimeError, match="no longer matches the manifest"):
-        stale[0]
+        shards.load_manifest(tmp_path)
+    write_dataset(tmp_path, [[1], [2]])
+    assert shards.read_manifest(tmp_path)["fingerprint"] == "fp"
+    (tmp_path / "manifest.json").unlink()  # without a manifest, every shard-*.h5 is read
+    assert len(shards.read_frames(tmp_path)["step"]) == 3
+    with h5py.File(tmp_path / "shard-00001.h5", "r+") as f:  # an incomplete shard is skipped
+        f.attrs["complete"] = False
+    assert len(shards.read_frames(tmp_path)["step"]) == 1
     (tmp_path / "shard-00000.h5").unlink()
-    with pytest.raises(FileNotFoundError, match="listed .* but missing"):
-        PairedDataset(tmp_path)
+    with pytest.raises(shards.DataError, match="holds no complete frames"):
+        shards.read_frames(tmp_path)
+    write_dataset(tmp_path, [[1]])
+    (tmp_path / "shard-00000.h5").unlink()  # listed in the manifest but gone
+    with pytest.raises(shards.DataError, match="cannot read shard"):
+        shards.read_frames(tmp_path)

@@ -1,21 +1,18 @@
 """Paired frames for generator training, held in memory as compact tensors.
 
 The generator trains on small images (64 px: ~45 KB per frame), so the whole sharded dataset
-(:mod:`rcan_sim.shards` layout) is read once, shard by shard, into uint8/float32 tensors;
-batches are then plain index gathers, with no loader workers to compete for the CPU.
+is read once by the format's one reader (:func:`rcan_sim.shards.read_frames`) into uint8/float32
+tensors; batches are then plain index gathers, with no loader workers to compete for the CPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-
-class DataError(ValueError):
-    """The dataset is missing, empty or malformed; the message names the path."""
+from rcan_sim.shards import DataError, read_frames, read_manifest  # noqa: F401  (DataError, read_manifest: for callers)
 
 
 @dataclass
@@ -50,56 +47,9 @@ class Frames:
                       self.depth[index], self.episode[index])
 
 
-def shard_files(root: str | Path) -> list[Path]:
-    """Shards listed in the manifest (only fully written shards are listed), else every shard-*.h5."""
-    import json
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"dataset directory not found: {root}")
-    try:
-        listed = json.loads((root / "manifest.json").read_text())["shards"]
-        files = sorted(root / s["file"] for s in listed)
-    except (OSError, ValueError, KeyError, TypeError):
-        files = sorted(root.glob("shard-*.h5"))
-    if not files:
-        raise DataError(f"no shard-*.h5 files in {root}: not an rcan paired dataset (run `rcan datagen`)")
-    return files
-
-
-def manifest(root: str | Path) -> dict:
-    """The dataset's manifest.json (for model cards), or {} when it has none."""
-    import json
-
-    p = Path(root) / "manifest.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def load_frames(root: str | Path, max_frames: int = 0) -> Frames:
     """Read complete shards of `root` (in shard order) into memory; ``max_frames`` > 0 caps the count."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("randomized", "canonical", "segmentation", "depth", "episode")}
-    total = 0
-    for path in shard_files(root):
-        try:
-            with h5py.File(path, "r") as f:
-                if not bool(f.attrs.get("complete", False)):
-                    continue
-                n = int(f["randomized"].shape[0])
-                if max_frames:
-                    n = min(n, max_frames - total)
-                for k in parts:
-                    parts[k].append(f[k][:n])
-        except (OSError, KeyError) as exc:
-            raise DataError(f"cannot read shard {path}: {exc}") from exc
-        total += n
-        if max_frames and total >= max_frames:
-            break
-    if total == 0:
-        raise DataError(f"dataset {root} holds no complete frames")
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    cat = read_frames(root, ("randomized", "canonical", "segmentation", "depth", "episode"), max_frames)
     return Frames(
         randomized=torch.from_numpy(cat["randomized"]).permute(0, 3, 1, 2).contiguous(),
         canonical=torch.from_numpy(cat["canonical"]).permute(0, 3, 1, 2).contiguous(),

@@ -158,13 +158,13 @@ def datagen_command(path: str, man: dict) -> str | None:
 
 def datagen_commands(run_cfg: dict, train_info: dict) -> list[str]:
     """Reproducing datagen calls: from what training actually read when recorded, else today's manifests."""
-    from rcan_perception.data import manifest
+    from rcan_perception.data import read_manifest
 
     if train_info.get("datasets"):
         return [c for snap in train_info["datasets"]
                 if (c := datagen_command(snap["path"], {"config": snap["config"], "counts": {"episodes": snap["episodes"]}}))]
     dirs = [*run_cfg["data"], run_cfg.get("eval_data"), run_cfg.get("test_data")]
-    return [c for d in dirs if d and (c := datagen_command(d, manifest(d)))]
+    return [c for d in dirs if d and (c := datagen_command(d, read_manifest(d)))]
 
 
 def parity_frames(run_cfg: dict, contract: GeneratorContract, n: int):
@@ -275,7 +275,7 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         p = run / name
         return json.loads(p.read_text()) if p.is_file() else None
 
-    from rcan_perception.data import manifest
+    from rcan_perception.data import read_manifest
 
     train_cmds = (run / "command.txt").read_text().splitlines() if (run / "command.txt").is_file() else []
     card = {
@@ -292,9 +292,9 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         "train_config": run_cfg,
         "contract": json.loads(contract_path(cfg.out).read_text()),
         "datasets_used": (read_json("train_info.json") or {}).get("datasets"),
-        "dataset_manifests_at_export": {d: _summarise(manifest(d)) for d in run_cfg["data"]},
-        "eval_dataset_manifest": _summarise(manifest(run_cfg["eval_data"])) if run_cfg.get("eval_data") else None,
-        "test_dataset_manifest": _summarise(manifest(run_cfg["test_data"])) if run_cfg.get("test_data") else None,
+        "dataset_manifests_at_export": {d: _summarise(read_manifest(d)) for d in run_cfg["data"]},
+        "eval_dataset_manifest": _summarise(read_manifest(run_cfg["eval_data"])) if run_cfg.get("eval_data") else None,
+        "test_dataset_manifest": _summarise(read_manifest(run_cfg["test_data"])) if run_cfg.get("test_data") else None,
         "training": read_json("train_info.json"),
         "held_out_metrics": read_json("metrics.json"),
         "parity": parity,

@@ -477,10 +477,10 @@ class Trainer:
 
 def dataset_snapshot(path: Path, role: str, frames: Frames) -> dict:
     """What was actually read from a dataset directory (it may grow later: datagen --resume appends)."""
-    from rcan_perception.data import manifest
+    from rcan_perception.data import read_manifest
 
     return {"path": str(path), "role": role, "frames": len(frames),
-            "episodes": int(frames.episode.unique().numel()), "config": manifest(path).get("config")}
+            "episodes": int(frames.episode.unique().numel()), "config": read_manifest(path).get("config")}
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[Frames, Frames, Frames | None, list[dict]]:

@@ -33,6 +33,11 @@ Layout of one shard (N frames, images H x W)::
     attrs: format, format_version, shard, episode_start, episode_stop, num_frames,
            image_size, fingerprint (of the generating config), complete,
            episode_object_ids (JSON list: the object ids of each episode)
+
+This module is the format's only reader as well as its writer: `read_frames` loads the
+complete shards of a dataset (generator training, rcan_perception.data), `read_shard_info`
+and `shard_fingerprint` read a shard's attributes, `load_manifest` (strict, for datagen) and
+`read_manifest` (lenient, for model cards) the manifest.
 """
 from __future__ import annotations
 
@@ -73,6 +78,10 @@ def frame_schema(image_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]
         "reward": ((), np.dtype(np.float32)),
         "terminal": ((), np.dtype(np.uint8)),
     }
+
+
+class DataError(ValueError):
+    """The dataset is missing, empty or malformed; the message names the path."""
 
 
 def shard_name(index: int) -> str:
@@ -277,3 +286,55 @@ def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
             raise OutputError(errno.ENOSPC, f"disk full while updating {Path(root) / MANIFEST}; the previous "
                                             f"manifest is intact: free some space and rerun with --resume") from exc
         raise
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The dataset's manifest.json as written (for model cards), or {} when it has none or it is unreadable."""
+    try:
+        return json.loads((Path(root) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def shard_paths(root: str | Path) -> list[Path]:
+    """Shards listed in the manifest (only fully written shards are listed), else every shard-*.h5, in order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset directory not found: {root}")
+    try:
+        listed = json.loads((root / MANIFEST).read_text())["shards"]
+        files = sorted(root / s["file"] for s in listed)
+    except (OSError, ValueError, KeyError, TypeError):
+        files = sorted(root.glob("shard-*.h5"))
+    if not files:
+        raise DataError(f"no shard-*.h5 files in {root}: not an rcan paired dataset (run `rcan datagen`)")
+    return files
+
+
+def read_frames(root: str | Path, fields: Sequence[str] | None = None, max_frames: int = 0) -> dict[str, np.ndarray]:
+    """The frames of the complete shards of dataset `root`, in shard order, as one array per field
+    (`fields`: names from the layout above, default all); ``max_frames`` > 0 caps the count."""
+    names = list(fields) if fields is not None else list(frame_schema(1))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    total = 0
+    for path in shard_paths(root):
+        try:
+            with h5py.File(path, "r") as f:
+                if not bool(f.attrs.get("complete", False)):
+                    continue
+                n = int(f[names[0]].shape[0])
+                if max_frames:
+                    n = min(n, max_frames - total)
+                for k in names:
+                    parts[k].append(f[k][:n])
+        except (OSError, KeyError) as exc:
+            raise DataError(f"cannot read shard {path}: {exc}") from exc
+        total += n
+        if max_frames and total >= max_frames:
+            break
+    if total == 0:
+        raise DataError(f"dataset {root} holds no complete frames")
+    return {k: np.concatenate(v) for k, v in parts.items()}
