@@ -10,10 +10,8 @@ library versions.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import numpy as np
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
+from rcan_common.provenance import file_sha256, git_commit, package_versions
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import ORACLE
@@ -72,23 +71,9 @@ class EvalConfig:
         require(self.threads >= 1, "threads", "must be >= 1")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _versions() -> dict[str, str]:
-    import onnxruntime
-    import pybullet
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "pybullet": str(pybullet.getAPIVersion()),
-            "platform": platform.platform(), "git_commit": commit}
+    return {**package_versions(("numpy", "torch", "onnxruntime", "pybullet")), "platform": platform.platform(),
+            "git_commit": git_commit()}
 
 
 def resolve_policy(cfg: EvalConfig) -> dict:
@@ -118,9 +103,9 @@ def resolve_policy(cfg: EvalConfig) -> dict:
         if generator is None or (generator != ORACLE and not Path(generator).is_file()):
             raise ConfigError(f"invalid config field 'generator': the rcan policy needs a generator ONNX "
                               f"(got {generator!r}); pass --generator")
-    files = {"policy": {"path": str(path), "sha256": _sha256(path)}}
+    files = {"policy": {"path": str(path), "sha256": file_sha256(path)}}
     if generator not in (None, ORACLE):
-        files["generator"] = {"path": str(generator), "sha256": _sha256(Path(generator))}
+        files["generator"] = {"path": str(generator), "sha256": file_sha256(generator)}
     return {"kind": path.suffix.lstrip("."), "path": path, "variant": meta["variant"],
             "image_size": int(meta["qnet"]["image_size"]), "generator": generator, "files": files, "meta": meta}
 

@@ -24,7 +24,6 @@ replay order.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -39,6 +38,7 @@ import torch
 from rcan_common.config import ConfigError, from_dict, parse_cli, require, save, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
+from rcan_common.runlog import RunLog
 from rcan_grasp_policy.backends import PolicyLoadError, load_policy_net, save_policy
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
@@ -312,20 +312,11 @@ def train(cfg: TrainConfig) -> Path:
     elif (d / "checkpoint.json").exists():
         raise ConfigError(f"invalid config field 'run_name': {d} already holds a run; pass --resume or another --run-name")
     save(cfg, d / "config.json")
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(d / "tb"))
-    new_csv = not (d / "metrics.csv").exists()
-    columns = ["updates", "episodes", "env_steps", "replay", "loss", "q_mean", "target_mean", "grad_norm",
-               "collect_success", "eval_success", "updates_per_s", "grasps_per_s", "elapsed_s", "conservative_penalty"]
-    if not new_csv:  # a resumed run keeps its file's columns (older runs lack the newer ones)
-        with open(d / "metrics.csv", newline="") as f:
-            columns = next(csv.reader(f), columns)
-    csv_file = open(d / "metrics.csv", "a", newline="")
-    log = csv.DictWriter(csv_file, columns, extrasaction="ignore")
-    if new_csv:
-        log.writeheader()
+    log = RunLog(d, ["updates", "episodes", "env_steps", "replay", "loss", "q_mean", "target_mean", "grad_norm",
+                     "collect_success", "eval_success", "updates_per_s", "grasps_per_s", "elapsed_s",
+                     "conservative_penalty"])
     executor = make_executor(cfg.workers, cfg.ray)
     t0 = time.perf_counter()
     deadline = t0 + 60 * cfg.time_budget_min if cfg.time_budget_min > 0 else math.inf
@@ -370,16 +361,15 @@ def train(cfg: TrainConfig) -> Path:
                                "eval_success": tr.last_eval["success_rate"] if tr.last_eval else "",
                                "updates_per_s": round((u - start_updates) / el, 3),
                                "grasps_per_s": round((tr.episodes - start_episodes) / el, 3), "elapsed_s": round(el, 1)}
-                        log.writerow(row)
-                        csv_file.flush()
+                        log.write(row)
                         for k, v in row.items():
                             if v != "" and k not in ("updates",):
-                                writer.add_scalar(f"train/{k}", float(v), u)
+                                log.scalar(f"train/{k}", float(v), u)
                         bar.set_postfix(loss=f"{metrics['loss']:.3f}", grasps_s=row["grasps_per_s"],
                                         upd_s=row["updates_per_s"], succ=row["collect_success"])
             if tr.algo.updates >= next_eval:
                 ev = tr.evaluate(executor, cfg.eval_episodes)
-                writer.add_scalar("eval/success_rate", ev["success_rate"], tr.algo.updates)
+                log.scalar("eval/success_rate", ev["success_rate"], tr.algo.updates)
                 bar.write(f"eval @ {tr.algo.updates} updates: {ev['successes']}/{ev['episodes']} on test objects")
                 next_eval = (tr.algo.updates // cfg.eval_every + 1) * cfg.eval_every
             if tr.algo.updates >= next_ckpt:
@@ -392,14 +382,13 @@ def train(cfg: TrainConfig) -> Path:
             if tr.last_eval is None or tr.last_eval["updates"] != tr.algo.updates:
                 tr.evaluate(executor, cfg.eval_episodes)
             ev = tr.last_eval
-            writer.add_scalar("eval/success_rate", ev["success_rate"], tr.algo.updates)
+            log.scalar("eval/success_rate", ev["success_rate"], tr.algo.updates)
             bar.write(f"final eval @ {tr.algo.updates} updates: {ev['successes']}/{ev['episodes']} on test objects "
                       f"({tr.domain} domain)")
         tr.checkpoint()
     finally:
         bar.close()
-        writer.close()
-        csv_file.close()
+        log.close()
         executor.close()
     return d
 

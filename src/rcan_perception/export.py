@@ -14,7 +14,6 @@ difference over all outputs must be <= ``parity_tol``, else the export fails wit
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import sys
@@ -29,6 +28,7 @@ import torch
 
 from rcan_common.config import ConfigError, from_dict, parse_cli, require
 from rcan_common.io import OutputError, atomic_write_bytes, atomic_write_json, ensure_writable_dir
+from rcan_common.provenance import file_sha256
 from rcan_perception import checkpoint as ckpt
 from rcan_perception.contract import GeneratorContract, contract_path, postprocess, preprocess
 from rcan_perception.model import Generator, config_path, save_generator
@@ -132,10 +132,6 @@ def check_parity(generator: Generator, onnx_path: str | Path, contract: Generato
     if not worst <= tol:  # also catches NaN
         raise ParityError(f"ONNX Runtime vs torch max abs error {worst:.3g} exceeds {tol:.3g}: {errors}")
     return result
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _summarise(obj, depth: int = 0):
@@ -281,7 +277,7 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
     card = {
         "name": cfg.out.stem,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {"onnx": cfg.out.name, "onnx_sha256": _sha256(cfg.out), "onnx_bytes": cfg.out.stat().st_size,
+        "files": {"onnx": cfg.out.name, "onnx_sha256": file_sha256(cfg.out), "onnx_bytes": cfg.out.stat().st_size,
                   "contract": contract_path(cfg.out).name, "weights": weights.name,
                   "weights_config": config_path(weights).name},
         "opset": cfg.opset if cfg.exporter == "torchscript" else max(cfg.opset, 18),

@@ -18,7 +18,6 @@ N/2 + resume-to-N give identical weights when ``--deterministic`` is set.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -35,6 +34,7 @@ import torch
 
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.io import OutputError, atomic_write_json, ensure_writable_dir
+from rcan_common.runlog import RunLog
 from rcan_perception import checkpoint as ckpt
 from rcan_perception.contract import GeneratorContract, canonical_to_unit, normalize_depth, normalize_image
 from rcan_perception.data import DataError, Frames, batch_indices, concat_frames, load_frames, split_by_episode
@@ -395,7 +395,7 @@ class Trainer:
         write_png(path, grid)
         return grid
 
-    def run_eval(self, tb, final: bool = False) -> dict:
+    def run_eval(self, log: RunLog | None, final: bool = False) -> dict:
         res = evaluate(self.G, self.contract, self.held_out, self.device)
         res = {"step": self.step, **res}
         if final and self.test_frames is not None:
@@ -403,22 +403,17 @@ class Trainer:
         self.evals.append(res)
         atomic_write_json(self.run_dir / "eval.json", self.evals)
         atomic_write_json(self.run_dir / "metrics.json", res)
-        if tb is not None:
+        if log is not None:
             for k in ("psnr_db", "ssim", "seg_miou", "seg_object_iou", "depth_rmse_m"):
                 if res.get(k) is not None:
-                    tb.add_scalar(f"eval/{k}", res[k], self.step)
+                    log.scalar(f"eval/{k}", res[k], self.step)
         return res
 
     def run(self) -> dict:
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         cfg = self.cfg
-        tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
-        csv_path = self.run_dir / "metrics.csv"
-        new_csv = not csv_path.is_file()
-        csv_file = open(csv_path, "a", newline="")
-        writer = None
+        log = RunLog(self.run_dir, purge_step=self.step or None)
         started = time.monotonic()
         wall_at_start = self.wall_s
         last_log_t, last_log_step = started, self.step
@@ -438,15 +433,10 @@ class Trainer:
                     rate = (self.step - last_log_step) * cfg.batch_size / max(now - last_log_t, 1e-9)
                     last_log_t, last_log_step = now, self.step
                     row = {"step": self.step, "wall_s": round(self.wall_s, 2), "frames_per_s": round(rate, 2), **losses}
-                    if writer is None:
-                        writer = csv.DictWriter(csv_file, fieldnames=list(row))
-                        if new_csv:
-                            writer.writeheader()
-                    writer.writerow(row)
-                    csv_file.flush()
+                    log.write(row)
                     for k, v in losses.items():
-                        tb.add_scalar(f"train/{k}", v, self.step)
-                    tb.add_scalar("train/frames_per_s", rate, self.step)
+                        log.scalar(f"train/{k}", v, self.step)
+                    log.scalar("train/frames_per_s", rate, self.step)
                     bar.set_postfix(g=f"{losses['loss_g']:.3f}", seg=f"{losses['loss_seg_l2']:.3f}")
                 out_of_time = cfg.max_minutes > 0 and now - started >= cfg.max_minutes * 60
                 final = self.step == cfg.steps or out_of_time
@@ -455,16 +445,15 @@ class Trainer:
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and not final:
                     self.write_samples()
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
-                    self.run_eval(tb)
+                    self.run_eval(log)
                 if out_of_time:
                     stopped_early = self.step < cfg.steps
                     break
-            tb.add_image("samples", self.write_samples(), self.step, dataformats="HWC")
-            result = self.run_eval(tb, final=True)
+            log.tb.add_image("samples", self.write_samples(), self.step, dataformats="HWC")
+            result = self.run_eval(log, final=True)
         finally:
             bar.close()
-            csv_file.close()
-            tb.close()
+            log.close()
         info = {"steps": self.step, "target_steps": cfg.steps, "stopped_early_by_max_minutes": stopped_early,
                 "train_wall_s": round(self.wall_s, 1), "frames_seen": self.step * cfg.batch_size,
                 "train_frames": len(self.train_frames), "held_out_frames": len(self.held_out),

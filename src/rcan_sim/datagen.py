@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import importlib.metadata
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ import numpy as np
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import WorkerError, make_executor
 from rcan_common.io import OutputError, ensure_writable_dir
+from rcan_common import provenance
 from rcan_sim import shards
 from rcan_common.action import make_action
 from rcan_sim.env import EnvConfig, GraspEnv
@@ -310,29 +310,9 @@ def generate_shard(task: ShardTask) -> dict[str, Any]:
 
 
 def package_versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for dist in ("numpy", "pybullet", "torch", "h5py", "rcan_bringup"):
-        try:
-            out["rcan" if dist == "rcan_bringup" else dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    out["rcan_git"] = _git_commit()
-    return out
-
-
-def _git_commit() -> str:
-    """The source commit (with '+dirty' for local changes), or 'unknown' outside a git checkout."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
+    """What the manifest records of the software that generated the data."""
+    return {**provenance.package_versions(("numpy", "pybullet", "torch", "h5py", "rcan_bringup")),
+            "rcan_git": provenance.git_commit()}
 
 
 def plan_shards(episodes: int, per_shard: int) -> list[tuple[int, int, int]]:
