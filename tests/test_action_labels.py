@@ -177,6 +177,8 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
         torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=0)
     evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
     assert [e["updates"] for e in evals] == [4, 8]
+    assert sorted(p.name for p in (run / "snapshots").glob("*.safetensors")) == ["policy-4.safetensors",
+                                                                                  "policy-8.safetensors"]
     assert {"label_auc", "within_state_auc", "pick_label", "cem_regret", "greedy_success"} <= set(evals[0])
     # training-only auxiliary heads: resumable like the rest, dropped from the exported policy
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "aux", "--aux-weight", "0.5",

@@ -319,9 +319,19 @@ class LabelTrainer:
         tmp.replace(self.run_dir / "checkpoint.safetensors")
         atomic_write_json(self.run_dir / "checkpoint.json", {"updates": self.updates, "rng": self.rng.bit_generator.state,
                                                              "optim_param_groups": opt["param_groups"]})
-        save_policy(self.run_dir / "policy.safetensors", self.net,
-                    {"variant": self.cfg.variant, "generator": self.generator, "domain": self.domain, "updates": self.updates,
-                     "run": self.cfg.run_name, "train_config": to_dict(self.cfg), "trained_on": "action labels"})
+        save_policy(self.run_dir / "policy.safetensors", self.net, self._meta())
+
+    def snapshot(self) -> Path:
+        """The current weights as snapshots/policy-<updates>.safetensors (+ .json), kept beside every check so a
+        run's best check can be exported later (`rcan export-policy --checkpoint <that file>`)."""
+        path = self.run_dir / "snapshots" / f"policy-{self.updates}.safetensors"
+        save_policy(path, self.net, self._meta())
+        return path
+
+    def _meta(self) -> dict:
+        return {"variant": self.cfg.variant, "generator": self.generator, "domain": self.domain,
+                "updates": self.updates, "run": self.cfg.run_name, "train_config": to_dict(self.cfg),
+                "trained_on": "action labels"}
 
     def restore(self) -> None:
         from safetensors.torch import load_file
@@ -400,6 +410,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
                 check = heldout_check(tr.net, tr.heldout, cfg.cem, np.random.default_rng([cfg.seed, tr.updates]))
                 if cfg.eval_episodes:
                     check.update(tr.greedy_check(executor))
+                tr.snapshot()
                 with open(d / "evals.jsonl", "a") as f:
                     f.write(json.dumps({"updates": tr.updates, **check}) + "\n")
                 row(check)
