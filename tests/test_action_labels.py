@@ -121,6 +121,13 @@ def test_label_run_writes_shards_resumes_and_rerenders(tmp_path):
     from dataclasses import replace
 
     assert L.run(replace(cfg, resume=True), progress=False)["shards"] == 0
+    # a manifest written before a setting existed resumes when the run used that setting's default
+    import json
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["settings"]["behaviour"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert L.run(replace(cfg, resume=True), progress=False)["shards"] == 0
     with pytest.raises(Exception, match="other settings"):
         L.run(replace(cfg, resume=True, candidates=5), progress=False)
 

@@ -119,8 +119,10 @@ def _card_md(card: dict) -> str:
     lines = [f"# {card['name']}", "", card["summary"], "",
              f"- variant: `{m['variant']}` ({m['qnet']['in_channels']} input channels, {m['qnet']['image_size']} px, "
              f"width {m['qnet']['width']})",
-             f"- generator: `{m.get('generator')}`",
-             f"- training: {m.get('updates')} updates, {m.get('episodes')} collected episodes (run `{m.get('run')}`)",
+             f"- generator: `{m.get('generator')}`" if m.get("generator") else "- generator: none (3-channel input)",
+             (f"- training: {m.get('updates')} updates on counterfactual action labels (run `{m.get('run')}`)"
+              if m.get("trained_on") == "action labels" else
+              f"- training: {m.get('updates')} updates, {m.get('episodes')} collected episodes (run `{m.get('run')}`)"),
              f"- parity: max |q_torch - q_ort| = {p['q_max_abs_diff']:.2e}; CEM picks the same actions: "
              f"{p['cem_same_actions']}", "", "## Evaluation (unseen test objects)", ""]
     if card["evaluations"]:

@@ -371,7 +371,9 @@ def run(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
         old = json.loads(manifest_path.read_text())
         if not cfg.resume:
             raise ConfigError(f"{out} already holds labels; pass --resume to continue them or choose another --out-dir")
-        if old.get("settings") != settings:
+        # a setting added after a run was labelled counts as that run's if the run used its default
+        defaults = {k: v for k, v in to_dict(LabelConfig()).items() if k in settings}
+        if {**defaults, **old.get("settings", {})} != settings:
             raise ConfigError(f"{out} was labelled with other settings ({old.get('settings')}); "
                               f"resume needs the same ones")
     atomic_write_json(manifest_path, {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings})
