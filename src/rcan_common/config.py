@@ -123,6 +123,21 @@ def save(cfg: Any, path: str | Path) -> None:
     atomic_write_json(path, to_dict(cfg))
 
 
+def load_for_resume(cls: type[T], run_dir: str | Path, cfg: T, fixed: Sequence[str]) -> T:
+    """The config a run directory was started with (its config.json), after checking that a resumed run
+    keeps every field in `fixed` (the ones that shape its networks or data); ConfigError names the first
+    that differs, and FileNotFoundError says when there is no checkpoint to resume."""
+    d = Path(run_dir)
+    if not (d / "checkpoint.json").is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {d}")
+    saved = load(cls, d / "config.json")
+    for f in fixed:
+        if getattr(saved, f) != getattr(cfg, f):
+            raise ConfigError(f"invalid config field '{f}': run {d} was trained with {getattr(saved, f)!r}, "
+                              f"got {getattr(cfg, f)!r}")
+    return saved
+
+
 def parse_cli(cls: type[T], args: Sequence[str] | None = None, description: str | None = None,
               default: T | None = None) -> T:
     """Generate the CLI from the dataclass (field docstrings are the help text) and parse it.

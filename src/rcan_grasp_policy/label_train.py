@@ -17,7 +17,6 @@ Resume is exact: weights, BatchNorm statistics, Adam state, update counter and b
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -30,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from rcan_common.action import CLOSE
-from rcan_common.config import ConfigError, from_dict, parse_cli, require, save, to_dict
+from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, save, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
+from rcan_common.runlog import RunLog
 from rcan_common.stats import wilson_interval
 from rcan_grasp_policy.backends import TorchQFunction, save_policy
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
@@ -337,13 +337,7 @@ class LabelTrainer:
         from safetensors.torch import load_file
 
         d = self.run_dir
-        if not (d / "checkpoint.json").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {d}")
-        saved = from_dict(LabelTrainConfig, json.loads((d / "config.json").read_text()))
-        for f in _ARCH_FIELDS:
-            if getattr(saved, f) != getattr(self.cfg, f):
-                raise ConfigError(f"invalid config field '{f}': run {d} was trained with {getattr(saved, f)!r}, "
-                                  f"got {getattr(self.cfg, f)!r}")
+        load_for_resume(LabelTrainConfig, d, self.cfg, _ARCH_FIELDS)
         extra = json.loads((d / "checkpoint.json").read_text())
         tensors = load_file(str(d / "checkpoint.safetensors"))
         torch.set_rng_state(tensors.pop("torch_rng"))
@@ -369,16 +363,9 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     elif (d / "checkpoint.json").exists():
         raise ConfigError(f"invalid config field 'run_name': {d} already holds a run; pass --resume or another --run-name")
     save(cfg, d / "config.json")
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(d / "tb"))
-    columns = ["updates", "loss", "label_auc", "within_state_auc", "close_auc", "pick_label", "random_label", "oracle_label",
-               "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"]
-    new_csv = not (d / "metrics.csv").exists()
-    csv_file = open(d / "metrics.csv", "a", newline="")
-    log = csv.DictWriter(csv_file, columns, extrasaction="ignore")
-    if new_csv:
-        log.writeheader()
+    log = RunLog(d, ["updates", "loss", "label_auc", "within_state_auc", "close_auc", "pick_label", "random_label",
+                     "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
+                 purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()
     deadline = t0 + 60 * cfg.time_budget_min if cfg.time_budget_min > 0 else math.inf
@@ -391,11 +378,10 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
         r = {"updates": tr.updates, "loss": float(np.mean(losses)) if losses else float("nan"),
              "updates_per_s": (tr.updates - start) / max(time.perf_counter() - t0, 1e-9),
              "elapsed_s": time.perf_counter() - t0, **extra}
-        log.writerow(r)
-        csv_file.flush()
+        log.write(r)
         for k, v in r.items():
             if isinstance(v, float) and k != "updates":
-                writer.add_scalar(k, v, tr.updates)
+                log.scalar(k, v, tr.updates)
         if progress:
             print("[train-labels] " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in r.items() if not isinstance(v, list)), flush=True)
@@ -419,8 +405,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     finally:
         tr.checkpoint()
         executor.close()
-        writer.close()
-        csv_file.close()
+        log.close()
     return d
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcan_common.config import ConfigError, from_dict, parse_cli, require, save, to_dict
+from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, save, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.runlog import RunLog
@@ -227,13 +227,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         d = self.run_dir
-        if not (d / "checkpoint.json").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {d}")
-        saved = from_dict(TrainConfig, json.loads((d / "config.json").read_text()))
-        for f in _ARCH_FIELDS:
-            if getattr(saved, f) != getattr(self.cfg, f):
-                raise ConfigError(f"invalid config field '{f}': run {d} was trained with {getattr(saved, f)!r}, "
-                                  f"got {getattr(self.cfg, f)!r}")
+        saved = load_for_resume(TrainConfig, d, self.cfg, _ARCH_FIELDS)
         if saved.algo.gamma != self.cfg.algo.gamma:  # the replay's Monte-Carlo returns are discounted with it
             raise ConfigError(f"invalid config field 'algo.gamma': run {d} recorded its replay's returns with "
                               f"gamma {saved.algo.gamma}, got {self.cfg.algo.gamma}")
