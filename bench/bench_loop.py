@@ -22,6 +22,13 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+
+def _repo_relative(path) -> str:
+    """The path relative to the repository when it lies inside it (result JSON carries no machine paths)."""
+    path = Path(path).resolve()
+    root = Path(__file__).resolve().parents[1]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of `pid` in seconds, or None once it has gone."""
     try:
@@ -73,7 +80,7 @@ def run(seconds: float = 60.0, image_size: int = 64, camera_rate_hz: float = 10.
     return {
         "benchmark": "control loop (sim graph, real processes, loopback DDS)",
         "image_size": image_size, "camera_rate_hz": camera_rate_hz, "seconds": round(wall, 1),
-        "models": {"generator": str(generator), "policy": str(policy), "shipped": shipped},
+        "models": {"generator": _repo_relative(generator), "policy": _repo_relative(policy), "shipped": shipped},
         "latency": summary,
         "goal_p95_ms": 150.0, "goal_met": loop["p95_ms"] is not None and loop["p95_ms"] < 150.0,
         "rates_hz": {"camera": round(cameras / wall, 2), "canonical": round(canonical_hz, 2),

@@ -195,7 +195,7 @@ def bench_labels(scenes: int = 4) -> dict:
         torch.manual_seed(0)
         train.net = QNetwork(train.cfg.qnet_config()).train()
         train.opt = torch.optim.AdamW(train.net.parameters(), lr=1e-3)
-        train.rng, train.updates = np.random.default_rng(0), 0
+        train.rng, train.updates, train.aux = np.random.default_rng(0), 0, None
         torch.set_num_threads(1)
         train.update()
         t0 = time.perf_counter()
