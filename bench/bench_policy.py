@@ -189,13 +189,8 @@ def bench_labels(scenes: int = 4) -> dict:
         collect_cpu = time.process_time() - c0
         n_transitions = len(res.transitions.reward)
         # learner on these labels
-        train = LabelTrainer.__new__(LabelTrainer)
-        train.cfg = LabelTrainConfig(labels=(Path(tmp),), threads=1)
-        train.train = {k: data[k] for k in ("image", "state", "candidates", "labels", "seed")}
-        torch.manual_seed(0)
-        train.net = QNetwork(train.cfg.qnet_config()).train()
-        train.opt = torch.optim.AdamW(train.net.parameters(), lr=1e-3)
-        train.rng, train.updates, train.aux = np.random.default_rng(0), 0, None
+        train = LabelTrainer(LabelTrainConfig(labels=(Path(tmp),), eval_labels=Path(tmp), out_dir=Path(tmp) / "runs",
+                                              threads=1))
         torch.set_num_threads(1)
         train.update()
         t0 = time.perf_counter()
