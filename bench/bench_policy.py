@@ -170,10 +170,11 @@ def bench_labels(scenes: int = 4) -> dict:
 
     from rcan_grasp_policy.collect import CollectTask, collect_episodes
     from rcan_grasp_policy.label_train import LabelTrainConfig, LabelTrainer
-    from rcan_grasp_policy.labels import LabelConfig, label_task, load_labels
+    from rcan_grasp_policy.labels import LabelConfig, label_task, load_labels, write_manifest
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LabelConfig(out_dir=Path(tmp), scenes=scenes + 1, scenes_per_task=1, split="train")
+        write_manifest(cfg)
         label_task((cfg, 0))  # build the env first
         c0 = time.process_time()
         summaries = [label_task((cfg, t)) for t in range(1, scenes + 1)]

@@ -361,10 +361,20 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
 
 
 # --------------------------------------------------------------------------- CLI
+def manifest_settings(cfg: LabelConfig) -> dict[str, Any]:
+    """The settings a label directory is bound to (what --resume must repeat)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("out_dir", "workers", "ray", "resume", "scenes")}
+
+
+def write_manifest(cfg: LabelConfig) -> None:
+    atomic_write_json(Path(cfg.out_dir) / "manifest.json",
+                      {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": manifest_settings(cfg)})
+
+
 def run(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
     out = ensure_writable_dir(cfg.out_dir)
     manifest_path = out / "manifest.json"
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("out_dir", "workers", "ray", "resume", "scenes")}
+    settings = manifest_settings(cfg)
     if manifest_path.exists():
         import json
 
@@ -376,7 +386,7 @@ def run(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
         if {**defaults, **old.get("settings", {})} != settings:
             raise ConfigError(f"{out} was labelled with other settings ({old.get('settings')}); "
                               f"resume needs the same ones")
-    atomic_write_json(manifest_path, {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings})
+    write_manifest(cfg)
     todo = [t for t in range(cfg.tasks) if not (cfg.resume and shard_path(out, t).exists())]
     ex = make_executor(cfg.workers, cfg.ray)
     t0, states, done = time.perf_counter(), 0, 0
