@@ -175,6 +175,13 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert label_train.main(args + ["--total-updates", "6", "--resume", "--width", "5"]) == 2
     assert "'width'" in capsys.readouterr().err
+    # SIGTERM (its handler sets STOP) ends a run after the current update, with a checkpoint
+    label_train._stop(15, None)
+    try:
+        assert label_train.main(args + ["--total-updates", "6", "--run-name", "term"]) == 0
+    finally:
+        label_train.STOP.clear()
+    assert json.loads((tmp_path / "term" / "checkpoint.json").read_text())["updates"] == 0
     # resume continues from the saved state: 4 more updates after the restore equal an uninterrupted 8
     assert label_train.main(args + ["--total-updates", "8", "--resume"]) == 0
     resumed = load_file(str(run / "policy.safetensors"))

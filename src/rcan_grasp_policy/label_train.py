@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -387,7 +388,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
                                                 for k, v in r.items() if not isinstance(v, list)), flush=True)
 
     try:
-        while tr.updates < cfg.total_updates and time.perf_counter() < deadline:
+        while tr.updates < cfg.total_updates and time.perf_counter() < deadline and not STOP.is_set():
             losses.append(tr.update()["loss"])
             if tr.updates % cfg.log_every == 0:
                 row({})
@@ -409,7 +410,19 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     return d
 
 
+STOP = threading.Event()
+"""Set by SIGTERM: the run ends after the current update, with a checkpoint that --resume continues exactly."""
+
+
+def _stop(signum, frame):
+    STOP.set()
+    print(f"signal {signum}: stopping after this update, with a checkpoint", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         cfg = parse_cli(LabelTrainConfig, argv)
         d = train(cfg)
