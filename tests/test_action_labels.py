@@ -232,6 +232,10 @@ def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
     assert len(list(tmp_path.glob("images-rcan-64-*.npy"))) == 1
     np.testing.assert_array_equal(L.policy_images(tmp_path, data, "rcan", str(gen)), images)  # from the cache
     assert L.policy_images(tmp_path, data, "canonical") is data["image"]
+    # framing experiment: the same camera, narrower: the tray fills more of the frame
+    narrow = L.policy_images(tmp_path, data, "canonical", camera_fov_deg=24)
+    assert narrow.shape == data["image"].shape and not np.array_equal(narrow, data["image"])
+    assert len(list(tmp_path.glob("images-canonical-64-fov24-*.npy"))) == 1
 
 
 def test_shift_moves_pixel_targets_with_the_image():

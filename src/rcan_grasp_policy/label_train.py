@@ -44,7 +44,8 @@ from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "aux_weight", "blank_images")
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "aux_weight", "blank_images",
+                "camera_fov_deg")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -91,6 +92,10 @@ class LabelTrainConfig:
     """torch threads of the learner."""
     cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM of the greedy checks and the regret measurement (the deployed search)."""
+    camera_fov_deg: float = 0.0
+    """Framing experiment (0 = the labelling camera): render every stored state through this field of view of
+    the same camera, i.e. a narrower view of the tray at the same pixel cost.  Such a network is for measuring
+    (held-out checks only): the deployed camera, perception and policy do not apply the framing yet."""
     max_states: int = 0
     """Train on the first this many labelled states only (learning curves; 0: all)."""
     blank_images: bool = False
@@ -108,6 +113,9 @@ class LabelTrainConfig:
         require(self.total_updates >= 0 and self.time_budget_min >= 0, "total_updates", "must be >= 0")
         require(self.eval_every >= 0 and self.eval_episodes >= 0, "eval_every", "must be >= 0")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every", "must be >= 1")
+        require(self.camera_fov_deg == 0 or 5 <= self.camera_fov_deg <= 120, "camera_fov_deg", "must be 0 or in [5, 120]")
+        require(self.camera_fov_deg == 0 or self.eval_episodes == 0, "camera_fov_deg",
+                "a framing experiment is checked on held-out labels only: pass --eval-episodes 0")
 
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width, fc_width=self.fc_width,
@@ -242,7 +250,8 @@ class LabelTrainer:
         parts = []
         for d in dirs:
             part = load_labels(d)
-            part["image"] = policy_images(d, part, self.cfg.variant, self.cfg.generator, progress=True)
+            part["image"] = policy_images(d, part, self.cfg.variant, self.cfg.generator, progress=True,
+                                          camera_fov_deg=self.cfg.camera_fov_deg)
             if aux:
                 part.update(aux_targets(d, part, progress=True))
             parts.append(part)

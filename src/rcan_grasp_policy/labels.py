@@ -269,9 +269,11 @@ def render_record(env, labels: dict[str, np.ndarray], i: int, domain: str | None
 
 
 def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, generator: str | None = None,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, camera_fov_deg: float = 0.0) -> np.ndarray:
     """The policy input (N, S, S, C) uint8 of every stored state for `variant`, rendered from the scene states
-    (rcan: the randomized render and G of it through ONNX Runtime) and cached in `root` beside the shards."""
+    (rcan: the randomized render and G of it through ONNX Runtime) and cached in `root` beside the shards.
+    `camera_fov_deg` > 0 renders through that field of view instead of the labelling camera's (a framing
+    experiment: the same camera aimed at the tray, narrower)."""
     import hashlib
     import json
 
@@ -279,9 +281,9 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
 
     settings = json.loads((Path(root) / "manifest.json").read_text())["settings"]
     domain, size = training_domain(variant), int(data["image"].shape[1])
-    if variant != "rcan" and domain == settings["domain"]:
+    if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg:
         return data["image"]
-    tag = f"{variant}-{size}"
+    tag = f"{variant}-{size}" + (f"-fov{camera_fov_deg:g}" if camera_fov_deg else "")
     if variant == "rcan":
         if not generator or not Path(generator).is_file():
             raise FileNotFoundError(f"variant rcan needs the generator ONNX, got {generator!r}")
@@ -293,7 +295,8 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import WorldConfig
 
-    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=settings["split"]), domain=domain))
+    camera = {"camera_fov_deg": camera_fov_deg} if camera_fov_deg else {}
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=settings["split"], **camera), domain=domain))
     encoder = InputEncoder(variant, generator)
     out = np.zeros((len(data["seed"]), size, size, encoder.channels), np.uint8)
     try:
