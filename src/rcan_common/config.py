@@ -138,6 +138,17 @@ def load_for_resume(cls: type[T], run_dir: str | Path, cfg: T, fixed: Sequence[s
     return saved
 
 
+def start_or_resume(trainer: Any, cfg: Any, run_dir: str | Path) -> None:
+    """Begin a training run in `run_dir`: restore the trainer's checkpoint when cfg.resume, refuse to start over
+    a run that is already there, and (re)write config.json."""
+    d = Path(run_dir)
+    if cfg.resume:
+        trainer.restore()
+    elif (d / "checkpoint.json").exists():
+        raise ConfigError(f"invalid config field 'run_name': {d} already holds a run; pass --resume or another --run-name")
+    save(cfg, d / "config.json")
+
+
 def parse_cli(cls: type[T], args: Sequence[str] | None = None, description: str | None = None,
               default: T | None = None) -> T:
     """Generate the CLI from the dataclass (field docstrings are the help text) and parse it.

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from rcan_common.action import CLOSE
-from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, save, to_dict
+from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, start_or_resume, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.runlog import RunLog
@@ -368,11 +368,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     torch.set_num_threads(cfg.threads)
     tr = LabelTrainer(cfg)
     d = tr.run_dir
-    if cfg.resume:
-        tr.restore()
-    elif (d / "checkpoint.json").exists():
-        raise ConfigError(f"invalid config field 'run_name': {d} already holds a run; pass --resume or another --run-name")
-    save(cfg, d / "config.json")
+    start_or_resume(tr, cfg, d)
     log = RunLog(d, ["updates", "loss", "label_auc", "within_state_auc", "close_auc", "pick_label", "random_label",
                      "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)

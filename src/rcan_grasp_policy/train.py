@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, save, to_dict
+from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, start_or_resume, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.runlog import RunLog
@@ -301,11 +301,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     tr = Trainer(cfg)
     d = tr.run_dir
-    if cfg.resume:
-        tr.restore()
-    elif (d / "checkpoint.json").exists():
-        raise ConfigError(f"invalid config field 'run_name': {d} already holds a run; pass --resume or another --run-name")
-    save(cfg, d / "config.json")
+    start_or_resume(tr, cfg, d)
     from tqdm import tqdm
 
     log = RunLog(d, ["updates", "episodes", "env_steps", "replay", "loss", "q_mean", "target_mean", "grad_norm",
