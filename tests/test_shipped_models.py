@@ -186,9 +186,34 @@ def test_policy_loads_through_the_demo_path_and_matches_its_card(name):
     if meta.get("variant") == "rcan":
         assert inputs == "source+canonical" and ch == 6
 
-    # One decision through the node's planner: a valid, bounded action and a Q in [0, 1].
+    # The contract: the sidecar beside the ONNX file is what the loader gives, and it matches the graph,
+    # the card, the node's resolved inputs and the node's action bounds.
+    from rcan_common.action import ACTION_NAMES, STATE_NAMES
+    from rcan_grasp_policy.contract import ONNX_CONTRACT_KEY, PolicyContract, contract_path
+
+    cpath = contract_path(onnx)
+    assert cpath.is_file(), f"{name} has no contract {cpath.name}"
+    contract = planner.contract
+    assert PolicyContract.load(cpath) == contract
+    embedded = sess.get_modelmeta().custom_metadata_map.get(ONNX_CONTRACT_KEY)
+    assert embedded is None or PolicyContract.from_json(embedded) == contract
+    assert PolicyContract.from_metadata(meta) == contract, "the sidecar differs from what the metadata gives"
+    assert (contract.channels, contract.image_size) == (ch, s)
+    assert contract.inputs == inputs
+    assert contract.state_names == STATE_NAMES and contract.action_names == ACTION_NAMES
+    assert ins["state"].shape[1:] == [len(contract.state_names)]
+    assert ins["actions"].shape[2:] == [len(contract.action_names)]
+    assert contract.bounds == bounds
+    if "contract" in card:
+        assert card["contract"] == json.loads(cpath.read_text())
+
+    # One decision through the node's planner, on an image prepared by the contract from a camera-size
+    # frame: a valid, bounded action and a Q in [0, 1].
     rng = np.random.default_rng(0)
-    action, q = planner.act(rng.integers(0, 256, (s, s, ch), dtype=np.uint8), np.array([1.0, 0.3], np.float32))
+    frame = rng.integers(0, 256, (2 * s, 2 * s, 3), dtype=np.uint8)
+    image = contract.prepare(frame, 255 - frame)
+    assert image.shape == (s, s, ch) and image.dtype == np.uint8
+    action, q = planner.act(image, np.array([1.0, 0.3], np.float32))
     assert action.shape == (8,) and np.isfinite(action).all() and 0.0 <= q <= 1.0
     assert np.abs(action[:3]).max() <= bounds.max_translation + 1e-6
     assert abs(np.arctan2(action[3], action[4])) <= bounds.max_rotation + 1e-6

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-labels": ("rcan_grasp_policy.label_train:main", "train the Q-network on counterfactual action labels"),
     "eval-policy": ("rcan_grasp_policy.evaluate:main", "evaluate a policy with the paper's protocol"),
     "export-policy": ("rcan_grasp_policy.export:main", "export the Q-network to ONNX with a parity check"),
+    "policy-contract": ("rcan_grasp_policy.contract:main", "write an exported policy's contract sidecar from its ONNX metadata"),
     "launch": ("rcan_bringup.launcher:main", "start the node graph as real processes (no ros2 launch needed)"),
     "demo": ("rcan_bringup.demo:main", "sim-in-the-loop grasping run with the shipped models"),
 }

@@ -21,11 +21,11 @@ Running a policy (what the ROS policy node does, through rcan_grasp_policy.plann
 
     qf, meta = load_qfunction("models/policy_rcan_64.onnx")      # or a .safetensors
     policy = CEMPolicy(qf, CEMConfig(), ActionBounds(), seed=0)   # rcan_grasp_policy.cem
-    x = build_policy_images(source_rgb, canonical_rgb, "source+canonical", meta["qnet"]["image_size"])  # .inputs
+    x = qf.contract.prepare(source_rgb, canonical_rgb)            # rcan_grasp_policy.contract
     actions, q = policy.act(x[None], np.array([[gripper_open, gripper_height]], np.float32))
     action = actions[0]   # rcan_common.action layout: dx, dy, dz, sin, cos, close, open, terminate
 
-meta["variant"] says whether G(x) is needed ("rcan": 6 channels) or not (3 channels).
+qf.contract.inputs says whether G(x) is needed ("source+canonical": 6 channels) or not (3 channels).
 """
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from rcan_common.action import ACTION_DIM, STATE_DIM
-from rcan_common.config import from_dict
+from rcan_common.config import ConfigError, from_dict
 from rcan_common.io import atomic_write_json
+from rcan_grasp_policy.contract import ONNX_CONTRACT_KEY, PolicyContract, contract_path
 from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw
 from rcan_perception.runtime import ModelError, OrtModel, RuntimeConfig
 
@@ -52,14 +53,37 @@ class PolicyLoadError(ModelError):
     """A policy file is missing, malformed or does not match its config."""
 
 
+def resolve_contract(path: str | Path, meta: dict[str, Any], embedded: str | None = None) -> PolicyContract:
+    """A policy's contract: the one embedded in its ONNX metadata, else the ``<stem>.contract.json``
+    sidecar, else derived from its network metadata (policies exported before contracts existed).
+    It must agree with the network's input channels and size."""
+    path = Path(path)
+    try:
+        if embedded is not None:
+            contract = PolicyContract.from_json(embedded)
+        elif contract_path(path).is_file():
+            contract = PolicyContract.load(contract_path(path))
+        else:
+            contract = PolicyContract.from_metadata(meta)
+        channels, size = int(meta["qnet"]["in_channels"]), int(meta["qnet"]["image_size"])
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise PolicyLoadError(f"policy {path}: unusable contract: {exc}") from exc
+    if (contract.channels, contract.image_size) != (channels, size):
+        raise PolicyLoadError(f"policy {path}: contract ({contract.inputs}: {contract.channels} channels, "
+                              f"{contract.image_size} px) does not match the network ({channels} channels, {size} px)")
+    return contract
+
+
 class TorchQFunction:
     """QFunction over a torch QNetwork (switched to eval mode: BatchNorm uses running statistics)."""
 
-    def __init__(self, net: QNetwork, device: str | torch.device = "cpu"):
+    def __init__(self, net: QNetwork, device: str | torch.device = "cpu", contract: PolicyContract | None = None):
         import torch
 
         self.net = net.eval().to(device)
         self.device = torch.device(device)
+        self.contract = contract
+        """The policy's PolicyContract where known (load_qfunction sets it)."""
 
     @property
     def provider(self) -> str:
@@ -114,6 +138,8 @@ class OrtQFunction:
                                  "actions": (None, None, ACTION_DIM)}, ["q"])
         except ModelError as exc:
             raise PolicyLoadError(str(exc)) from exc
+        self.contract = resolve_contract(path, self.meta, self.model.metadata.get(ONNX_CONTRACT_KEY))
+        """The policy's PolicyContract (embedded, sidecar, or derived from the metadata of older exports)."""
         self.model.warmup(runtime.warmup_runs)
 
     @property
@@ -164,7 +190,8 @@ def load_policy_net(path: str | Path) -> tuple[QNetwork, dict[str, Any]]:
 
 def load_qfunction(path: str | Path, threads: int = 0, *, runtime: RuntimeConfig | None = None,
                    log: Callable[[str], None] | None = None) -> tuple[TorchQFunction | OrtQFunction, dict[str, Any]]:
-    """Open a policy: `.onnx` -> OrtQFunction, `.safetensors` -> TorchQFunction.  Returns (qfunction, metadata).
+    """Open a policy: `.onnx` -> OrtQFunction, `.safetensors` -> TorchQFunction.  Returns (qfunction, metadata);
+    ``qfunction.contract`` is the policy's PolicyContract (rcan_grasp_policy.contract).
 
     `runtime` configures ONNX Runtime (its intra_op_threads also sets torch's threads); without it,
     the CPU with `threads` intra-op threads (0: the library's default) and no warm-up.
@@ -181,5 +208,5 @@ def load_qfunction(path: str | Path, threads: int = 0, *, runtime: RuntimeConfig
         if runtime.intra_op_threads:
             torch.set_num_threads(runtime.intra_op_threads)
         net, meta = load_policy_net(path)
-        return TorchQFunction(net), meta
+        return TorchQFunction(net, contract=resolve_contract(path, meta)), meta
     raise PolicyLoadError(f"unknown policy file type {path.suffix!r} ({path}); expected .onnx or .safetensors")

@@ -27,7 +27,7 @@ import numpy as np
 from rcan_common.action import ActionBounds, decode_action
 from rcan_common.config import require
 from rcan_common.stamps import FUTURE_STAMP, future_stamp_reason
-from rcan_grasp_policy.inputs import build_policy_images
+from rcan_grasp_policy.contract import PolicyContract
 from rcan_grasp_policy.planner import apply_action
 
 
@@ -148,6 +148,7 @@ class EpisodeCore:
         self.act = planner_act
         self.image_inputs = image_inputs
         self.image_size = image_size
+        self.prepare = PolicyContract(inputs=image_inputs, image_size=image_size).prepare  # the policy image
         self.episode = 0
         self.step = 0
         self.settled_at = -math.inf  # images must be stamped after this
@@ -291,7 +292,7 @@ class EpisodeCore:
         reason = self._stale(now, ee, gripper, pair)
         if reason:
             return Decision(wait=reason)
-        images = build_policy_images(pair.source, pair.canonical, self.image_inputs, self.image_size)
+        images = self.prepare(pair.source, pair.canonical)
         state = np.array([1.0 if gripper.open else 0.0, ee.pos[2] - self.cfg.tray_bottom_z], dtype=np.float32)
         action, q = self.act(images, state)
         cmd = decode_action(action, self.cfg.bounds)

@@ -3,7 +3,9 @@
 Graph: images float32 (B, C, S, S) in [0, 1], state (B, 2), actions (B, N, 8) -> q (B, N);
 B and N are dynamic.  Inside, the image trunk runs once per state and is broadcast over
 the N candidates (the same trunk-once scoring as torch).  The policy metadata (network
-config, variant, generator) is stored in the ONNX metadata under ``rcan_policy``.
+config, variant, generator) is stored in the ONNX metadata under ``rcan_policy``, and the
+pre-processing contract (rcan_grasp_policy.contract.PolicyContract) under ``rcan_policy_contract``
+and beside the ONNX file as ``<stem>.contract.json``.
 
 Checks before anything is written: max |q_torch - q_ort| on random inputs, and the CEM
 decision (64 x 6 x 2, same seed) from the torch and the ONNX Runtime backends must pick
@@ -29,6 +31,7 @@ from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from rcan_grasp_policy.backends import TorchQFunction, load_policy_net, load_qfunction, save_policy
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
+from rcan_grasp_policy.contract import ONNX_CONTRACT_KEY, PolicyContract, contract_path
 from rcan_grasp_policy.inputs import ONNX_METADATA_KEY
 from rcan_grasp_policy.qnet import QNetwork
 
@@ -73,8 +76,9 @@ class _QGraph(nn.Module):
         return torch.sigmoid(self.net(images, state, actions))
 
 
-def export_onnx(net: QNetwork, meta: dict, path: Path, opset: int = 18) -> None:
-    """Write the ONNX graph with `meta` (+ the network config) in its metadata."""
+def export_onnx(net: QNetwork, meta: dict, path: Path, opset: int = 18,
+                contract: PolicyContract | None = None) -> None:
+    """Write the ONNX graph with `meta` (+ the network config) and, if given, `contract` in its metadata."""
     import onnx
 
     net = net.eval()
@@ -93,6 +97,9 @@ def export_onnx(net: QNetwork, meta: dict, path: Path, opset: int = 18) -> None:
     onnx.checker.check_model(model)
     entry = model.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps({**meta, "qnet": c.to_dict()}, sort_keys=True)
+    if contract is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = ONNX_CONTRACT_KEY, contract.to_json()
     atomic_write_bytes(path, model.SerializeToString())
 
 
@@ -148,14 +155,16 @@ def export(cfg: ExportConfig, command: str = "") -> dict:
     out = Path(cfg.out)
     ensure_writable_dir(out.parent)
     meta = {k: v for k, v in meta.items() if k != "qnet"}
+    contract = PolicyContract.from_metadata(meta | {"qnet": net.cfg.to_dict()})
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / out.name
-        export_onnx(net, meta, staged, cfg.opset)
+        export_onnx(net, meta, staged, cfg.opset, contract)
         checks = parity(net, staged, cfg.cem, cfg.parity_states, cfg.seed)
         if checks["q_max_abs_diff"] > cfg.tolerance or not checks["cem_same_actions"]:
             raise RuntimeError(f"ONNX parity check failed: {checks}")
         atomic_write_bytes(out, staged.read_bytes())
     save_policy(out.with_suffix(".safetensors"), net, meta)
+    contract.save(contract_path(out))
     evaluations = []
     for path in cfg.evals:
         e = json.loads(Path(path).read_text())
@@ -163,7 +172,9 @@ def export(cfg: ExportConfig, command: str = "") -> dict:
                                               "mean_steps", "variant", "generator", "policy")} | {"report": str(path)})
     import onnxruntime
     card = {"name": out.stem, "summary": "QT-Opt grasping Q-function (RCAN paper Appendix B) for CEM action selection.",
-            "files": {"onnx": str(out), "weights": str(out.with_suffix(".safetensors"))},
+            "files": {"onnx": str(out), "weights": str(out.with_suffix(".safetensors")),
+                      "contract": str(contract_path(out))},
+            "contract": to_dict(contract),
             "io": {"inputs": {"images": "float32 (B, C, S, S), RGB in [0, 1]; rcan: channels 0-2 source, 3-5 G(source)",
                               "state": "float32 (B, 2): gripper_open (1/0), gripper_height (m above tray bottom)",
                               "actions": "float32 (B, N, 8): dx, dy, dz, sin, cos, close, open, terminate"},

@@ -54,8 +54,9 @@ def _check(variant: str) -> None:
 def build_policy_images(source: np.ndarray, canonical: np.ndarray | None, inputs: str,
                         size: int | None = None) -> np.ndarray:
     """The Q-network image (S, S, C) uint8: [source, canonical] (inputs "source+canonical", C=6) or
-    one of them ("source" or "canonical", C=3).  The one builder of the policy image: the sim's
-    InputEncoder (training, evaluation) and the robot's episode core both call it.
+    one of them ("source" or "canonical", C=3).  The one builder of the policy image, reached through
+    rcan_grasp_policy.contract.PolicyContract.prepare: the sim's InputEncoder (training, evaluation,
+    collection) and the robot's episode core both call that.
 
     With `size`, images of another size are resized to it (area interpolation when shrinking, as
     a render at that size would be; linear when enlarging); without, they are used as they are.
@@ -118,15 +119,18 @@ class InputEncoder:
 
     def __call__(self, obs: dict[str, Any], env: Any = None) -> np.ndarray:
         """Policy image for `obs`; the oracle also needs the env (its paired canonical render)."""
+        from rcan_grasp_policy.contract import PolicyContract
+
         x = obs["image"]
+        # The sim renders at the policy's size, so the contract's resize is a no-op here.
         if self.variant != "rcan":
-            return build_policy_images(x, None, "source")
+            return PolicyContract(inputs="source", image_size=x.shape[0]).prepare(x, None)
         if self.oracle:
             # obs["image"] already is the pair's source half: only the canonical half is rendered.
             canonical = x if env.cfg.domain == "canonical" else env.render_pair(source=False).canonical_rgb
         else:
             canonical = self.adapter(x[None])[0]
-        return build_policy_images(x, canonical, "source+canonical")
+        return PolicyContract(inputs="source+canonical", image_size=x.shape[0]).prepare(x, canonical)
 
 
 def state_vector(obs: dict[str, Any]) -> np.ndarray:

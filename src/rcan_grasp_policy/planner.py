@@ -14,9 +14,9 @@ import numpy as np
 
 from rcan_common.action import ActionBounds
 from rcan_grasp_policy.backends import load_qfunction
+from rcan_grasp_policy.contract import INPUT_CHANNELS, PolicyContract, inputs_for_variant
 
 ImageInputs = Literal["auto", "source+canonical", "canonical", "source"]
-INPUT_CHANNELS = {"source+canonical": 6, "canonical": 3, "source": 3}
 
 
 # ---- small geometry helpers (quaternions are x, y, z, w like geometry_msgs)
@@ -45,6 +45,7 @@ class Planner(NamedTuple):
     image_size: int
     meta: dict
     provider: str
+    contract: PolicyContract
 
 
 def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds, seed: int,
@@ -62,7 +63,7 @@ def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds,
         actions, q = policy.act(images[None], np.asarray(state, dtype=np.float32)[None])
         return actions[0], float(q[0])
 
-    return Planner(act, channels, size, meta, qf.provider)
+    return Planner(act, channels, size, meta, qf.provider, qf.contract)
 
 
 def resolve_inputs(requested: str, in_channels: int, variant: str | None = None) -> str:
@@ -71,12 +72,7 @@ def resolve_inputs(requested: str, in_channels: int, variant: str | None = None)
     dr-* (trained on randomized images) -> the raw source.  Without a variant: 6 channels ->
     [source, G(source)], 3 -> G(source)."""
     if requested == "auto":
-        if variant is not None and variant.startswith("dr-"):
-            requested = "source"
-        elif variant == "canonical":
-            requested = "canonical"
-        else:
-            requested = "source+canonical" if in_channels == 6 else "canonical"
+        requested = inputs_for_variant(variant, in_channels)  # as the policy's contract derives it
     if requested not in INPUT_CHANNELS:
         raise ValueError(f"image_inputs must be one of {['auto', *INPUT_CHANNELS]}, got {requested!r}")
     if INPUT_CHANNELS[requested] != in_channels:
