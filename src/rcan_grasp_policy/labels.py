@@ -25,6 +25,9 @@ manifest; `--resume` skips the shards already there, so a killed run continues w
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
 import sys
 import time
@@ -37,6 +40,7 @@ import numpy as np
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+from rcan_common.provenance import file_sha256
 
 FORMAT = "rcan-action-labels"
 FORMAT_VERSION = 1
@@ -225,10 +229,9 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
                 cands = candidate_actions(np.asarray(action, np.float32), cfg.candidates, env.cfg.bounds, rng, cfg)
                 labels = label_actions(env, cands, completion, cfg.gamma)
                 s = env.world.scene_state()
-                p = env.privileged_state()
                 for f, v in (("seed", seed), ("step", env.steps), ("object_ids", s["object_ids"]),
                              ("object_poses", s["object_poses"]), ("joints", s["joints"]),
-                             ("gripper_open", s["gripper_open"]), ("target", p["tcp_target"]), ("yaw", p["yaw"]),
+                             ("gripper_open", s["gripper_open"]), ("target", env.tcp_target), ("yaw", env.yaw),
                              ("state", [obs["gripper_open"], obs["gripper_height"]]), ("image", obs["image"]),
                              ("candidates", cands), ("labels", labels)):
                     rows[f].append(v)
@@ -239,11 +242,7 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
               "joints": np.float64, "gripper_open": bool, "target": np.float64, "yaw": np.float64,
               "state": np.float32, "image": np.uint8, "candidates": np.float32, "labels": np.float32}
     arrays = {f: np.asarray(v, dtype=dtypes[f]) for f, v in rows.items()}
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(shard_path(cfg.out_dir, task), buf.getvalue())
+    atomic_write_bytes(shard_path(cfg.out_dir, task), _file_bytes(np.savez_compressed, **arrays))
     scenes = len(cfg.task_scenes(task))
     return {"task": task, "states": int(len(arrays["seed"])), "scenes": scenes,
             "behaviour_successes": successes, "seconds": time.perf_counter() - t0}
@@ -255,17 +254,39 @@ def load_labels(root: str | Path) -> dict[str, np.ndarray]:
     paths = sorted(Path(root).glob("labels-*.npz"))
     if not paths:
         raise FileNotFoundError(f"no label shards (labels-*.npz) in {root}; run `rcan label-states` first")
-    parts = [dict(np.load(p)) for p in paths]
-    parts = [p for p in parts if len(p["seed"])]
+    parts = [p for p in (dict(np.load(path)) for path in paths) if len(p["seed"])]
+    if not parts:
+        raise FileNotFoundError(f"the label shards in {root} hold no labelled states")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def place_record(env, labels: dict[str, np.ndarray], i: int) -> None:
+    """Put the env's world into stored state i."""
+    env.world.set_scene_state({k: labels[k][i] for k in ("seed", "object_ids", "object_poses", "joints",
+                                                         "gripper_open")})
 
 
 def render_record(env, labels: dict[str, np.ndarray], i: int, domain: str | None = None) -> np.ndarray:
     """Re-render stored state i in `domain` (default: the env's) at the env's image size."""
-    env.world.set_scene_state({k: labels[k][i] for k in ("seed", "object_ids", "object_poses", "joints",
-                                                         "gripper_open")})
+    place_record(env, labels, i)
     frame = env.world.render(domain or env.cfg.domain, randomization_seed=int(labels["step"][i]), labels=False)
     return frame.rgb
+
+
+def _label_settings(root: str | Path) -> dict[str, Any]:
+    return json.loads((Path(root) / "manifest.json").read_text())["settings"]
+
+
+def _records_key(data: dict[str, np.ndarray]) -> str:
+    """Names a cache after the stored states it was rendered from."""
+    return hashlib.sha256(np.ascontiguousarray(data["seed"]).tobytes() + data["joints"].tobytes()).hexdigest()[:12]
+
+
+def _file_bytes(save, *args, **kwargs) -> bytes:
+    """What numpy's `save` (np.save, np.savez_compressed) would write, for an atomic write."""
+    buf = io.BytesIO()
+    save(buf, *args, **kwargs)
+    return buf.getvalue()
 
 
 def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, generator: str | None = None,
@@ -274,12 +295,9 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     (rcan: the randomized render and G of it through ONNX Runtime) and cached in `root` beside the shards.
     `camera_fov_deg` > 0 renders through that field of view instead of the labelling camera's (a framing
     experiment: the same camera aimed at the tray, narrower)."""
-    import hashlib
-    import json
-
     from rcan_grasp_policy.inputs import InputEncoder, training_domain
 
-    settings = json.loads((Path(root) / "manifest.json").read_text())["settings"]
+    settings = _label_settings(root)
     domain, size = training_domain(variant), int(data["image"].shape[1])
     if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg:
         return data["image"]
@@ -287,9 +305,8 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     if variant == "rcan":
         if not generator or not Path(generator).is_file():
             raise FileNotFoundError(f"variant rcan needs the generator ONNX, got {generator!r}")
-        tag += "-" + hashlib.sha256(Path(generator).read_bytes()).hexdigest()[:12]
-    key = hashlib.sha256(np.ascontiguousarray(data["seed"]).tobytes() + data["joints"].tobytes()).hexdigest()[:12]
-    cache = Path(root) / f"images-{tag}-{key}.npy"
+        tag += "-" + file_sha256(generator)[:12]
+    cache = Path(root) / f"images-{tag}-{_records_key(data)}.npy"
     if cache.exists():
         return np.load(cache)
     from rcan_sim.env import EnvConfig, GraspEnv
@@ -306,11 +323,7 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
                 print(f"[labels] rendering {variant} inputs: {i}/{len(out)}", flush=True)
     finally:
         env.close()
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, out)
-    atomic_write_bytes(cache, buf.getvalue())
+    atomic_write_bytes(cache, _file_bytes(np.save, out))
     return out
 
 
@@ -324,20 +337,15 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
     """Free simulator labels of every stored state, for training-only auxiliary heads: the object mask (N, S, S)
     uint8 and the pixel positions (N, 2) of the gripper's TCP and of the object nearest to it (in the table
     plane).  Rendered from the scene states once and cached beside the labels."""
-    import hashlib
-    import io
-    import json
-
     from rcan_common import classes
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import WorldConfig
 
     size = int(data["image"].shape[1])
-    key = hashlib.sha256(np.ascontiguousarray(data["seed"]).tobytes() + data["joints"].tobytes()).hexdigest()[:12]
-    cache = Path(root) / f"aux-{size}-{key}.npz"
+    cache = Path(root) / f"aux-{size}-{_records_key(data)}.npz"
     if cache.exists():
         return dict(np.load(cache))
-    split = json.loads((Path(root) / "manifest.json").read_text())["settings"]["split"]
+    split = _label_settings(root)["split"]
     env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=split)))
     n = len(data["seed"])
     out = {"object_mask": np.zeros((n, size, size), np.uint8), "gripper_uv": np.zeros((n, 2), np.float32),
@@ -345,8 +353,7 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
     try:
         cam = env.world.camera
         for i in range(n):
-            frame_rgb = render_record(env, data, i)  # places the scene
-            del frame_rgb
+            place_record(env, data, i)
             seg = env.world.render("canonical", randomization_seed=int(data["step"][i]), labels=True).segmentation
             out["object_mask"][i] = seg == classes.OBJECT
             tcp, _ = env.world.ee_pose()
@@ -357,9 +364,7 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
                 print(f"[labels] rendering auxiliary targets: {i}/{n}", flush=True)
     finally:
         env.close()
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **out)
-    atomic_write_bytes(cache, buf.getvalue())
+    atomic_write_bytes(cache, _file_bytes(np.savez_compressed, **out))
     return out
 
 
@@ -379,8 +384,6 @@ def run(cfg: LabelConfig, progress: bool = True) -> dict[str, Any]:
     manifest_path = out / "manifest.json"
     settings = manifest_settings(cfg)
     if manifest_path.exists():
-        import json
-
         old = json.loads(manifest_path.read_text())
         if not cfg.resume:
             raise ConfigError(f"{out} already holds labels; pass --resume to continue them or choose another --out-dir")

@@ -172,9 +172,15 @@ class GraspEnv:
     def release(self, snap: EnvSnapshot) -> None:
         self.world.release_state(snap.world)
 
-    def observe(self) -> dict[str, Any]:
-        """The observation of the current state (as step() would have returned it)."""
-        return self._obs()
+    @property
+    def tcp_target(self) -> np.ndarray:
+        """Where the env is steering the TCP (world frame, m); the arm follows it within a step."""
+        return self._target.copy()
+
+    @property
+    def yaw(self) -> float:
+        """The commanded gripper yaw (rad)."""
+        return self._yaw
 
     def _obs(self, render: bool = True) -> dict[str, Any]:
         image = None
