@@ -41,6 +41,7 @@ from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
 from rcan_grasp_policy.labels import aux_targets, load_labels, policy_images
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+from rcan_grasp_policy.qtopt import shift_with_offsets
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
@@ -118,8 +119,8 @@ class LabelTrainConfig:
                 "a framing experiment is checked on held-out labels only: pass --eval-episodes 0")
 
     def qnet_config(self) -> QNetConfig:
-        return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width, fc_width=self.fc_width,
-                          merge_downsample=self.merge_downsample)
+        return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
+                          fc_width=self.fc_width, merge_downsample=self.merge_downsample)
 
 
 # ----------------------------------------------------------------------------- held-out metrics
@@ -197,7 +198,7 @@ class AuxHeads(torch.nn.Module):
     @staticmethod
     def trunk(net: QNetwork, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """QNetwork.embed, also returning the 1/4-resolution activation."""
-        x, tap = images - 0.5, None
+        x, tap = net.centred_input(images), None
         for i, layer in enumerate(net.trunk):
             x = layer(x)
             if i == AuxHeads.TAP:
@@ -216,17 +217,6 @@ class AuxHeads(torch.nn.Module):
         offset = self.offset(feats.mean(dim=(2, 3)))
         offset_loss = F.smooth_l1_loss(offset, (object_uv - gripper_uv) * (8.0 / size))
         return mask_loss + gripper_loss + offset_loss
-
-
-def shift_with_offsets(images: np.ndarray, pad: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Like qtopt.shift_images (same random draws), also returning each image's content shift (dy, dx) in pixels."""
-    n, h, w = images.shape[:3]
-    if pad == 0:
-        return images, np.zeros((n, 2), np.int64)
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (images.ndim - 3), mode="edge")
-    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
-    shifted = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
-    return shifted, pad - offsets
 
 
 # ----------------------------------------------------------------------------- the run

@@ -92,13 +92,17 @@ class QNetwork(nn.Module):
         self.head_fc = nn.Sequential(nn.Flatten(), *_fc(w * cfg.head_side ** 2, cfg.fc_width),
                                      nn.Linear(cfg.fc_width, 1))
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features (B, W, S/M, S/M) from images (B, C, S, S) scaled to [0, 1]."""
+    def centred_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's input: images (B, C, S, S) scaled to [0, 1], shape-checked and centred."""
         c, s = self.cfg.in_channels, self.cfg.image_size
         if images.dim() != 4 or images.shape[1:] != (c, s, s):
             raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
         # Centre the [0, 1] input; the first BatchNorm does the rest.
-        return self.trunk(images - 0.5)
+        return images - 0.5
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features (B, W, S/M, S/M) from images (B, C, S, S) scaled to [0, 1]."""
+        return self.trunk(self.centred_input(images))
 
     def head_logits(self, feats: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Logits (B, N) of N candidate actions (B, N, 8) per state, reusing the trunk features."""

@@ -85,14 +85,21 @@ def bellman_target(reward: torch.Tensor, done: torch.Tensor, q1_next: torch.Tens
     return (reward + gamma * (1.0 - done.float()) * v).clamp(0.0, 1.0)
 
 
+def shift_with_offsets(images: np.ndarray, pad: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each (H, W, ...) image of `images` translated by its own random offset in [-pad, pad], edges replicated;
+    also each image's content shift (dy, dx) in pixels, so pixel targets can follow their image."""
+    n, h, w = images.shape[:3]
+    if pad == 0:
+        return images, np.zeros((n, 2), np.int64)
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (images.ndim - 3), mode="edge")
+    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
+    shifted = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return shifted, pad - offsets
+
+
 def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
     """Each (H, W, C) image of `images` translated by its own random (dy, dx) in [-pad, pad], edges replicated."""
-    if pad == 0:
-        return images
-    n, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
-    return np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return shift_with_offsets(images, pad, rng)[0]
 
 
 @torch.no_grad()
