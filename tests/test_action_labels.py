@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from rcan_grasp_policy import labels as L
-from rcan_common.action import make_action
+from rcan_common.action import DZ, make_action
 from rcan_sim.env import EnvConfig, GraspEnv
-from rcan_sim.scripted import ScriptedGraspPolicy
+from rcan_sim.scripted import DescendGraspPolicy, ScriptedGraspPolicy
 from rcan_sim.world import WorldConfig
 
 
@@ -249,3 +249,35 @@ def test_shift_moves_pixel_targets_with_the_image():
     for k in range(3):
         v, u = np.argwhere(shifted[k, ..., 0] == 255)[0]
         assert (v, u) == (5 + shift[k, 0], 9 + shift[k, 1])
+
+
+def test_descend_completion_goes_straight_down_closes_and_terminates(env):
+    _advance(env, 6, 2)
+    blind = DescendGraspPolicy()
+    start = env.tcp_target
+    actions = []
+    while not env.done:
+        a = blind(None, env)
+        actions.append(a)
+        env.step(a, render=False)
+        if not a[7]:
+            np.testing.assert_allclose(env.tcp_target[:2], start[:2])  # no sideways motion
+    assert actions[-2][5] == 1 and actions[-1][7] == 1  # close, then terminate
+    assert env.tcp_target[2] == pytest.approx(env.workspace_low[2] + env.cfg.lift_height)  # closed at the bottom
+
+
+def test_descend_labels_contrast_moves_where_the_script_does_not(env):
+    """Above an object (the script's aligned pre-grasp state), staying put and descending grasps; a 5 cm move
+    away mostly does not.  The privileged script corrects the move and labels both alike."""
+    stay, away, stay_s, away_s = [], [], [], []
+    for seed in range(4):
+        policy = ScriptedGraspPolicy()
+        obs, _ = env.reset(seed)
+        while (a := policy(obs, env))[DZ] >= 0 or np.abs(a[:2]).max() > 0.006:  # until the descent starts
+            obs, *_ = env.step(a)
+        moves = np.stack([make_action([0, 0, -0.02]), make_action([0.05, 0.05, -0.02])])
+        stay_d, away_d = L.label_actions(env, moves, DescendGraspPolicy(), 0.9)
+        stay_p, away_p = L.label_actions(env, moves, policy, 0.9)
+        stay.append(stay_d), away.append(away_d), stay_s.append(stay_p), away_s.append(away_p)
+    assert np.mean(stay) - np.mean(away) > 0.1
+    assert abs(np.mean(stay_s) - np.mean(away_s)) < np.mean(stay) - np.mean(away)

@@ -13,10 +13,12 @@ from rcan_grasp_policy.qnet import QNetConfig, QNetwork  # noqa: E402
 from rcan_common.stats import wilson_interval  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=[16, 8], ids=["merge16", "merge8"])
+@pytest.fixture(scope="module", params=[(16, False), (8, False), (16, True)], ids=["merge16", "merge8", "coordconv"])
 def tiny(request, tmp_path_factory):
     torch.manual_seed(0)
-    net = QNetwork(QNetConfig(in_channels=6, image_size=32, width=8, fc_width=16, merge_downsample=request.param))
+    merge, coords = request.param
+    net = QNetwork(QNetConfig(in_channels=6, image_size=32, width=8, fc_width=16, merge_downsample=merge,
+                              coord_channels=coords))
     # Non-trivial BatchNorm statistics, as after training.
     net.train()
     with torch.no_grad():

@@ -78,3 +78,18 @@ def test_merge_resolution_and_head_size_for_every_image_size(image_size, merge, 
     assert net.head_logits(feats, torch.rand(2, 2), torch.rand(2, 3, 8)).shape == (2, 3)
     with pytest.raises(ConfigError, match="merge_downsample"):
         QNetConfig(merge_downsample=4)
+
+
+def test_coord_channels_carry_the_pixel_position():
+    """CoordConv: the trunk's input gains x and y ramps in [-1, 1], so a blank frame gives features that vary
+    over the frame; without them (the paper's network) a blank frame's interior features are all alike."""
+    net = _net(coord_channels=True).eval()
+    assert net.trunk[0].in_channels == 6 + 2
+    x = net.centred_input(torch.full((2, 6, 32, 32), 0.5))
+    assert x.shape == (2, 8, 32, 32) and torch.all(x[:, :6] == 0)
+    assert torch.allclose(x[0, 6, 5], torch.linspace(-1, 1, 32)) and torch.allclose(x[0, 7, :, 5], torch.linspace(-1, 1, 32))
+    blank = torch.full((1, 6, 32, 32), 0.5)
+    with torch.no_grad():
+        plain_inner = _net().eval().trunk[:4](_net().centred_input(blank))[0, :, 2:-2, 2:-2]
+        coord_inner = net.trunk[:4](net.centred_input(blank))[0, :, 2:-2, 2:-2]
+    assert plain_inner.std((1, 2)).max() < 1e-5 < coord_inner.std((1, 2)).max()

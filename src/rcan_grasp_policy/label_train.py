@@ -45,8 +45,8 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "aux_weight", "blank_images",
-                "camera_fov_deg")
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "coord_channels", "aux_weight",
+                "blank_images", "camera_fov_deg")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -73,6 +73,8 @@ class LabelTrainConfig:
     width: int = 32
     fc_width: int = 64
     merge_downsample: int = 16
+    coord_channels: bool = False
+    """NOT in the paper (off = its network): CoordConv pixel-coordinate channels on the trunk's input."""
     batch_states: int = 64
     """Labelled states per update (each with all its K candidates)."""
     lr: float = 1e-3
@@ -120,7 +122,8 @@ class LabelTrainConfig:
 
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
-                          fc_width=self.fc_width, merge_downsample=self.merge_downsample)
+                          fc_width=self.fc_width, merge_downsample=self.merge_downsample,
+                          coord_channels=self.coord_channels)
 
 
 # ----------------------------------------------------------------------------- held-out metrics

@@ -46,6 +46,7 @@ FORMAT = "rcan-action-labels"
 FORMAT_VERSION = 1
 SEED_BASE = {"train": 2_000_000, "test": 3_000_000}
 """Scene seeds per object split; far from the evaluation protocol's seeds 0..101 and selection seeds 1000+."""
+COMPLETIONS = ("scripted", "descend")
 
 
 @dataclass
@@ -80,6 +81,10 @@ class LabelConfig:
     """Largest |dx|, |dy|, |dz| (m) of the motion that comes with a close / terminate candidate."""
     jitter_rotation: float = 0.1
     """Largest |dtheta| (rad) of the motion that comes with a close / terminate candidate."""
+    completion: str = "scripted"
+    """Who finishes the episode after a non-terminal candidate: 'scripted' (the privileged scripted policy,
+    which corrects any move, so moves are labelled almost alike) or 'descend' (straight down, close,
+    terminate: the label of a move says whether it put the fingers above something graspable)."""
     gamma: float = 0.9
     """Discount of the completion return (the learner's gamma)."""
     max_steps: int = 20
@@ -101,6 +106,8 @@ class LabelConfig:
         require(0.0 <= self.behaviour_epsilon <= 1.0, "behaviour_epsilon", "must be in [0, 1]")
         require(self.aim_offset >= 0, "aim_offset", "must be >= 0")
         require(self.jitter_translation >= 0 and self.jitter_rotation >= 0, "jitter_translation", "must be >= 0")
+        require(self.completion in COMPLETIONS, "completion",
+                f"must be one of {COMPLETIONS}, got {self.completion!r}")
         require(0.0 <= self.gamma < 1.0, "gamma", f"must be in [0, 1), got {self.gamma}")
         require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
 
@@ -204,12 +211,12 @@ def _behaviour_policy(path: str, env):
 def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
     """Run the task's behaviour episodes, label their states, write the shard; returns its summary."""
     from rcan_grasp_policy.cem import random_actions
-    from rcan_sim.scripted import ScriptedGraspPolicy
+    from rcan_sim.scripted import DescendGraspPolicy, ScriptedGraspPolicy
 
     cfg, task = args
     t0 = time.perf_counter()
     env = _env(cfg)
-    completion = ScriptedGraspPolicy()
+    completion = ScriptedGraspPolicy() if cfg.completion == "scripted" else DescendGraspPolicy()
     learned = None if cfg.behaviour == "scripted" else _behaviour_policy(cfg.behaviour, env)
     rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
                                              "target", "yaw", "state", "image", "candidates", "labels")}

@@ -40,6 +40,10 @@ class QNetConfig:
     merge_downsample: int = 16
     """Image downsampling where the action joins the trunk features: 16 (4x4 at 64 px) or 8 (8x8, finer
     localisation for small images; the per-candidate head then works on 4x the positions)."""
+    coord_channels: bool = False
+    """Append two constant channels (pixel x and y in [-1, 1]) to the trunk's input (CoordConv, Liu et al.
+    2018): every position then knows where it is, so the head can compare a candidate's motion with where
+    things are in the frame.  A deviation from the paper; off reproduces its network."""
 
     def __post_init__(self) -> None:
         require(self.in_channels in (3, 6), "in_channels", f"must be 3 or 6, got {self.in_channels}")
@@ -79,7 +83,7 @@ class QNetwork(nn.Module):
         # decision and of a Bellman target; the last trunk pool is dropped for a merge at S/8.
         last_pool = [nn.MaxPool2d(2)] if cfg.merge_downsample == 16 else []
         self.trunk = nn.Sequential(
-            *_conv(cfg.in_channels, w, stride=2), nn.MaxPool2d(2),              # S/4
+            *_conv(cfg.in_channels + 2 * cfg.coord_channels, w, stride=2), nn.MaxPool2d(2),  # S/4
             *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/8
             *_conv(w, w), *_conv(w, w), *_conv(w, w), *last_pool,               # S/16 or S/8
         )
@@ -91,6 +95,10 @@ class QNetwork(nn.Module):
         )
         self.head_fc = nn.Sequential(nn.Flatten(), *_fc(w * cfg.head_side ** 2, cfg.fc_width),
                                      nn.Linear(cfg.fc_width, 1))
+        if cfg.coord_channels:
+            ramp = torch.linspace(-1.0, 1.0, cfg.image_size)
+            grid = torch.stack([ramp.expand(cfg.image_size, -1), ramp[:, None].expand(-1, cfg.image_size)])
+            self.register_buffer("coords", grid[None], persistent=False)  # (1, 2, S, S): x, y
 
     def centred_input(self, images: torch.Tensor) -> torch.Tensor:
         """The trunk's input: images (B, C, S, S) scaled to [0, 1], shape-checked and centred."""
@@ -98,7 +106,10 @@ class QNetwork(nn.Module):
         if images.dim() != 4 or images.shape[1:] != (c, s, s):
             raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
         # Centre the [0, 1] input; the first BatchNorm does the rest.
-        return images - 0.5
+        x = images - 0.5
+        if self.cfg.coord_channels:
+            x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
+        return x
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Image features (B, W, S/M, S/M) from images (B, C, S, S) scaled to [0, 1]."""

@@ -134,3 +134,23 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-12), 0.0, 1.0))
     return float(np.linalg.norm(p - (a + t * ab)))
 
+
+class DescendGraspPolicy:
+    """Blind completion `policy(obs, env) -> action`: straight down to the lowest TCP height, close, terminate.
+
+    It reads nothing but the TCP target and the gripper (what the robot itself knows), so the return it gets
+    after an action a says whether a put the fingers above something they can grasp: the label of a move
+    then depends on where the move goes, which a privileged completion that corrects any move does not
+    give (rcan label-states --completion descend)."""
+
+    def __init__(self, z_tolerance: float = 0.002):
+        self.z_tolerance = z_tolerance  # close once the TCP target is this close to the lowest height (m)
+
+    def __call__(self, obs, env: GraspEnv) -> np.ndarray:
+        if not env.world.gripper_is_open():
+            return make_action(terminate=True)
+        dz = env.workspace_low[2] - env.tcp_target[2]
+        if dz < -self.z_tolerance:
+            return make_action([0.0, 0.0, max(dz, -env.cfg.bounds.max_translation)])
+        return make_action(gripper="close")
+
