@@ -131,7 +131,7 @@ def test_policy_goes_quiet_and_driver_holds_when_perception_dies(graph):
     # Images from before the kill may still be used while younger than max_input_age, no later.
     late = [s.marker_t for s in monitor.steps if s.marker_t > t_kill_wall + MAX_INPUT_AGE + 0.3]
     assert not late, "the policy acted on stale images"
-    assert sorted(procs.running()) == ["iiwa_driver_node", "policy_node", "sim_node"]
+    assert sorted(procs.running()) == ["iiwa_driver_node", "policy_node", "sim_node", "supervisor_node"]
 
 
 def test_loop_resumes_after_perception_restarts(graph):
@@ -139,7 +139,7 @@ def test_loop_resumes_after_perception_restarts(graph):
     before = len(monitor.steps)
     procs.restart("perception_node")
     assert probe.wait_for(lambda: len(monitor.steps) > before, 60), procs.log_tail("perception_node")
-    assert len(procs.running()) == 4
+    assert len(procs.running()) == 5
 
 
 def test_estop_stops_motion_until_released(graph):
@@ -205,13 +205,14 @@ def test_unsafe_targets_are_clamped_or_rejected(graph):
     for p in poses:
         xyz = np.array([p.x, p.y, p.z])
         assert np.all(xyz >= lo) and np.all(xyz <= hi), xyz
-    assert len(procs.running()) == 4
+    assert len(procs.running()) == 5
 
 
 def test_malformed_messages_on_every_topic_are_dropped(graph):
     from builtin_interfaces.msg import Duration
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
     procs, probe, monitor = graph
@@ -247,6 +248,8 @@ def test_malformed_messages_on_every_topic_are_dropped(graph):
         ("/joint_states", short_joints),
         (TRAJECTORY, bad_traj),  # sim
         (TRAJECTORY, nan_traj),
+        ("/rcan/policy/episode_done", String(data="not json")),  # supervisor
+        ("/rcan/policy/episode_done", String(data='{"episode": "one"}')),
     ]
     def policy_rejected() -> int:
         last = probe.last("/rcan/policy/status")
@@ -266,6 +269,7 @@ def test_malformed_messages_on_every_topic_are_dropped(graph):
                         "rejected EE pose with non-finite"],
         "iiwa_driver_node": ["joint_states"],
         "sim_node": ["ignored joint trajectory"],
+        "supervisor_node": ["malformed episode_done"],
     }
 
     def all_handled() -> bool:
@@ -278,7 +282,7 @@ def test_malformed_messages_on_every_topic_are_dropped(graph):
         return all(phrase in procs.log_tail(name, 1_000_000) for name, phrases in expect.items() for phrase in phrases)
 
     assert probe.wait_for(all_handled, 30, interval=0.2), (policy_rejected() - p0, d0, driver_counters(probe))
-    assert len(procs.running()) == 4, procs.poll_deaths()
+    assert len(procs.running()) == 5, procs.poll_deaths()
     logs = {name: procs.log_tail(name, 1_000_000) for name in procs.children}
     for name, log in logs.items():
         assert "Traceback" not in log, f"{name}:\n{log[-3000:]}"
@@ -287,6 +291,7 @@ def test_malformed_messages_on_every_topic_are_dropped(graph):
             assert phrase in logs[name], f"{name} did not report '{phrase}'"
     assert logs["sim_node"].count("ignored joint trajectory") == 2  # joint_names, non_finite
     assert logs["policy_node"].count("rejected canonical image") == 2  # data_length, encoding
+    assert logs["supervisor_node"].count("malformed episode_done") == 1  # one cause, logged once
     # The loop still works after the garbage.
     before = len(monitor.steps)
     assert probe.wait_for(lambda: len(monitor.steps) > before, 40)

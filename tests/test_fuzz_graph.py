@@ -37,7 +37,7 @@ from rcan_bringup.launcher import GraphProcesses, ros_environment
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 SEED = 12
-NODES = ("sim_node", "perception_node", "policy_node", "iiwa_driver_node")
+NODES = ("sim_node", "perception_node", "policy_node", "iiwa_driver_node", "supervisor_node")
 TRAJECTORY = "/lbr/joint_trajectory_controller/joint_trajectory"
 ESTOP = "/rcan/estop"
 DRIVER_STATUS = "/iiwa_driver_node/status"
@@ -275,7 +275,7 @@ def test_fuzz_the_running_graph(tmp_path, models_64):
             topics, services = discover(probe, time.monotonic() + 30)
             # What the graph subscribes to, found by asking it (the fuzzer's own publishers must not count).
             assert {TRAJECTORY, ESTOP, "/joint_states", "/camera/image_raw", "/rcan/canonical/image",
-                    "/rcan/target_pose", "/rcan/ee_pose"} <= set(topics), topics
+                    "/rcan/target_pose", "/rcan/ee_pose", "/rcan/policy/episode_done"} <= set(topics), topics
             assert "/iiwa_driver_node/release_estop" in services, services
             fuzzer = Fuzzer(probe, SEED)
             classes = {t: message_class(ty) for t, ty in topics.items()}

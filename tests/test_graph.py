@@ -20,11 +20,13 @@ def names(args: LaunchArgs) -> list[str]:
 
 def test_conditions_select_robot_or_sim_and_rviz():
     assert names(LaunchArgs()) == ["camera_node", "perception_node", "policy_node", "iiwa_driver_node"]
-    assert names(LaunchArgs(use_sim=True)) == ["sim_node", "perception_node", "policy_node", "iiwa_driver_node"]
+    # In sim the supervisor runs the episodes (sim reset, policy start, grasp check); the robot has none.
+    assert names(LaunchArgs(use_sim=True)) == ["sim_node", "perception_node", "policy_node", "iiwa_driver_node",
+                                               "supervisor_node"]
     assert names(LaunchArgs(use_sim=True, rviz=True))[-1] == "rviz2"
     # build_graph lists every node whatever the arguments; conditions decide what runs.
     assert {s.name for s in build_graph(LaunchArgs())} == {
-        "sim_node", "camera_node", "perception_node", "policy_node", "iiwa_driver_node", "rviz2"}
+        "sim_node", "camera_node", "perception_node", "policy_node", "iiwa_driver_node", "supervisor_node", "rviz2"}
 
 
 def test_arguments_reach_the_nodes():
@@ -42,13 +44,13 @@ def test_arguments_reach_the_nodes():
     assert specs["sim_node"].parameters["joint_prefix"] == "iiwa_"
     assert specs["iiwa_driver_node"].parameters["joint_prefix"] == "iiwa_"
     assert specs["sim_node"].parameters["domain"] == "randomized"
-    assert specs["policy_node"].parameters["sim_mode"] is True
+    assert specs["policy_node"].parameters["autostart"] is False  # the supervisor starts each episode
     # Every node's names are relative: the namespace moves them all, no private name needs patching.
     assert specs["policy_node"].remappings == (("camera/image_raw", "/cam/color/image_raw"),
                                                ("camera/camera_info", "/cam/color/camera_info"))
     assert specs["perception_node"].parameters["model_path"] == "/abs/g.onnx"
     assert specs["policy_node"].parameters["model_path"] == str(share_dir() / "models/p.onnx")
-    assert next(s for s in enabled_nodes(LaunchArgs()) if s.name == "policy_node").parameters["sim_mode"] is False
+    assert next(s for s in enabled_nodes(LaunchArgs()) if s.name == "policy_node").parameters["autostart"] is True
     # Defaults add no remappings at all.
     assert all(not s.remappings for s in enabled_nodes(LaunchArgs(use_sim=True)))
 
@@ -115,7 +117,7 @@ def test_node_command_matches_launch_ros_conventions(tmp_path):
 def test_missing_rviz_is_skipped_with_a_warning(monkeypatch):
     monkeypatch.setattr("rcan_bringup.launcher.find_executable", lambda spec: None)
     specs, warnings = runnable(enabled_nodes(LaunchArgs(use_sim=True, rviz=True)))
-    assert "rviz2" not in [s.name for s in specs] and len(specs) == 4
+    assert "rviz2" not in [s.name for s in specs] and len(specs) == 5
     assert warnings and "rviz2" in warnings[0]
 
 
@@ -125,7 +127,7 @@ def test_dry_run_prints_one_command_per_node(capsys):
     assert main(["--use-sim", "--image-size", "64", "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0].rsplit("/", 1)[-1] for line in lines] == [
-        "sim_node", "perception_node", "policy_node", "iiwa_driver_node"]
+        "sim_node", "perception_node", "policy_node", "iiwa_driver_node", "supervisor_node"]
 
 
 def test_graph_processes_stop_whole_groups(tmp_path, monkeypatch):
@@ -176,16 +178,23 @@ def test_every_default_name_is_relative_so_a_namespace_moves_the_whole_robot():
     from rcan_perception.camera_node import CameraNodeParams
     from rcan_perception.perception_params import PerceptionNodeParams
     from rcan_sim import sim_node
+    from rcan_sim.supervisor import SupervisorParams
 
     names = {f"{cls.__name__}.{f.name}": f.default for cls in (DriverConfig, PolicyNodeParams, CameraNodeParams,
-                                                                PerceptionNodeParams)
+                                                                PerceptionNodeParams, SupervisorParams)
              for f in dataclasses.fields(cls) if f.name.endswith(("_topic", "_service", "_prefix"))}
     names.update(sim_node=sim_node.TRAJECTORY_TOPIC, sim_gripper=sim_node.GRIPPER_COMMAND_TOPIC,
                  controller=DEFAULT_CONTROLLER_TOPIC)
     assert len(names) > 20
     assert not {k: v for k, v in names.items() if v.startswith("/")}, "absolute default names"
-    # No node addresses another node's private names: only a node's own names start with ~.
-    assert {k for k, v in names.items() if v.startswith("~")} == {"DriverConfig.status_topic"}
+    # Only a node's own names start with ~.  The supervisor alone calls other nodes' services
+    # (sim_node/reset, policy_node/start_episode, ...): relative, so in the same namespace.
+    assert {k for k, v in names.items() if v.startswith("~")} == {"DriverConfig.status_topic",
+                                                                  "SupervisorParams.result_topic"}
+    others = {k: v for k, v in names.items() if v.split("/")[0].endswith("_node")}
+    assert set(others) == {"SupervisorParams.reset_service", "SupervisorParams.start_episode_service",
+                           "SupervisorParams.grasp_success_service"}, others
+    assert PolicyNodeParams().episode_done_topic == SupervisorParams().episode_done_topic
     # The policy and the driver meet on public names.
     policy, driver = PolicyNodeParams(), DriverConfig()
     assert policy.gripper_state_topic == driver.gripper_state_topic == "rcan/gripper_state"

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-NODES = ("sim_node", "perception_node", "policy_node", "iiwa_driver_node")
+NODES = ("sim_node", "perception_node", "policy_node", "iiwa_driver_node", "supervisor_node")
 
 
 def node_processes(domain_id: str) -> list[int]:

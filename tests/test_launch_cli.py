@@ -26,13 +26,13 @@ def test_rcan_launch_reports_deaths_and_forwards_ctrl_c(ros_env, tmp_path, tmp_p
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ros_env)
     out_lines = LineReader(proc.stdout)  # never block in readline(): a silent launcher fails on a timeout
     try:
-        started = out_lines.wait_for("[rcan launch] started ", timeout=60, count=4)
-        assert len(started) == 4, out_lines.lines
+        started = out_lines.wait_for("[rcan launch] started ", timeout=60, count=5)
+        assert len(started) == 5, out_lines.lines
         pids = {}
         for line in started:
             name, pid = line.split("started ")[1].split(" (pid ")
             pids[name] = int(pid.rstrip(")"))
-        assert sorted(pids) == ["iiwa_driver_node", "perception_node", "policy_node", "sim_node"]
+        assert sorted(pids) == ["iiwa_driver_node", "perception_node", "policy_node", "sim_node", "supervisor_node"]
         policy_log = logs / "policy_node.log"
         assert wait_until(lambda: policy_log.is_file() and "episode 1 started" in policy_log.read_text(), 120,
                           interval=0.5), "the launched graph never ran an episode"
@@ -50,5 +50,5 @@ def test_rcan_launch_reports_deaths_and_forwards_ctrl_c(ros_env, tmp_path, tmp_p
     assert "shutting down" in out
     assert proc.returncode == 1  # a node died during the run
     assert not [n for n, pid in pids.items() if group_alive(pid)], "stray processes after rcan launch"
-    for name in ("sim_node", "policy_node", "iiwa_driver_node"):
+    for name in ("sim_node", "policy_node", "iiwa_driver_node", "supervisor_node"):
         assert "Traceback" not in (logs / f"{name}.log").read_text()

@@ -143,7 +143,7 @@ def _run_launch_file(monkeypatch, overrides: dict[str, str], missing: tuple[str,
 def test_launch_file_skips_a_node_whose_package_is_not_installed(monkeypatch):
     """Issue 12.6: rviz:=true without rviz2 must not abort the launch (launch_ros raised
     "package 'rviz2' not found" after four nodes had started, and left them orphaned)."""
-    sim_graph = ["sim_node", "perception_node", "policy_node", "iiwa_driver_node"]
+    sim_graph = ["sim_node", "perception_node", "policy_node", "iiwa_driver_node", "supervisor_node"]
     actions, looked_up = _run_launch_file(monkeypatch, {"use_sim": "true", "rviz": "true"}, missing=("rviz2",))
     nodes = [a for a in actions if type(a).__name__ == "Node"]
     logs = [a for a in actions if type(a).__name__ == "LogInfo"]
@@ -216,15 +216,15 @@ def test_real_ros2_launch_runs_the_sim_graph(ros_env, tmp_path, tmp_path_factory
     pytest.importorskip("launch_ros.actions", reason="launch_ros is not installed (PyPI has no wheel)")
     rc, text = _run_real_launch(ros_env, tmp_path, tmp_path_factory, {}, 20.0)
     assert rc == 0, text
-    for name in ("sim_node", "perception_node", "policy_node", "iiwa_driver_node"):
+    for name in ("sim_node", "perception_node", "policy_node", "iiwa_driver_node", "supervisor_node"):
         assert f"[{name}-" in text and "process has died" not in text, text
-    assert text.count("process has finished cleanly") == 4, text
+    assert text.count("process has finished cleanly") == 5, text
     assert "episode 1 started" in text, text
 
 
 def test_real_ros2_launch_with_rviz_but_no_rviz2_installed(ros_env, tmp_path, tmp_path_factory):
     """Issue 12.6 under the real launch stack: rviz:=true without rviz2 logs a skip, starts the
-    other four nodes, and they all stop cleanly with the launch (rc 0, no orphans)."""
+    other five nodes, and they all stop cleanly with the launch (rc 0, no orphans)."""
     pytest.importorskip("launch_ros.actions", reason="launch_ros is not installed (PyPI has no wheel)")
     from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 
@@ -237,7 +237,7 @@ def test_real_ros2_launch_with_rviz_but_no_rviz2_installed(ros_env, tmp_path, tm
     assert "package 'rviz2' not found: skipping node 'rviz2'" in text, text
     assert "Caught exception" not in text, text
     assert rc == 0, text
-    for name in ("sim_node", "perception_node", "policy_node", "iiwa_driver_node"):
+    for name in ("sim_node", "perception_node", "policy_node", "iiwa_driver_node", "supervisor_node"):
         assert f"[{name}-" in text, text
     assert "process has died" not in text, text
-    assert text.count("process has finished cleanly") == 4, text
+    assert text.count("process has finished cleanly") == 5, text

@@ -201,39 +201,48 @@ def test_acts_when_a_pair_arrives_not_on_the_timer(tmp_path, ros_env, harness, t
         assert node.stop() == 0
 
 
-def test_sim_mode_runs_episode_through_sim_services(tmp_path, ros_env, harness, tiny_q):
-    calls: list[str] = []
-
-    def service(name, success):
-        def handle(request, response):
-            calls.append(name)
-            response.success, response.message = success, name
-            return response
-        return harness.node.create_service(Trigger, f"/sim_node/{name}", handle)
-
-    service("reset", True)
-    service("grasp_success", True)
+def test_start_episode_runs_one_episode_and_publishes_its_end(tmp_path, ros_env, harness, tiny_q):
+    """Without autostart the node waits for ~/start_episode, runs the episode, lifts, publishes the
+    episode-end record on rcan/policy/episode_done and is ready for the next start.  It calls no service."""
     d = Driver(harness)
-    params = _params(tiny_q, sim_mode=True, max_steps=2, max_episodes=1, settle_timeout=0.2)
+    ends = harness.collect(String, "/rcan/policy/episode_done")
+    client = harness.node.create_client(Trigger, "/policy_node/start_episode")
+
+    def start() -> tuple[bool, str]:
+        future = client.call_async(Trigger.Request())
+        assert harness.spin_until(future.done, 15.0, node), node.output
+        return future.result().success, future.result().message
+
+    params = _params(tiny_q, autostart=False, max_steps=2, settle_timeout=0.2)
     node = NodeProcess("policy_node", write_params(tmp_path / "p.yaml", params), ros_env)
     try:
         d.wait_connected(node)
-        assert d.publish_until(lambda: "grasp_success" in calls, 30.0, node), (calls, node.output)
-        # The episode is over when the node says so (max_episodes = 1): nothing may follow.
-        assert d.wait_status(lambda s: s.get("phase") == "done" and s.get("successes") == 1, 15.0, node), \
+        assert harness.spin_until(client.service_is_ready, 30.0, node), node.output
+        # Idle: fresh inputs give no command until an episode is started.
+        assert d.wait_status(lambda s: s.get("phase") == "idle", 15.0, node), d.last_status()
+        d.keep_alive_for(0.5, node)
+        assert d.targets == []
+        assert start() == (True, "episode 1 started")
+        assert start()[0] is False  # refused while it runs
+        assert d.publish_until(lambda: ends, 30.0, node), (d.last_status(), node.output)
+        assert d.wait_status(lambda s: s.get("phase") == "idle" and s.get("episodes_finished") == 1, 15.0, node), \
             d.last_status()
+        end = json.loads(ends[0].data)
+        assert end["episode"] == 1 and 1 <= end["steps"] <= 2 and end["ended_by"] in ("max_steps", "terminate")
+        # At most two actions (max_steps), then the lift: 0.2 m straight up from the last action's target,
+        # in four 5 cm increments (lift_step) the driver's step limit accepts; then nothing more.
+        assert len(d.targets) in (5, 6)
+        last, lifts = d.targets[-5].pose.position, [t.pose.position for t in d.targets[-4:]]
+        for k, lift in enumerate(lifts, start=1):
+            assert (lift.x, lift.y) == (last.x, last.y) and abs(lift.z - last.z - 0.05 * k) < 1e-9
+        assert d.last_status()["last_result"] == end and "successes" not in d.last_status()
+        # Ready for the next one.
+        assert start() == (True, "episode 2 started")
+        assert d.publish_until(lambda: len(ends) == 2, 30.0, node), node.output
+        assert json.loads(ends[1].data)["episode"] == 2
     finally:
         assert node.stop() == 0
-    assert calls == ["reset", "grasp_success"], (calls, node.output)
-    # At most two actions (max_steps), then the lift: 0.2 m straight up from the last action's target,
-    # in four 5 cm increments (lift_step) the driver's step limit accepts.
-    assert len(d.targets) in (5, 6)
-    last, lifts = d.targets[-5].pose.position, [t.pose.position for t in d.targets[-4:]]
-    for k, lift in enumerate(lifts, start=1):
-        assert (lift.x, lift.y) == (last.x, last.y) and abs(lift.z - last.z - 0.05 * k) < 1e-9
-    final = json.loads(d.status[-1].data)
-    assert final["phase"] == "done" and final["successes"] == 1 and final["last_result"]["ended_by"] in (
-        "max_steps", "terminate")
+    assert len(ends) == 2
 
 
 def test_bad_policy_model_fails_at_start(tmp_path, ros_env, tiny_q):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rcan_common.config import ConfigError
-from rcan_grasp_policy.episode import CoreConfig, EEState, EpisodeCore, GripperState, ImagePair, Phase
+from rcan_grasp_policy.episode import CoreConfig, Decision, EEState, EpisodeCore, GripperState, ImagePair, Phase
 from rcan_grasp_policy.inputs import build_policy_images
 from rcan_grasp_policy.planner import apply_action, resolve_inputs
 from rcan_grasp_policy.stamp_matcher import StampMatcher
@@ -220,36 +220,39 @@ def test_step_uses_only_images_after_settle_and_builds_state():
     assert core.tick(1.5, ee(1.5, pos), GripperState(False, 1.5), pair(1.46)).target is not None
 
 
-def test_robot_mode_terminate_lifts_and_reports():
+def test_terminate_lifts_then_reports_the_episode_end_and_waits_for_the_next_start():
     core = make_core(Script(make_action((0.0, 0.0, 0.0), terminate=True)), lift_height=0.2, settle_timeout=0.5)
     g = GripperState(False, 0.0)
     target, _ = core.tick(0.0, ee(0.0), g, pair(0.0)).target
     d = core.tick(0.1, ee(0.1, target), g, pair(0.1))  # arrived -> lift, one driver-sized step at a time
     np.testing.assert_allclose(d.target[0], target + [0, 0, 0.05])
-    assert core.phase is Phase.LIFT and "terminate" in d.event
+    assert core.phase is Phase.LIFT and "terminate" in d.event and d.episode_done is None
     top = target + [0, 0, 0.2]
     t = 0.2
     for k in (2, 3, 4):
         assert core.tick(t, ee(t, target), g, pair(t)).target is None  # still lifting
         d = core.tick(t + 0.01, ee(t + 0.01, target + [0, 0, 0.05 * (k - 1)]), g, pair(t))  # increment reached
         np.testing.assert_allclose(d.target[0], target + [0, 0, 0.05 * k])
+        assert d.episode_done is None
         t += 0.1
     d = core.tick(t + 0.7, ee(t + 0.7, target), g, pair(t + 0.7))  # settle timeout also ends the wait
-    assert core.phase is Phase.DONE and "lifted" in d.event
+    assert d.episode_done == {"episode": 1, "steps": 1, "ended_by": "terminate"} and "ended after 1 steps" in d.event
+    assert core.phase is Phase.IDLE and core.last_result == d.episode_done
     np.testing.assert_allclose(core._target[0], top)
-    assert core.results[-1]["success"] is None and core.results[-1]["ended_by"] == "terminate"
-    assert core.tick(0.9, ee(0.9), g, pair(0.9)).target is None  # done: no commands until started
-    assert core.start_episode(1.0)[0] and core.phase is Phase.ACT and core.episode == 2
+    status = core.status()
+    assert status["phase"] == "idle" and status["episodes_finished"] == 1 and status["last_result"] == d.episode_done
+    assert core.tick(0.9, ee(0.9), g, pair(0.9)).target is None  # idle: no commands until started
+    assert core.start_episode(1.0) == (True, "episode 2 started") and core.phase is Phase.ACT
 
 
-def test_supervised_max_steps_then_check_and_reset():
-    core = make_core(Script(*[make_action((0.0, 0.0, 0.0))] * 2), supervised=True, max_steps=2, max_episodes=2)
-    assert core.phase is Phase.RESET
-    assert core.tick(0.0, None, None, None).service == "reset" and core.phase is Phase.AWAIT_RESET
-    assert core.tick(0.05, None, None, None).service is None  # one call at a time
-    core.on_service_result("reset", True, "{}", 0.1)
-    assert core.phase is Phase.ACT and core.episode == 1 and core.settled_at == 0.1
+def test_without_autostart_it_waits_for_start_and_max_steps_ends_the_episode():
+    core = make_core(Script(*[make_action((0.0, 0.0, 0.0))] * 2), autostart=False, max_steps=2)
     g = GripperState(True, 0.0)
+    assert core.phase is Phase.IDLE and core.tick(0.0, ee(0.0), g, pair(0.0)) == Decision()
+    ok, message = core.start_episode(0.1)
+    assert ok and message == "episode 1 started" and core.settled_at == 0.1
+    assert core.start_episode(0.15) == (False, "an episode is running (phase act)")
+    assert core.tick(0.15, ee(0.15), g, pair(0.1)).wait == "waiting_for_images_after_settle"  # from before the start
     t = 0.2
     for _ in range(2):
         target, _ = core.tick(t, ee(t), g._replace(stamp=t), pair(t)).target
@@ -259,19 +262,11 @@ def test_supervised_max_steps_then_check_and_reset():
     for k in (1, 2, 3):  # each 5 cm lift increment reached -> the next one
         d = core.tick(t, ee(t, target + [0, 0, 0.05 * k]), g._replace(stamp=t), pair(t))
         np.testing.assert_allclose(d.target[0], target + [0, 0, 0.05 * (k + 1)])
+        assert core.start_episode(t)[0] is False  # refused until the episode is over
         t += 0.1
     d = core.tick(t, ee(t, target + [0, 0, 0.2]), g._replace(stamp=t), pair(t))
-    assert d.service == "grasp_success" and core.phase is Phase.AWAIT_CHECK
-    assert "failure" in core.on_service_result("grasp_success", False, "nothing held", t)
-    assert core.results[-1]["ended_by"] == "max_steps" and core.phase is Phase.RESET
-    # A missing service is retried after a pause, not hammered.
-    assert core.tick(t, None, None, None).service == "reset"
-    core.on_service_unavailable("reset", t)
-    assert core.tick(t + 0.5, None, None, None).service is None
-    assert core.tick(t + 1.1, None, None, None).service == "reset"
-    core.on_service_result("reset", False, "boom", t + 1.2)
-    assert core.phase is Phase.RESET
-    assert "late" in core.on_service_result("grasp_success", True, "", t + 1.3)
+    assert d.episode_done == {"episode": 1, "steps": 2, "ended_by": "max_steps"} and core.phase is Phase.IDLE
+    assert core.start_episode(t + 0.1)[0] and core.episode == 2 and core.step == 0
 
 
 def test_core_config_validation():

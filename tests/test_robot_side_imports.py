@@ -1,6 +1,6 @@
 """The robot side runs without the simulator (issue 13 item 1).
 
-Each deployed node module (every console-script node except sim_node), and the graph description
+Each deployed node module (every console-script node except sim_node and supervisor_node), and the graph description
 the launch file builds them from, is imported in a fresh interpreter in which `rcan_sim` cannot be
 imported: a meta-path finder raises ImportError for it and for every submodule.  A module that
 needs the sim (directly or through anything it imports) fails here with the import chain.
@@ -27,7 +27,7 @@ class _NoSim:
 sys.meta_path.insert(0, _NoSim())
 """
 
-SIM_ONLY_NODES = {"sim_node"}
+SIM_ONLY_NODES = {"sim_node", "supervisor_node"}
 
 
 def _node_scripts() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""config/{camera,perception,policy}.yaml name exactly the parameters the nodes declare.
+"""config/{camera,perception,policy,supervisor}.yaml name exactly the parameters the nodes declare.
 
 rclpy silently ignores unknown keys in a params file, so a typo there would never be noticed.
 The nodes are built in-process (no DDS traffic beyond loopback, own domain) with the YAML values.
@@ -76,3 +76,9 @@ def test_policy_yaml(context, tmp_path):
 
     model = export_tiny_qnet(tmp_path / "q.onnx")
     _check(PolicyNode, "policy", context, {"model_path": str(model), "warmup_runs": 0})
+
+
+def test_supervisor_yaml(context):
+    from rcan_sim.supervisor_node import SupervisorNode
+
+    _check(SupervisorNode, "supervisor", context, {})

@@ -1,9 +1,10 @@
 """`rcan demo`: sim-in-the-loop grasping through the real node graph.
 
-Starts sim_node, perception_node, policy_node and iiwa_driver_node as processes (the same
-graph description as the launch file), lets the policy run N grasp attempts on unseen
-test objects, then prints the success rate (Wilson 95% interval) and per-stage latencies,
-and writes into the output folder:
+Starts sim_node, perception_node, policy_node, iiwa_driver_node and supervisor_node as processes
+(the same graph description as the launch file).  The supervisor runs N grasp attempts on unseen
+test objects (sim reset, the policy's episode, the sim's grasp check) and publishes each verdict;
+the demo counts those, then prints the success rate (Wilson 95% interval) and per-stage
+latencies, and writes into the output folder:
 
 * ``demo.json``: results, latencies, models, config;
 * ``strip.png``: source -> canonical G(source) -> chosen action, one row per step;
@@ -98,7 +99,7 @@ def resolve_models(cfg: DemoConfig, log=print) -> tuple[Path, Path, bool]:
 
 def graph_specs(cfg: DemoConfig, generator: Path, policy: Path):
     return sim_graph(generator, policy, cfg.image_size, cfg.domain, cfg.seed,
-                     {"policy_node": {"max_episodes": cfg.attempts, "max_steps": cfg.max_steps}})
+                     {"policy_node": {"max_steps": cfg.max_steps}, "supervisor_node": {"episodes": cfg.attempts}})
 
 
 def action_panel(status: dict | None, size: int) -> np.ndarray:
@@ -179,7 +180,6 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None, log=print) ->
 
             recorder = McapRecorder(probe.node, out / "demo.mcap")
         graph.start_all(specs)
-        reported = 0
         status: dict | None = None
         while not stop.is_set():
             deaths += graph.poll_deaths()
@@ -194,14 +194,11 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None, log=print) ->
             if elapsed > cfg.timeout_s:
                 log(f"timeout after {cfg.timeout_s:.0f} s")
                 break
-            finished = [s["last_result"] for s in monitor.statuses[reported:] if s.get("last_result")]
-            for result in finished:
-                if not results or result["episode"] != results[-1]["episode"]:
-                    results.append(result)
-                    verdict = {True: "SUCCESS", False: "failure"}.get(result["success"], "unchecked")
-                    log(f"attempt {len(results)}/{cfg.attempts}: {verdict} after {result['steps']} steps "
-                        f"({result['ended_by']})")
-            reported = len(monitor.statuses)
+            for result in monitor.results[len(results):]:  # the supervisor's verdicts
+                results.append(result)
+                verdict = "SUCCESS" if result["success"] is True else "failure"
+                log(f"attempt {len(results)}/{cfg.attempts}: {verdict} after {result['steps']} steps "
+                    f"({result['ended_by']})")
             if len(results) >= cfg.attempts:
                 break
             stop.wait(0.2)

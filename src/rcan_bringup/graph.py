@@ -8,7 +8,8 @@ files, parameters and remappings.  Three consumers read it and nothing else:
 * the tests (unit, integration, fault) start the graph through the launcher.
 
 Topic names inside the nodes are their defaults, all relative: ``namespace`` moves the whole
-robot's graph, and no node addresses another node's private names.  Launch arguments that
+robot's graph.  Only the sim graph's supervisor calls other nodes' services (sim_node/reset,
+policy_node/start_episode, sim_node/grasp_success), by relative names too.  Launch arguments that
 move a topic (``controller_topic``, ``camera_source``) do it by remapping, so one argument
 always moves both ends of a connection.
 """
@@ -209,8 +210,8 @@ def build_graph(args: LaunchArgs) -> list[NodeSpec]:
             name="policy_node",
             executable="policy_node",
             parameter_files=("config/policy.yaml",),
-            # In sim the sim node supervises the episodes the policy runs: its reset and grasp_success.
-            parameters={"model_path": str(resolve(args.policy_model)), "sim_mode": args.use_sim},
+            # In sim the supervisor starts each episode (after the sim's reset); the robot starts one at once.
+            parameters={"model_path": str(resolve(args.policy_model)), "autostart": not args.use_sim},
             remappings=images,
             namespace=ns,
         ),
@@ -221,6 +222,14 @@ def build_graph(args: LaunchArgs) -> list[NodeSpec]:
             parameters={"joint_prefix": args.joint_prefix},
             remappings=controller,
             namespace=ns,
+        ),
+        NodeSpec(
+            # Sim only: reset the sim, start the policy's episode, judge it when it ends, N times.
+            name="supervisor_node",
+            executable="supervisor_node",
+            parameter_files=("config/supervisor.yaml",),
+            namespace=ns,
+            condition="use_sim",
         ),
         NodeSpec(
             name="rviz2",
@@ -249,8 +258,8 @@ def with_parameters(specs: list[NodeSpec], overrides: dict[str, dict[str, object
 
 def sim_graph(generator_model: str | Path, policy_model: str | Path, image_size: int = 64, domain: str = "canonical",
               seed: int = 0, overrides: dict[str, dict[str, object]] | None = None) -> list[NodeSpec]:
-    """The use_sim graph (sim, perception, policy, driver) with the given models: what the
-    demo, the benchmark and the integration tests start."""
+    """The use_sim graph (sim, perception, policy, driver, supervisor) with the given models: what
+    the demo, the benchmark and the integration tests start."""
     args = LaunchArgs(use_sim=True, image_size=image_size, domain=domain, seed=seed,
                       generator_model=str(generator_model), policy_model=str(policy_model))
     return with_parameters(enabled_nodes(args), overrides or {})

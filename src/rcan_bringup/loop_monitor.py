@@ -31,6 +31,7 @@ CANONICAL = "/rcan/canonical/image"
 TARGET = "/rcan/target_pose"
 MARKERS = "/rcan/policy/markers"
 STATUS = "/rcan/policy/status"
+RESULT = "/supervisor_node/result"  # one judged episode per message (sim graph only)
 TRAJECTORY = "/lbr/joint_trajectory_controller/joint_trajectory"
 JOINT_STATES = "/joint_states"
 
@@ -42,6 +43,14 @@ def percentiles(values: list[float]) -> dict:
     a = np.asarray(values) * 1000.0
     return {"count": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 1),
             "p95_ms": round(float(np.percentile(a, 95)), 1), "max_ms": round(float(a.max()), 1)}
+
+
+def _json(rec: Received):
+    """A JSON String message's content (None when it is not JSON)."""
+    try:
+        return json.loads(rec.msg.data)
+    except ValueError:
+        return None
 
 
 def _step_number(markers) -> int | None:
@@ -76,6 +85,8 @@ class LoopMonitor:
     """Steps whose source/canonical images are kept with them (for the demo's strip)."""
     steps: list[Step] = field(default_factory=list)
     statuses: list[dict] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+    """The supervisor's judged episodes, in order."""
 
     def __post_init__(self) -> None:
         from sensor_msgs.msg import Image, JointState
@@ -102,6 +113,7 @@ class LoopMonitor:
         p.listen(MARKERS, MarkerArray, qos, callback=self._on_markers)
         p.listen(TRAJECTORY, JointTrajectory, qos, callback=self._on_trajectory)
         p.listen(STATUS, String, qos, callback=self._on_status)
+        p.listen(RESULT, String, qos, callback=self._on_result)
         p.listen(JOINT_STATES, JointState, qos)
 
     # -- callbacks (probe thread)
@@ -158,9 +170,8 @@ class LoopMonitor:
                     break
 
     def _on_status(self, rec: Received) -> None:
-        try:
-            status = json.loads(rec.msg.data)
-        except ValueError:
+        status = _json(rec)
+        if status is None:
             return
         with self._lock:
             self.statuses.append(status)
@@ -170,6 +181,12 @@ class LoopMonitor:
                 if step.status is None and step.number == status.get("step") and status.get("last_action"):
                     step.status = status
                     break
+
+    def _on_result(self, rec: Received) -> None:
+        result = _json(rec)
+        if result is not None:
+            with self._lock:
+                self.results.append(result)
 
     def reset(self) -> None:
         """Forget every timing gathered so far (e.g. after warm-up)."""

@@ -94,6 +94,8 @@ DEFAULT_TOPICS: dict[str, str] = {
     "/rcan/target_gripper": "std_msgs/msg/Bool",
     "/rcan/policy/markers": "visualization_msgs/msg/MarkerArray",
     "/rcan/policy/status": "std_msgs/msg/String",
+    "/rcan/policy/episode_done": "std_msgs/msg/String",
+    "/supervisor_node/result": "std_msgs/msg/String",
     "/lbr/joint_trajectory_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
     "/gripper/command": "std_msgs/msg/Bool",
     "/rcan/gripper_state": "std_msgs/msg/Bool",

@@ -56,10 +56,10 @@ def now_s(node) -> float:
 _IN_FLIGHT: set = set()  # futures of call_trigger, referenced until they complete
 
 
-def call_trigger(client, on_done: Callable[[bool, str], None]) -> None:
-    """Call a std_srvs/Trigger service without blocking; then `on_done(success, message)` (a failed call: False)."""
+def call_trigger(client, on_done: Callable[[bool | None, str], None]) -> None:
+    """Call a std_srvs/Trigger service without blocking; then `on_done(success, message)`, where a
+    call that failed without an answer gives success None and the error as the message."""
     from std_srvs.srv import Trigger
-
     future = client.call_async(Trigger.Request())
     _IN_FLIGHT.add(future)
 
@@ -68,7 +68,7 @@ def call_trigger(client, on_done: Callable[[bool, str], None]) -> None:
         try:
             ok, message = bool(fut.result().success), fut.result().message
         except Exception as exc:  # noqa: BLE001 - the caller decides what a failed call means
-            ok, message = False, repr(exc)
+            ok, message = None, repr(exc)
         on_done(ok, message)
 
     future.add_done_callback(done)

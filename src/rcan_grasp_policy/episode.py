@@ -6,14 +6,14 @@ One control step (paper 4.3, mirroring rcan_sim.env.GraspEnv.step):
        dtheta about the vertical (absolute, base frame) -> wait until the arm arrives
     -> gripper command (if the action changes it) -> wait until the gripper reports it
     -> next step, or after `terminate` / `max_steps`: lift -> end of episode.
-Who prepares an episode and judges it is not the policy's business: with ``supervised`` the
-machine asks a supervisor (Decision.service "reset" before an episode, "grasp_success" after
-the lift; in the sim graph these are the sim node's Trigger services) and records its verdict;
-without one (the robot) the episode ends after the lift and is reported unjudged (an operator
-judges and starts the next one).
+Who prepares an episode and judges it is not the policy's business: an episode begins from the
+current scene on ``start_episode`` and ends after the lift with an episode-end record
+(:attr:`Decision.episode_done`: episode, steps, why it ended); then the machine is idle, ready
+for the next start.  In sim a supervisor (rcan_sim.supervisor) resets the scene before each
+start and judges the grasp after each end; on the robot an operator does.
 
 The state machine never blocks and never talks to ROS: ``tick`` returns a :class:`Decision`
-(what to publish or which service to call, or why nothing was sent) and the node does the I/O.
+(what to publish, or why nothing was sent) and the node does the I/O.
 """
 from __future__ import annotations
 
@@ -72,22 +72,17 @@ def check_ee_pose(pos: np.ndarray, quat: np.ndarray, frame: str, stamp: float, n
 
 # ---- the episode state machine
 class Phase(str, Enum):
-    IDLE = "idle"  # waiting for start_episode
-    RESET = "reset"  # about to ask the supervisor to reset (the sim's ~/reset)
-    AWAIT_RESET = "await_reset"
+    IDLE = "idle"  # no episode running: ready for start_episode
     ACT = "act"  # waiting for fresh inputs, then choose an action
     MOVE = "move"  # waiting for the arm to reach the target
     GRIP = "grip"  # waiting for the gripper to open/close
     LIFT = "lift"  # waiting for the arm to finish the lift
-    CHECK = "check"  # about to ask the supervisor to judge (the sim's ~/grasp_success)
-    AWAIT_CHECK = "await_check"
-    DONE = "done"
 
 
 @dataclass(frozen=True)
 class CoreConfig:
     max_steps: int = 20
-    """Actions per episode (paper: at most 20); then lift and check as if terminated."""
+    """Actions per episode (paper: at most 20); then lift and end as if terminated."""
     max_input_age: float = 0.5
     """Images and EE/gripper state with |now - stamp| above this (s) are stale: no command is sent."""
     tray_bottom_z: float = -0.115
@@ -107,12 +102,8 @@ class CoreConfig:
     """Give up waiting for the arm after this long (s) and go on (the next step re-checks freshness)."""
     gripper_timeout: float = 2.0
     """Give up waiting for the gripper state after this long (s)."""
-    supervised: bool = False
-    """A supervisor prepares each episode ("reset") and judges it ("grasp_success"); otherwise lift and report."""
     autostart: bool = True
     """Start the first episode at once (else wait for start_episode)."""
-    max_episodes: int = 0
-    """Stop after this many episodes (0 = no limit; a supervised run resets and goes on)."""
     bounds: ActionBounds = field(default_factory=ActionBounds)
 
     def __post_init__(self) -> None:
@@ -125,7 +116,6 @@ class CoreConfig:
         require(self.still_time > 0, "still_time", "must be > 0")
         require(self.still_tolerance > 0, "still_tolerance", "must be > 0")
         require(self.gripper_timeout > 0, "gripper_timeout", "must be > 0")
-        require(self.max_episodes >= 0, "max_episodes", "must be >= 0")
 
 
 @dataclass
@@ -134,7 +124,7 @@ class Decision:
 
     target: tuple[np.ndarray, np.ndarray] | None = None  # absolute (pos, quat) in the base frame
     gripper_open: bool | None = None
-    service: str | None = None  # "reset" or "grasp_success"
+    episode_done: dict | None = None  # the episode just ended: {"episode", "steps", "ended_by"}
     wait: str | None = None  # why no command was sent (a stable cause key for log-once)
     action: np.ndarray | None = None
     q: float | None = None
@@ -152,7 +142,8 @@ class EpisodeCore:
         self.episode = 0
         self.step = 0
         self.settled_at = -math.inf  # images must be stamped after this
-        self.results: list[dict] = []
+        self.episodes_finished = 0
+        self.last_result: dict | None = None  # the last episode_done record
         self.last_action: np.ndarray | None = None
         self.last_q: float | None = None
         self._target: tuple[np.ndarray, np.ndarray] | None = None
@@ -162,7 +153,6 @@ class EpisodeCore:
         self._still_since = 0.0
         self._end_reason: str | None = None
         self._lift_top = 0.0  # height the lift increments stop at
-        self._retry_at = -math.inf
         self._last_now = -math.inf
         self.clock_jumps = 0  # times `now` went backwards (time references were shifted with it)
         self.phase = Phase.IDLE
@@ -171,47 +161,23 @@ class EpisodeCore:
 
     # -- episode control
     def start_episode(self, now: float) -> tuple[bool, str]:
-        if self.phase not in (Phase.IDLE, Phase.DONE):
+        """Begin an episode from the current scene (images must be stamped after `now`)."""
+        if self.phase is not Phase.IDLE:
             return False, f"an episode is running (phase {self.phase.value})"
-        if self.cfg.supervised:
-            self.phase = Phase.RESET
-            return True, "resetting the sim for a new episode"
-        self._begin(now)
-        return True, f"episode {self.episode} started"
-
-    def _begin(self, now: float) -> None:
         self.episode += 1
         self.step = 0
         self.settled_at = now
         self._end_reason = None
         self.phase = Phase.ACT
+        return True, f"episode {self.episode} started"
 
-    def on_service_result(self, name: str, ok: bool, message: str, now: float) -> str:
-        """Feed back a Trigger response; returns a line for the log."""
-        if name == "reset" and self.phase is Phase.AWAIT_RESET:
-            if not ok:
-                self.phase, self._retry_at = Phase.RESET, now + 1.0
-                return f"sim reset failed ({message}); retrying"
-            self._begin(now)
-            return f"episode {self.episode} started (sim reset)"
-        if name == "grasp_success" and self.phase is Phase.AWAIT_CHECK:
-            return self._finish(bool(ok), message, now)
-        return f"ignored a late '{name}' response in phase {self.phase.value}"
-
-    def on_service_unavailable(self, name: str, now: float) -> None:
-        self.phase = Phase.RESET if name == "reset" else Phase.CHECK
-        self._retry_at = now + 1.0
-
-    def _finish(self, success: bool | None, detail: str, now: float) -> str:
-        self.results.append({"episode": self.episode, "steps": self.step, "success": success,
-                             "ended_by": self._end_reason, "detail": detail})
-        done = self.cfg.max_episodes and len(self.results) >= self.cfg.max_episodes
-        if self.cfg.supervised and not done:
-            self.phase = Phase.RESET
-        else:
-            self.phase = Phase.DONE
-        verdict = {True: "success", False: "failure", None: "lifted (success not checked on the robot)"}[success]
-        return f"episode {self.episode} ended after {self.step} steps ({self._end_reason}): {verdict}"
+    def _finish(self) -> Decision:
+        self.phase = Phase.IDLE
+        self.episodes_finished += 1
+        self.last_result = {"episode": self.episode, "steps": self.step, "ended_by": self._end_reason}
+        return Decision(episode_done=self.last_result,
+                        event=f"episode {self.episode} ended after {self.step} steps ({self._end_reason}), "
+                              f"lifted; ready for the next start_episode")
 
     # -- the control step
     def tick(self, now: float, ee: EEState | None, gripper: GripperState | None,
@@ -234,7 +200,6 @@ class EpisodeCore:
         self.settled_at -= back
         self._since -= back
         self._still_since -= back
-        self._retry_at -= back
         if back < 1e-3:
             return None
         return f"clock went back {back:.3f} s: settle and timeout references moved with it"
@@ -242,11 +207,6 @@ class EpisodeCore:
     def _tick(self, now: float, ee: EEState | None, gripper: GripperState | None,
               pair: ImagePair | None) -> Decision:
         ph = self.phase
-        if ph in (Phase.RESET, Phase.CHECK):
-            if now < self._retry_at:
-                return Decision()
-            self.phase = Phase.AWAIT_RESET if ph is Phase.RESET else Phase.AWAIT_CHECK
-            return Decision(service="reset" if ph is Phase.RESET else "grasp_success")
         if ph is Phase.ACT:
             return self._act(now, ee, gripper, pair)
         if ph is Phase.MOVE and self._arrived(now, ee):
@@ -262,10 +222,7 @@ class EpisodeCore:
             pos, quat = self._target
             if pos[2] < self._lift_top - 1e-9:
                 return Decision(target=self._lift_increment(pos, quat, now))
-            if self.cfg.supervised:
-                self.phase = Phase.CHECK
-                return self._tick(now, ee, gripper, pair)
-            return Decision(event=self._finish(None, "robot mode", now))
+            return self._finish()
         return Decision()
 
     def _stale(self, now: float, ee, gripper, pair) -> str | None:
@@ -338,10 +295,9 @@ class EpisodeCore:
         return self._target
 
     def status(self) -> dict:
-        successes = sum(r["success"] is True for r in self.results)
         return {"phase": self.phase.value, "episode": self.episode, "step": self.step,
                 "max_steps": self.cfg.max_steps, "image_inputs": self.image_inputs,
                 "last_q": self.last_q,
                 "last_action": None if self.last_action is None else [round(float(v), 4) for v in self.last_action],
-                "episodes_finished": len(self.results), "successes": successes, "clock_jumps": self.clock_jumps,
-                "last_result": self.results[-1] if self.results else None}
+                "episodes_finished": self.episodes_finished, "clock_jumps": self.clock_jumps,
+                "last_result": self.last_result}

@@ -1,8 +1,10 @@
 """policy_node: [source, G(source)] + EE/gripper state -> CEM over the Q-network -> target EE pose.
 
-Topics and services: docs/ros.md.  Wiring only: planner.py picks actions, episode.py decides (in sim
-mode the sim node's reset / grasp_success services prepare and judge each episode); stale inputs mean
-no command, malformed messages are rejected (logged once per cause), and the node keeps running.
+Topics and services: docs/ros.md.  Wiring only: planner.py picks actions, episode.py decides; an
+episode starts on ~/start_episode (or at once with autostart) and its end is published on
+rcan/policy/episode_done: the node knows nothing of who resets or judges the scene (in sim the
+supervisor_node, on the robot an operator).  Stale inputs mean no command, malformed messages are
+rejected (logged once per cause), and the node keeps running.
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ from visualization_msgs.msg import MarkerArray
 from rcan_common.config import ConfigError
 from rcan_common.ros_image import ImageError, image_msg_to_rgb, receipt_problem
 from rcan_common.ros_msgs import pose_arrays, pose_stamped_msg
-from rcan_common.ros_node import (OnceLog, StartupError, call_trigger, now_s, publisher, service_qos, spin_node,
-                                  subscription)
+from rcan_common.ros_node import OnceLog, StartupError, now_s, publisher, service_qos, spin_node, subscription
 from rcan_common.ros_params import declare_config
 from rcan_common.stamps import FUTURE_STAMP, stamp_to_s
 from rcan_grasp_policy.episode import NORMAL_WAITS, EpisodeCore, GripperState, ImagePair, check_ee_pose
@@ -51,19 +52,18 @@ class PolicyNode(Node):
         self.gripper_pub = publisher(self, Bool, cfg.gripper_command_topic, 5)
         self.marker_pub = publisher(self, MarkerArray, cfg.markers_topic, 5)
         self.status_pub = publisher(self, String, cfg.status_topic, 5)
+        self.done_pub = publisher(self, String, cfg.episode_done_topic, 5)
         subscription(self, Image, cfg.source_topic, lambda m: self._on_image("source", m), 5)
         subscription(self, Image, cfg.canonical_topic, lambda m: self._on_image("canonical", m), 5)
         subscription(self, PoseStamped, cfg.ee_pose_topic, self._on_ee, 5)
         subscription(self, Bool, cfg.gripper_state_topic,  # Bool has no header: stamped on receipt
                      lambda m: setattr(self, "gripper", GripperState(bool(m.data), now_s(self))), 5)
-        self.sim_clients = {name: self.create_client(Trigger, srv) for name, srv in
-                            (("reset", cfg.reset_service), ("grasp_success", cfg.grasp_success_service))}
         self.create_service(Trigger, "~/start_episode", self._on_start, qos_profile=service_qos())
         self.create_timer(1.0 / cfg.control_rate_hz, self._tick)
         self.create_timer(1.0, self._publish_status)
         self.get_logger().info(f"policy {cfg.model_path} ({self.planner.provider}, inputs {inputs}, {self.planner.image_size}"
                                f"px, CEM {cem.samples}/{cem.elites}/{cem.iterations}) at {cfg.control_rate_hz:g} Hz, "
-                               f"{'sim' if cfg.sim_mode else 'robot'} mode")
+                               f"{'episode 1 started' if cfg.autostart else 'waiting for start_episode'}")
 
     def _on_image(self, stream: str, msg: Image) -> None:
         problem = receipt_problem(msg, now_s(self), self.params.max_future_stamp_s)
@@ -111,24 +111,12 @@ class PolicyNode(Node):
                                                        d.q, self.core.step, self.core.cfg.max_steps, frame, stamp))
         if d.gripper_open is not None:
             self.gripper_pub.publish(Bool(data=d.gripper_open))
-        if d.service:
-            self._call(d.service, now)
+        if d.episode_done is not None:
+            self.done_pub.publish(String(data=json.dumps(d.episode_done)))
         if d.event:
             self.get_logger().info(d.event)
-        if d.target is not None or d.event or d.service:
+        if d.target is not None or d.event:
             self._publish_status()
-
-    def _call(self, name: str, now: float) -> None:
-        client = self.sim_clients[name]
-        if not client.service_is_ready():
-            self.waits(f"service:{name}", f"service {client.srv_name} is not available; retrying")
-            return self.core.on_service_unavailable(name, now)
-
-        def done(ok: bool, message: str) -> None:
-            self.get_logger().info(self.core.on_service_result(name, ok, message, now_s(self)))
-            self._publish_status()
-
-        call_trigger(client, done)
 
     def _on_start(self, request, response):
         response.success, response.message = self.core.start_episode(now_s(self))

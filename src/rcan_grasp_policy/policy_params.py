@@ -48,10 +48,8 @@ class PolicyNodeParams:
     still_tolerance: float = 0.001
     settle_timeout: float = 3.0
     gripper_timeout: float = 2.0
-    sim_mode: bool = False
-    """Episodes are reset and judged by the sim node's Trigger services (reset_service, grasp_success_service)."""
     autostart: bool = True
-    max_episodes: int = 0
+    """Start the first episode at once; false: wait for ~/start_episode (the sim graph's supervisor calls it)."""
     matcher_capacity: int = 10
     base_frame: str = "lbr_link_0"
     # Relative names: a node namespace moves the whole robot's graph.
@@ -63,10 +61,8 @@ class PolicyNodeParams:
     gripper_command_topic: str = "rcan/target_gripper"
     markers_topic: str = "rcan/policy/markers"
     status_topic: str = "rcan/policy/status"
-    reset_service: str = "sim_node/reset"
-    """The supervisor's episode reset (sim_mode): the sim node's ~/reset."""
-    grasp_success_service: str = "sim_node/grasp_success"
-    """The supervisor's verdict after the lift (sim_mode): the sim node's ~/grasp_success."""
+    episode_done_topic: str = "rcan/policy/episode_done"
+    """One JSON record per finished episode (episode, steps, ended_by): the episode-end event."""
 
     def __post_init__(self) -> None:
         require(bool(self.model_path), "model_path", "must not be empty")
@@ -90,8 +86,7 @@ class PolicyNodeParams:
             max_steps=self.max_steps, max_input_age=self.max_input_age, tray_bottom_z=self.tray_bottom_z,
             lift_height=self.lift_height, lift_step=self.lift_step, settle_tolerance=self.settle_tolerance,
             settle_timeout=self.settle_timeout, still_time=self.still_time, still_tolerance=self.still_tolerance,
-            gripper_timeout=self.gripper_timeout, supervised=self.sim_mode, autostart=self.autostart,
-            max_episodes=self.max_episodes, bounds=self.bounds())
+            gripper_timeout=self.gripper_timeout, autostart=self.autostart, bounds=self.bounds())
 
 
 # Parameters the running node re-reads (act_on_new_pair, on every completed pair); a change is
