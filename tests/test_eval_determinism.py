@@ -39,3 +39,13 @@ def test_evaluation_records_do_not_depend_on_the_number_of_workers():
     one = evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, args + ["--workers", "1"]))
     two = evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, args + ["--workers", "2"]))
     assert one["records"] == two["records"] and one["seeds"] == [40, 41, 42, 43]
+
+
+def test_privileged_baselines_blind_descent_and_label_oracle():
+    """Protocol seed 0: a blind straight-down grasp misses, greedy on the true descend labels grasps (the
+    ceiling of that label design; docs/policy.md)."""
+    blind = evaluate.evaluate(evaluate.EvalConfig(policy="descend", episodes=1))
+    oracle = evaluate.evaluate(evaluate.EvalConfig(policy="label-oracle", episodes=1))
+    assert blind["records"][0]["seed"] == oracle["records"][0]["seed"] == 0
+    assert not blind["records"][0]["success"] and oracle["records"][0]["success"]
+    assert blind["files"] == oracle["files"] == {}

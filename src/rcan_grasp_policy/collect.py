@@ -18,7 +18,10 @@ from rcan_grasp_policy.cem import CEMConfig, CEMPolicy, random_actions
 from rcan_grasp_policy.inputs import InputEncoder, state_vector
 from rcan_grasp_policy.replay import SOURCES, Transitions, returns_to_go
 
-PolicyKind = Literal["scripted", "qnet"]
+PolicyKind = Literal["scripted", "descend", "label-oracle", "qnet"]
+PRIVILEGED = ("scripted", "descend", "label-oracle")
+"""Baselines that read the simulator, not the image: the scripted policy, a blind straight-down grasp and
+greedy on the true descend labels (rcan_grasp_policy.labels.LabelOracle)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,19 @@ def _qfunction(task: CollectTask):
     return TorchQFunction(net)
 
 
+def _privileged(task: CollectTask, rng: np.random.Generator):
+    """A privileged baseline as `policy(obs, env) -> action`."""
+    if task.policy == "label-oracle":
+        from rcan_grasp_policy.labels import LabelOracle
+
+        return LabelOracle(rng, gamma=task.gamma)
+    from rcan_sim.scripted import DescendGraspPolicy, ScriptedGraspPolicy
+
+    if task.policy == "descend":
+        return DescendGraspPolicy()
+    return ScriptedGraspPolicy(aim_offset=task.aim_offset, close_jitter=task.close_jitter)
+
+
 def collect_episodes(task: CollectTask) -> CollectResult:
     """Run the task's episodes; the worker entry point (top-level so it pickles)."""
     import torch
@@ -125,15 +141,13 @@ def collect_episodes(task: CollectTask) -> CollectResult:
     t0 = time.perf_counter()
     env, encoder = _env(task), _encoder(task)
     rng = np.random.default_rng(task.cem_seed)
-    if task.policy == "scripted":
-        from rcan_sim.scripted import ScriptedGraspPolicy
-
-        scripted = ScriptedGraspPolicy(aim_offset=task.aim_offset, close_jitter=task.close_jitter)
-        act = lambda obs, image, state: scripted(obs, env)  # noqa: E731
+    if task.policy in PRIVILEGED:
+        baseline = _privileged(task, rng)
+        act = lambda obs, image, state: baseline(obs, env)  # noqa: E731
     else:
         policy = CEMPolicy(_qfunction(task), task.cem, env.cfg.bounds, seed=rng)
         act = lambda obs, image, state: policy.act(image[None], state[None])[0][0]  # noqa: E731
-    source = SOURCES.index("scripted" if task.policy == "scripted" else "policy")
+    source = SOURCES.index("scripted" if task.policy in PRIVILEGED else "policy")
     parts: list[dict[str, list]] = []
     episodes, env_steps = [], 0
     for seed in task.seeds:

@@ -25,7 +25,7 @@ from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.provenance import file_sha256, git_commit, package_versions
 from rcan_grasp_policy.cem import CEMConfig
-from rcan_grasp_policy.collect import CollectTask, collect_episodes
+from rcan_grasp_policy.collect import PRIVILEGED, CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import ORACLE
 from rcan_common.stats import wilson_interval
 
@@ -37,7 +37,8 @@ class EvalConfig:
     """Evaluate a grasping policy on unseen test objects (paper protocol)."""
 
     policy: str = "models/policy_rcan_64.onnx"
-    """Policy: .onnx, .safetensors (with its .json), a training run directory, or 'scripted'."""
+    """Policy: .onnx, .safetensors (with its .json), a training run directory, or a privileged baseline:
+    'scripted', 'descend' (blind straight-down grasp) or 'label-oracle' (greedy on the true descend labels)."""
     generator: str | None = None
     """Generator ONNX for an rcan policy (default: the one recorded in the policy's metadata); 'oracle' = sim's paired canonical render (diagnostic)."""
     domain: Domain = "canonical"
@@ -78,8 +79,8 @@ def _versions() -> dict[str, str]:
 
 def resolve_policy(cfg: EvalConfig) -> dict:
     """Policy file, its metadata and the generator to use; raises ConfigError with the field named."""
-    if cfg.policy == "scripted":
-        return {"kind": "scripted", "variant": "canonical", "image_size": cfg.image_size, "generator": None,
+    if cfg.policy in PRIVILEGED:
+        return {"kind": cfg.policy, "variant": "canonical", "image_size": cfg.image_size, "generator": None,
                 "files": {}}
     path = Path(cfg.policy)
     if path.is_dir():
@@ -119,7 +120,7 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
         onnx_path = str(pol["path"])
     tasks = [CollectTask(seeds=(cfg.seed + i,), variant=pol["variant"], domain=cfg.domain,
                          image_size=pol["image_size"], split=cfg.split, max_steps=cfg.max_steps,
-                         generator=pol["generator"], policy="scripted" if pol["kind"] == "scripted" else "qnet",
+                         generator=pol["generator"], policy=pol["kind"] if pol["kind"] in PRIVILEGED else "qnet",
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
                          cem_seed=int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]),
                          record=False, threads=cfg.threads, fresh_world=True)

@@ -374,7 +374,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
               f"{len(tr.heldout['labels'])} held-out; run {d}", flush=True)
 
     def row(extra: dict) -> None:
-        r = {"updates": tr.updates, "loss": float(np.mean(losses)) if losses else float("nan"),
+        r = {"updates": tr.updates, **({"loss": float(np.mean(losses))} if losses else {}),  # none on a check's own row
              "updates_per_s": (tr.updates - start) / max(time.perf_counter() - t0, 1e-9),
              "elapsed_s": time.perf_counter() - t0, **extra}
         log.write(r)
