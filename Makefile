@@ -32,20 +32,30 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run_all
 
-# The canonical label-trained policy from scratch (docs/policy.md): held-out labels, training labels,
-# training with checks, then the paper's protocol on the latest weights.  Every step resumes where a
-# killed or stopped run left off, so rerunning `make policy` continues it.  POLICY_SCENES=3150 and
-# POLICY_UPDATES=9000 are what policy_canonical_64 used (its card has the exact commands).
-POLICY_SCENES ?= 3150
+# The canonical label-trained policy from scratch (docs/policy.md): held-out labels, training labels (blind
+# descend completion), a first training run, one DAgger round (states the first policy visits, labelled the
+# same way), the final training on both, then the paper's protocol on it.  Every step resumes where a killed
+# or stopped run left off, so rerunning `make policy` continues it.  The defaults are what
+# policy_canonical_64 used (its card has the exact commands and times).
+POLICY_SCENES ?= 4000
+POLICY_DAGGER_SCENES ?= 2000
 POLICY_UPDATES ?= 9000
-POLICY_RUN := runs/policy/labels-canonical-64-make
+POLICY_FINAL_UPDATES ?= 12000
+POLICY_LABELS := data/labels/descend-64
+POLICY_RUN := runs/policy/descend-canonical-64-make
+LABEL := $(VENV)/bin/rcan label-states --completion descend --candidates 8 --resume
+TRAIN_LABELS := $(VENV)/bin/rcan train-labels --eval-labels $(POLICY_LABELS)-test --out-dir runs/policy --threads 2 \
+	--eval-every 1500 --eval-episodes 30
 
 policy: $(STAMP)
-	$(VENV)/bin/rcan label-states --out-dir data/labels/canonical-64-test --split test --scenes 200 --scenes-per-task 20 --resume
-	$(VENV)/bin/rcan label-states --out-dir data/labels/canonical-64-train --scenes $(POLICY_SCENES) --scenes-per-task 25 --workers 2 --resume
-	$(VENV)/bin/rcan train-labels --labels data/labels/canonical-64-train --eval-labels data/labels/canonical-64-test \
-		--out-dir $(dir $(POLICY_RUN)) --run-name $(notdir $(POLICY_RUN)) --total-updates $(POLICY_UPDATES) --threads 2 \
-		$(if $(wildcard $(POLICY_RUN)/checkpoint.json),--resume,)
+	$(LABEL) --out-dir $(POLICY_LABELS)-test --split test --scenes 200
+	$(LABEL) --out-dir $(POLICY_LABELS)-train --scenes $(POLICY_SCENES) --workers 2
+	$(TRAIN_LABELS) --labels $(POLICY_LABELS)-train --run-name $(notdir $(POLICY_RUN))-first \
+		--total-updates $(POLICY_UPDATES) $(if $(wildcard $(POLICY_RUN)-first/checkpoint.json),--resume,)
+	$(LABEL) --out-dir $(POLICY_LABELS)-dagger1 --scenes $(POLICY_DAGGER_SCENES) --workers 2 --seed 1 \
+		--behaviour $(POLICY_RUN)-first/policy.safetensors --behaviour-epsilon 0.1 --aim-offset 0
+	$(TRAIN_LABELS) --labels $(POLICY_LABELS)-train $(POLICY_LABELS)-dagger1 --run-name $(notdir $(POLICY_RUN)) \
+		--total-updates $(POLICY_FINAL_UPDATES) $(if $(wildcard $(POLICY_RUN)/checkpoint.json),--resume,)
 	$(VENV)/bin/rcan eval-policy --policy $(POLICY_RUN) --episodes 102 --domain canonical --workers 2
 
 clean:
