@@ -202,6 +202,10 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     aux_ckpt = load_file(str(tmp_path / "aux" / "checkpoint.safetensors"))
     assert any(k.startswith("aux.") for k in aux_ckpt)
     assert set(load_file(str(tmp_path / "aux" / "policy.safetensors"))) == set(straight)
+    # cosine learning-rate decay: the rate is a function of the update counter (so resume stays exact)
+    assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
+    lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # the rate of the 4th (last) update
     # DAgger-style: the trained policy's own episodes visit the next states to label
     L.run(L.LabelConfig(out_dir=tmp_path / "dagger", scenes=1, split="test", image_size=32, candidates=3,
                         max_steps=3, behaviour=str(run), behaviour_epsilon=0.0), progress=False)

@@ -78,6 +78,9 @@ class LabelTrainConfig:
     batch_states: int = 64
     """Labelled states per update (each with all its K candidates)."""
     lr: float = 1e-3
+    lr_decay: bool = False
+    """NOT in the paper (off: a constant rate): cosine decay of the learning rate to 0 at total_updates, so the
+    last weights are settled ones (with a constant rate, greedy success swings between snapshots)."""
     weight_decay: float = 1e-4
     random_shift: int = 4
     """Shift every training image by up to this many pixels (edge-replicated); 0 disables."""
@@ -259,6 +262,9 @@ class LabelTrainer:
 
     def update(self) -> dict[str, float]:
         d, cfg = self.train, self.cfg
+        if cfg.lr_decay:  # a function of the update counter alone: resume stays exact
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(self.updates / cfg.total_updates, 1.0)))
         idx = self.rng.integers(0, len(d["labels"]), cfg.batch_states)
         images = d["image"][idx]
         if self.aux is not None:  # the mask rides along as a last channel, so it shifts with its image
