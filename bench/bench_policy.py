@@ -163,9 +163,9 @@ def bench_collect(net: QNetwork, episodes: int = 2) -> dict:
     return out
 
 
-def bench_labels(scenes: int = 4) -> dict:
-    """Counterfactual labels (rcan label-states) against the plain scripted episode collector, per CPU-second of
-    this process, same scenes' count, same run; and the label learner's updates/s."""
+def bench_labels(scenes: int = 4, completion: str = "scripted", candidates: int = 6) -> dict:
+    """Counterfactual labels (rcan label-states --completion ...) against the plain scripted episode collector, per
+    CPU-second of this process, same scenes' count, same run; and the label learner's updates/s."""
     import tempfile
 
     from rcan_grasp_policy.collect import CollectTask, collect_episodes
@@ -173,7 +173,8 @@ def bench_labels(scenes: int = 4) -> dict:
     from rcan_grasp_policy.labels import LabelConfig, label_task, load_labels, write_manifest
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = LabelConfig(out_dir=Path(tmp), scenes=scenes + 1, scenes_per_task=1, split="train")
+        cfg = LabelConfig(out_dir=Path(tmp), scenes=scenes + 1, scenes_per_task=1, split="train",
+                          completion=completion, candidates=candidates)
         write_manifest(cfg)
         label_task((cfg, 0))  # build the env first
         c0 = time.process_time()
@@ -206,9 +207,9 @@ def bench_labels(scenes: int = 4) -> dict:
             "ratio_labels_vs_transitions": round(labels_per_cpu_s / transitions_per_cpu_s, 3),
             "ratio_contrasted_labels_vs_transitions": round(contrast * labels_per_cpu_s / transitions_per_cpu_s, 3),
             "label_learner_updates_per_s_1_thread": round(updates_per_s, 2), "label_batch_states": train.cfg.batch_states,
-            "scenes": scenes,
+            "scenes": scenes, "completion": completion,
             "note": "a transition is one (state, action, reward) of a scripted episode (epsilon 0.1), rendered; a label is "
-                    "one candidate's outcome at a state (restore, execute, scripted completion without rendering). "
+                    "one candidate's outcome at a state (restore, execute, the completion without rendering). "
                     "Only labels contrast actions in the same state (states_with_contrast: K labels not all equal)"}
 
 
@@ -307,6 +308,7 @@ def main() -> dict:
         "collector": bench_collect(net),
         "cem_regret": bench_regret(net),
         "labels": bench_labels(),
+        "labels_descend": bench_labels(completion="descend", candidates=8),  # what make policy labels with
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__},
     }
@@ -314,7 +316,7 @@ def main() -> dict:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(OUT, result)
     print(json.dumps({k: result[k] for k in ("decision_latency_1_thread", "learner", "merge8", "collector", "cem_regret",
-                                             "labels", "seconds")}, indent=1))
+                                             "labels", "labels_descend", "seconds")}, indent=1))
     return result
 
 
