@@ -164,7 +164,6 @@ class Supervisor:
         if call_id != self._call_id or self._called_at is None:
             return Step(problem=("late_answer", f"ignored a late answer to an abandoned call: {message[:200]!r}"))
         self._called_at = None
-        name = SERVICE[self.phase]
         if ok is None:
             return self._retry(now, "failed", f"the call failed ({message[:200]})")
         if self.phase is Phase.CHECK:  # not ok is the verdict here, not a refusal
