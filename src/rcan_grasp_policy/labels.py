@@ -181,24 +181,23 @@ def candidate_actions(behaviour: np.ndarray, k: int, bounds, rng: np.random.Gene
 
 class LabelOracle:
     """Greedy on the true labels (privileged; `rcan eval-policy --policy label-oracle`): at every step, label
-    `draws` draws from CEM's initial distribution plus close, terminate and straight down by executing them
-    from the current state with the blind descend completion, and take the best.  What a Q-function that
-    had learned the descend labels perfectly would do under CEM-like sampling: the ceiling of that design."""
+    straight down, close, terminate and `draws` draws from CEM's initial distribution (candidate_actions with
+    no jitter) by executing them from the current state with the blind descend completion, and take the best.
+    What a Q-function that had learned the descend labels perfectly would do under CEM-like sampling: the
+    ceiling of that design."""
 
     def __init__(self, rng: np.random.Generator, draws: int = 32, gamma: float = 0.9):
         from rcan_sim.scripted import DescendGraspPolicy
 
         self.rng, self.draws, self.gamma, self.completion = rng, draws, gamma, DescendGraspPolicy()
+        self.exact = LabelConfig(jitter_translation=0.0, jitter_rotation=0.0)  # close / terminate without motion
 
     def __call__(self, obs, env) -> np.ndarray:
         from rcan_common.action import make_action
-        from rcan_grasp_policy.cem import CEMConfig, SearchDistribution, build_actions, sample
 
         bounds = env.cfg.bounds
-        cont, grip, term = sample(SearchDistribution.initial(1, CEMConfig(), bounds), self.draws, bounds, self.rng)
-        fixed = [make_action(gripper="close"), make_action(terminate=True),
-                 make_action([0.0, 0.0, -bounds.max_translation])]
-        cands = np.concatenate([build_actions(cont, grip, term)[0], np.stack(fixed)])
+        down = make_action([0.0, 0.0, -bounds.max_translation])
+        cands = candidate_actions(down, 3 + self.draws, bounds, self.rng, self.exact)
         return cands[int(np.argmax(label_actions(env, cands, self.completion, self.gamma)))]
 
 
