@@ -206,6 +206,18 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # the rate of the 4th (last) update
+    # a narrower view of the camera: greedy checks render it, the exported contract carries it as a centre crop
+    assert label_train.main(args + ["--total-updates", "2", "--run-name", "fov", "--camera-fov-deg", "30",
+                                    "--eval-every", "2"]) == 0
+    assert json.loads((tmp_path / "fov" / "evals.jsonl").read_text())["greedy_success"] in (0.0, 1.0)
+    fov_card = export.export(export.ExportConfig(checkpoint=tmp_path / "fov", out=tmp_path / "fov.onnx",
+                                                 parity_states=2, cem=label_train.CEMConfig(samples=8, elites=2)))
+    assert fov_card["parity"]["cem_same_actions"]
+    crop = json.loads((tmp_path / "fov.contract.json").read_text())["center_crop"]
+    assert crop == pytest.approx(np.tan(np.radians(15)) / np.tan(np.radians(20)))
+    for policy in (tmp_path / "fov.onnx", tmp_path / "fov"):
+        assert evaluate.resolve_policy(evaluate.EvalConfig(policy=str(policy)))["camera_fov_deg"] == pytest.approx(30)
+    assert evaluate.resolve_policy(evaluate.EvalConfig(policy=str(run)))["camera_fov_deg"] == 0.0
     # DAgger-style: the trained policy's own episodes visit the next states to label
     L.run(L.LabelConfig(out_dir=tmp_path / "dagger", scenes=1, split="test", image_size=32, candidates=3,
                         max_steps=3, behaviour=str(run), behaviour_epsilon=0.0), progress=False)

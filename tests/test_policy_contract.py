@@ -121,3 +121,48 @@ def test_export_embeds_and_writes_the_contract(tmp_path):
     contract_path(out).unlink()
     assert write_sidecar(out) == contract_path(out)
     assert PolicyContract.load(contract_path(out)) == want and out.read_bytes() == before
+
+
+def test_center_crop_is_a_narrower_view_of_the_same_camera():
+    from rcan_grasp_policy.contract import SIM_CAMERA_FOV_DEG, crop_for_fov, fov_for_crop
+    from rcan_sim.world import WorldConfig
+
+    assert WorldConfig().camera_fov_deg == SIM_CAMERA_FOV_DEG
+    assert crop_for_fov(SIM_CAMERA_FOV_DEG) == pytest.approx(1.0)
+    assert fov_for_crop(crop_for_fov(30.0)) == pytest.approx(30.0)
+    # prepare keeps the centred square of that fraction of the side, then resizes it.
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[25:75, 25:75] = 200
+    x = PolicyContract(inputs="canonical", image_size=50, center_crop=0.5).prepare(None, img)
+    assert x.shape == (50, 50, 3) and (x == 200).all()
+    # A policy trained on a narrower render carries the crop; one trained on the labelling view does not.
+    meta = {"variant": "canonical", "qnet": {"in_channels": 3, "image_size": 64}}
+    assert PolicyContract.from_metadata(meta | {"train_config": {"camera_fov_deg": 30.0}}).center_crop == \
+        pytest.approx(crop_for_fov(30.0))
+    assert PolicyContract.from_metadata(meta | {"train_config": {"camera_fov_deg": 0.0}}).center_crop == 1.0
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError):
+            PolicyContract(center_crop=bad)
+
+
+def test_center_crop_of_the_camera_image_matches_the_narrow_render():
+    """The robot-side crop of a full camera frame and the sim's render at the narrower field of view (what the
+    policy was trained and is evaluated on) show the same scene at the same place in the image."""
+    from rcan_grasp_policy.contract import crop_for_fov
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import WorldConfig
+
+    frames = {}
+    for size, fov in ((256, 40.0), (64, 30.0)):
+        env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split="test", camera_fov_deg=fov),
+                                 domain="canonical"))
+        try:
+            frames[fov] = env.reset(3)[0]["image"]
+        finally:
+            env.close()
+    cropped = PolicyContract(inputs="canonical", image_size=64, center_crop=crop_for_fov(30.0)).prepare(
+        None, frames[40.0])
+    err = np.abs(cropped.astype(np.float64) - frames[30.0].astype(np.float64)).mean()
+    uncropped = PolicyContract(inputs="canonical", image_size=64).prepare(None, frames[40.0])
+    assert err < 0.5 * np.abs(uncropped.astype(np.float64) - frames[30.0].astype(np.float64)).mean()
+    assert err < 12.0

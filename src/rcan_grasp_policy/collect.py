@@ -35,6 +35,9 @@ class CollectTask:
     domain: str
     """Sim domain the observations are rendered in."""
     image_size: int
+    camera_fov_deg: float = 0.0
+    """Field of view of the sim camera render (0: the camera's own); a policy trained on a narrower view
+    (its contract's center_crop) is run on renders at that view (PolicyContract.view_fov_deg)."""
     split: str = "train"
     """Object split: 'train' for learning, 'test' for evaluation."""
     max_steps: int = 20
@@ -84,10 +87,11 @@ def _env(task: CollectTask):
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import WorldConfig
 
-    key = ("env", task.domain, task.image_size, task.split, task.max_steps)
+    key = ("env", task.domain, task.image_size, task.split, task.max_steps, task.camera_fov_deg)
     if key not in _CACHE:
-        cfg = EnvConfig(world=WorldConfig(image_size=task.image_size, split=task.split), domain=task.domain,
-                        max_steps=task.max_steps)
+        camera = {"camera_fov_deg": task.camera_fov_deg} if task.camera_fov_deg else {}
+        cfg = EnvConfig(world=WorldConfig(image_size=task.image_size, split=task.split, **camera),
+                        domain=task.domain, max_steps=task.max_steps)
         _CACHE[key] = GraspEnv(cfg)
     return _CACHE[key]
 

@@ -15,6 +15,7 @@ sidecar without touching the ONNX file.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ from rcan_common.config import ConfigError, from_dict, require, to_dict
 FORMAT = "rcan-policy-contract-v1"
 ONNX_CONTRACT_KEY = "rcan_policy_contract"
 """ONNX metadata key of the embedded contract JSON (the network metadata stays under ``rcan_policy``)."""
+
+SIM_CAMERA_FOV_DEG = 40.0
+"""Field of view of the sim camera the labels are rendered with (rcan_sim.world.WorldConfig; tested equal)."""
 
 PolicyInputs = Literal["source+canonical", "canonical", "source"]
 INPUT_CHANNELS = {"source+canonical": 6, "canonical": 3, "source": 3}
@@ -53,6 +57,12 @@ class PolicyContract:
     """Square size S the network was trained at; images are resized to S x S."""
     crop: tuple[int, int, int, int] | None = None
     """(top, left, height, width) crop applied before resizing; None: the whole image."""
+    center_crop: float = 1.0
+    """Side of the centred square kept from every input image before resizing, as a fraction of the image
+    side (1: the whole frame).  A centred crop of a pinhole image is a narrower view of the same camera: a
+    policy trained on renders at field of view f (`train-labels --camera-fov-deg f`) of the sim camera
+    (field of view F, 40 deg) has center_crop = tan(f/2) / tan(F/2), and in sim it is evaluated on renders
+    at f directly (`view_fov_deg`)."""
     interpolation: Literal["area"] = "area"
     """Resize: cv2 INTER_AREA when shrinking (as a render at S would be), INTER_LINEAR when enlarging."""
     channel_order: Literal["RGB"] = "RGB"
@@ -75,6 +85,8 @@ class PolicyContract:
         require(self.inputs in INPUT_CHANNELS, "inputs", f"must be one of {list(INPUT_CHANNELS)}, got {self.inputs!r}")
         require(self.image_size >= 1, "image_size", f"must be >= 1, got {self.image_size}")
         require(self.crop is None, "crop", "this contract version has no crop (None)")
+        require(math.isfinite(self.center_crop) and 0.05 <= self.center_crop <= 1.0, "center_crop",
+                f"must be in [0.05, 1], got {self.center_crop}")
         require(self.state_names == STATE_NAMES, "state_names", f"expected {STATE_NAMES}, got {self.state_names}")
         require(self.action_names == ACTION_NAMES, "action_names", f"expected {ACTION_NAMES}, got {self.action_names}")
 
@@ -86,7 +98,11 @@ class PolicyContract:
         """The policy image, uint8 (S, S, C), from uint8 RGB (H, W, 3) camera image and/or G(x)."""
         from rcan_grasp_policy.inputs import build_policy_images
 
-        return build_policy_images(source, canonical, self.inputs, self.image_size)
+        return build_policy_images(source, canonical, self.inputs, self.image_size, self.center_crop)
+
+    def view_fov_deg(self) -> float:
+        """Field of view of the sim camera render this policy sees (its crop of the camera), in degrees."""
+        return fov_for_crop(self.center_crop)
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any]) -> "PolicyContract":
@@ -100,7 +116,9 @@ class PolicyContract:
         variant = meta.get("variant")
         require(variant != "rcan" or channels == 6, "inputs",
                 f"variant 'rcan' takes [source, G(source)] (6 channels), the network takes {channels}")
-        return cls(inputs=inputs_for_variant(variant, channels), image_size=size)
+        fov = float((meta.get("train_config") or {}).get("camera_fov_deg") or 0.0)
+        return cls(inputs=inputs_for_variant(variant, channels), image_size=size,
+                   center_crop=crop_for_fov(fov) if fov else 1.0)
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), sort_keys=True)
@@ -124,6 +142,16 @@ class PolicyContract:
         if not path.is_file():
             raise FileNotFoundError(f"policy contract not found: {path}")
         return cls.from_json(path.read_text())
+
+
+def crop_for_fov(fov_deg: float) -> float:
+    """center_crop that narrows the sim camera to `fov_deg` (the same pinhole camera, a centred crop)."""
+    return math.tan(math.radians(fov_deg) / 2) / math.tan(math.radians(SIM_CAMERA_FOV_DEG) / 2)
+
+
+def fov_for_crop(center_crop: float) -> float:
+    """The sim camera's field of view (deg) narrowed by `center_crop` (inverse of crop_for_fov)."""
+    return math.degrees(2 * math.atan(center_crop * math.tan(math.radians(SIM_CAMERA_FOV_DEG) / 2)))
 
 
 def contract_path(model_path: str | Path) -> Path:

@@ -133,12 +133,13 @@ class Decision:
 
 class EpisodeCore:
     def __init__(self, cfg: CoreConfig, planner_act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
-                 image_inputs: str, image_size: int):
+                 image_inputs: str, image_size: int, center_crop: float = 1.0):
         self.cfg = cfg
         self.act = planner_act
         self.image_inputs = image_inputs
         self.image_size = image_size
-        self.prepare = PolicyContract(inputs=image_inputs, image_size=image_size).prepare  # the policy image
+        self.prepare = PolicyContract(inputs=image_inputs, image_size=image_size,  # the policy image
+                                      center_crop=center_crop).prepare
         self.episode = 0
         self.step = 0
         self.settled_at = -math.inf  # images must be stamped after this

@@ -26,6 +26,7 @@ from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.provenance import file_sha256, git_commit, package_versions
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import PRIVILEGED, CollectTask, collect_episodes
+from rcan_grasp_policy.contract import PolicyContract
 from rcan_grasp_policy.inputs import ORACLE
 from rcan_common.stats import wilson_interval
 
@@ -81,7 +82,7 @@ def resolve_policy(cfg: EvalConfig) -> dict:
     """Policy file, its metadata and the generator to use; raises ConfigError with the field named."""
     if cfg.policy in PRIVILEGED:
         return {"kind": cfg.policy, "variant": "canonical", "image_size": cfg.image_size, "generator": None,
-                "files": {}}
+                "files": {}, "camera_fov_deg": 0.0}
     path = Path(cfg.policy)
     if path.is_dir():
         path = path / "policy.safetensors"
@@ -90,12 +91,14 @@ def resolve_policy(cfg: EvalConfig) -> dict:
     if path.suffix == ".onnx":
         from rcan_grasp_policy.backends import load_qfunction
 
-        meta = load_qfunction(path)[1]
+        qf, meta = load_qfunction(path)
+        contract = qf.contract
     elif path.suffix == ".safetensors":
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():
             raise ConfigError(f"invalid config field 'policy': {path} needs its metadata file {sidecar}")
         meta = json.loads(sidecar.read_text())
+        contract = PolicyContract.from_metadata(meta)
     else:
         raise ConfigError(f"invalid config field 'policy': expected .onnx, .safetensors or a run directory, got {path}")
     generator = cfg.generator
@@ -107,8 +110,11 @@ def resolve_policy(cfg: EvalConfig) -> dict:
     files = {"policy": {"path": str(path), "sha256": file_sha256(path)}}
     if generator not in (None, ORACLE):
         files["generator"] = {"path": str(generator), "sha256": file_sha256(generator)}
+    # A policy trained on a narrower view of the camera (its contract's centre crop) sees renders at that view.
+    fov = contract.view_fov_deg() if contract.center_crop < 1.0 else 0.0
     return {"kind": path.suffix.lstrip("."), "path": path, "variant": meta["variant"],
-            "image_size": int(meta["qnet"]["image_size"]), "generator": generator, "files": files, "meta": meta}
+            "image_size": int(meta["qnet"]["image_size"]), "generator": generator, "files": files, "meta": meta,
+            "camera_fov_deg": fov}
 
 
 def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
@@ -119,7 +125,7 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
     elif pol["kind"] == "onnx":
         onnx_path = str(pol["path"])
     tasks = [CollectTask(seeds=(cfg.seed + i,), variant=pol["variant"], domain=cfg.domain,
-                         image_size=pol["image_size"], split=cfg.split, max_steps=cfg.max_steps,
+                         image_size=pol["image_size"], camera_fov_deg=pol["camera_fov_deg"], split=cfg.split, max_steps=cfg.max_steps,
                          generator=pol["generator"], policy=pol["kind"] if pol["kind"] in PRIVILEGED else "qnet",
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
                          cem_seed=int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]),

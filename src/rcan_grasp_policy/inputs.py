@@ -52,7 +52,7 @@ def _check(variant: str) -> None:
 
 
 def build_policy_images(source: np.ndarray, canonical: np.ndarray | None, inputs: str,
-                        size: int | None = None) -> np.ndarray:
+                        size: int | None = None, center_crop: float = 1.0) -> np.ndarray:
     """The Q-network image (S, S, C) uint8: [source, canonical] (inputs "source+canonical", C=6) or
     one of them ("source" or "canonical", C=3).  The one builder of the policy image, reached through
     rcan_grasp_policy.contract.PolicyContract.prepare: the sim's InputEncoder (training, evaluation,
@@ -60,8 +60,15 @@ def build_policy_images(source: np.ndarray, canonical: np.ndarray | None, inputs
 
     With `size`, images of another size are resized to it (area interpolation when shrinking, as
     a render at that size would be; linear when enlarging); without, they are used as they are.
+    `center_crop` < 1 first keeps the centred square of that fraction of each image's side (a narrower
+    view of the same camera, as the policy was trained on).
     """
     def fit(img: np.ndarray) -> np.ndarray:
+        if center_crop < 1.0:
+            h, w = img.shape[:2]
+            side = max(1, round(min(h, w) * center_crop))
+            top, left = (h - side) // 2, (w - side) // 2
+            img = img[top:top + side, left:left + side]
         if size is None or img.shape[:2] == (size, size):
             return img
         import cv2

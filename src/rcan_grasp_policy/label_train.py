@@ -99,9 +99,10 @@ class LabelTrainConfig:
     cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM of the greedy checks and the regret measurement (the deployed search)."""
     camera_fov_deg: float = 0.0
-    """Framing experiment (0 = the labelling camera): render every stored state through this field of view of
-    the same camera, i.e. a narrower view of the tray at the same pixel cost.  Such a network is for measuring
-    (held-out checks only): the deployed camera, perception and policy do not apply the framing yet."""
+    """NOT in the paper (0 = the labelling camera): render every stored state through this narrower field of
+    view of the same camera, a closer view of the tray at the same pixel cost.  The exported contract carries
+    it as a centred crop (PolicyContract.center_crop), which the robot-side policy applies to its camera
+    images; in sim the greedy checks and `rcan eval-policy` render at this view."""
     max_states: int = 0
     """Train on the first this many labelled states only (learning curves; 0: all)."""
     blank_images: bool = False
@@ -120,8 +121,6 @@ class LabelTrainConfig:
         require(self.eval_every >= 0 and self.eval_episodes >= 0, "eval_every", "must be >= 0")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every", "must be >= 1")
         require(self.camera_fov_deg == 0 or 5 <= self.camera_fov_deg <= 120, "camera_fov_deg", "must be 0 or in [5, 120]")
-        require(self.camera_fov_deg == 0 or self.eval_episodes == 0, "camera_fov_deg",
-                "a framing experiment is checked on held-out labels only: pass --eval-episodes 0")
 
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
@@ -296,7 +295,8 @@ class LabelTrainer:
         cfg = self.cfg
         weights = save({k: v.detach().contiguous() for k, v in self.net.state_dict().items()})
         tasks = [CollectTask(seeds=(SELECTION_SEED_BASE + i,), variant=cfg.variant, domain=self.domain,
-                             image_size=cfg.image_size, split="test", generator=self.generator, policy="qnet",
+                             image_size=cfg.image_size, camera_fov_deg=cfg.camera_fov_deg, split="test",
+                             generator=self.generator, policy="qnet",
                              weights=weights, qnet=self.net.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False,
                              fresh_world=True)
                  for i in range(cfg.eval_episodes)]

@@ -44,7 +44,8 @@ class PolicyNode(Node):
             self.matcher = StampMatcher(cfg.matcher_capacity, on_reset=lambda m: self.events("matcher_reset", m))
         except (ValueError, ConfigError, RuntimeError) as exc:  # ModelError, PolicyLoadError
             raise StartupError(str(exc)) from exc
-        self.core = EpisodeCore(cfg.core_config(), self.planner.act, inputs, self.planner.image_size)
+        self.core = EpisodeCore(cfg.core_config(), self.planner.act, inputs, self.planner.image_size,
+                                self.planner.contract.center_crop)
         self.uses = {"source": inputs != "canonical", "canonical": inputs != "source"}
         self.rejects, self.waits, self.events = (OnceLog(self.get_logger().warning) for _ in range(3))
         self.ee = self.gripper = self._waiting = None  # EEState, GripperState, why the last tick sent nothing
