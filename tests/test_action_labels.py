@@ -222,6 +222,10 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     L.run(L.LabelConfig(out_dir=tmp_path / "dagger", scenes=1, split="test", image_size=32, candidates=3,
                         max_steps=3, behaviour=str(run), behaviour_epsilon=0.0), progress=False)
     assert len(L.load_labels(tmp_path / "dagger")["seed"]) > 0
+    # ... and a policy trained on a narrower view is shown renders at its view, not the labelling camera's
+    L.run(L.LabelConfig(out_dir=tmp_path / "dagger-fov", scenes=1, split="test", image_size=32, candidates=3,
+                        max_steps=3, behaviour=str(tmp_path / "fov.onnx"), behaviour_epsilon=0.0), progress=False)
+    assert len(L.load_labels(tmp_path / "dagger-fov")["seed"]) > 0
     card = export.export(export.ExportConfig(checkpoint=run, out=tmp_path / "p.onnx", parity_states=2,
                                              cem=label_train.CEMConfig(samples=8, elites=2)))
     assert card["parity"]["cem_same_actions"]
@@ -252,6 +256,20 @@ def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
     narrow = L.policy_images(tmp_path, data, "canonical", camera_fov_deg=24)
     assert narrow.shape == data["image"].shape and not np.array_equal(narrow, data["image"])
     assert len(list(tmp_path.glob("images-canonical-64-fov24-*.npy"))) == 1
+
+
+def test_render_at_a_narrower_view_is_the_narrower_camera():
+    narrow = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test", camera_fov_deg=30.0)))
+    wide = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test")))
+    try:
+        narrow.reset(5), wide.reset(5)
+        frame = wide.world.render("canonical", fov_deg=30.0)
+        np.testing.assert_array_equal(frame.rgb, narrow.world.render("canonical").rgb)
+        np.testing.assert_allclose(frame.camera.K, narrow.world.camera.K)
+        assert not np.array_equal(frame.rgb, wide.world.render("canonical").rgb)
+        np.testing.assert_allclose(wide.world.render("canonical").camera.K, wide.world.camera.K)
+    finally:
+        narrow.close(), wide.close()
 
 
 def test_shift_moves_pixel_targets_with_the_image():

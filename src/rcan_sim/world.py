@@ -30,7 +30,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pybullet as pb
@@ -241,6 +241,7 @@ class GraspWorld:
         self._episode: _Episode | None = None
         self._gripper_open = True
         self._build()
+        self._views: dict[float, tuple[Any, CameraInfo]] = {}  # field of view -> (projection, camera)
         self._camera = self._make_camera()
 
     # ------------------------------------------------------------------ scene
@@ -355,18 +356,23 @@ class GraspWorld:
         mid, _ = pb.multiplyTransforms(inv_pos, inv_orn, tcp.tolist(), [0, 0, 0, 1])
         return np.array(mid), np.array([0.0, 0.0, 0.0, 1.0])
 
-    def _make_camera(self) -> CameraInfo:
+    def _make_camera(self, fov_deg: float | None = None) -> CameraInfo:
+        """The camera (and its pybullet matrices) at the configured field of view, or a narrower `fov_deg` of the
+        same camera; the configured one is the world's camera, other views are kept for `render(fov_deg=...)`."""
         cfg = self.cfg
+        fov = cfg.camera_fov_deg if fov_deg is None else fov_deg
         self._view = pb.computeViewMatrix(cfg.camera_eye, cfg.camera_target, [0, 0, 1], physicsClientId=self._cid)
-        self._proj = pb.computeProjectionMatrixFOV(cfg.camera_fov_deg, 1.0, cfg.camera_near, cfg.camera_far,
-                                                   physicsClientId=self._cid)
+        proj = pb.computeProjectionMatrixFOV(fov, 1.0, cfg.camera_near, cfg.camera_far, physicsClientId=self._cid)
+        if fov_deg is None:
+            self._proj = proj
         n = cfg.image_size
-        f = (n / 2) / math.tan(math.radians(cfg.camera_fov_deg) / 2)
+        f = (n / 2) / math.tan(math.radians(fov) / 2)
         c = (n - 1) / 2  # OpenCV: pixel centres at integer coordinates
         K = np.array([[f, 0, c], [0, f, c], [0, 0, 1]])
         view_gl = np.array(self._view).reshape(4, 4).T  # pybullet matrices are column-major
         extr = np.diag([1.0, -1.0, -1.0, 1.0]) @ view_gl  # OpenGL camera (-z forward) -> OpenCV
-        return CameraInfo(n, n, K, extr, cfg.camera_near, cfg.camera_far)
+        self._views[fov] = (proj, CameraInfo(n, n, K, extr, cfg.camera_near, cfg.camera_far))
+        return self._views[fov][1]
 
     @property
     def camera(self) -> CameraInfo:
@@ -716,11 +722,11 @@ class GraspWorld:
             self._textures[index] = tid
         return tid
 
-    def _capture(self, light: dict, full: bool):
+    def _capture(self, light: dict, full: bool, proj=None):
         n = self.cfg.image_size
         flags = 0 if full else pb.ER_NO_SEGMENTATION_MASK
         _, _, rgba, zbuf, seg = pb.getCameraImage(
-            n, n, self._view, self._proj, renderer=pb.ER_TINY_RENDERER, shadow=int(self.cfg.shadows),
+            n, n, self._view, self._proj if proj is None else proj, renderer=pb.ER_TINY_RENDERER, shadow=int(self.cfg.shadows),
             flags=flags, physicsClientId=self._cid, **light)
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(n, n, 4)[..., :3].copy()
         if not full:
@@ -731,10 +737,16 @@ class GraspWorld:
         labels = self._seg_lut[np.clip(np.asarray(seg).reshape(n, n), -1, len(self._seg_lut) - 2) + 1]
         return rgb, depth, labels
 
-    def render(self, domain: str = "canonical", randomization_seed: int = 0, labels: bool = True) -> Frame:
+    def render(self, domain: str = "canonical", randomization_seed: int = 0, labels: bool = True,
+               fov_deg: float | None = None) -> Frame:
         """Render the current state in `domain`; the randomization is a function of
         (episode seed, randomization_seed), and the physics state is left untouched.
-        labels=False skips the segmentation mask and depth (a camera image only: cheaper)."""
+        labels=False skips the segmentation mask and depth (a camera image only: cheaper).
+        fov_deg renders through another field of view of the same camera (a policy trained on a narrower view)."""
+        if fov_deg is not None and fov_deg not in self._views:
+            require(5 <= fov_deg <= 120, "fov_deg", "must be in [5, 120]")
+            self._make_camera(fov_deg)
+        proj, camera = self._views[self.cfg.camera_fov_deg if fov_deg is None else fov_deg]
         spec = domain_spec(domain)
         self._require_episode()
         rng = self._render_rng(randomization_seed)
@@ -745,11 +757,11 @@ class GraspWorld:
             light = domains.apply_random(self, spec, rng)
         restore = domains.jitter(self, rng, TRAY_POS) if spec.jitter else None
         try:
-            rgb, depth, seg = self._capture(light, full=labels)
+            rgb, depth, seg = self._capture(light, full=labels, proj=proj)
         finally:
             if restore:
                 restore()
-        return Frame(rgb, depth, seg, self._camera)
+        return Frame(rgb, depth, seg, camera)
 
     def render_pair(self, randomization_seed: int = 0, domain: str = "randomized", source: bool = True) -> PairedFrame:
         """Randomized then canonical render of the frozen state, same jitter for both; the
