@@ -256,6 +256,15 @@ def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
     narrow = L.policy_images(tmp_path, data, "canonical", camera_fov_deg=24)
     assert narrow.shape == data["image"].shape and not np.array_equal(narrow, data["image"])
     assert len(list(tmp_path.glob("images-canonical-64-fov24-*.npy"))) == 1
+    # ... and at any size: the state is stored, not only its pixels
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test", camera_fov_deg=24)))
+    try:
+        small = L.policy_images(tmp_path, data, "canonical", camera_fov_deg=24, image_size=32)
+        assert small.shape == (len(data["seed"]), 32, 32, 3)
+        np.testing.assert_array_equal(small[0], L.render_record(env, data, 0))
+    finally:
+        env.close()
+    assert len(list(tmp_path.glob("images-canonical-32-fov24-*.npy"))) == 1
 
 
 def test_render_at_a_narrower_view_is_the_narrower_camera():

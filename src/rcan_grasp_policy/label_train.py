@@ -246,17 +246,14 @@ class LabelTrainer:
         for d in dirs:
             part = load_labels(d)
             part["image"] = policy_images(d, part, self.cfg.variant, self.cfg.generator, progress=True,
-                                          camera_fov_deg=self.cfg.camera_fov_deg)
+                                          camera_fov_deg=self.cfg.camera_fov_deg, image_size=self.cfg.image_size)
             if aux:
-                part.update(aux_targets(d, part, progress=True))
+                part.update(aux_targets(d, part, progress=True, camera_fov_deg=self.cfg.camera_fov_deg))
             parts.append(part)
         keys = ("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
         data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         if self.cfg.blank_images:
             data["image"] = np.full_like(data["image"], 128)
-        if data["image"].shape[1] != self.cfg.image_size:
-            raise ConfigError(f"invalid config field 'image_size': labels in {dirs} hold {data['image'].shape[1]} px "
-                              f"images, got --image-size {self.cfg.image_size}")
         return data
 
     def update(self) -> dict[str, float]:

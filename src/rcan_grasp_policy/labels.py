@@ -326,16 +326,16 @@ def _file_bytes(save, *args, **kwargs) -> bytes:
 
 
 def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, generator: str | None = None,
-                  progress: bool = False, camera_fov_deg: float = 0.0) -> np.ndarray:
+                  progress: bool = False, camera_fov_deg: float = 0.0, image_size: int = 0) -> np.ndarray:
     """The policy input (N, S, S, C) uint8 of every stored state for `variant`, rendered from the scene states
     (rcan: the randomized render and G of it through ONNX Runtime) and cached in `root` beside the shards.
-    `camera_fov_deg` > 0 renders through that field of view instead of the labelling camera's (a framing
-    experiment: the same camera aimed at the tray, narrower)."""
+    `camera_fov_deg` > 0 renders through that field of view instead of the labelling camera's (a narrower
+    view of the same camera); `image_size` > 0 renders at that size instead of the stored images' size."""
     from rcan_grasp_policy.inputs import InputEncoder, training_domain
 
     settings = _label_settings(root)
-    domain, size = training_domain(variant), int(data["image"].shape[1])
-    if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg:
+    domain, size = training_domain(variant), int(image_size or data["image"].shape[1])
+    if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg and size == data["image"].shape[1]:
         return data["image"]
     tag = f"{variant}-{size}" + (f"-fov{camera_fov_deg:g}" if camera_fov_deg else "")
     if variant == "rcan":
@@ -369,20 +369,24 @@ def _project(camera, points: np.ndarray) -> np.ndarray:
     return (camera.K @ (p / p[2:3]))[:2].T
 
 
-def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = False) -> dict[str, np.ndarray]:
+def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = False,
+                camera_fov_deg: float = 0.0) -> dict[str, np.ndarray]:
     """Free simulator labels of every stored state, for training-only auxiliary heads: the object mask (N, S, S)
     uint8 and the pixel positions (N, 2) of the gripper's TCP and of the object nearest to it (in the table
-    plane).  Rendered from the scene states once and cached beside the labels."""
+    plane), at the size of data["image"] and the view `camera_fov_deg` (0: the labelling camera's).  Rendered
+    from the scene states once and cached beside the labels."""
     from rcan_common import classes
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import WorldConfig
 
     size = int(data["image"].shape[1])
-    cache = Path(root) / f"aux-{size}-{_records_key(data)}.npz"
+    view = f"-fov{camera_fov_deg:g}" if camera_fov_deg else ""
+    cache = Path(root) / f"aux-{size}{view}-{_records_key(data)}.npz"
     if cache.exists():
         return dict(np.load(cache))
     split = _label_settings(root)["split"]
-    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=split)))
+    camera = {"camera_fov_deg": camera_fov_deg} if camera_fov_deg else {}
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=split, **camera)))
     n = len(data["seed"])
     out = {"object_mask": np.zeros((n, size, size), np.uint8), "gripper_uv": np.zeros((n, 2), np.float32),
            "object_uv": np.zeros((n, 2), np.float32)}
