@@ -226,6 +226,12 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     L.run(L.LabelConfig(out_dir=tmp_path / "dagger-fov", scenes=1, split="test", image_size=32, candidates=3,
                         max_steps=3, behaviour=str(tmp_path / "fov.onnx"), behaviour_epsilon=0.0), progress=False)
     assert len(L.load_labels(tmp_path / "dagger-fov")["seed"]) > 0
+    # sets labelled with different K train together (aimed candidates on top of the usual ones)
+    L.run(L.LabelConfig(out_dir=tmp_path / "aimed", scenes=1, split="test", image_size=32, candidates=4,
+                        aimed_candidates=1, max_steps=3), progress=False)
+    assert L.load_labels(tmp_path / "aimed")["labels"].shape[1] == 4
+    assert label_train.main(args + ["--total-updates", "2", "--run-name", "mixed", "--eval-every", "0",
+                                    "--labels", str(tmp_path / "lab"), str(tmp_path / "aimed")]) == 0
     card = export.export(export.ExportConfig(checkpoint=run, out=tmp_path / "p.onnx", parity_states=2,
                                              cem=label_train.CEMConfig(samples=8, elites=2)))
     assert card["parity"]["cem_same_actions"]
@@ -324,3 +330,41 @@ def test_descend_labels_contrast_moves_where_the_script_does_not(env):
         stay.append(stay_d), away.append(away_d), stay_s.append(stay_p), away_s.append(away_p)
     assert np.mean(stay) - np.mean(away) > 0.1
     assert abs(np.mean(stay_s) - np.mean(away_s)) < np.mean(stay) - np.mean(away)
+
+
+def test_aimed_candidates_go_to_an_object_grasp_point(env):
+    """Without noise an aimed candidate is the (clipped) move onto some object's hull centre at its grasp yaw;
+    with the default noise they land on something graspable far more often than CEM's draws."""
+    import math
+
+    from rcan_common.action import COS, SIN
+    from rcan_sim.scripted import grasp_yaw, object_centre_xy
+
+    env.reset(11)
+    t, r = env.cfg.bounds.max_translation, env.cfg.bounds.max_rotation
+    state = env.world.scene_state()
+    goals = [(object_centre_xy(int(o), p[:3], p[3:]), grasp_yaw(int(o), p[3:])[0])
+             for o, p in zip(state["object_ids"], state["object_poses"])]
+    for a in L.aimed_actions(env, 6, np.random.default_rng(0), 0.0, 0.0):
+        assert a[5:].sum() == 0  # a pure move
+        dyaw = math.atan2(a[SIN], a[COS])
+        assert any(np.allclose(a[:2], np.clip(c - env.tcp_target[:2], -t, t), atol=1e-5) and
+                   abs(dyaw - np.clip(math.remainder(y - env.yaw, math.pi), -r, r)) < 1e-4 for c, y in goals)
+    with pytest.raises(Exception, match="aimed_candidates"):
+        L.LabelConfig(candidates=6, aimed_candidates=4)
+
+
+def test_aimed_candidates_label_more_grasps_than_cem_draws(env):
+    from rcan_grasp_policy.cem import CEMConfig, SearchDistribution, build_actions, sample
+
+    rng = np.random.default_rng(3)
+    aimed, drawn = [], []
+    for seed in range(16):
+        env.reset(20 + seed)  # then a random step, so the gripper is not where the script would put it
+        env.step(make_action([*rng.uniform(-0.05, 0.05, 2), -0.05]), render=False)
+        cont, grip, term = sample(SearchDistribution.initial(1, CEMConfig(), env.cfg.bounds), 5, env.cfg.bounds, rng)
+        draws = build_actions(cont, np.zeros_like(grip), np.zeros_like(term))[0]
+        labels = L.label_actions(env, np.concatenate([L.aimed_actions(env, 5, rng, 0.015, 0.3), draws]),
+                                 DescendGraspPolicy(), 0.9)
+        aimed.append(labels[:5] > 0), drawn.append(labels[5:] > 0)
+    assert np.mean(aimed) > max(2 * np.mean(drawn), np.mean(drawn) + 0.05)

@@ -251,6 +251,11 @@ class LabelTrainer:
                 part.update(aux_targets(d, part, progress=True, camera_fov_deg=self.cfg.camera_fov_deg))
             parts.append(part)
         keys = ("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
+        k_max = max(p["labels"].shape[1] for p in parts)
+        for p in parts:  # sets labelled with fewer candidates repeat their behaviour one (same action, same label)
+            pad = k_max - p["labels"].shape[1]
+            p["candidates"] = np.concatenate([p["candidates"], np.repeat(p["candidates"][:, :1], pad, 1)], 1)
+            p["labels"] = np.concatenate([p["labels"], np.repeat(p["labels"][:, :1], pad, 1)], 1)
         data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         if self.cfg.blank_images:
             data["image"] = np.full_like(data["image"], 128)

@@ -56,7 +56,7 @@ class ScriptedGraspPolicy:
             return make_action(*self._jitter(env, s), terminate=True)
         idx, yaw, offset = self._choose(env, s)
         lo, _ = s["object_aabbs"][idx]
-        centre = self._centre(env.world.object_ids[idx], s["object_positions"][idx], s["object_orientations"][idx])
+        centre = object_centre_xy(env.world.object_ids[idx], s["object_positions"][idx], s["object_orientations"][idx])
         centre = centre + offset
         grasp_z = max(s["workspace_low"][2], lo[2] + self.grasp_clearance)
         target = s["tcp_target"]
@@ -89,11 +89,11 @@ class ScriptedGraspPolicy:
             a, b = s["divider_segment"]
             for i, oid in enumerate(env.world.object_ids):
                 pos, orn = s["object_positions"][i], s["object_orientations"][i]
-                centre = self._centre(oid, pos, orn)
+                centre = object_centre_xy(oid, pos, orn)
                 cost = float(np.linalg.norm(centre - s["tcp"][:2]))
                 if np.any(centre < s["workspace_low"][:2]) or np.any(centre > s["workspace_high"][:2]):
                     cost += 10.0
-                yaw, width = self._grasp_yaw(oid, orn)
+                yaw, width = grasp_yaw(oid, orn)
                 tips = [centre + sign * self.finger_reach * np.array([math.cos(yaw), math.sin(yaw)]) for sign in (-1, 1)]
                 if min(_segment_distance(t, a, b) for t in tips) < self.divider_clearance:
                     cost += 1.0
@@ -106,27 +106,29 @@ class ScriptedGraspPolicy:
             self._target = (key, best[1], best[2], radius * np.array([math.cos(angle), math.sin(angle)]))
         return self._target[1], self._target[2], self._target[3]
 
-    @staticmethod
-    def _hull_xy(object_id: int, orn) -> np.ndarray:
-        pts = objects.object_model(object_id).hull_points
-        rot = np.array(pb.getMatrixFromQuaternion(list(orn))).reshape(3, 3)
-        return (pts @ rot.T)[:, :2]
 
-    def _centre(self, object_id: int, pos, orn) -> np.ndarray:
-        """Horizontal centre of the object's hull (the mesh origin can be off-centre)."""
-        xy = self._hull_xy(object_id, orn)
-        return pos[:2] + (xy.min(0) + xy.max(0)) / 2
+def _hull_xy(object_id: int, orn) -> np.ndarray:
+    pts = objects.object_model(object_id).hull_points
+    rot = np.array(pb.getMatrixFromQuaternion(list(orn))).reshape(3, 3)
+    return (pts @ rot.T)[:, :2]
 
-    def _grasp_yaw(self, object_id: int, orn) -> tuple[float, float]:
-        """Yaw that closes the fingers (along the gripper's x axis) across the narrow axis,
-        and the object's width along it."""
-        xy = self._hull_xy(object_id, orn)
-        xy = xy - xy.mean(0)
-        _, vecs = np.linalg.eigh(xy.T @ xy)
-        minor = vecs[:, 0]  # eigenvalues ascending: narrowest direction first
-        width = float(np.ptp(xy @ minor))
-        # The gripper is symmetric under half turns, so [-pi/2, pi/2] (the env's yaw range) covers all.
-        return math.remainder(math.atan2(minor[1], minor[0]), math.pi), width
+
+def object_centre_xy(object_id: int, pos, orn) -> np.ndarray:
+    """Horizontal centre of the object's hull (the mesh origin can be off-centre)."""
+    xy = _hull_xy(object_id, orn)
+    return np.asarray(pos[:2]) + (xy.min(0) + xy.max(0)) / 2
+
+
+def grasp_yaw(object_id: int, orn) -> tuple[float, float]:
+    """Yaw that closes the fingers (along the gripper's x axis) across the object's narrow axis, and the
+    object's width along it."""
+    xy = _hull_xy(object_id, orn)
+    xy = xy - xy.mean(0)
+    _, vecs = np.linalg.eigh(xy.T @ xy)
+    minor = vecs[:, 0]  # eigenvalues ascending: narrowest direction first
+    width = float(np.ptp(xy @ minor))
+    # The gripper is symmetric under half turns, so [-pi/2, pi/2] (the env's yaw range) covers all.
+    return math.remainder(math.atan2(minor[1], minor[0]), math.pi), width
 
 
 def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
