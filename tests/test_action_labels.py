@@ -148,6 +148,10 @@ def test_auc_and_label_metrics_by_hand():
     state = np.array([[1.0, 0.03], [1.0, 0.03]], np.float32)
     m = label_metrics(q, lab, cands, state)
     assert m["close_auc"] == pytest.approx(auc([0.9, 0.2, 0.1, 0.3], [1, 1, 0, 1]))
+    assert m["behaviour_label"] == pytest.approx((0.85 + 0.0) / 2)
+    assert np.isnan(m["move_auc"])  # one move per state: nothing to rank
+    cands[:, 2, 5] = 0.0  # candidate 2 becomes a move: state 0 ranks its moves right, state 1 wrong
+    assert label_metrics(q, lab, cands, state)["move_auc"] == pytest.approx((1.0 + 0.0) / 2)
     state[1, 1] = 0.2  # the second state is too high: its candidates drop out
     assert np.isnan(label_metrics(q, lab, cands, state)["close_auc"])  # only positives left
 

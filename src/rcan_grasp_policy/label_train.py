@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcan_common.action import CLOSE
+from rcan_common.action import CLOSE, TERMINATE
 from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, start_or_resume, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
@@ -164,6 +164,14 @@ def label_metrics(q: np.ndarray, labels: np.ndarray, candidates: np.ndarray | No
     out = {"label_auc": auc(q, positive), "within_state_auc": float(np.mean(within)) if within else float("nan"),
            "pick_label": float(labels[rows, q.argmax(1)].mean()), "random_label": float(labels.mean()),
            "oracle_label": float(labels.max(1).mean())}
+    if candidates is not None:
+        # Among pure moves only (no close, no terminate): does Q rank where to go?  This is what the image must
+        # tell; behaviour_label is the score of always picking the behaviour action (candidate 0), which a
+        # scripted behaviour makes hard to beat on pick_label.
+        move = (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5)
+        within_moves = [auc(qs[m], ps[m]) for qs, ps, m in zip(q, positive, move) if 0 < ps[m].sum() < m.sum()]
+        out["move_auc"] = float(np.mean(within_moves)) if within_moves else float("nan")
+        out["behaviour_label"] = float(labels[:, 0].mean())
     if candidates is not None and state is not None:
         low = (state[:, 0] > 0.5) & (state[:, 1] < CLOSE_AUC_HEIGHT)
         close = (candidates[:, :, CLOSE] > 0.5) & low[:, None]
@@ -370,8 +378,8 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     tr = LabelTrainer(cfg)
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
-    log = RunLog(d, ["updates", "loss", "label_auc", "within_state_auc", "close_auc", "pick_label", "random_label",
-                     "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
+    log = RunLog(d, ["updates", "loss", "label_auc", "within_state_auc", "move_auc", "close_auc", "pick_label",
+                     "behaviour_label", "random_label", "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()
