@@ -62,7 +62,9 @@ class PolicyContract:
     side (1: the whole frame).  A centred crop of a pinhole image is a narrower view of the same camera: a
     policy trained on renders at field of view f (`train-labels --camera-fov-deg f`) of the sim camera
     (field of view F, 40 deg) has center_crop = tan(f/2) / tan(F/2), and in sim it is evaluated on renders
-    at f directly (`view_fov_deg`)."""
+    at f directly (`view_fov_deg`).  On the robot the crop applies to G's output as well, while G ran on the
+    whole frame: for a policy whose inputs include G(x) that is close to, not the same as, G of the crop it
+    was trained on (perception does not crop yet).  The shipped policies use the whole frame (1)."""
     interpolation: Literal["area"] = "area"
     """Resize: cv2 INTER_AREA when shrinking (as a render at S would be), INTER_LINEAR when enlarging."""
     channel_order: Literal["RGB"] = "RGB"
