@@ -13,12 +13,13 @@ from rcan_grasp_policy.qnet import QNetConfig, QNetwork  # noqa: E402
 from rcan_common.stats import wilson_interval  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=[(16, False), (8, False), (16, True)], ids=["merge16", "merge8", "coordconv"])
+@pytest.fixture(scope="module", params=[(16, False, True), (8, False, True), (16, True, True), (16, False, False)],
+                ids=["merge16", "merge8", "coordconv", "no-stem-pool"])
 def tiny(request, tmp_path_factory):
     torch.manual_seed(0)
-    merge, coords = request.param
+    merge, coords, stem_pool = request.param
     net = QNetwork(QNetConfig(in_channels=6, image_size=32, width=8, fc_width=16, merge_downsample=merge,
-                              coord_channels=coords))
+                              coord_channels=coords, stem_pool=stem_pool))
     # Non-trivial BatchNorm statistics, as after training.
     net.train()
     with torch.no_grad():

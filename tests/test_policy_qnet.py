@@ -93,3 +93,13 @@ def test_coord_channels_carry_the_pixel_position():
         plain_inner = _net().eval().trunk[:4](_net().centred_input(blank))[0, :, 2:-2, 2:-2]
         coord_inner = net.trunk[:4](net.centred_input(blank))[0, :, 2:-2, 2:-2]
     assert plain_inner.std((1, 2)).max() < 1e-5 < coord_inner.std((1, 2)).max()
+
+
+def test_without_the_stem_pool_the_first_stage_is_finer_and_the_merge_grid_the_same():
+    plain, fine = _net().eval(), _net(stem_pool=False).eval()
+    x = torch.rand(2, 6, 32, 32)
+    with torch.no_grad():
+        assert plain.trunk[:4](plain.centred_input(x)).shape[2:] == (8, 8)  # stem conv + pool: S/4
+        assert fine.trunk[:3](fine.centred_input(x)).shape[2:] == (16, 16)  # stem conv only: S/2
+        assert fine.embed(x).shape == plain.embed(x).shape
+    assert count_convs(fine) == count_convs(plain)

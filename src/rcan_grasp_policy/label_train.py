@@ -45,7 +45,7 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "coord_channels", "aux_weight",
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "stem_pool", "coord_channels", "aux_weight",
                 "blank_images", "camera_fov_deg")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
@@ -73,6 +73,8 @@ class LabelTrainConfig:
     width: int = 32
     fc_width: int = 64
     merge_downsample: int = 16
+    stem_pool: bool = True
+    """NOT in the paper when off: see QNetConfig.stem_pool (finer first-stage features for small images)."""
     coord_channels: bool = False
     """NOT in the paper (off = its network): CoordConv pixel-coordinate channels on the trunk's input."""
     batch_states: int = 64
@@ -125,7 +127,7 @@ class LabelTrainConfig:
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
                           fc_width=self.fc_width, merge_downsample=self.merge_downsample,
-                          coord_channels=self.coord_channels)
+                          stem_pool=self.stem_pool, coord_channels=self.coord_channels)
 
 
 # ----------------------------------------------------------------------------- held-out metrics
@@ -200,7 +202,7 @@ def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rn
 class AuxHeads(torch.nn.Module):
     """Dense supervision for the Q-network's image trunk; not part of the exported policy."""
 
-    TAP = 12  # trunk module whose output (the last ReLU at 1/4 resolution) feeds the dense heads
+    TAP = 12  # trunk module whose output (the first stage at 1/4 resolution, either stem) feeds the dense heads
 
     def __init__(self, width: int):
         super().__init__()

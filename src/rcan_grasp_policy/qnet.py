@@ -40,6 +40,10 @@ class QNetConfig:
     merge_downsample: int = 16
     """Image downsampling where the action joins the trunk features: 16 (4x4 at 64 px) or 8 (8x8, finer
     localisation for small images; the per-candidate head then works on 4x the positions)."""
+    stem_pool: bool = True
+    """Max-pool right after the stride-2 first convolution (the paper's layout: the first stage works at S/4).
+    False (NOT in the paper) keeps the first stage at S/2 and pools once more before the merge: the same merge
+    grid, features that keep an object of a few pixels apart from its neighbours (4x the trunk's cost)."""
     coord_channels: bool = False
     """Append two constant channels (pixel x and y in [-1, 1]) to the trunk's input (CoordConv, Liu et al.
     2018): every position then knows where it is, so the head can compare a candidate's motion with where
@@ -82,10 +86,11 @@ class QNetwork(nn.Module):
         # The head runs once per CEM candidate, so the merge resolution sets the cost of a
         # decision and of a Bellman target; the last trunk pool is dropped for a merge at S/8.
         last_pool = [nn.MaxPool2d(2)] if cfg.merge_downsample == 16 else []
+        stem_pool, late_pool = ([nn.MaxPool2d(2)], []) if cfg.stem_pool else ([], [nn.MaxPool2d(2)])
         self.trunk = nn.Sequential(
-            *_conv(cfg.in_channels + 2 * cfg.coord_channels, w, stride=2), nn.MaxPool2d(2),  # S/4
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/8
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), *last_pool,               # S/16 or S/8
+            *_conv(cfg.in_channels + 2 * cfg.coord_channels, w, stride=2), *stem_pool,  # S/4 (S/2 unpooled)
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/8 (S/4)
+            *_conv(w, w), *_conv(w, w), *_conv(w, w), *late_pool, *last_pool,   # S/16 or S/8
         )
         self.action_state = nn.Sequential(*_fc(ACTION_DIM + STATE_DIM, cfg.fc_width), *_fc(cfg.fc_width, w))
         self.head_convs = nn.Sequential(
