@@ -33,29 +33,43 @@ bench: $(STAMP)
 	$(PY) -m bench.run_all
 
 # The canonical label-trained policy from scratch (docs/policy.md): held-out labels, training labels (blind
-# descend completion), a first training run, one DAgger round (states the first policy visits, labelled the
-# same way), the final training on both, then the paper's protocol on it.  Every step resumes where a killed
-# or stopped run left off, so rerunning `make policy` continues it.  The defaults are what
-# policy_canonical_64 used (its card has the exact commands and times).
+# descend completion), a first training run, then DAgger rounds: label the states the current policy visits
+# (round 1 with the usual candidates, rounds 2 and 3 also with aimed candidates), retrain on everything.
+# Every step resumes where a killed or stopped run left off, so rerunning `make policy` continues it.  The
+# defaults are what policy_canonical_64 used (its card has the exact commands and times).
 POLICY_SCENES ?= 4000
 POLICY_DAGGER_SCENES ?= 2000
+POLICY_AIMED_SCENES ?= 1500
+POLICY_AIMED2_SCENES ?= 1000
 POLICY_UPDATES ?= 9000
 POLICY_FINAL_UPDATES ?= 12000
 POLICY_LABELS := data/labels/descend-64
 POLICY_RUN := runs/policy/descend-canonical-64-make
 LABEL := $(VENV)/bin/rcan label-states --completion descend --candidates 8 --resume
+DAGGER := $(VENV)/bin/rcan label-states --completion descend --resume --workers 2 --behaviour-epsilon 0.1 --aim-offset 0
+AIMED := --candidates 12 --aimed-candidates 4
 TRAIN_LABELS := $(VENV)/bin/rcan train-labels --eval-labels $(POLICY_LABELS)-test --out-dir runs/policy --threads 2 \
 	--eval-every 1500 --eval-episodes 30
+RESUME_IF = $(if $(wildcard $(1)/checkpoint.json),--resume,)
 
 policy: $(STAMP)
 	$(LABEL) --out-dir $(POLICY_LABELS)-test --split test --scenes 200
 	$(LABEL) --out-dir $(POLICY_LABELS)-train --scenes $(POLICY_SCENES) --workers 2
 	$(TRAIN_LABELS) --labels $(POLICY_LABELS)-train --run-name $(notdir $(POLICY_RUN))-first \
-		--total-updates $(POLICY_UPDATES) $(if $(wildcard $(POLICY_RUN)-first/checkpoint.json),--resume,)
-	$(LABEL) --out-dir $(POLICY_LABELS)-dagger1 --scenes $(POLICY_DAGGER_SCENES) --workers 2 --seed 1 \
-		--behaviour $(POLICY_RUN)-first/policy.safetensors --behaviour-epsilon 0.1 --aim-offset 0
-	$(TRAIN_LABELS) --labels $(POLICY_LABELS)-train $(POLICY_LABELS)-dagger1 --run-name $(notdir $(POLICY_RUN)) \
-		--total-updates $(POLICY_FINAL_UPDATES) $(if $(wildcard $(POLICY_RUN)/checkpoint.json),--resume,)
+		--total-updates $(POLICY_UPDATES) $(call RESUME_IF,$(POLICY_RUN)-first)
+	$(DAGGER) --candidates 8 --out-dir $(POLICY_LABELS)-dagger1 --scenes $(POLICY_DAGGER_SCENES) --seed 1 \
+		--behaviour $(POLICY_RUN)-first/policy.safetensors
+	$(TRAIN_LABELS) --labels $(POLICY_LABELS)-train $(POLICY_LABELS)-dagger1 --run-name $(notdir $(POLICY_RUN))-second \
+		--total-updates $(POLICY_FINAL_UPDATES) $(call RESUME_IF,$(POLICY_RUN)-second)
+	$(DAGGER) $(AIMED) --out-dir $(POLICY_LABELS)-aimed-dagger2 --scenes $(POLICY_AIMED_SCENES) --seed 2 \
+		--behaviour $(POLICY_RUN)-second/policy.safetensors
+	$(TRAIN_LABELS) --labels $(POLICY_LABELS)-train $(POLICY_LABELS)-dagger1 $(POLICY_LABELS)-aimed-dagger2 \
+		--run-name $(notdir $(POLICY_RUN))-third --total-updates $(POLICY_FINAL_UPDATES) $(call RESUME_IF,$(POLICY_RUN)-third)
+	$(DAGGER) $(AIMED) --out-dir $(POLICY_LABELS)-aimed-dagger3 --scenes $(POLICY_AIMED2_SCENES) --seed 3 \
+		--behaviour $(POLICY_RUN)-third/policy.safetensors
+	$(TRAIN_LABELS) --labels $(POLICY_LABELS)-train $(POLICY_LABELS)-dagger1 $(POLICY_LABELS)-aimed-dagger2 \
+		$(POLICY_LABELS)-aimed-dagger3 --run-name $(notdir $(POLICY_RUN)) --total-updates $(POLICY_FINAL_UPDATES) \
+		$(call RESUME_IF,$(POLICY_RUN))
 	$(VENV)/bin/rcan eval-policy --policy $(POLICY_RUN) --episodes 102 --domain canonical --workers 2
 
 clean:
