@@ -198,6 +198,14 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert sorted(p.name for p in (run / "snapshots").glob("*.safetensors")) == ["policy-4.safetensors",
                                                                                   "policy-8.safetensors"]
     assert {"label_auc", "within_state_auc", "pick_label", "cem_regret", "greedy_success"} <= set(evals[0])
+    # the same checks for any snapshot on any label set (rcan check-labels)
+    from rcan_grasp_policy import label_check
+
+    assert label_check.main(["--policy", str(run / "snapshots" / "policy-8.safetensors"), "--labels",
+                             str(tmp_path / "lab"), "--out", str(tmp_path / "check.json")]) == 0
+    checked = json.loads((tmp_path / "check.json").read_text())["labels"][str(tmp_path / "lab")]
+    assert checked["pick_label"] == pytest.approx(evals[-1]["pick_label"], abs=1e-4)
+    assert label_check.main(["--policy", str(tmp_path / "missing.onnx")]) == 2
     # training-only auxiliary heads: resumable like the rest, dropped from the exported policy
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "aux", "--aux-weight", "0.5",
                                     "--eval-every", "0"]) == 0

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-policy": ("rcan_grasp_policy.train:main", "train the QT-Opt grasping policy in sim"),
     "label-states": ("rcan_grasp_policy.labels:main", "label visited states' candidate actions by simulator resets"),
     "train-labels": ("rcan_grasp_policy.label_train:main", "train the Q-network on counterfactual action labels"),
+    "check-labels": ("rcan_grasp_policy.label_check:main", "label metrics (AUC, move AUC, pick) of a policy on label sets"),
     "eval-policy": ("rcan_grasp_policy.evaluate:main", "evaluate a policy with the paper's protocol"),
     "export-policy": ("rcan_grasp_policy.export:main", "export the Q-network to ONNX with a parity check"),
     "policy-contract": ("rcan_grasp_policy.contract:main", "write an exported policy's contract sidecar from its ONNX metadata"),
