@@ -103,8 +103,9 @@ class PolicyContract:
         return build_policy_images(source, canonical, self.inputs, self.image_size, self.center_crop)
 
     def view_fov_deg(self) -> float:
-        """Field of view of the sim camera render this policy sees (its crop of the camera), in degrees."""
-        return fov_for_crop(self.center_crop)
+        """Field of view (deg) of the sim render this policy sees: its crop of the camera, or 0 for the whole
+        frame (the camera's own view, as CollectTask and train-labels --camera-fov-deg spell it)."""
+        return fov_for_crop(self.center_crop) if self.center_crop < 1.0 else 0.0
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any]) -> "PolicyContract":

@@ -110,11 +110,9 @@ def resolve_policy(cfg: EvalConfig) -> dict:
     files = {"policy": {"path": str(path), "sha256": file_sha256(path)}}
     if generator not in (None, ORACLE):
         files["generator"] = {"path": str(generator), "sha256": file_sha256(generator)}
-    # A policy trained on a narrower view of the camera (its contract's centre crop) sees renders at that view.
-    fov = contract.view_fov_deg() if contract.center_crop < 1.0 else 0.0
     return {"kind": path.suffix.lstrip("."), "path": path, "variant": meta["variant"],
             "image_size": int(meta["qnet"]["image_size"]), "generator": generator, "files": files, "meta": meta,
-            "camera_fov_deg": fov}
+            "camera_fov_deg": contract.view_fov_deg()}  # a policy trained on a narrower view sees renders at it
 
 
 def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
@@ -125,7 +123,8 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
     elif pol["kind"] == "onnx":
         onnx_path = str(pol["path"])
     tasks = [CollectTask(seeds=(cfg.seed + i,), variant=pol["variant"], domain=cfg.domain,
-                         image_size=pol["image_size"], camera_fov_deg=pol["camera_fov_deg"], split=cfg.split, max_steps=cfg.max_steps,
+                         image_size=pol["image_size"], camera_fov_deg=pol["camera_fov_deg"], split=cfg.split,
+                         max_steps=cfg.max_steps,
                          generator=pol["generator"], policy=pol["kind"] if pol["kind"] in PRIVILEGED else "qnet",
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
                          cem_seed=int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]),

@@ -47,7 +47,6 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         raise ConfigError(f"invalid config field 'policy': {path} does not exist")
     qf, meta = load_qfunction(path, threads=cfg.threads)
     contract = qf.contract
-    fov = contract.view_fov_deg() if contract.center_crop < 1.0 else 0.0
     out = {}
     for d in cfg.labels:
         data = load_labels(d)
@@ -56,7 +55,7 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         if cfg.max_states and cfg.max_states < n:
             idx = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.max_states, replace=False))
         data = {k: v[idx] for k, v in data.items()}
-        images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=fov,
+        images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=contract.view_fov_deg(),
                                image_size=contract.image_size)
         q = np.concatenate([qf.score(qf.embed(images[i:i + 128], data["state"][i:i + 128]),
                                      data["candidates"][i:i + 128]) for i in range(0, len(idx), 128)])

@@ -45,8 +45,8 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "stem_pool", "coord_channels", "aux_weight",
-                "blank_images", "camera_fov_deg")
+_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "stem_pool", "coord_channels",
+                "aux_weight", "blank_images", "camera_fov_deg")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -264,6 +264,8 @@ class LabelTrainer:
         k_max = max(p["labels"].shape[1] for p in parts)
         for p in parts:  # sets labelled with fewer candidates repeat their behaviour one (same action, same label)
             pad = k_max - p["labels"].shape[1]
+            if not pad:
+                continue
             p["candidates"] = np.concatenate([p["candidates"], np.repeat(p["candidates"][:, :1], pad, 1)], 1)
             p["labels"] = np.concatenate([p["labels"], np.repeat(p["labels"][:, :1], pad, 1)], 1)
         data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
@@ -381,7 +383,8 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
     log = RunLog(d, ["updates", "loss", "label_auc", "within_state_auc", "move_auc", "close_auc", "pick_label",
-                     "behaviour_label", "random_label", "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
+                     "behaviour_label", "random_label", "oracle_label", "cem_regret", "greedy_success",
+                     "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()

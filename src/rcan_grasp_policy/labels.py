@@ -259,9 +259,9 @@ def _behaviour_policy(path: str, env):
     if meta.get("variant") == "rcan":
         raise ConfigError(f"behaviour policy {path} is an rcan policy; DAgger labelling runs 3-channel variants")
     policy = CEMPolicy(qf, seed=0)
-    if qf.contract.center_crop == 1.0:
-        return lambda obs, env: policy.act(obs["image"][None], state_vector(obs)[None])[0][0]
     fov = qf.contract.view_fov_deg()  # a policy trained on a narrower view sees a render at that view
+    if not fov:
+        return lambda obs, env: policy.act(obs["image"][None], state_vector(obs)[None])[0][0]
 
     def act(obs, env):
         image = env.world.render(env.cfg.domain, randomization_seed=env.steps, labels=False, fov_deg=fov).rgb

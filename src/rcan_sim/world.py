@@ -363,8 +363,6 @@ class GraspWorld:
         fov = cfg.camera_fov_deg if fov_deg is None else fov_deg
         self._view = pb.computeViewMatrix(cfg.camera_eye, cfg.camera_target, [0, 0, 1], physicsClientId=self._cid)
         proj = pb.computeProjectionMatrixFOV(fov, 1.0, cfg.camera_near, cfg.camera_far, physicsClientId=self._cid)
-        if fov_deg is None:
-            self._proj = proj
         n = cfg.image_size
         f = (n / 2) / math.tan(math.radians(fov) / 2)
         c = (n - 1) / 2  # OpenCV: pixel centres at integer coordinates
@@ -723,10 +721,12 @@ class GraspWorld:
         return tid
 
     def _capture(self, light: dict, full: bool, proj=None):
+        """One TinyRenderer capture through `proj` (default: the world's own camera)."""
         n = self.cfg.image_size
         flags = 0 if full else pb.ER_NO_SEGMENTATION_MASK
+        proj = self._views[self.cfg.camera_fov_deg][0] if proj is None else proj
         _, _, rgba, zbuf, seg = pb.getCameraImage(
-            n, n, self._view, self._proj if proj is None else proj, renderer=pb.ER_TINY_RENDERER, shadow=int(self.cfg.shadows),
+            n, n, self._view, proj, renderer=pb.ER_TINY_RENDERER, shadow=int(self.cfg.shadows),
             flags=flags, physicsClientId=self._cid, **light)
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(n, n, 4)[..., :3].copy()
         if not full:
