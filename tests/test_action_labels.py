@@ -218,6 +218,35 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # the rate of the 4th (last) update
+    # weight averaging: the checks, snapshots and policy.safetensors are the average; resume stays exact
+    ema = args + ["--eval-every", "0", "--ema-decay", "0.5"]
+    assert label_train.main(ema + ["--total-updates", "2", "--run-name", "ema"]) == 0
+    assert label_train.main(ema + ["--total-updates", "4", "--run-name", "ema", "--resume"]) == 0
+    assert label_train.main(ema + ["--total-updates", "4", "--run-name", "ema-straight"]) == 0
+    averaged = load_file(str(tmp_path / "ema" / "policy.safetensors"))
+    ema_ckpt = load_file(str(tmp_path / "ema" / "checkpoint.safetensors"))
+    for k, v in load_file(str(tmp_path / "ema-straight" / "policy.safetensors")).items():
+        torch.testing.assert_close(averaged[k], v, rtol=0, atol=0)
+        torch.testing.assert_close(ema_ckpt[f"ema.{k}"], v, rtol=0, atol=0)
+    assert any(not torch.equal(ema_ckpt[f"net.{k}"], v) for k, v in averaged.items() if v.is_floating_point())
+    assert label_train.main(ema + ["--total-updates", "6", "--run-name", "ema", "--resume", "--ema-decay", "0.9"]) == 2
+    assert "'ema_decay'" in capsys.readouterr().err
+    trainer = label_train.LabelTrainer(label_train.LabelTrainConfig(
+        labels=(tmp_path / "lab",), eval_labels=tmp_path / "lab", image_size=32, width=4, fc_width=8, ema_decay=0.5))
+    trainer.updates = 100  # past the warm-up: the decay is 0.5
+    for avg, cur in trainer.ema_pairs:
+        avg.zero_()
+        cur.fill_(1)
+    trainer._average()
+    for name, value in trainer.ema.state_dict().items():
+        assert torch.all(value == (1 if name.endswith("num_batches_tracked") else 0.5)), name
+    # a warm start from another run's weights; a network of another shape is refused
+    init = args + ["--eval-every", "0", "--init-from", str(run / "policy.safetensors")]
+    assert label_train.main(init + ["--total-updates", "0", "--run-name", "init"]) == 0
+    for k, v in load_file(str(run / "policy.safetensors")).items():
+        torch.testing.assert_close(load_file(str(tmp_path / "init" / "policy.safetensors"))[k], v, rtol=0, atol=0)
+    assert label_train.main(init + ["--total-updates", "0", "--run-name", "init-wide", "--width", "5"]) == 2
+    assert "'init_from'" in capsys.readouterr().err
     # a narrower view of the camera: greedy checks render it, the exported contract carries it as a centre crop
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "fov", "--camera-fov-deg", "30",
                                     "--eval-every", "2"]) == 0

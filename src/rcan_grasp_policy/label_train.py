@@ -17,6 +17,7 @@ Resume is exact: weights, BatchNorm statistics, Adam state, update counter and b
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -35,7 +36,7 @@ from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.runlog import RunLog
 from rcan_common.stats import wilson_interval
-from rcan_grasp_policy.backends import TorchQFunction, save_policy
+from rcan_grasp_policy.backends import TorchQFunction, load_policy_net, save_policy
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
@@ -46,7 +47,7 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "stem_pool", "coord_channels",
-                "aux_weight", "blank_images", "camera_fov_deg")
+                "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -84,6 +85,15 @@ class LabelTrainConfig:
     """NOT in the paper (off: a constant rate): cosine decay of the learning rate to 0 at total_updates, so the
     last weights are settled ones (with a constant rate, greedy success swings between snapshots)."""
     weight_decay: float = 1e-4
+    ema_decay: float = 0.0
+    """NOT in the paper (0 = off): keep a Polyak average of the weights and BatchNorm statistics, with this decay
+    per update (ramped up over the first updates); the checks, snapshots and policy.safetensors are then the
+    averaged network.  QT-Opt keeps such an average as its target network; here it is the deployed one, because
+    with a constant learning rate single snapshots swing more than the episode noise."""
+    init_from: Path | None = None
+    """NOT in the paper (unset: a random initialisation): start from these policy weights (a .safetensors with its
+    JSON sidecar, same network config and variant), e.g. to continue the previous DAgger round's network on the
+    grown label set instead of training from scratch."""
     random_shift: int = 4
     """Shift every training image by up to this many pixels (edge-replicated); 0 disables."""
     total_updates: int = 20000
@@ -123,6 +133,7 @@ class LabelTrainConfig:
         require(self.eval_every >= 0 and self.eval_episodes >= 0, "eval_every", "must be >= 0")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every", "must be >= 1")
         require(self.camera_fov_deg == 0 or 5 <= self.camera_fov_deg <= 120, "camera_fov_deg", "must be 0 or in [5, 120]")
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
@@ -245,11 +256,39 @@ class LabelTrainer:
         self.heldout = self._load((cfg.eval_labels,))
         torch.manual_seed(cfg.seed)
         self.net = QNetwork(cfg.qnet_config()).train()
+        if cfg.init_from is not None and not cfg.resume:  # a resumed run restores its own weights
+            self._initialise_from(Path(cfg.init_from))
+        # The average shares no storage with the net; `ema_pairs` pairs every float and integer entry of both.
+        self.ema = copy.deepcopy(self.net).eval() if cfg.ema_decay > 0 else None
+        self.ema_pairs = list(zip(self.ema.state_dict().values(), self.net.state_dict().values())) if self.ema else []
         self.aux = AuxHeads(cfg.width) if cfg.aux_weight > 0 else None
         params = list(self.net.parameters()) + (list(self.aux.parameters()) if self.aux else [])
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.updates = 0
+
+    def _initialise_from(self, path: Path) -> None:
+        start, meta = load_policy_net(path)
+        if start.cfg != self.net.cfg or meta.get("variant") != self.cfg.variant:
+            raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network "
+                              f"{start.cfg}, this run trains a {self.cfg.variant!r} {self.net.cfg}")
+        self.net.load_state_dict(start.state_dict())
+
+    @property
+    def deployed(self) -> QNetwork:
+        """The network the checks score and the run exports: the weight average when ema_decay > 0."""
+        return self.ema if self.ema is not None else self.net
+
+    @torch.no_grad()
+    def _average(self) -> None:
+        # The usual warm-up ((1 + n) / (10 + n)) keeps the first updates from averaging in the initialisation;
+        # a function of the update counter alone, so resume stays exact.
+        decay = min(self.cfg.ema_decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in self.ema_pairs:
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur, 1.0 - decay)
+            else:
+                avg.copy_(cur)
 
     def _load(self, dirs, aux: bool = False) -> dict[str, np.ndarray]:
         parts = []
@@ -301,17 +340,19 @@ class LabelTrainer:
         loss.backward()
         self.opt.step()
         self.updates += 1
+        if self.ema is not None:
+            self._average()
         return {"loss": float(loss.detach())}
 
     def greedy_check(self, executor) -> dict:
         from safetensors.torch import save
 
         cfg = self.cfg
-        weights = save({k: v.detach().contiguous() for k, v in self.net.state_dict().items()})
+        weights = save({k: v.detach().contiguous() for k, v in self.deployed.state_dict().items()})
         tasks = [CollectTask(seeds=(SELECTION_SEED_BASE + i,), variant=cfg.variant, domain=self.domain,
                              image_size=cfg.image_size, camera_fov_deg=cfg.camera_fov_deg, split="test",
                              generator=self.generator, policy="qnet",
-                             weights=weights, qnet=self.net.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False,
+                             weights=weights, qnet=self.deployed.cfg.to_dict(), cem=cfg.cem, cem_seed=i, record=False,
                              fresh_world=True)
                  for i in range(cfg.eval_episodes)]
         wins = sum(ep["success"] for _, r in executor.map_unordered(collect_episodes, tasks) for ep in r.episodes)
@@ -330,8 +371,9 @@ class LabelTrainer:
         from safetensors.torch import save_file
 
         tensors = {f"net.{k}": v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
-        if self.aux is not None:
-            tensors.update({f"aux.{k}": v.detach().clone().contiguous() for k, v in self.aux.state_dict().items()})
+        for prefix, module in (("aux", self.aux), ("ema", self.ema)):
+            if module is not None:
+                tensors.update({f"{prefix}.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()})
         opt = self.opt.state_dict()
         for pid, st in opt["state"].items():
             for k, v in st.items():
@@ -342,13 +384,13 @@ class LabelTrainer:
         tmp.replace(self.run_dir / "checkpoint.safetensors")
         atomic_write_json(self.run_dir / "checkpoint.json", {"updates": self.updates, "rng": self.rng.bit_generator.state,
                                                              "optim_param_groups": opt["param_groups"]})
-        save_policy(self.run_dir / "policy.safetensors", self.net, self._meta())
+        save_policy(self.run_dir / "policy.safetensors", self.deployed, self._meta())
 
     def snapshot(self) -> Path:
         """The current weights as snapshots/policy-<updates>.safetensors (+ .json), kept beside every check so a
         run's best check can be exported later (`rcan export-policy --checkpoint <that file>`)."""
         path = self.run_dir / "snapshots" / f"policy-{self.updates}.safetensors"
-        save_policy(path, self.net, self._meta())
+        save_policy(path, self.deployed, self._meta())
         return path
 
     def _meta(self) -> dict:
@@ -365,8 +407,9 @@ class LabelTrainer:
         tensors = load_file(str(d / "checkpoint.safetensors"))
         torch.set_rng_state(tensors.pop("torch_rng"))
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        if self.aux is not None:
-            self.aux.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")})
+        for prefix, module in (("aux.", self.aux), ("ema.", self.ema)):
+            if module is not None:
+                module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith(prefix)})
         state: dict[int, dict] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
@@ -413,7 +456,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
                 row({})
                 losses = []
             if cfg.eval_every and tr.updates % cfg.eval_every == 0:
-                check = heldout_check(tr.net, tr.heldout, cfg.cem, np.random.default_rng([cfg.seed, tr.updates]))
+                check = heldout_check(tr.deployed, tr.heldout, cfg.cem, np.random.default_rng([cfg.seed, tr.updates]))
                 if cfg.eval_episodes:
                     check.update(tr.greedy_check(executor))
                 tr.snapshot()
