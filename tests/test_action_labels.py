@@ -409,3 +409,34 @@ def test_aimed_candidates_label_more_grasps_than_cem_draws(env):
                                  DescendGraspPolicy(), 0.9)
         aimed.append(labels[:5] > 0), drawn.append(labels[5:] > 0)
     assert np.mean(aimed) > max(2 * np.mean(drawn), np.mean(drawn) + 0.05)
+
+
+def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from rcan_common.config import ConfigError
+    from rcan_grasp_policy.backends import save_policy
+    from rcan_grasp_policy.label_train import start_weights
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    torch.manual_seed(0)
+    cfg3 = QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8)
+    canonical = QNetwork(cfg3)
+    for m in canonical.modules():  # BatchNorm statistics other than the initial ones
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+    save_policy(tmp_path / "c.safetensors", canonical.eval(), {"variant": "canonical"})
+    rcan = QNetwork(dataclasses.replace(cfg3, in_channels=6))
+    rcan.load_state_dict(start_weights(tmp_path / "c.safetensors", "rcan", rcan.cfg))
+    rcan.eval()
+    x, g = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    state, actions = torch.rand(3, 2), torch.rand(3, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(rcan(torch.cat([x, g], 1), state, actions), canonical(g, state, actions))
+    assert set(start_weights(tmp_path / "c.safetensors", "canonical", cfg3)) == set(canonical.state_dict())
+    with pytest.raises(ConfigError, match="init_from"):
+        start_weights(tmp_path / "c.safetensors", "rcan", dataclasses.replace(cfg3, in_channels=6, width=5))
+    with pytest.raises(ConfigError, match="init_from"):
+        start_weights(tmp_path / "c.safetensors", "dr-randomized", cfg3)

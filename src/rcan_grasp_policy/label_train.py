@@ -18,6 +18,7 @@ Resume is exact: weights, BatchNorm statistics, Adam state, update counter and b
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -93,7 +94,8 @@ class LabelTrainConfig:
     init_from: Path | None = None
     """NOT in the paper (unset: a random initialisation): start from these policy weights (a .safetensors with its
     JSON sidecar, same network config and variant), e.g. to continue the previous DAgger round's network on the
-    grown label set instead of training from scratch."""
+    grown label set instead of training from scratch.  An rcan run may start from a canonical network of the same
+    shape: it then begins as that network applied to G(x), with the weights on x at zero."""
     random_shift: int = 4
     """Shift every training image by up to this many pixels (edge-replicated); 0 disables."""
     total_updates: int = 20000
@@ -245,6 +247,23 @@ class AuxHeads(torch.nn.Module):
         return mask_loss + gripper_loss + offset_loss
 
 
+def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch.Tensor]:
+    """The weights of policy `path` (safetensors + sidecar) as a starting point for a `variant` network `qnet`.
+
+    Same variant and network config: the weights as they are.  A canonical network for an rcan network of the
+    same shape: [x, G(x)] starts as that network on G(x); its first convolution reads the G(x) channels and the
+    x channels start at zero, so the network computes exactly canonical(G(x)) before its first update."""
+    start, meta = load_policy_net(path)
+    weights = start.state_dict()
+    if meta.get("variant") == "canonical" and variant == "rcan" and dataclasses.replace(start.cfg, in_channels=6) == qnet:
+        first = weights["trunk.0.weight"]
+        weights["trunk.0.weight"] = torch.cat([torch.zeros_like(first), first], dim=1)
+    elif start.cfg != qnet or meta.get("variant") != variant:
+        raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network {start.cfg}, "
+                          f"this run trains a {variant!r} {qnet}")
+    return weights
+
+
 # ----------------------------------------------------------------------------- the run
 class LabelTrainer:
     def __init__(self, cfg: LabelTrainConfig):
@@ -257,7 +276,7 @@ class LabelTrainer:
         torch.manual_seed(cfg.seed)
         self.net = QNetwork(cfg.qnet_config()).train()
         if cfg.init_from is not None and not cfg.resume:  # a resumed run restores its own weights
-            self._initialise_from(Path(cfg.init_from))
+            self.net.load_state_dict(start_weights(Path(cfg.init_from), cfg.variant, self.net.cfg))
         # The average shares no storage with the net; `ema_pairs` pairs every float and integer entry of both.
         self.ema = copy.deepcopy(self.net).eval() if cfg.ema_decay > 0 else None
         self.ema_pairs = list(zip(self.ema.state_dict().values(), self.net.state_dict().values())) if self.ema else []
@@ -266,13 +285,6 @@ class LabelTrainer:
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.updates = 0
-
-    def _initialise_from(self, path: Path) -> None:
-        start, meta = load_policy_net(path)
-        if start.cfg != self.net.cfg or meta.get("variant") != self.cfg.variant:
-            raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network "
-                              f"{start.cfg}, this run trains a {self.cfg.variant!r} {self.net.cfg}")
-        self.net.load_state_dict(start.state_dict())
 
     @property
     def deployed(self) -> QNetwork:
