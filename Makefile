@@ -85,7 +85,7 @@ policy: $(STAMP)
 	$(VENV)/bin/rcan eval-policy --policy $(POLICY_RUN) --episodes 102 --domain canonical --workers 2
 
 policy-rcan: $(STAMP)
-	$(TRAIN_LABELS) --variant rcan --labels $(SETS_4) --run-name $(notdir $(POLICY_RUN))-rcan --eval-episodes 0 \
+	$(TRAIN_LABELS) --variant rcan --labels $(SETS_4) --run-name $(notdir $(POLICY_RUN))-rcan \
 		$(WARM) --total-updates $(POLICY_RCAN_UPDATES) $(call RESUME_IF,$(POLICY_RUN)-rcan)
 	$(VENV)/bin/rcan eval-policy --policy $(POLICY_RUN)-rcan --episodes 102 --domain randomized --workers 2
 

@@ -436,6 +436,11 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(rcan(torch.cat([x, g], 1), state, actions), canonical(g, state, actions))
     assert set(start_weights(tmp_path / "c.safetensors", "canonical", cfg3)) == set(canonical.state_dict())
+    # with CoordConv channels the coordinates stay where they were, after the image channels
+    coord3 = dataclasses.replace(cfg3, coord_channels=True)
+    save_policy(tmp_path / "cc.safetensors", QNetwork(coord3).eval(), {"variant": "canonical"})
+    QNetwork(dataclasses.replace(coord3, in_channels=6)).load_state_dict(
+        start_weights(tmp_path / "cc.safetensors", "rcan", dataclasses.replace(coord3, in_channels=6)))
     with pytest.raises(ConfigError, match="init_from"):
         start_weights(tmp_path / "c.safetensors", "rcan", dataclasses.replace(cfg3, in_channels=6, width=5))
     with pytest.raises(ConfigError, match="init_from"):

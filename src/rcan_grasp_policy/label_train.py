@@ -256,8 +256,8 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
     start, meta = load_policy_net(path)
     weights = start.state_dict()
     if meta.get("variant") == "canonical" and variant == "rcan" and dataclasses.replace(start.cfg, in_channels=6) == qnet:
-        first = weights["trunk.0.weight"]
-        weights["trunk.0.weight"] = torch.cat([torch.zeros_like(first), first], dim=1)
+        first = weights["trunk.0.weight"]  # input channels: the image's 3, then any coordinate channels
+        weights["trunk.0.weight"] = torch.cat([torch.zeros_like(first[:, :3]), first], dim=1)
     elif start.cfg != qnet or meta.get("variant") != variant:
         raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network {start.cfg}, "
                           f"this run trains a {variant!r} {qnet}")
