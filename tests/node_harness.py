@@ -108,11 +108,19 @@ class RosHarness:
         self.node = Node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._collectors: list = []
 
     def collect(self, msg_type, topic: str, qos: int = 10) -> list:
         got: list = []
-        self.node.create_subscription(msg_type, topic, got.append, qos)
+        self._collectors.append(self.node.create_subscription(msg_type, topic, got.append, qos))
         return got
+
+    def connected(self, *publishers) -> bool:
+        """Every `collect` subscription is matched with a publisher and every given publisher with a
+        subscriber.  Outputs are volatile: a message sent before its subscriber is matched is lost, so
+        a test waits for this (not only for its own publisher's match) before it sends input."""
+        return (all(sub.get_publisher_count() > 0 for sub in self._collectors)
+                and all(pub.get_subscription_count() > 0 for pub in publishers))
 
     def spin_until(self, cond, timeout: float, proc: NodeProcess | None = None) -> bool:
         end = time.monotonic() + timeout

@@ -70,7 +70,7 @@ def test_outputs_headers_and_malformed_inputs(tmp_path, ros_env, harness, tiny_g
     # Deep input queue: the 10 bad frames are sent in a burst and every one must reach the check.
     node = _start(tmp_path, ros_env, tiny_gen, **{INPUT_DEPTH: 20})
     try:
-        assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
+        assert harness.spin_until(lambda: harness.connected(pub), 30.0, node), node.output
         frames = {}
         for stamp, enc in ((1, "rgb8"), (2, "bgr8")):
             msg, rgb = _frame(stamp, seed=stamp, encoding=enc)
@@ -128,7 +128,7 @@ def test_slow_model_drops_old_frames_instead_of_queueing(tmp_path, ros_env, harn
     pub = harness.node.create_publisher(Image, "/camera/image_raw", 50)
     node = _start(tmp_path, ros_env, model, **{INPUT_DEPTH: 50})
     try:
-        assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
+        assert harness.spin_until(lambda: harness.connected(pub), 30.0, node), node.output
         for stamp in range(1, 16):
             pub.publish(_frame(stamp, size=256, seed=stamp)[0])
         assert harness.spin_until(lambda: any(_stamp(m) == 15 for m in out), 30.0, node), node.output
@@ -157,7 +157,7 @@ def test_future_stamped_frames_are_rejected_on_receipt(tmp_path, ros_env, harnes
     pub = harness.node.create_publisher(Image, "/camera/image_raw", 20)
     node = _start(tmp_path, ros_env, tiny_gen, max_future_stamp_s=0.5, **{INPUT_DEPTH: 20})
     try:
-        assert harness.spin_until(lambda: pub.get_subscription_count() > 0, 30.0, node), node.output
+        assert harness.spin_until(lambda: harness.connected(pub), 30.0, node), node.output
         now = harness.node.get_clock().now().nanoseconds // 10**9
         for ahead in (3600, 3601, 60):
             pub.publish(_frame(now + ahead, seed=ahead)[0])

@@ -108,7 +108,7 @@ class Driver:
 
     def wait_connected(self, proc):
         pubs = (self.src, self.can, self.ee, self.grip)
-        assert self.h.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs), 30.0, proc), proc.output
+        assert self.h.spin_until(lambda: self.h.connected(*pubs), 30.0, proc), proc.output
 
 
 def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny_q):
