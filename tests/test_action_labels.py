@@ -445,3 +445,40 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
         start_weights(tmp_path / "c.safetensors", "rcan", dataclasses.replace(cfg3, in_channels=6, width=5))
     with pytest.raises(ConfigError, match="init_from"):
         start_weights(tmp_path / "c.safetensors", "dr-randomized", cfg3)
+
+
+def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
+    """DAgger along an rcan policy: it acts on [randomized render, G(render)] of the labelling env's state, as
+    `rcan eval-policy` shows it; without its generator it is refused by name."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from rcan_common.config import ConfigError
+    from rcan_grasp_policy.backends import load_qfunction, save_policy
+    from rcan_grasp_policy.cem import CEMPolicy
+    from rcan_grasp_policy.inputs import InputEncoder, state_vector
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    gen = str(Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx")
+    torch.manual_seed(0)
+    policy = tmp_path / "rcan.safetensors"
+    save_policy(policy, QNetwork(QNetConfig(in_channels=6, image_size=64, width=4, fc_width=8)).eval(),
+                {"variant": "rcan", "generator": gen})
+    world = GraspEnv(EnvConfig(world=WorldConfig(image_size=64, split="test"), domain="canonical", max_steps=3))
+    try:
+        world.reset(7)
+        obs = world.step(make_action([0.01, 0.0, -0.02]))[0]
+        act = L._behaviour_policy(str(policy), world)
+        qf, _ = load_qfunction(policy, threads=1)
+        randomized = world.world.render("randomized", randomization_seed=world.steps, labels=False).rgb
+        expected = CEMPolicy(qf, seed=0).act(InputEncoder("rcan", gen)({"image": randomized})[None],
+                                             state_vector(obs)[None])[0][0]
+        np.testing.assert_array_equal(act(obs, world), expected)
+        meta = json.loads(policy.with_suffix(".json").read_text())
+        policy.with_suffix(".json").write_text(json.dumps({**meta, "generator": str(tmp_path / "gone.onnx")}))
+        with pytest.raises(ConfigError, match="gone.onnx"):
+            L._behaviour_policy(str(policy), world)
+    finally:
+        world.close()

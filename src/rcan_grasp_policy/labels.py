@@ -72,7 +72,8 @@ class LabelConfig:
     """Probability that a visited state is labelled (the rest are only passed through)."""
     behaviour: str = "scripted"
     """Policy whose episodes visit the labelled states: 'scripted', or a policy (.safetensors / .onnx / run
-    directory) of a 3-channel variant run greedily through CEM (DAgger-style: the data follows the policy)."""
+    directory) run greedily through CEM on its own inputs (an rcan policy: the randomized render and its
+    generator's G of it) (DAgger-style: the data follows the policy)."""
     behaviour_epsilon: float = 0.3
     """Probability of a uniformly random behaviour action (spreads the visited states)."""
     aim_offset: float = 0.03
@@ -249,23 +250,30 @@ def _env(cfg: LabelConfig):
 
 
 def _behaviour_policy(path: str, env):
-    """A learned policy as `policy(obs, env) -> action`: greedy CEM on its Q-function (3-channel variants)."""
+    """A learned policy as `policy(obs, env) -> action`: greedy CEM on its Q-function, fed what it was trained
+    on.  A policy of another domain than the labelling env's (rcan: the randomized domain, through the
+    generator named in its metadata) or of a narrower view sees its own render of the same state, as
+    `rcan eval-policy` gives it; the stored images stay the labelling domain's."""
     from rcan_grasp_policy.backends import load_qfunction
     from rcan_grasp_policy.cem import CEMPolicy
-    from rcan_grasp_policy.inputs import state_vector
+    from rcan_grasp_policy.inputs import InputEncoder, state_vector, training_domain
 
     p = Path(path)
     qf, meta = load_qfunction(p / "policy.safetensors" if p.is_dir() else p, threads=1)
-    if meta.get("variant") == "rcan":
-        raise ConfigError(f"behaviour policy {path} is an rcan policy; DAgger labelling runs 3-channel variants")
+    variant, generator = meta.get("variant"), meta.get("generator")
+    if variant == "rcan" and not (generator and Path(generator).is_file()):
+        raise ConfigError(f"behaviour policy {path} is an rcan policy and needs its generator; "
+                          f"its metadata names {generator!r}, which is not a file")
     policy = CEMPolicy(qf, seed=0)
-    fov = qf.contract.view_fov_deg()  # a policy trained on a narrower view sees a render at that view
-    if not fov:
+    domain, fov = training_domain(variant), qf.contract.view_fov_deg()
+    if domain == env.cfg.domain and not fov:
         return lambda obs, env: policy.act(obs["image"][None], state_vector(obs)[None])[0][0]
+    encoder = InputEncoder(variant, generator)
+    view = {"fov_deg": fov} if fov else {}
 
     def act(obs, env):
-        image = env.world.render(env.cfg.domain, randomization_seed=env.steps, labels=False, fov_deg=fov).rgb
-        return policy.act(image[None], state_vector(obs)[None])[0][0]
+        image = env.world.render(domain, randomization_seed=env.steps, labels=False, **view).rgb
+        return policy.act(encoder({"image": image})[None], state_vector(obs)[None])[0][0]
     return act
 
 
