@@ -37,7 +37,7 @@ def test_supervisor_runs_the_episodes_retries_and_survives_bad_input(tmp_path, r
             "sim_node/reset") == 1 else json.dumps({"episode": calls.count("sim_node/reset"), "seed": 7})))
         serve("policy_node/start_episode", lambda: (True, f"episode {calls.count('policy_node/start_episode')} started"))
         serve("sim_node/grasp_success", lambda: (verdicts.pop(0), json.dumps({"held": [3]})))
-        assert harness.spin_until(lambda: done_pub.get_subscription_count() > 0, 30.0, node), node.output
+        assert harness.spin_until(lambda: harness.connected(done_pub), 30.0, node), node.output
         for episode in (1, 2):
             # The episode runs once the supervisor has the policy's answer (its log says so).
             assert harness.spin_until(output_has(f"attempt {episode}: policy episode {episode} started"), 30.0, node), \
