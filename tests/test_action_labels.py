@@ -480,5 +480,11 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
         policy.with_suffix(".json").write_text(json.dumps({**meta, "generator": str(tmp_path / "gone.onnx")}))
         with pytest.raises(ConfigError, match="gone.onnx"):
             L._behaviour_policy(str(policy), world)
+        # A policy of another resolution is refused, not fed an image of the wrong size.
+        finer = tmp_path / "canonical128.safetensors"
+        save_policy(finer, QNetwork(QNetConfig(in_channels=3, image_size=128, width=4, fc_width=8)).eval(),
+                    {"variant": "canonical"})
+        with pytest.raises(ConfigError, match="--image-size 128"):
+            L._behaviour_policy(str(finer), world)
     finally:
         world.close()
