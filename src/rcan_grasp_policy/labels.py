@@ -264,7 +264,7 @@ def _behaviour_policy(path: str, env):
     if variant == "rcan" and not (generator and Path(generator).is_file()):
         raise ConfigError(f"behaviour policy {path} is an rcan policy and needs its generator; "
                           f"its metadata names {generator!r}, which is not a file")
-    size, env_size = int(meta["qnet"]["image_size"]), env.cfg.world.image_size
+    size, env_size = qf.contract.image_size, env.cfg.world.image_size
     if size != env_size:  # an image resized to the policy's size is not the render it was trained on
         raise ConfigError(f"behaviour policy {path} takes {size} px images and the labelling env renders "
                           f"{env_size} px; label with --image-size {size}")
