@@ -85,12 +85,11 @@ _CACHE: dict[Any, Any] = {}  # per worker process: envs and encoders keyed by th
 
 def _env(task: CollectTask):
     from rcan_sim.env import EnvConfig, GraspEnv
-    from rcan_sim.world import WorldConfig
+    from rcan_sim.world import view_config
 
     key = ("env", task.domain, task.image_size, task.split, task.max_steps, task.camera_fov_deg)
     if key not in _CACHE:
-        camera = {"camera_fov_deg": task.camera_fov_deg} if task.camera_fov_deg else {}
-        cfg = EnvConfig(world=WorldConfig(image_size=task.image_size, split=task.split, **camera),
+        cfg = EnvConfig(world=view_config(task.image_size, task.split, task.camera_fov_deg),
                         domain=task.domain, max_steps=task.max_steps)
         _CACHE[key] = GraspEnv(cfg)
     return _CACHE[key]

@@ -394,10 +394,9 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     if cache.exists():
         return np.load(cache)
     from rcan_sim.env import EnvConfig, GraspEnv
-    from rcan_sim.world import WorldConfig
+    from rcan_sim.world import view_config
 
-    camera = {"camera_fov_deg": camera_fov_deg} if camera_fov_deg else {}
-    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=settings["split"], **camera), domain=domain))
+    env = GraspEnv(EnvConfig(world=view_config(size, settings["split"], camera_fov_deg), domain=domain))
     encoder = InputEncoder(variant, generator)
     out = np.zeros((len(data["seed"]), size, size, encoder.channels), np.uint8)
     try:
@@ -425,7 +424,7 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
     from the scene states once and cached beside the labels."""
     from rcan_common import classes
     from rcan_sim.env import EnvConfig, GraspEnv
-    from rcan_sim.world import WorldConfig
+    from rcan_sim.world import view_config
 
     size = int(data["image"].shape[1])
     view = f"-fov{camera_fov_deg:g}" if camera_fov_deg else ""
@@ -433,8 +432,7 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
     if cache.exists():
         return dict(np.load(cache))
     split = _label_settings(root)["split"]
-    camera = {"camera_fov_deg": camera_fov_deg} if camera_fov_deg else {}
-    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=size, split=split, **camera)))
+    env = GraspEnv(EnvConfig(world=view_config(size, split, camera_fov_deg)))
     n = len(data["seed"])
     out = {"object_mask": np.zeros((n, size, size), np.uint8), "gripper_uv": np.zeros((n, 2), np.float32),
            "object_uv": np.zeros((n, 2), np.float32)}

@@ -143,6 +143,13 @@ class WorldConfig:
         require(0 < self.camera_near < self.camera_far, "camera_near", "must be > 0 and < camera_far")
 
 
+def view_config(image_size: int, split: str, camera_fov_deg: float = 0.0) -> WorldConfig:
+    """The world at `image_size` on `split`, seen through a camera of `camera_fov_deg` degrees.  0 keeps the
+    default camera: label directories and policy contracts store 0 for "the labelling camera's view"."""
+    camera = {"camera_fov_deg": camera_fov_deg} if camera_fov_deg else {}
+    return WorldConfig(image_size=image_size, split=split, **camera)
+
+
 @dataclass(frozen=True)
 class CameraInfo:
     """Pinhole camera of a render.  K is OpenCV style (x right, y down); `extrinsics` maps
