@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rcan_bringup.demo import DemoConfig, graph_specs, resolve_models
+from rcan_bringup.demo import DemoConfig, camera_size, graph_specs, resolve_models
 from rcan_bringup.graph import resolve, share_dir
 
 MODELS_DIR = share_dir() / "models"
@@ -43,9 +43,11 @@ def test_demo_defaults_resolve_to_shipped_models():
     assert not untrained
     assert generator.parent == MODELS_DIR and generator.name in GENERATORS
     assert policy.parent == MODELS_DIR and policy.name in POLICIES
-    specs = {s.name: s for s in graph_specs(cfg, generator, policy)}
+    specs = {s.name: s for s in graph_specs(cfg, generator, policy, camera_size(cfg, policy))}
     assert specs["perception_node"].parameters["model_path"] == str(generator)
     assert specs["policy_node"].parameters["model_path"] == str(policy)
+    contract = json.loads(policy.with_name(policy.stem + ".contract.json").read_text())
+    assert specs["sim_node"].parameters["image_size"] == contract["image_size"]  # renders as the policy was trained
 
 
 @pytest.mark.parametrize("node, cls_path", [("perception_node", "rcan_perception.perception_node:PerceptionNodeParams"),
@@ -88,7 +90,7 @@ def _demo_specs(**models) -> dict:
     cfg = DemoConfig(allow_untrained=False, **models)
     generator, policy, untrained = resolve_models(cfg, log=_no_log)
     assert not untrained
-    return {s.name: s for s in graph_specs(cfg, generator, policy)}
+    return {s.name: s for s in graph_specs(cfg, generator, policy, camera_size(cfg, policy))}
 
 
 def _card(onnx: Path) -> dict:

@@ -41,8 +41,9 @@ class DemoConfig:
     """Grasp attempts (episodes), each on a fresh draw of unseen test objects."""
     domain: str = "canonical"
     """Rendering domain of the sim camera (canonical, randomized, held-out, ...)."""
-    image_size: int = 64
-    """Sim camera resolution (the shipped models run at 64x64)."""
+    image_size: int = 0
+    """Sim camera resolution (px); 0 renders at the policy's own size (its contract's image_size), the size it
+    was trained and evaluated at."""
     max_steps: int = 20
     """Policy actions per attempt (paper: at most 20)."""
     out_dir: Path = Path("runs/demo")
@@ -69,7 +70,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         require(self.attempts >= 1, "attempts", "must be >= 1")
         require(self.domain in DOMAINS, "domain", f"must be one of {DOMAINS}")
-        require(self.image_size >= 32, "image_size", "must be >= 32")
+        require(self.image_size == 0 or self.image_size >= 32, "image_size", "must be 0 (the policy's size) or >= 32")
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
         require(0 <= self.domain_id <= 232, "domain_id", "must be in 0..232")
         require(self.timeout_s > 0 and self.startup_timeout_s > 0, "timeout_s", "must be > 0")
@@ -93,12 +94,22 @@ def resolve_models(cfg: DemoConfig, log=print) -> tuple[Path, Path, bool]:
     log("success rate below says nothing about RCAN.  Train/export the models (README) or")
     log("pass --generator-model/--policy-model.")
     log("=" * 78)
-    g, p = ensure_untrained_models(cfg.out_dir / "untrained_models", cfg.image_size)
+    g, p = ensure_untrained_models(cfg.out_dir / "untrained_models", cfg.image_size or 64)
     return (generator if generator.is_file() else g), (policy if policy.is_file() else p), True
 
 
-def graph_specs(cfg: DemoConfig, generator: Path, policy: Path):
-    return sim_graph(generator, policy, cfg.image_size, cfg.domain, cfg.seed,
+def camera_size(cfg: DemoConfig, policy: Path) -> int:
+    """The sim camera's resolution: the configured one, else the size in the policy's contract (read as the
+    policy node reads it)."""
+    if cfg.image_size:
+        return cfg.image_size
+    from rcan_grasp_policy.backends import load_qfunction
+
+    return load_qfunction(policy)[0].contract.image_size
+
+
+def graph_specs(cfg: DemoConfig, generator: Path, policy: Path, image_size: int):
+    return sim_graph(generator, policy, image_size, cfg.domain, cfg.seed,
                      {"policy_node": {"max_steps": cfg.max_steps}, "supervisor_node": {"episodes": cfg.attempts}})
 
 
@@ -167,8 +178,10 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None, log=print) ->
     env = ros_environment(cfg.domain_id)
     # The observer in this process joins the same private, loopback-only graph.
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION")})
-    specs = graph_specs(cfg, generator, policy)
-    log(f"starting {', '.join(s.name for s in specs)} (ROS_DOMAIN_ID={cfg.domain_id}, loopback only)")
+    image_size = camera_size(cfg, policy)
+    specs = graph_specs(cfg, generator, policy, image_size)
+    log(f"starting {', '.join(s.name for s in specs)} (ROS_DOMAIN_ID={cfg.domain_id}, loopback only; "
+        f"sim camera {image_size} px)")
     t_start = time.monotonic()
     deaths: list[tuple[str, int]] = []
     results: list[dict] = []
@@ -211,7 +224,7 @@ def run_demo(cfg: DemoConfig, stop: threading.Event | None = None, log=print) ->
         "attempts_requested": cfg.attempts, "attempts_finished": len(results), "successes": successes,
         "success_rate": successes / len(results) if results else None, "wilson95": [round(lo, 3), round(hi, 3)],
         "episodes": results, "latency": latencies, "untrained_models": untrained,
-        "models": {"generator": str(generator), "policy": str(policy)},
+        "models": {"generator": str(generator), "policy": str(policy)}, "camera_px": image_size,
         "node_deaths": deaths, "interrupted": stop.is_set(), "wall_s": round(time.monotonic() - t_start, 1),
         "recorded_messages": counts, "strip_rows": strip_rows, "config": to_dict(cfg),
     }
