@@ -58,7 +58,7 @@ class DemoConfig:
     """Seed of the first attempt's scene (attempt k uses seed + k)."""
     generator_model: str = "models/generator_64.onnx"
     """Generator G (ONNX); relative paths are under the package share dir."""
-    policy_model: str = "models/policy_rcan_64.onnx"
+    policy_model: str = "models/policy_rcan_128.onnx"
     """Q-network (ONNX); relative paths are under the package share dir."""
     allow_untrained: bool = True
     """If a model is missing, run with freshly initialised ones (plumbing only; says so loudly)."""

@@ -45,7 +45,7 @@ class LaunchArgs:
     """Start rviz2 with rviz/rcan.rviz."""
     generator_model: str = "models/generator_64.onnx"
     """ONNX generator G used by perception_node (relative paths are under the package share dir)."""
-    policy_model: str = "models/policy_rcan_64.onnx"
+    policy_model: str = "models/policy_rcan_128.onnx"
     """ONNX Q-network used by policy_node (relative paths are under the package share dir)."""
     namespace: str = ""
     """Namespace for every node (empty: root)."""

@@ -37,7 +37,7 @@ Domain = Literal["canonical", "randomized", "held-out", "mild", "medium", "heavy
 class EvalConfig:
     """Evaluate a grasping policy on unseen test objects (paper protocol)."""
 
-    policy: str = "models/policy_rcan_64.onnx"
+    policy: str = "models/policy_rcan_128.onnx"
     """Policy: .onnx, .safetensors (with its .json), a training run directory, or a privileged baseline:
     'scripted', 'descend' (blind straight-down grasp) or 'label-oracle' (greedy on the true descend labels)."""
     generator: str | None = None

@@ -19,7 +19,7 @@ from rcan_perception.runtime import RuntimeConfig
 class PolicyNodeParams:
     """ROS parameters of policy_node (config/policy.yaml)."""
 
-    model_path: str = "models/policy_rcan_64.onnx"
+    model_path: str = "models/policy_rcan_128.onnx"
     image_inputs: str = "auto"
     provider: str = "cpu"
     intra_op_threads: int = 0
