@@ -102,9 +102,10 @@ def test_demo_refuses_missing_models_when_untrained_is_not_allowed(tmp_path):
 def test_demo_camera_renders_at_the_policy_size_unless_told(tmp_path):
     from rcan_bringup.demo import DemoConfig, camera_size
     from rcan_bringup.untrained import make_untrained_policy
+    from rcan_common.config import ConfigError
 
     policy = make_untrained_policy(tmp_path / "p96.onnx", image_size=96)
     assert camera_size(DemoConfig(), policy) == 96  # read from the policy's contract, as the policy node reads it
     assert camera_size(DemoConfig(image_size=64), policy) == 64
-    with pytest.raises(Exception, match="image_size"):
+    with pytest.raises(ConfigError, match="image_size"):
         DemoConfig(image_size=16)

@@ -46,8 +46,10 @@ def test_demo_defaults_resolve_to_shipped_models():
     specs = {s.name: s for s in graph_specs(cfg, generator, policy, camera_size(cfg, policy))}
     assert specs["perception_node"].parameters["model_path"] == str(generator)
     assert specs["policy_node"].parameters["model_path"] == str(policy)
-    contract = json.loads(policy.with_name(policy.stem + ".contract.json").read_text())
-    assert specs["sim_node"].parameters["image_size"] == contract["image_size"]  # renders as the policy was trained
+    from rcan_grasp_policy.contract import PolicyContract, contract_path
+
+    contract = PolicyContract.load(contract_path(policy))
+    assert specs["sim_node"].parameters["image_size"] == contract.image_size  # renders as the policy was trained
 
 
 @pytest.mark.parametrize("node, cls_path", [("perception_node", "rcan_perception.perception_node:PerceptionNodeParams"),
