@@ -488,3 +488,35 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
             L._behaviour_policy(str(finer), world)
     finally:
         world.close()
+
+
+def test_teacher_labels_are_the_canonical_networks_q_with_its_pick(tmp_path):
+    """--teacher: every candidate's label is the teacher's Q on the stored canonical observation, and a teacher
+    that cannot read the labelling env's images is refused by name."""
+    import torch
+
+    from rcan_common.config import ConfigError
+    from rcan_grasp_policy.backends import load_qfunction, save_policy
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.safetensors"
+    save_policy(teacher, QNetwork(QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8)).eval(),
+                {"variant": "canonical"})
+    out = tmp_path / "labels"
+    cfg = L.LabelConfig(out_dir=out, scenes=2, scenes_per_task=2, image_size=32, candidates=6, aimed_candidates=1,
+                        teacher=str(teacher), label_prob=1.0, max_steps=4)
+    L.run(cfg, progress=False)
+    data = L.load_labels(out)
+    assert data["candidates"].shape[1:] == (6, 8) and len(data["seed"]) >= 2
+    qf, _ = load_qfunction(teacher, threads=1)
+    q = qf.score(qf.embed(data["image"], data["state"]), data["candidates"])
+    np.testing.assert_allclose(data["labels"], q, atol=1e-5)
+    with pytest.raises(ConfigError, match="--image-size 32"):
+        L.run(L.LabelConfig(out_dir=tmp_path / "other", scenes=1, image_size=64, teacher=str(teacher)), progress=False)
+    with pytest.raises(ConfigError, match="domain"):
+        L.LabelConfig(teacher=str(teacher), domain="randomized")
+    rcan = tmp_path / "rcan.safetensors"
+    save_policy(rcan, QNetwork(QNetConfig(in_channels=6, image_size=32, width=4, fc_width=8)).eval(), {"variant": "rcan"})
+    with pytest.raises(ConfigError, match="canonical policy"):
+        L.run(L.LabelConfig(out_dir=tmp_path / "r", scenes=1, image_size=32, teacher=str(rcan)), progress=False)

@@ -96,6 +96,13 @@ class LabelConfig:
     """Who finishes the episode after a non-terminal candidate: 'scripted' (the privileged scripted policy,
     which corrects any move, so moves are labelled almost alike) or 'descend' (straight down, close,
     terminate: the label of a move says whether it put the fingers above something graspable)."""
+    teacher: str = ""
+    """NOT in the paper (empty = off; sim-only, labelling only): label every candidate with this canonical
+    policy's Q on the state's canonical render instead of executing it (privileged distillation).  The student
+    trained on such labels sees whatever its variant sees (rcan: the randomized render and G of it), so it learns
+    to rank actions as the canonical network does from images it never gets.  One of the K candidates is then
+    the teacher's own CEM pick, so the labels show where its maximum is.  Needs --domain canonical and the
+    teacher's image size; `completion` is unused."""
     gamma: float = 0.9
     """Discount of the completion return (the learner's gamma)."""
     max_steps: int = 20
@@ -113,8 +120,12 @@ class LabelConfig:
         require(self.scenes_per_task >= 1, "scenes_per_task", f"must be >= 1, got {self.scenes_per_task}")
         require(self.split in SEED_BASE, "split", f"must be one of {sorted(SEED_BASE)}, got {self.split!r}")
         require(self.candidates >= 3, "candidates", f"must be >= 3 (behaviour, close, terminate), got {self.candidates}")
-        require(0 <= self.aimed_candidates <= self.candidates - 3, "aimed_candidates",
-                f"must be in 0..candidates - 3 = {self.candidates - 3}, got {self.aimed_candidates}")
+        fixed = 3 + bool(self.teacher)  # behaviour, close, terminate (and the teacher's pick)
+        require(self.candidates >= fixed, "candidates", f"must be >= {fixed} with a teacher, got {self.candidates}")
+        require(0 <= self.aimed_candidates <= self.candidates - fixed, "aimed_candidates",
+                f"must be in 0..{self.candidates - fixed} (candidates - {fixed}), got {self.aimed_candidates}")
+        require(not self.teacher or self.domain == "canonical", "domain",
+                f"must be canonical with a teacher (it reads the canonical render), got {self.domain!r}")
         require(self.aimed_noise >= 0 and self.aimed_yaw_noise >= 0, "aimed_noise", "must be >= 0")
         require(0.0 < self.label_prob <= 1.0, "label_prob", f"must be in (0, 1], got {self.label_prob}")
         require(0.0 <= self.behaviour_epsilon <= 1.0, "behaviour_epsilon", "must be in [0, 1]")
@@ -281,6 +292,34 @@ def _behaviour_policy(path: str, env):
     return act
 
 
+class TeacherLabeller:
+    """Labels from a canonical policy's Q (LabelConfig.teacher), on the env's canonical observation."""
+
+    def __init__(self, path: str, env):
+        from rcan_grasp_policy.backends import load_qfunction
+
+        p = Path(path)
+        self.qf, meta = load_qfunction(p / "policy.safetensors" if p.is_dir() else p, threads=1)
+        size, fov = self.qf.contract.image_size, self.qf.contract.view_fov_deg()
+        if meta.get("variant") != "canonical" or fov:
+            raise ConfigError(f"teacher {path} must be a canonical policy of the full camera view, got a "
+                              f"{meta.get('variant')!r} policy" + (f" of a {fov:g} deg view" if fov else ""))
+        if size != env.cfg.world.image_size:
+            raise ConfigError(f"teacher {path} takes {size} px images and the labelling env renders "
+                              f"{env.cfg.world.image_size} px; label with --image-size {size}")
+        self.bounds = env.cfg.bounds
+
+    def __call__(self, obs, candidates: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates with the teacher's greedy CEM pick appended, and the teacher's Q of each."""
+        from rcan_grasp_policy.cem import CEMConfig, cem_search
+        from rcan_grasp_policy.inputs import state_vector
+
+        context = self.qf.embed(obs["image"][None], state_vector(obs)[None])
+        pick, _ = cem_search(self.qf, context, 1, rng, CEMConfig(), self.bounds)
+        candidates = np.concatenate([candidates, pick.astype(np.float32)]).astype(np.float32)
+        return candidates, np.asarray(self.qf.score(context, candidates[None])[0], np.float32)
+
+
 def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
     """Run the task's behaviour episodes, label their states, write the shard; returns its summary."""
     from rcan_grasp_policy.cem import random_actions
@@ -291,6 +330,8 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
     env = _env(cfg)
     completion = ScriptedGraspPolicy() if cfg.completion == "scripted" else DescendGraspPolicy()
     learned = None if cfg.behaviour == "scripted" else _behaviour_policy(cfg.behaviour, env)
+    teacher = TeacherLabeller(cfg.teacher, env) if cfg.teacher else None
+    drawn = cfg.candidates - cfg.aimed_candidates - bool(teacher)  # behaviour, close, terminate and CEM draws
     rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
                                              "target", "yaw", "state", "image", "candidates", "labels")}
     successes = 0
@@ -306,12 +347,14 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
             else:
                 action = behaviour(obs, env)
             if rng.random() < cfg.label_prob:
-                cands = candidate_actions(np.asarray(action, np.float32), cfg.candidates - cfg.aimed_candidates,
-                                          env.cfg.bounds, rng, cfg)
+                cands = candidate_actions(np.asarray(action, np.float32), drawn, env.cfg.bounds, rng, cfg)
                 if cfg.aimed_candidates:
                     cands = np.concatenate([cands, aimed_actions(env, cfg.aimed_candidates, rng, cfg.aimed_noise,
                                                                  cfg.aimed_yaw_noise)])
-                labels = label_actions(env, cands, completion, cfg.gamma)
+                if teacher is None:
+                    labels = label_actions(env, cands, completion, cfg.gamma)
+                else:
+                    cands, labels = teacher(obs, cands, rng)
                 s = env.world.scene_state()
                 for f, v in (("seed", seed), ("step", env.steps), ("object_ids", s["object_ids"]),
                              ("object_poses", s["object_poses"]), ("joints", s["joints"]),
