@@ -520,3 +520,60 @@ def test_teacher_labels_are_the_canonical_networks_q_with_its_pick(tmp_path):
     save_policy(rcan, QNetwork(QNetConfig(in_channels=6, image_size=32, width=4, fc_width=8)).eval(), {"variant": "rcan"})
     with pytest.raises(ConfigError, match="canonical policy"):
         L.run(L.LabelConfig(out_dir=tmp_path / "r", scenes=1, image_size=32, teacher=str(rcan)), progress=False)
+
+
+def test_feature_teacher_pulls_the_rcan_trunk_towards_the_canonical_one(tmp_path):
+    """--feature-teacher: the student's trunk features on [x, G(x)] are regressed onto the frozen canonical
+    network's features on the canonical render of the same (shifted alike) state; the loss is what the trainer
+    reports, it falls with training, the teacher stays untouched and is no part of the saved policy; a teacher
+    of another shape or a non-rcan student is refused by name."""
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from rcan_common.config import ConfigError
+    from rcan_grasp_policy import label_train
+    from rcan_grasp_policy.backends import save_policy
+    from rcan_grasp_policy.inputs import images_to_nchw
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    torch.set_num_threads(1)
+    gen = str(Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx")
+    L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=1, split="test", image_size=32, candidates=3, max_steps=3),
+          progress=False)
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.safetensors"
+    save_policy(teacher, QNetwork(QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8)).eval(),
+                {"variant": "canonical"})
+    cfg = label_train.LabelTrainConfig(labels=(tmp_path / "lab",), eval_labels=tmp_path / "lab", variant="rcan",
+                                       generator=gen, image_size=32, width=4, fc_width=8, batch_states=4,
+                                       random_shift=0, feature_teacher=teacher, feature_weight=10.0,
+                                       out_dir=tmp_path, run_name="feat")
+    tr = label_train.LabelTrainer(cfg)
+    before = {k: v.clone() for k, v in tr.teacher.state_dict().items()}
+    np.testing.assert_array_equal(tr.train["canonical"], L.load_labels(tmp_path / "lab")["image"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = tr.rng.bit_generator.state
+    idx = rng.integers(0, len(tr.train["labels"]), cfg.batch_states)  # the batch the first update draws
+    with torch.no_grad():
+        student = tr.net.embed(torch.from_numpy(images_to_nchw(tr.train["image"][idx])))
+        target = tr.teacher.embed(torch.from_numpy(images_to_nchw(tr.train["canonical"][idx])))
+    first = tr.update()
+    assert first["feature_loss"] == pytest.approx(float(F.mse_loss(student, target)), rel=1e-4)
+    losses = [tr.update()["feature_loss"] for _ in range(30)]
+    assert np.mean(losses[-5:]) < 0.5 * first["feature_loss"]
+    for k, v in tr.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    tr.checkpoint()
+    assert not any("teacher" in k for k in load_file(str(tmp_path / "feat" / "checkpoint.safetensors")))
+    assert set(load_file(str(tmp_path / "feat" / "policy.safetensors"))) == set(tr.net.state_dict())
+    wide = tmp_path / "wide.safetensors"
+    save_policy(wide, QNetwork(QNetConfig(in_channels=3, image_size=32, width=5, fc_width=8)).eval(),
+                {"variant": "canonical"})
+    with pytest.raises(ConfigError, match="feature_teacher"):
+        label_train.LabelTrainer(dataclasses.replace(cfg, feature_teacher=wide))
+    with pytest.raises(ConfigError, match="feature_teacher"):
+        label_train.LabelTrainConfig(variant="canonical", feature_teacher=teacher)

@@ -48,7 +48,8 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "stem_pool", "coord_channels",
-                "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from")
+                "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from", "feature_teacher",
+                "feature_weight")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -126,6 +127,15 @@ class LabelTrainConfig:
     simulator's free labels: the object mask and the gripper's pixel (at 1/4 resolution) and the image offset from
     the gripper to the nearest object (from the pooled trunk output).  The heads are dropped at export: the
     deployed network is the paper's."""
+    feature_teacher: Path | None = None
+    """NOT in the paper (unset = off; variant rcan, training only): a canonical policy (.safetensors + JSON, the
+    student's network on 3 channels, e.g. the one --init-from started it from) whose trunk features on each
+    state's canonical render the student's trunk features on [x, G(x)] of the same state are pulled towards
+    (mean squared error, weight `feature_weight`).  The simulator renders both views of every stored state, so
+    the student gets dense supervision of what the canonical network sees, instead of only the few labels per
+    state.  The teacher is not part of the exported policy."""
+    feature_weight: float = 1.0
+    """Weight of the feature_teacher loss against the label loss."""
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
@@ -136,6 +146,9 @@ class LabelTrainConfig:
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every", "must be >= 1")
         require(self.camera_fov_deg == 0 or 5 <= self.camera_fov_deg <= 120, "camera_fov_deg", "must be 0 or in [5, 120]")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(self.feature_teacher is None or self.variant == "rcan", "feature_teacher",
+                f"needs variant rcan (a student on other images than the canonical teacher's), got {self.variant!r}")
+        require(self.feature_weight >= 0, "feature_weight", f"must be >= 0, got {self.feature_weight}")
 
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
@@ -264,12 +277,21 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
     return weights
 
 
+def feature_teacher(path: Path, student: QNetConfig) -> QNetwork:
+    """The frozen canonical network of LabelTrainConfig.feature_teacher, checked against the student's shape."""
+    teacher, meta = load_policy_net(path)
+    if meta.get("variant") != "canonical" or teacher.cfg != dataclasses.replace(student, in_channels=3):
+        raise ConfigError(f"invalid config field 'feature_teacher': {path} is a {meta.get('variant')!r} network "
+                          f"{teacher.cfg}; it must be a canonical network of the student's shape on 3 channels")
+    return teacher.eval().requires_grad_(False)
+
+
 # ----------------------------------------------------------------------------- the run
 class LabelTrainer:
     def __init__(self, cfg: LabelTrainConfig):
         self.cfg = cfg
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
-        self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0)
+        self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0, teacher_view=cfg.feature_teacher is not None)
         if cfg.max_states:
             self.train = {k: v[:cfg.max_states] for k, v in self.train.items()}
         self.heldout = self._load((cfg.eval_labels,))
@@ -281,6 +303,7 @@ class LabelTrainer:
         self.ema = copy.deepcopy(self.net).eval() if cfg.ema_decay > 0 else None
         self.ema_pairs = list(zip(self.ema.state_dict().values(), self.net.state_dict().values())) if self.ema else []
         self.aux = AuxHeads(cfg.width) if cfg.aux_weight > 0 else None
+        self.teacher = feature_teacher(Path(cfg.feature_teacher), self.net.cfg) if cfg.feature_teacher else None
         params = list(self.net.parameters()) + (list(self.aux.parameters()) if self.aux else [])
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
@@ -302,16 +325,20 @@ class LabelTrainer:
             else:
                 avg.copy_(cur)
 
-    def _load(self, dirs, aux: bool = False) -> dict[str, np.ndarray]:
+    def _load(self, dirs, aux: bool = False, teacher_view: bool = False) -> dict[str, np.ndarray]:
         parts = []
         for d in dirs:
             part = load_labels(d)
+            if teacher_view:  # from the stored states, before "image" becomes the variant's input
+                part["canonical"] = policy_images(d, part, "canonical", progress=True, image_size=self.cfg.image_size,
+                                                  camera_fov_deg=self.cfg.camera_fov_deg)
             part["image"] = policy_images(d, part, self.cfg.variant, self.cfg.generator, progress=True,
                                           camera_fov_deg=self.cfg.camera_fov_deg, image_size=self.cfg.image_size)
             if aux:
                 part.update(aux_targets(d, part, progress=True, camera_fov_deg=self.cfg.camera_fov_deg))
             parts.append(part)
-        keys = ("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
+        keys = (("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
+                + (("canonical",) if teacher_view else ()))
         k_max = max(p["labels"].shape[1] for p in parts)
         for p in parts:  # sets labelled with fewer candidates repeat their behaviour one (same action, same label)
             pad = k_max - p["labels"].shape[1]
@@ -330,10 +357,10 @@ class LabelTrainer:
             for group in self.opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(self.updates / cfg.total_updates, 1.0)))
         idx = self.rng.integers(0, len(d["labels"]), cfg.batch_states)
-        images = d["image"][idx]
-        if self.aux is not None:  # the mask rides along as a last channel, so it shifts with its image
-            images = np.concatenate([images, d["object_mask"][idx][..., None]], axis=3)
-        images, shift = shift_with_offsets(images, cfg.random_shift, self.rng)
+        # The teacher's canonical view and the aux mask ride along as extra channels, so they shift with the image.
+        extra = ([d["canonical"][idx]] if self.teacher is not None else []) + \
+            ([d["object_mask"][idx][..., None]] if self.aux is not None else [])
+        images, shift = shift_with_offsets(np.concatenate([d["image"][idx], *extra], axis=3), cfg.random_shift, self.rng)
         c = self.net.cfg.in_channels
         x = torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., :c])))
         if self.aux is None:
@@ -341,20 +368,27 @@ class LabelTrainer:
         else:
             feats, tap = AuxHeads.trunk(self.net, x)
             uv = torch.from_numpy(shift[:, ::-1].astype(np.float32).copy())  # (dy, dx) -> (du, dv)
-            aux_loss = self.aux.loss(feats, tap, torch.from_numpy(images[..., c]),
+            aux_loss = self.aux.loss(feats, tap, torch.from_numpy(images[..., -1]),
                                      torch.from_numpy(d["gripper_uv"][idx]) + uv,
                                      torch.from_numpy(d["object_uv"][idx]) + uv)
         logits = self.net.head_logits(feats, torch.from_numpy(d["state"][idx]), torch.from_numpy(d["candidates"][idx]))
         loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(d["labels"][idx]))
+        out = {}
         if self.aux is not None:
             loss = loss + cfg.aux_weight * aux_loss
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher.embed(torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., c:c + 3]))))
+            feature_loss = F.mse_loss(feats, target)
+            loss = loss + cfg.feature_weight * feature_loss
+            out["feature_loss"] = float(feature_loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.updates += 1
         if self.ema is not None:
             self._average()
-        return {"loss": float(loss.detach())}
+        return {"loss": float(loss.detach()), **out}
 
     def greedy_check(self, executor) -> dict:
         from safetensors.torch import save
@@ -437,20 +471,21 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     tr = LabelTrainer(cfg)
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
-    log = RunLog(d, ["updates", "loss", "label_auc", "within_state_auc", "move_auc", "close_auc", "pick_label",
+    log = RunLog(d, ["updates", "loss", "feature_loss", "label_auc", "within_state_auc", "move_auc", "close_auc", "pick_label",
                      "behaviour_label", "random_label", "oracle_label", "cem_regret", "greedy_success",
                      "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()
     deadline = t0 + 60 * cfg.time_budget_min if cfg.time_budget_min > 0 else math.inf
-    start, losses = tr.updates, []
+    start, losses, feature_losses = tr.updates, [], []
     if progress:
         print(f"[train-labels] {len(tr.train['labels'])} training states ({len(np.unique(tr.train['seed']))} scenes), "
               f"{len(tr.heldout['labels'])} held-out; run {d}", flush=True)
 
     def row(extra: dict) -> None:
         r = {"updates": tr.updates, **({"loss": float(np.mean(losses))} if losses else {}),  # none on a check's own row
+             **({"feature_loss": float(np.mean(feature_losses))} if feature_losses else {}),
              "updates_per_s": (tr.updates - start) / max(time.perf_counter() - t0, 1e-9),
              "elapsed_s": time.perf_counter() - t0, **extra}
         log.write(r)
@@ -463,10 +498,13 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
 
     try:
         while tr.updates < cfg.total_updates and time.perf_counter() < deadline and not STOP.is_set():
-            losses.append(tr.update()["loss"])
+            step = tr.update()
+            losses.append(step["loss"])
+            if "feature_loss" in step:
+                feature_losses.append(step["feature_loss"])
             if tr.updates % cfg.log_every == 0:
                 row({})
-                losses = []
+                losses, feature_losses = [], []
             if cfg.eval_every and tr.updates % cfg.eval_every == 0:
                 check = heldout_check(tr.deployed, tr.heldout, cfg.cem, np.random.default_rng([cfg.seed, tr.updates]))
                 if cfg.eval_episodes:
