@@ -381,7 +381,7 @@ class LabelTrainer:
                 target = self.teacher.embed(torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., c:c + 3]))))
             feature_loss = F.mse_loss(feats, target)
             loss = loss + cfg.feature_weight * feature_loss
-            out["feature_loss"] = float(feature_loss)
+            out["feature_loss"] = float(feature_loss.detach())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
