@@ -490,7 +490,7 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
         world.close()
 
 
-def test_teacher_labels_are_the_canonical_networks_q_with_its_pick(tmp_path):
+def test_teacher_labels_are_the_canonical_networks_q(tmp_path):
     """--teacher: every candidate's label is the teacher's Q on the stored canonical observation, and a teacher
     that cannot read the labelling env's images is refused by name."""
     import torch

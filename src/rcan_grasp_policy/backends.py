@@ -190,13 +190,16 @@ def load_policy_net(path: str | Path) -> tuple[QNetwork, dict[str, Any]]:
 
 def load_qfunction(path: str | Path, threads: int = 0, *, runtime: RuntimeConfig | None = None,
                    log: Callable[[str], None] | None = None) -> tuple[TorchQFunction | OrtQFunction, dict[str, Any]]:
-    """Open a policy: `.onnx` -> OrtQFunction, `.safetensors` -> TorchQFunction.  Returns (qfunction, metadata);
-    ``qfunction.contract`` is the policy's PolicyContract (rcan_grasp_policy.contract).
+    """Open a policy: `.onnx` -> OrtQFunction, `.safetensors` -> TorchQFunction, a training run directory -> its
+    policy.safetensors.  Returns (qfunction, metadata); ``qfunction.contract`` is the policy's PolicyContract
+    (rcan_grasp_policy.contract).
 
     `runtime` configures ONNX Runtime (its intra_op_threads also sets torch's threads); without it,
     the CPU with `threads` intra-op threads (0: the library's default) and no warm-up.
     """
     path = Path(path)
+    if path.is_dir():
+        path = path / "policy.safetensors"
     if runtime is None:
         runtime = RuntimeConfig(intra_op_threads=threads, warmup_runs=0)
     if path.suffix == ".onnx":

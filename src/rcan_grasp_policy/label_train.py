@@ -478,14 +478,13 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()
     deadline = t0 + 60 * cfg.time_budget_min if cfg.time_budget_min > 0 else math.inf
-    start, losses, feature_losses = tr.updates, [], []
+    start, losses = tr.updates, {}  # every loss update() reports, averaged per logged row
     if progress:
         print(f"[train-labels] {len(tr.train['labels'])} training states ({len(np.unique(tr.train['seed']))} scenes), "
               f"{len(tr.heldout['labels'])} held-out; run {d}", flush=True)
 
     def row(extra: dict) -> None:
-        r = {"updates": tr.updates, **({"loss": float(np.mean(losses))} if losses else {}),  # none on a check's own row
-             **({"feature_loss": float(np.mean(feature_losses))} if feature_losses else {}),
+        r = {"updates": tr.updates, **{k: float(np.mean(v)) for k, v in losses.items()},  # none on a check's own row
              "updates_per_s": (tr.updates - start) / max(time.perf_counter() - t0, 1e-9),
              "elapsed_s": time.perf_counter() - t0, **extra}
         log.write(r)
@@ -498,13 +497,11 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
 
     try:
         while tr.updates < cfg.total_updates and time.perf_counter() < deadline and not STOP.is_set():
-            step = tr.update()
-            losses.append(step["loss"])
-            if "feature_loss" in step:
-                feature_losses.append(step["feature_loss"])
+            for k, v in tr.update().items():
+                losses.setdefault(k, []).append(v)
             if tr.updates % cfg.log_every == 0:
                 row({})
-                losses, feature_losses = [], []
+                losses = {}
             if cfg.eval_every and tr.updates % cfg.eval_every == 0:
                 check = heldout_check(tr.deployed, tr.heldout, cfg.cem, np.random.default_rng([cfg.seed, tr.updates]))
                 if cfg.eval_episodes:

@@ -119,9 +119,9 @@ class LabelConfig:
         require(self.scenes >= 1, "scenes", f"must be >= 1, got {self.scenes}")
         require(self.scenes_per_task >= 1, "scenes_per_task", f"must be >= 1, got {self.scenes_per_task}")
         require(self.split in SEED_BASE, "split", f"must be one of {sorted(SEED_BASE)}, got {self.split!r}")
-        require(self.candidates >= 3, "candidates", f"must be >= 3 (behaviour, close, terminate), got {self.candidates}")
-        fixed = 3 + bool(self.teacher)  # behaviour, close, terminate (and the teacher's pick)
-        require(self.candidates >= fixed, "candidates", f"must be >= {fixed} with a teacher, got {self.candidates}")
+        fixed = 3 + bool(self.teacher)
+        require(self.candidates >= fixed, "candidates", f"must be >= {fixed} (behaviour, close, terminate"
+                + (", the teacher's pick" if self.teacher else "") + f"), got {self.candidates}")
         require(0 <= self.aimed_candidates <= self.candidates - fixed, "aimed_candidates",
                 f"must be in 0..{self.candidates - fixed} (candidates - {fixed}), got {self.aimed_candidates}")
         require(not self.teacher or self.domain == "canonical", "domain",
@@ -269,8 +269,7 @@ def _behaviour_policy(path: str, env):
     from rcan_grasp_policy.cem import CEMPolicy
     from rcan_grasp_policy.inputs import InputEncoder, state_vector, training_domain
 
-    p = Path(path)
-    qf, meta = load_qfunction(p / "policy.safetensors" if p.is_dir() else p, threads=1)
+    qf, meta = load_qfunction(path, threads=1)
     variant, generator = meta.get("variant"), meta.get("generator")
     if variant == "rcan" and not (generator and Path(generator).is_file()):
         raise ConfigError(f"behaviour policy {path} is an rcan policy and needs its generator; "
@@ -298,8 +297,7 @@ class TeacherLabeller:
     def __init__(self, path: str, env):
         from rcan_grasp_policy.backends import load_qfunction
 
-        p = Path(path)
-        self.qf, meta = load_qfunction(p / "policy.safetensors" if p.is_dir() else p, threads=1)
+        self.qf, meta = load_qfunction(path, threads=1)
         size, fov = self.qf.contract.image_size, self.qf.contract.view_fov_deg()
         if meta.get("variant") != "canonical" or fov:
             raise ConfigError(f"teacher {path} must be a canonical policy of the full camera view, got a "
@@ -316,7 +314,7 @@ class TeacherLabeller:
 
         context = self.qf.embed(obs["image"][None], state_vector(obs)[None])
         pick, _ = cem_search(self.qf, context, 1, rng, CEMConfig(), self.bounds)
-        candidates = np.concatenate([candidates, pick.astype(np.float32)]).astype(np.float32)
+        candidates = np.concatenate([candidates, pick]).astype(np.float32)
         return candidates, np.asarray(self.qf.score(context, candidates[None])[0], np.float32)
 
 
