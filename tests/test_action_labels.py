@@ -314,6 +314,22 @@ def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
     assert len(list(tmp_path.glob("images-canonical-32-fov24-*.npy"))) == 1
 
 
+def test_policy_inputs_rendered_by_several_workers_equal_one_workers(tmp_path, monkeypatch):
+    """Each state is rendered from its stored scene state alone: a pool of fresh envs gives the same cache."""
+    from pathlib import Path
+
+    gen = Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx"
+    L.run(L.LabelConfig(out_dir=tmp_path, scenes=2, scenes_per_task=1, split="test", image_size=32, candidates=3,
+                        max_steps=2, label_prob=1.0), progress=False)
+    data = L.load_labels(tmp_path)
+    assert len(data["seed"]) >= 3
+    one = L.policy_images(tmp_path, data, "rcan", str(gen))
+    for cache in tmp_path.glob("images-*.npy"):
+        cache.unlink()
+    monkeypatch.setattr(L, "_RENDER_CHUNK", 1)  # a task per state, spread over the pool
+    np.testing.assert_array_equal(L.policy_images(tmp_path, data, "rcan", str(gen), workers=2), one)
+
+
 def test_render_at_a_narrower_view_is_the_narrower_camera():
     narrow = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test", camera_fov_deg=30.0)))
     wide = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test")))

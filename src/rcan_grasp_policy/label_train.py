@@ -107,6 +107,8 @@ class LabelTrainConfig:
     eval_episodes: int = 30
     """Greedy episodes per check, on selection seeds (0: skip them)."""
     eval_workers: int = 1
+    render_workers: int = 1
+    """Processes that render the policy inputs of label sets that have no image cache yet (once per set)."""
     checkpoint_every: int = 500
     log_every: int = 100
     threads: int = 2
@@ -331,9 +333,11 @@ class LabelTrainer:
             part = load_labels(d)
             if teacher_view:  # from the stored states, before "image" becomes the variant's input
                 part["canonical"] = policy_images(d, part, "canonical", progress=True, image_size=self.cfg.image_size,
+                                                  workers=self.cfg.render_workers,
                                                   camera_fov_deg=self.cfg.camera_fov_deg)
             part["image"] = policy_images(d, part, self.cfg.variant, self.cfg.generator, progress=True,
-                                          camera_fov_deg=self.cfg.camera_fov_deg, image_size=self.cfg.image_size)
+                                          camera_fov_deg=self.cfg.camera_fov_deg, image_size=self.cfg.image_size,
+                                          workers=self.cfg.render_workers)
             if aux:
                 part.update(aux_targets(d, part, progress=True, camera_fov_deg=self.cfg.camera_fov_deg))
             parts.append(part)

@@ -32,6 +32,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -414,13 +415,36 @@ def _file_bytes(save, *args, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+_RECORD_KEYS = ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open")
+_RENDER_CHUNK = 500  # states per render task: a few seconds of work, so a pool stays balanced
+
+
+def _render_inputs(spec: dict[str, Any], records: dict[str, np.ndarray],
+                   bounds: tuple[int, int]) -> tuple[int, np.ndarray]:
+    """Policy inputs of stored states start..stop in a fresh env (a worker task)."""
+    from rcan_grasp_policy.inputs import InputEncoder
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import view_config
+
+    start, stop = bounds
+    env = GraspEnv(EnvConfig(world=view_config(spec["size"], spec["split"], spec["fov"]), domain=spec["domain"]))
+    try:
+        encoder = InputEncoder(spec["variant"], spec["generator"])
+        return start, np.stack([encoder({"image": render_record(env, records, i)}) for i in range(start, stop)])
+    finally:
+        env.close()
+
+
 def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, generator: str | None = None,
-                  progress: bool = False, camera_fov_deg: float = 0.0, image_size: int = 0) -> np.ndarray:
+                  progress: bool = False, camera_fov_deg: float = 0.0, image_size: int = 0,
+                  workers: int = 1) -> np.ndarray:
     """The policy input (N, S, S, C) uint8 of every stored state for `variant`, rendered from the scene states
     (rcan: the randomized render and G of it through ONNX Runtime) and cached in `root` beside the shards.
     `camera_fov_deg` > 0 renders through that field of view instead of the labelling camera's (a narrower
-    view of the same camera); `image_size` > 0 renders at that size instead of the stored images' size."""
-    from rcan_grasp_policy.inputs import InputEncoder, training_domain
+    view of the same camera); `image_size` > 0 renders at that size instead of the stored images' size.
+    `workers` > 1 renders in that many processes (each state is rendered from its stored scene state alone,
+    so the cache is the same whatever the number of workers)."""
+    from rcan_grasp_policy.inputs import training_domain, variant_channels
 
     settings = _label_settings(root)
     domain, size = training_domain(variant), int(image_size or data["image"].shape[1])
@@ -434,19 +458,22 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     cache = Path(root) / f"images-{tag}-{_records_key(data)}.npy"
     if cache.exists():
         return np.load(cache)
-    from rcan_sim.env import EnvConfig, GraspEnv
-    from rcan_sim.world import view_config
-
-    env = GraspEnv(EnvConfig(world=view_config(size, settings["split"], camera_fov_deg), domain=domain))
-    encoder = InputEncoder(variant, generator)
-    out = np.zeros((len(data["seed"]), size, size, encoder.channels), np.uint8)
+    spec = {"size": size, "split": settings["split"], "fov": camera_fov_deg, "domain": domain, "variant": variant,
+            "generator": str(generator) if generator else None}
+    records = {k: data[k] for k in _RECORD_KEYS}
+    out = np.zeros((len(data["seed"]), size, size, variant_channels(variant)), np.uint8)
+    executor = make_executor(workers)
     try:
-        for i in range(len(out)):
-            out[i] = encoder({"image": render_record(env, data, i)})
-            if progress and i % 2000 == 0:
-                print(f"[labels] rendering {variant} inputs: {i}/{len(out)}", flush=True)
+        done = 0
+        for _, (start, chunk) in executor.map_unordered(partial(_render_inputs, spec, records),
+                                                        [(a, min(a + _RENDER_CHUNK, len(out)))
+                                                         for a in range(0, len(out), _RENDER_CHUNK)]):
+            out[start:start + len(chunk)] = chunk
+            done += len(chunk)
+            if progress:
+                print(f"[labels] rendering {variant} inputs: {done}/{len(out)}", flush=True)
     finally:
-        env.close()
+        executor.close()
     atomic_write_bytes(cache, _file_bytes(np.save, out))
     return out
 
