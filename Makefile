@@ -10,7 +10,7 @@ STAMP := $(VENV)/.setup-done
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
-.PHONY: setup demo test bench policy policy-rcan clean
+.PHONY: setup demo test bench policy policy-rcan policy-rcan-128 clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,40 @@ policy-rcan: $(STAMP)
 	$(TRAIN_LABELS) --variant rcan --labels $(SETS_4) --run-name $(notdir $(POLICY_RUN))-rcan \
 		$(WARM) --total-updates $(POLICY_RCAN_UPDATES) $(call RESUME_IF,$(POLICY_RUN)-rcan)
 	$(VENV)/bin/rcan eval-policy --policy $(POLICY_RUN)-rcan --episodes 102 --domain randomized --workers 2
+
+# The RCAN policy at 128 px by distillation from the shipped canonical network (docs/policy.md, "Distilling the
+# canonical policy"): held-out executed labels for the early checks, then rounds of teacher labels on the states
+# the current student visits in the randomized domain, each followed by feature distillation on every set so far,
+# continuing the previous round's network.  Round 0 is the teacher itself on G(x) (no update).  Every step
+# resumes where it left off, so rerunning `make policy-rcan-128` continues it.
+RCAN128_SCENES ?= 2000
+RCAN128_UPDATES ?= 1500
+RCAN128_TEST_SCENES ?= 160
+RCAN128_TEST_LABELS ?= data/labels/descend-aimed-128-test
+RCAN128_LABELS ?= data/labels/teacher-128-make
+RCAN128_RUN ?= runs/policy/rcan128-distill-make
+TEACHER_128 := models/policy_canonical_128
+TEACH := $(VENV)/bin/rcan label-states --teacher $(TEACHER_128).onnx --candidates 16 --aimed-candidates 4 \
+	--image-size 128 --workers 2 --behaviour-epsilon 0.1 --aim-offset 0 --label-prob 1.0 --scenes $(RCAN128_SCENES) --resume
+DISTILL := $(VENV)/bin/rcan train-labels --variant rcan --image-size 128 --feature-teacher $(TEACHER_128).safetensors \
+	--ema-decay 0.999 --eval-labels $(RCAN128_TEST_LABELS) --out-dir $(dir $(RCAN128_RUN)) --threads 2 \
+	--render-workers 2 --eval-every 750 --eval-episodes 0 --log-every 250
+
+policy-rcan-128: $(STAMP)
+	$(VENV)/bin/rcan label-states --completion descend --candidates 12 --aimed-candidates 4 --image-size 128 \
+		--out-dir $(RCAN128_TEST_LABELS) --split test --scenes $(RCAN128_TEST_SCENES) --workers 2 --resume
+	$(DISTILL) --labels $(RCAN128_TEST_LABELS) --run-name $(notdir $(RCAN128_RUN))-0 \
+		--init-from $(TEACHER_128).safetensors --total-updates 0 $(call RESUME_IF,$(RCAN128_RUN)-0)
+	$(TEACH) --behaviour $(RCAN128_RUN)-0/policy.safetensors --out-dir $(RCAN128_LABELS)-r1 --seed 11
+	$(DISTILL) --labels $(RCAN128_LABELS)-r1 --run-name $(notdir $(RCAN128_RUN))-1 --total-updates $(RCAN128_UPDATES) \
+		--init-from $(RCAN128_RUN)-0/policy.safetensors $(call RESUME_IF,$(RCAN128_RUN)-1)
+	$(TEACH) --behaviour $(RCAN128_RUN)-1/policy.safetensors --out-dir $(RCAN128_LABELS)-r2 --seed 12
+	$(DISTILL) --labels $(RCAN128_LABELS)-r1 $(RCAN128_LABELS)-r2 --run-name $(notdir $(RCAN128_RUN))-2 \
+		--total-updates $(RCAN128_UPDATES) --init-from $(RCAN128_RUN)-1/policy.safetensors $(call RESUME_IF,$(RCAN128_RUN)-2)
+	$(TEACH) --behaviour $(RCAN128_RUN)-2/policy.safetensors --out-dir $(RCAN128_LABELS)-r3 --seed 13
+	$(DISTILL) --labels $(RCAN128_LABELS)-r1 $(RCAN128_LABELS)-r2 $(RCAN128_LABELS)-r3 --run-name $(notdir $(RCAN128_RUN)) \
+		--total-updates $(RCAN128_UPDATES) --init-from $(RCAN128_RUN)-2/policy.safetensors $(call RESUME_IF,$(RCAN128_RUN))
+	$(VENV)/bin/rcan eval-policy --policy $(RCAN128_RUN) --episodes 102 --domain randomized --workers 2
 
 clean:
 	rm -rf $(VENV) build install log .pytest_cache

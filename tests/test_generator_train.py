@@ -1,6 +1,7 @@
 """train-generator: exact resume, run directory contents, checkpoint errors, CLI on real shards."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -124,6 +125,22 @@ def test_init_from_copies_weights_not_optimizer(tmp_path):
     assert json.loads((tmp_path / "runs/ft/train_info.json").read_text())["init_from"]["step"] == 2
     with pytest.raises(ckpt.CheckpointError):
         Trainer(cfg(tmp_path, "ft2", 1, init_from=tmp_path / "nothing"), synthetic_frames(16, 32), synthetic_frames(4, 32))
+
+
+def test_init_from_an_exported_generator_starts_g_only(tmp_path):
+    from rcan_perception.model import Generator, save_generator
+
+    exported = Generator(TINY)
+    save_generator(exported, tmp_path / "g.safetensors")
+    t = Trainer(cfg(tmp_path, "ft", 1, init_from=tmp_path / "g.safetensors"), synthetic_frames(16, 32),
+                synthetic_frames(4, 32))
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), t.G.state_dict().values()))
+    assert t.init_info == {"generator": str(tmp_path / "g.safetensors"), "discriminator_restored": False}
+    other = dataclasses.replace(TINY, channels=tuple(2 * c for c in TINY.channels))
+    save_generator(Generator(other), tmp_path / "wide.safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="shape"):
+        Trainer(cfg(tmp_path, "ft2", 1, init_from=tmp_path / "wide.safetensors"), synthetic_frames(16, 32),
+                synthetic_frames(4, 32))
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):

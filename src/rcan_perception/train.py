@@ -93,7 +93,7 @@ class TrainConfig:
     test_data: Path | None = None
     """Optional second held-out set (e.g. `rcan datagen --split test`: unseen objects, textures and lights), evaluated at the end into metrics.json["test_split"]."""
     init_from: Path | None = None
-    """Start G (and D, if it has one) from this checkpoint (a run directory = its latest, or a step-*.json) instead of random weights; optimizers start fresh."""
+    """Start G (and D, if it has one) from this checkpoint (a run directory = its latest, or a step-*.json) instead of random weights; optimizers start fresh.  An exported generator's weights (`models/generator_64.safetensors`, beside its JSON config) start G only; D starts fresh."""
     seed: int = 0
     """Seed of the initial weights, the batch order and the augmentation."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -285,11 +285,7 @@ class Trainer:
         self.evals: list[dict] = []
         self.init_info: dict | None = None
         if cfg.init_from is not None and not cfg.resume:
-            meta, tensors = ckpt.read_checkpoint(cfg.init_from)
-            has_d = any(k.startswith("D.") for k in tensors)
-            ckpt.restore(meta, tensors, self.G, self.D if has_d else None, None, None, restore_rng=False)
-            self.init_info = {"checkpoint": str(cfg.init_from), "step": int(meta["step"]),
-                              "wall_s": float(meta["extra"].get("wall_s", 0.0)), "discriminator_restored": has_d}
+            self.init_info = self._init_weights(Path(cfg.init_from))
             atomic_write_json(self.run_dir / "init_from.json", self.init_info)
         elif cfg.resume and (self.run_dir / "init_from.json").is_file():
             self.init_info = json.loads((self.run_dir / "init_from.json").read_text())
@@ -308,6 +304,23 @@ class Trainer:
         if command:
             with open(self.run_dir / "command.txt", "a") as f:
                 f.write(command + "\n")
+
+    def _init_weights(self, path: Path) -> dict:
+        """Load --init-from: a training checkpoint (G, and D when it has one) or an exported generator (G)."""
+        if path.suffix == ".safetensors":
+            from rcan_perception.model import load_generator
+
+            try:
+                exported = load_generator(path)
+                self.G.load_state_dict(exported.state_dict(), strict=True)
+            except (FileNotFoundError, ValueError, RuntimeError) as exc:
+                raise ckpt.CheckpointError(f"--init-from {path}: not a generator of this run's shape: {exc}") from exc
+            return {"generator": str(path), "discriminator_restored": False}
+        meta, tensors = ckpt.read_checkpoint(path)
+        has_d = any(k.startswith("D.") for k in tensors)
+        ckpt.restore(meta, tensors, self.G, self.D if has_d else None, None, None, restore_rng=False)
+        return {"checkpoint": str(path), "step": int(meta["step"]),
+                "wall_s": float(meta["extra"].get("wall_s", 0.0)), "discriminator_restored": has_d}
 
     def _saved(self) -> dict | None:
         p = self.run_dir / "config.json"
