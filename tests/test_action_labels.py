@@ -593,3 +593,36 @@ def test_feature_teacher_pulls_the_rcan_trunk_towards_the_canonical_one(tmp_path
         label_train.LabelTrainer(dataclasses.replace(cfg, feature_teacher=wide))
     with pytest.raises(ConfigError, match="feature_teacher"):
         label_train.LabelTrainConfig(variant="canonical", feature_teacher=teacher)
+
+
+def test_a_new_generator_reuses_the_randomized_renders_of_another_generators_cache(tmp_path, monkeypatch):
+    """Changing G re-runs G only: the x half comes from the other cache, and equals a fresh render."""
+    from pathlib import Path
+
+    from tiny_models import export_tiny_generator
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx"
+    tiny = export_tiny_generator(tmp_path / "tiny_g.onnx", size=32)
+    L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=1, split="test", image_size=32, candidates=3,
+                        max_steps=2, label_prob=1.0), progress=False)
+    data = L.load_labels(tmp_path / "lab")
+    first = L.policy_images(tmp_path / "lab", data, "rcan", str(shipped))
+    narrow = L.policy_images(tmp_path / "lab", data, "rcan", str(shipped), camera_fov_deg=24)
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    for f in (tmp_path / "lab").glob("[lm]*"):  # the shards and the manifest, no image cache
+        (fresh_dir / f.name).write_bytes(f.read_bytes())
+    rendered = L.policy_images(fresh_dir, data, "rcan", str(tiny))
+    monkeypatch.setattr(L, "_render_inputs", None)  # a render now would fail
+    reused = L.policy_images(tmp_path / "lab", data, "rcan", str(tiny))
+    np.testing.assert_array_equal(reused, rendered)
+    np.testing.assert_array_equal(reused[..., :3], first[..., :3])
+    assert not np.array_equal(reused[..., 3:], first[..., 3:])
+    # a narrower view's cache is another set of renders: it is not lent to the full view, nor taken from it
+    assert not np.array_equal(narrow[..., :3], first[..., :3])
+    assert len(list((tmp_path / "lab").glob("images-rcan-32-*.npy"))) == 3
+    key = L._records_key(data)
+    only_narrow = tmp_path / "only_narrow"
+    only_narrow.mkdir()
+    (only_narrow / f"images-rcan-32-fov24-{'a' * 12}-{key}.npy").write_bytes(b"")
+    assert L._rendered_sources(only_narrow / f"images-rcan-32-{'b' * 12}-{key}.npy") is None

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -435,6 +436,17 @@ def _render_inputs(spec: dict[str, Any], records: dict[str, np.ndarray],
         env.close()
 
 
+def _rendered_sources(cache: Path) -> np.ndarray | None:
+    """The randomized renders (the x half) of an rcan cache of the same states, size and view made with another
+    generator, if there is one: `cache` is images-rcan-<size>[-fov<f>]-<generator sha>-<records key>.npy."""
+    stem, _, key = cache.stem.rsplit("-", 2)
+    for other in sorted(cache.parent.glob(f"{stem}-*-{key}.npy")):
+        other_stem, other_sha, _ = other.stem.rsplit("-", 2)
+        if other_stem == stem and re.fullmatch(r"[0-9a-f]{12}", other_sha) and other != cache:
+            return np.load(other, mmap_mode="r")[..., :3]
+    return None
+
+
 def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, generator: str | None = None,
                   progress: bool = False, camera_fov_deg: float = 0.0, image_size: int = 0,
                   workers: int = 1) -> np.ndarray:
@@ -443,8 +455,9 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     `camera_fov_deg` > 0 renders through that field of view instead of the labelling camera's (a narrower
     view of the same camera); `image_size` > 0 renders at that size instead of the stored images' size.
     `workers` > 1 renders in that many processes (each state is rendered from its stored scene state alone,
-    so the cache is the same whatever the number of workers)."""
-    from rcan_grasp_policy.inputs import training_domain, variant_channels
+    so the cache is the same whatever the number of workers).  An rcan cache of the same states made with
+    another generator lends its randomized renders, so a new G costs only G's own runs."""
+    from rcan_grasp_policy.inputs import InputEncoder, training_domain, variant_channels
 
     settings = _label_settings(root)
     domain, size = training_domain(variant), int(image_size or data["image"].shape[1])
@@ -458,6 +471,12 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     cache = Path(root) / f"images-{tag}-{_records_key(data)}.npy"
     if cache.exists():
         return np.load(cache)
+    sources = _rendered_sources(cache) if variant == "rcan" else None
+    if sources is not None:  # the same states through another generator: only G runs again
+        encoder = InputEncoder(variant, generator)
+        out = np.stack([encoder({"image": x}) for x in sources])
+        atomic_write_bytes(cache, _file_bytes(np.save, out))
+        return out
     spec = {"size": size, "split": settings["split"], "fov": camera_fov_deg, "domain": domain, "variant": variant,
             "generator": str(generator) if generator else None}
     records = {k: data[k] for k in _RECORD_KEYS}
