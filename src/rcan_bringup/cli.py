@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-generator": ("rcan_perception.export:main", "export G to ONNX with a parity check and model card"),
     "train-policy": ("rcan_grasp_policy.train:main", "train the QT-Opt grasping policy in sim"),
     "label-states": ("rcan_grasp_policy.labels:main", "label visited states' candidate actions by simulator resets"),
+    "label-pairs": ("rcan_grasp_policy.label_pairs:main", "render paired G training frames of labelled scene states"),
     "train-labels": ("rcan_grasp_policy.label_train:main", "train the Q-network on counterfactual action labels"),
     "check-labels": ("rcan_grasp_policy.label_check:main", "label metrics (AUC, move AUC, pick) of a policy on label sets"),
     "eval-policy": ("rcan_grasp_policy.evaluate:main", "evaluate a policy with the paper's protocol"),

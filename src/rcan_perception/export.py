@@ -146,6 +146,9 @@ def _summarise(obj, depth: int = 0):
 def datagen_command(path: str, man: dict) -> str | None:
     """The `rcan datagen` call that reproduces a dataset, from its manifest (None if it has none)."""
     cfg, counts = man.get("config"), man.get("counts") or {}
+    if cfg and cfg.get("source") == "rcan label-pairs":  # frames rendered from label sets, not datagen episodes
+        return (f"rcan label-pairs --labels {' '.join(cfg['labels'])} --out {path} --image-size {cfg['image_size']} "
+                f"--seed {cfg['seed']}")
     if not cfg or "episodes" not in counts:
         return None
     return (f"rcan datagen --out {path} --episodes {counts['episodes']} --image-size {cfg['image_size']} "
