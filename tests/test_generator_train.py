@@ -78,6 +78,10 @@ def test_existing_run_needs_resume_and_same_config(tmp_path):
         train(cfg(tmp_path, "r", 2))
     with pytest.raises(ConfigError, match="lr_g"):
         train(cfg(tmp_path, "r", 2, resume=True, lr_g=1e-3))
+    # the end-of-run test split learns nothing: resumed at the last step, a finished run adds it
+    done = Trainer(cfg(tmp_path, "r", 1, resume=True, test_data=tmp_path / "unused"), synthetic_frames(16, 32),
+                   synthetic_frames(4, 32), test=synthetic_frames(3, 32, seed=9))
+    assert done.step == 1 and "test_split" in done.run()
 
 
 def test_resume_accepts_fields_added_later_at_their_default(tmp_path):

@@ -43,9 +43,10 @@ from rcan_perception.losses import (LossWeights, depth_l2, discriminator_loss, g
 from rcan_perception.metrics import EvalAccumulator
 from rcan_perception.model import DiscriminatorConfig, Generator, GeneratorConfig, MultiScaleDiscriminator
 
-# Fields that may differ between a run and its --resume without changing what is learned.
+# Fields that may differ between a run and its --resume without changing what is learned (test_data is only
+# evaluated at the end: a finished run resumed with --steps at its last step adds that evaluation).
 _RESUMABLE = {"resume", "steps", "max_minutes", "device", "threads", "log_every", "sample_every",
-              "eval_every", "checkpoint_every", "keep_checkpoints", "progress"}
+              "eval_every", "checkpoint_every", "keep_checkpoints", "progress", "test_data"}
 
 
 @dataclass
