@@ -585,6 +585,19 @@ def test_feature_teacher_pulls_the_rcan_trunk_towards_the_canonical_one(tmp_path
         assert torch.equal(v, before[k]), k
     tr.checkpoint()
     assert not any("teacher" in k for k in load_file(str(tmp_path / "feat" / "checkpoint.safetensors")))
+    # rcan check-labels --feature-teacher measures the same error on any label set, without the random shift
+    from rcan_grasp_policy import label_check
+
+    with torch.no_grad():
+        data = L.load_labels(tmp_path / "lab")
+        expected = F.mse_loss(tr.deployed.eval().embed(torch.from_numpy(images_to_nchw(tr.train["image"]))),
+                              tr.teacher.embed(torch.from_numpy(images_to_nchw(data["image"]))))
+    got = label_check.check(label_check.LabelCheckConfig(policy=str(tmp_path / "feat"), labels=[tmp_path / "lab"],
+                                                         feature_teacher=teacher))
+    assert got[str(tmp_path / "lab")]["feature_mse"] == pytest.approx(float(expected), abs=1e-4)
+    with pytest.raises(ConfigError, match="feature_teacher"):
+        label_check.check(label_check.LabelCheckConfig(policy=str(teacher), labels=[tmp_path / "lab"],
+                                                       feature_teacher=teacher))
     assert set(load_file(str(tmp_path / "feat" / "policy.safetensors"))) == set(tr.net.state_dict())
     wide = tmp_path / "wide.safetensors"
     save_policy(wide, QNetwork(QNetConfig(in_channels=3, image_size=32, width=5, fc_width=8)).eval(),

@@ -28,6 +28,11 @@ class LabelCheckConfig:
     """Score this many states of each directory, drawn at random with `seed` (0: all)."""
     seed: int = 0
     threads: int = 1
+    feature_teacher: Path | None = None
+    """Also report `feature_mse`: the mean squared error between the policy's trunk features on its inputs and
+    this canonical network's on each state's canonical render (the --feature-teacher loss of train-labels, without
+    the random shift; the policy must be a .safetensors or a run directory).  A network that starts as the teacher
+    on G(x) (`train-labels --init-from <teacher> --total-updates 0`) measures how far G(x) is from the render."""
     out: Path | None = None
     """Write the figures as JSON here."""
 
@@ -47,6 +52,7 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         raise ConfigError(f"invalid config field 'policy': {path} does not exist")
     qf, meta = load_qfunction(path, threads=cfg.threads)
     contract = qf.contract
+    features = _feature_nets(cfg, path) if cfg.feature_teacher is not None else None
     out = {}
     for d in cfg.labels:
         data = load_labels(d)
@@ -60,9 +66,42 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         q = np.concatenate([qf.score(qf.embed(images[i:i + 128], data["state"][i:i + 128]),
                                      data["candidates"][i:i + 128]) for i in range(0, len(idx), 128)])
         m = label_metrics(q, data["labels"], data["candidates"], data["state"])
+        if features is not None:
+            canonical = policy_images(d, data, "canonical", camera_fov_deg=contract.view_fov_deg(),
+                                      image_size=contract.image_size)
+            m["feature_mse"] = _feature_mse(*features, images, canonical)
         out[str(d)] = {"states": int(len(idx)), **{k: round(float(v), 4) for k, v in m.items()}}
         print(f"[check-labels] {d}: " + "  ".join(f"{k} {v}" for k, v in out[str(d)].items()), flush=True)
     return out
+
+
+def _feature_nets(cfg: LabelCheckConfig, path: Path):
+    """(the policy's torch network, the frozen canonical teacher), checked as train-labels checks them."""
+    from rcan_grasp_policy.backends import load_policy_net
+    from rcan_grasp_policy.label_train import feature_teacher
+
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"invalid config field 'policy': feature_teacher needs the policy's torch weights "
+                          f"(.safetensors or a run directory), got {path}")
+    net, meta = load_policy_net(path)
+    if meta.get("variant") != "rcan":
+        raise ConfigError(f"invalid config field 'feature_teacher': the policy is a {meta.get('variant')!r} network; "
+                          "the trunk-feature error is measured for rcan students")
+    return net, feature_teacher(Path(cfg.feature_teacher), net.cfg)
+
+
+def _feature_mse(net, teacher, images: np.ndarray, canonical: np.ndarray) -> float:
+    import torch
+
+    from rcan_grasp_policy.inputs import images_to_nchw
+
+    squared, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(images), 128):
+            s = net.embed(torch.from_numpy(images_to_nchw(images[i:i + 128])))
+            t = teacher.embed(torch.from_numpy(images_to_nchw(canonical[i:i + 128])))
+            squared, count = squared + float(((s - t) ** 2).sum()), count + s.numel()
+    return squared / count
 
 
 def main(argv: list[str] | None = None) -> int:
