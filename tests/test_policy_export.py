@@ -65,6 +65,7 @@ def test_load_qfunction_dispatch_and_errors(tiny, tmp_path):
     assert isinstance(qf, OrtQFunction) and meta["variant"] == "rcan" and meta["qnet"]["width"] == 8
     qf, meta = load_qfunction(d / "q.safetensors")
     assert isinstance(qf, TorchQFunction) and meta["generator"] == "g.onnx"
+    assert (d / "q.safetensors").stat().st_mode & 0o044  # readable by others, like the ONNX beside it
     with pytest.raises(PolicyLoadError, match="not found"):
         load_qfunction(tmp_path / "missing.onnx")
     with pytest.raises(PolicyLoadError, match="unknown policy file type"):

@@ -38,7 +38,7 @@ import numpy as np
 
 from rcan_common.action import ACTION_DIM, STATE_DIM
 from rcan_common.config import ConfigError, from_dict
-from rcan_common.io import atomic_write_json
+from rcan_common.io import atomic_write_bytes, atomic_write_json
 from rcan_grasp_policy.contract import ONNX_CONTRACT_KEY, PolicyContract, contract_path
 from rcan_grasp_policy.inputs import ONNX_METADATA_KEY, images_to_nchw
 from rcan_perception.runtime import ModelError, OrtModel, RuntimeConfig
@@ -156,14 +156,12 @@ class OrtQFunction:
 
 
 def save_policy(path: str | Path, net: QNetwork, meta: dict[str, Any]) -> None:
-    """Weights as safetensors at `path` plus `<path minus suffix>.json` with config and `meta`."""
-    from safetensors.torch import save_file
+    """Weights as safetensors at `path` plus `<path minus suffix>.json` with config and `meta`, each written
+    atomically with the usual permissions (safetensors' own save_file makes an owner-only file)."""
+    from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in net.state_dict().items()}))
     atomic_write_json(path.with_suffix(".json"), {**meta, "qnet": net.cfg.to_dict()})
 
 
