@@ -459,6 +459,16 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
         start_weights(tmp_path / "cc.safetensors", "rcan", dataclasses.replace(coord3, in_channels=6)))
     with pytest.raises(ConfigError, match="init_from"):
         start_weights(tmp_path / "c.safetensors", "rcan", dataclasses.replace(cfg3, in_channels=6, width=5))
+    # a wider trunk (trunk_width) starts as the same function: its extra channels feed nothing yet, and learn
+    wide = QNetwork(dataclasses.replace(cfg3, in_channels=6, trunk_width=7))
+    wide.load_state_dict(start_weights(tmp_path / "c.safetensors", "rcan", wide.cfg))
+    wide.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wide(torch.cat([x, g], 1), state, actions), canonical(g, state, actions))
+        assert wide.embed(torch.cat([x, g], 1)).shape == canonical.embed(g).shape
+    wide.train()
+    wide(torch.cat([x, g], 1), state, actions).sum().backward()
+    assert wide.trunk[-4].weight.grad[:, 4:].abs().sum() > 0  # the zeroed links into the old channels get gradient
     with pytest.raises(ConfigError, match="init_from"):
         start_weights(tmp_path / "c.safetensors", "dr-randomized", cfg3)
 

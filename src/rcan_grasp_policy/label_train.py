@@ -47,8 +47,8 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
-_ARCH_FIELDS = ("variant", "image_size", "width", "fc_width", "merge_downsample", "stem_pool", "coord_channels",
-                "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from", "feature_teacher",
+_ARCH_FIELDS = ("variant", "image_size", "width", "trunk_width", "fc_width", "merge_downsample", "stem_pool",
+                "coord_channels", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from", "feature_teacher",
                 "feature_weight")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
@@ -74,6 +74,8 @@ class LabelTrainConfig:
     seed: int = 0
     image_size: int = 64
     width: int = 32
+    trunk_width: int = 0
+    """NOT in the paper (0: width): see QNetConfig.trunk_width (a wider image trunk for a distilled RCAN student)."""
     fc_width: int = 64
     merge_downsample: int = 16
     stem_pool: bool = True
@@ -151,10 +153,12 @@ class LabelTrainConfig:
         require(self.feature_teacher is None or self.variant == "rcan", "feature_teacher",
                 f"needs variant rcan (a student on other images than the canonical teacher's), got {self.variant!r}")
         require(self.feature_weight >= 0, "feature_weight", f"must be >= 0, got {self.feature_weight}")
+        require(not (self.trunk_width and self.aux_weight), "trunk_width",
+                "the auxiliary heads read the trunk at `width` channels: use one or the other")
 
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
-                          fc_width=self.fc_width, merge_downsample=self.merge_downsample,
+                          trunk_width=self.trunk_width, fc_width=self.fc_width, merge_downsample=self.merge_downsample,
                           stem_pool=self.stem_pool, coord_channels=self.coord_channels)
 
 
@@ -270,19 +274,41 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
     x channels start at zero, so the network computes exactly canonical(G(x)) before its first update."""
     start, meta = load_policy_net(path)
     weights = start.state_dict()
-    if meta.get("variant") == "canonical" and variant == "rcan" and dataclasses.replace(start.cfg, in_channels=6) == qnet:
+    same_but_trunk = dataclasses.replace(start.cfg, in_channels=6, trunk_width=qnet.trunk_width) == qnet
+    if meta.get("variant") == "canonical" and variant == "rcan" and same_but_trunk \
+            and qnet.trunk_channels >= start.cfg.trunk_channels:
         first = weights["trunk.0.weight"]  # input channels: the image's 3, then any coordinate channels
         weights["trunk.0.weight"] = torch.cat([torch.zeros_like(first[:, :3]), first], dim=1)
+        if qnet.trunk_channels > start.cfg.trunk_channels:
+            weights = _widened(weights, QNetwork(qnet).state_dict())
     elif start.cfg != qnet or meta.get("variant") != variant:
         raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network {start.cfg}, "
                           f"this run trains a {variant!r} {qnet}")
     return weights
 
 
+def _widened(narrow: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`narrow`'s weights inside a wider trunk's freshly initialised ones: each narrow tensor fills the leading
+    block of its wider counterpart, and a convolution's weights from the extra input channels into the narrow
+    output channels are zero, so the wider network computes what the narrow one does until it trains."""
+    out = {}
+    for key, small in narrow.items():
+        big = fresh[key].clone()
+        if big.shape != small.shape:
+            if big.dim() == 4:  # conv (out, in, k, k): nothing flows from the new channels into the old ones
+                big[:small.shape[0], small.shape[1]:] = 0
+            big[tuple(slice(0, n) for n in small.shape)] = small
+        else:
+            big = small
+        out[key] = big
+    return out
+
+
 def feature_teacher(path: Path, student: QNetConfig) -> QNetwork:
     """The frozen canonical network of LabelTrainConfig.feature_teacher, checked against the student's shape."""
     teacher, meta = load_policy_net(path)
-    if meta.get("variant") != "canonical" or teacher.cfg != dataclasses.replace(student, in_channels=3):
+    if meta.get("variant") != "canonical" or teacher.cfg != dataclasses.replace(student, in_channels=3,
+                                                                                trunk_width=teacher.cfg.trunk_width):
         raise ConfigError(f"invalid config field 'feature_teacher': {path} is a {meta.get('variant')!r} network "
                           f"{teacher.cfg}; it must be a canonical network of the student's shape on 3 channels")
     return teacher.eval().requires_grad_(False)

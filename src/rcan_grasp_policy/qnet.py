@@ -44,6 +44,11 @@ class QNetConfig:
     """Max-pool right after the stride-2 first convolution (the paper's layout: the first stage works at S/4).
     False (NOT in the paper) keeps the first stage at S/2 and pools once more before the merge: the same merge
     grid, features that keep an object of a few pixels apart from its neighbours (4x the trunk's cost)."""
+    trunk_width: int = 0
+    """Channels of the image trunk's convolutions but its last, which still gives `width` features to the merge
+    (0: `width`, the paper's network).  NOT in the paper: a wider trunk for an RCAN student that has to see the
+    randomized scene as a canonical network of `width` sees the canonical one (LabelTrainConfig.feature_teacher);
+    started from that network (`--init-from`), the extra channels begin with no effect on the output."""
     coord_channels: bool = False
     """Append two constant channels (pixel x and y in [-1, 1]) to the trunk's input (CoordConv, Liu et al.
     2018): every position then knows where it is, so the head can compare a candidate's motion with where
@@ -56,6 +61,12 @@ class QNetConfig:
         require(self.width >= 1, "width", f"must be >= 1, got {self.width}")
         require(self.fc_width >= 1, "fc_width", f"must be >= 1, got {self.fc_width}")
         require(self.merge_downsample in (8, 16), "merge_downsample", f"must be 8 or 16, got {self.merge_downsample}")
+        require(self.trunk_width >= 0, "trunk_width", f"must be >= 0 (0: width), got {self.trunk_width}")
+
+    @property
+    def trunk_channels(self) -> int:
+        """Channels of the trunk's convolutions but its last."""
+        return self.trunk_width or self.width
 
     @property
     def head_side(self) -> int:
@@ -82,15 +93,15 @@ class QNetwork(nn.Module):
     def __init__(self, cfg: QNetConfig = QNetConfig()):
         super().__init__()
         self.cfg = cfg
-        w = cfg.width
+        w, t = cfg.width, cfg.trunk_channels
         # The head runs once per CEM candidate, so the merge resolution sets the cost of a
         # decision and of a Bellman target; the last trunk pool is dropped for a merge at S/8.
         last_pool = [nn.MaxPool2d(2)] if cfg.merge_downsample == 16 else []
         stem_pool, late_pool = ([nn.MaxPool2d(2)], []) if cfg.stem_pool else ([], [nn.MaxPool2d(2)])
         self.trunk = nn.Sequential(
-            *_conv(cfg.in_channels + 2 * cfg.coord_channels, w, stride=2), *stem_pool,  # S/4 (S/2 unpooled)
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2),          # S/8 (S/4)
-            *_conv(w, w), *_conv(w, w), *_conv(w, w), *late_pool, *last_pool,   # S/16 or S/8
+            *_conv(cfg.in_channels + 2 * cfg.coord_channels, t, stride=2), *stem_pool,  # S/4 (S/2 unpooled)
+            *_conv(t, t), *_conv(t, t), *_conv(t, t), nn.MaxPool2d(2),          # S/8 (S/4)
+            *_conv(t, t), *_conv(t, t), *_conv(t, w), *late_pool, *last_pool,   # S/16 or S/8
         )
         self.action_state = nn.Sequential(*_fc(ACTION_DIM + STATE_DIM, cfg.fc_width), *_fc(cfg.fc_width, w))
         self.head_convs = nn.Sequential(
