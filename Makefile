@@ -103,7 +103,8 @@ RCAN128_RUN ?= runs/policy/rcan128-distill-make
 TEACHER_128 := models/policy_canonical_128
 TEACH := $(VENV)/bin/rcan label-states --teacher $(TEACHER_128).onnx --candidates 16 --aimed-candidates 4 \
 	--image-size 128 --workers 2 --behaviour-epsilon 0.1 --aim-offset 0 --label-prob 1.0 --scenes $(RCAN128_SCENES) --resume
-DISTILL := $(VENV)/bin/rcan train-labels --variant rcan --image-size 128 --feature-teacher $(TEACHER_128).safetensors \
+DISTILL := $(VENV)/bin/rcan train-labels --variant rcan --image-size 128 --trunk-width 64 \
+	--feature-teacher $(TEACHER_128).safetensors \
 	--ema-decay 0.999 --eval-labels $(RCAN128_TEST_LABELS) --out-dir $(dir $(RCAN128_RUN)) --threads 2 \
 	--render-workers 2 --eval-every 750 --eval-episodes 0 --log-every 250
 

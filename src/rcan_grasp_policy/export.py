@@ -125,7 +125,8 @@ def _card_md(card: dict) -> str:
     m, p = card["model"], card["parity"]
     lines = [f"# {card['name']}", "", card["summary"], "",
              f"- variant: `{m['variant']}` ({m['qnet']['in_channels']} input channels, {m['qnet']['image_size']} px, "
-             f"width {m['qnet']['width']})",
+             f"width {m['qnet']['width']}"
+             + (f", image trunk {m['qnet']['trunk_width']} wide" if m['qnet'].get('trunk_width') else "") + ")",
              f"- generator: `{m.get('generator')}`" if m.get("generator") else "- generator: none (3-channel input)",
              (f"- training: {m.get('updates')} updates on counterfactual action labels (run `{m.get('run')}`)"
               if m.get("trained_on") == "action labels" else
