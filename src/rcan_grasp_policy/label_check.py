@@ -52,7 +52,7 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         raise ConfigError(f"invalid config field 'policy': {path} does not exist")
     qf, meta = load_qfunction(path, threads=cfg.threads)
     contract = qf.contract
-    features = _feature_nets(cfg, path) if cfg.feature_teacher is not None else None
+    features = _feature_nets(cfg, qf, meta, path) if cfg.feature_teacher is not None else None
     out = {}
     for d in cfg.labels:
         data = load_labels(d)
@@ -75,15 +75,15 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
     return out
 
 
-def _feature_nets(cfg: LabelCheckConfig, path: Path):
+def _feature_nets(cfg: LabelCheckConfig, qf, meta: dict, path: Path):
     """(the policy's torch network, the frozen canonical teacher), checked as train-labels checks them."""
-    from rcan_grasp_policy.backends import load_policy_net
+    from rcan_grasp_policy.backends import TorchQFunction
     from rcan_grasp_policy.label_train import feature_teacher
 
-    if path.suffix != ".safetensors":
+    if not isinstance(qf, TorchQFunction):
         raise ConfigError(f"invalid config field 'policy': feature_teacher needs the policy's torch weights "
                           f"(.safetensors or a run directory), got {path}")
-    net, meta = load_policy_net(path)
+    net = qf.net
     if meta.get("variant") != "rcan":
         raise ConfigError(f"invalid config field 'feature_teacher': the policy is a {meta.get('variant')!r} network; "
                           "the trunk-feature error is measured for rcan students")

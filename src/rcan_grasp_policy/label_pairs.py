@@ -85,7 +85,11 @@ def render_shard(settings: dict[str, Any], task: PairTask) -> dict[str, Any]:
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import view_config
 
-    records = dict(np.load(task.source))
+    from rcan_grasp_policy.labels import place_record
+
+    with np.load(task.source) as z:  # the scene states only: the stored images are not needed
+        records = {k: z[k] for k in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
+                                     "state", "candidates")}
     scenes = _scenes(records)
     if len(scenes) != task.episode_stop - task.episode_start:
         raise ValueError(f"{task.source} changed since it was planned ({len(scenes)} scenes)")
@@ -97,8 +101,7 @@ def render_shard(settings: dict[str, Any], task: PairTask) -> dict[str, Any]:
             for episode, idx in zip(range(task.episode_start, task.episode_stop), scenes):
                 cols: dict[str, list] = {k: [] for k in shards.frame_schema(1)}
                 for i in idx:
-                    env.world.set_scene_state({k: records[k][i] for k in ("seed", "object_ids", "object_poses",
-                                                                          "joints", "gripper_open")})
+                    place_record(env, records, i)
                     step = int(records["step"][i])
                     r_seed = randomization_seed(settings["seed"], episode, step)
                     pair = env.world.render_pair(r_seed, domain=domain)

@@ -48,8 +48,8 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "trunk_width", "fc_width", "merge_downsample", "stem_pool",
-                "coord_channels", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from", "feature_teacher",
-                "feature_weight")
+                "coord_channels", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from",
+                "feature_teacher", "feature_weight")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
