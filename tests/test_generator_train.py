@@ -51,6 +51,36 @@ def test_resume_is_exact(tmp_path):
     assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 7)]
 
 
+def test_sigterm_stops_with_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    from rcan_perception import train as train_module
+
+    full = train(cfg(tmp_path, "full", 4))
+    stopping = Trainer(cfg(tmp_path, "term", 4, eval_every=1), synthetic_frames(16, 32, seed=0),
+                       synthetic_frames(4, 32, seed=1))
+    step = stopping.train_step
+
+    def step_then_signal(batch):  # the signal arrives during step 2
+        losses = step(batch)
+        if stopping.step == 1:
+            train_module._stop(15, None)
+        return losses
+
+    monkeypatch.setattr(stopping, "train_step", step_then_signal)
+    try:
+        result = stopping.run()
+    finally:
+        train_module.STOP.clear()
+    assert result == {"step": 2, "stopped_by_signal": True}
+    run = tmp_path / "runs/term"
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["step-000002.json"]
+    info = json.loads((run / "train_info.json").read_text())
+    assert info["stopped_by_signal"] and not info["stopped_early_by_max_minutes"] and info["steps"] == 2
+    assert len(json.loads((run / "eval.json").read_text())) == 1  # step 1's; no final evaluation
+    resumed = train(cfg(tmp_path, "term", 4, eval_every=1, resume=True))
+    for (k, a), b in zip(full.G.state_dict().items(), resumed.G.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_run_directory_contents(tmp_path):
     t = train(cfg(tmp_path, "r", 2, sample_every=1, eval_every=1, checkpoint_every=1, keep_checkpoints=1),
               test=synthetic_frames(3, 32, seed=9))

@@ -12,7 +12,8 @@ A run lives in ``<runs_dir>/<name>/``::
     eval.json            every held-out evaluation so far; metrics.json holds the latest
     train_info.json      wall time, hardware, software versions, frames seen
 
-``--resume`` continues from the latest complete checkpoint.  Batch order is a pure function
+``--resume`` continues from the latest complete checkpoint; SIGTERM ends a run after the current
+step with one (and without the final evaluation).  Batch order is a pure function
 of (seed, step), and model/optimizer/RNG states are restored, so N steps in one go and
 N/2 + resume-to-N give identical weights when ``--deterministic`` is set.
 """
@@ -24,6 +25,7 @@ import os
 import platform
 import shlex
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,7 +433,7 @@ class Trainer:
         started = time.monotonic()
         wall_at_start = self.wall_s
         last_log_t, last_log_step = started, self.step
-        stopped_early = False
+        stopped_early = stopped_by_signal = False
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc=f"train {cfg.name}",
                    unit="step", dynamic_ncols=True)
         try:
@@ -453,22 +455,27 @@ class Trainer:
                     log.scalar("train/frames_per_s", rate, self.step)
                     bar.set_postfix(g=f"{losses['loss_g']:.3f}", seg=f"{losses['loss_seg_l2']:.3f}")
                 out_of_time = cfg.max_minutes > 0 and now - started >= cfg.max_minutes * 60
-                final = self.step == cfg.steps or out_of_time
+                stopped_by_signal = STOP.is_set() and self.step < cfg.steps
+                final = self.step == cfg.steps or out_of_time or stopped_by_signal
                 if final or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                     self.save()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and not final:
                     self.write_samples()
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
                     self.run_eval(log)
-                if out_of_time:
-                    stopped_early = self.step < cfg.steps
+                if out_of_time or stopped_by_signal:
+                    stopped_early = out_of_time and self.step < cfg.steps
                     break
-            log.tb.add_image("samples", self.write_samples(), self.step, dataformats="HWC")
-            result = self.run_eval(log, final=True)
+            if stopped_by_signal:  # asked to stop now: the checkpoint is written, the evaluation can wait
+                result = {"step": self.step, "stopped_by_signal": True}
+            else:
+                log.tb.add_image("samples", self.write_samples(), self.step, dataformats="HWC")
+                result = self.run_eval(log, final=True)
         finally:
             bar.close()
             log.close()
-        info = {"steps": self.step, "target_steps": cfg.steps, "stopped_early_by_max_minutes": stopped_early,
+        info = {"steps": self.step, "target_steps": cfg.steps,
+                "stopped_early_by_max_minutes": stopped_early, "stopped_by_signal": stopped_by_signal,
                 "train_wall_s": round(self.wall_s, 1), "frames_seen": self.step * cfg.batch_size,
                 "train_frames": len(self.train_frames), "held_out_frames": len(self.held_out),
                 "image_size": list(self.train_frames.image_size), "hardware": hardware_info(self.device),
@@ -505,7 +512,19 @@ def load_datasets(cfg: TrainConfig) -> tuple[Frames, Frames, Frames | None, list
     return frames, held_out, test, snapshots
 
 
+STOP = threading.Event()
+"""Set by SIGTERM: the run ends after the current step with a checkpoint (no final evaluation); --resume continues it exactly."""
+
+
+def _stop(signum, frame):
+    STOP.set()
+    print(f"signal {signum}: stopping after this step, with a checkpoint", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop)
     cfg = parse_cli(TrainConfig, argv, description="Train the RCAN generator G (U-Net + seg/depth heads, MPSE + L2 + patch GAN).")
     command = "rcan train-generator " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     try:
