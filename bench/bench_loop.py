@@ -2,13 +2,14 @@
 
 Writes bench/results/loop.json with the latency from a camera frame's capture stamp to the
 JointTrajectory the driver publishes for the action chosen on it (p50/p95; goal p95 < 150 ms
-at the shipped 64x64 size), the per-stage split (camera -> canonical -> command ->
+with the demo's models at the policy's own camera size), the per-stage split (camera -> canonical -> command ->
 trajectory), the loop rate (actions/s, canonical frames/s vs camera frames/s) and each
 node's CPU use over the measured window (from /proc/<pid>/stat; % of one core).
 
-`python -m bench.bench_loop [--seconds 60] [--image-size 64]`.  Uses the shipped models when
-present, else untrained ones (timing is the same: the graphs have the shipped shapes only
-when the shipped files are used, which the JSON records).
+`python -m bench.bench_loop [--seconds 60] [--image-size 0]`.  Uses the demo's models (`make demo`:
+the same generator and policy) when present, else untrained ones at 64 px (the graphs have the
+shipped shapes only when the shipped files are used, which the JSON records); --image-size 0
+renders at the policy's own size (its contract's), as the demo does.
 """
 from __future__ import annotations
 
@@ -39,18 +40,23 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(seconds: float = 60.0, image_size: int = 64, camera_rate_hz: float = 10.0, domain_id: int = 0) -> dict:
+def run(seconds: float = 60.0, image_size: int = 0, camera_rate_hz: float = 10.0, domain_id: int = 0) -> dict:
+    from rcan_bringup.demo import DemoConfig, camera_size
     from rcan_bringup.graph import resolve, sim_graph
     from rcan_bringup.launcher import GraphProcesses, ros_environment
     from rcan_bringup.loop_monitor import LoopMonitor
     from rcan_bringup.probe import Probe
 
-    generator, policy = resolve("models/generator_64.onnx"), resolve("models/policy_rcan_64.onnx")
+    demo = DemoConfig(image_size=image_size)
+    generator, policy = resolve(demo.generator_model), resolve(demo.policy_model)
     shipped = generator.is_file() and policy.is_file()
-    if not shipped:
+    if shipped:
+        image_size = camera_size(demo, policy)
+    else:
         from rcan_bringup.untrained import ensure_untrained_models
 
-        print("bench_loop: shipped models missing; timing untrained models of the same input size", flush=True)
+        image_size = image_size or 64
+        print(f"bench_loop: shipped models missing; timing untrained models at {image_size} px", flush=True)
         generator, policy = ensure_untrained_models(Path("runs/bench_loop/untrained_models"), image_size)
     env = ros_environment(domain_id or 180 + os.getpid() % 50)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION")})
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=0, help="camera px; 0 = the policy's own size")
     parser.add_argument("--camera-rate-hz", type=float, default=10.0)
     args = parser.parse_args(argv if argv is not None else [])
     result = run(args.seconds, args.image_size, args.camera_rate_hz)

@@ -4,16 +4,18 @@
   torch batched (trunk once per state), torch naive (trunk re-run for every candidate, as
   one batch), torch naive loop (one forward per candidate), and ONNX Runtime batched.
 * QT-Opt learner updates/s (batch 32, Bellman target by CEM over both target networks).
-* The cost of `--merge-downsample 8` (action merged at 8x8 instead of 4x4 at 64 px): decision
-  latency and learner updates/s of a same-width network, as ratios to the shipped layout.
+* The cost of `--merge-downsample 8` (the action merged on a grid twice as fine: 16x16 instead of
+  8x8 at 128 px): decision latency and learner updates/s of the same network, as ratios to the
+  shipped layout.
 * Collector grasps/s and env steps/s for one worker (scripted and Q-network episodes).
 * CEM regret of the policy (Q of CEM's pick over the best Q of a dense candidate set plus the
   behaviour action) on the states of scripted episodes with unseen test objects, for the paper's
   CEM and the default one (discrete floor + shrunk candidates), on the same states in the same run;
   split by the scripted action (move / close / terminate), with Q of the scripted action beside it.
 
-Uses models/policy_rcan_64.* when present, otherwise a randomly initialised network of the
-same shape (latency does not depend on the weights).  Runs in about a minute.
+Uses the demo's policy (models/policy_rcan_128.*, with the generator its metadata names) when
+present, otherwise a randomly initialised 64 px network (latency does not depend on the weights,
+but the shapes are then not the shipped ones; the JSON's "model" says which).  Runs in a few minutes.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from rcan_grasp_policy.inputs import images_to_nchw
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "policy_rcan_64.safetensors"
+SHIPPED = ROOT / "models" / "policy_rcan_128.safetensors"
 OUT = ROOT / "bench" / "results" / "policy.json"
 
 
@@ -159,7 +161,8 @@ def bench_collect(net: QNetwork, episodes: int = 2) -> dict:
         res = collect_episodes(task)
         out[policy] = {"grasps_per_s_per_worker": round(episodes / res.seconds, 3),
                        "env_steps_per_s_per_worker": round(res.env_steps / res.seconds, 2),
-                       "episodes": episodes, "input": "rcan oracle ([x_randomized, canonical render]), 64 px"}
+                       "episodes": episodes,
+                       "input": f"rcan oracle ([x_randomized, canonical render]), {net.cfg.image_size} px"}
     return out
 
 
@@ -225,8 +228,8 @@ def scripted_states(net_cfg: QNetConfig, seeds, domain: str = "canonical", gener
 
     variant = "rcan" if net_cfg.in_channels == 6 else "canonical"
     if variant == "rcan" and generator is None:
-        shipped = ROOT / "models" / "generator_64.onnx"
-        generator = str(shipped) if shipped.is_file() and net_cfg.image_size == 64 else "oracle"
+        shipped = ROOT / "models" / "generator_64.onnx"  # G's output is resized to the policy's size
+        generator = str(shipped) if shipped.is_file() else "oracle"
     env = GraspEnv(EnvConfig(world=WorldConfig(image_size=net_cfg.image_size, split="test"), domain=domain))
     encoder = InputEncoder(variant, generator if variant == "rcan" else None)
     policy = ScriptedGraspPolicy(close_jitter=close_jitter)
@@ -251,10 +254,11 @@ def scripted_states(net_cfg: QNetConfig, seeds, domain: str = "canonical", gener
             "generator": generator, "domain": domain}
 
 
-def bench_regret(net: QNetwork, seeds=tuple(range(900, 912)), cem_seeds: int = 2, data: dict | None = None) -> dict:
+def bench_regret(net: QNetwork, seeds=tuple(range(900, 912)), cem_seeds: int = 2, data: dict | None = None,
+                 generator: str | None = None) -> dict:
     """CEM regret on held-out states: the paper's CEM (no floor, no shrunk candidates) against the default."""
     torch.set_num_threads(1)
-    data = scripted_states(net.cfg, seeds) if data is None else data
+    data = scripted_states(net.cfg, seeds, generator=generator) if data is None else data
     qf = TorchQFunction(net)
     ctx = qf.embed(data["images"], data["states"])
     n = len(data["states"])
@@ -292,9 +296,12 @@ def bench_regret(net: QNetwork, seeds=tuple(range(900, 912)), cem_seeds: int = 2
 
 def main() -> dict:
     t0 = time.perf_counter()
+    generator = None
     if SHIPPED.is_file():
-        net, _ = load_policy_net(SHIPPED)
+        net, meta = load_policy_net(SHIPPED)
         source = str(SHIPPED.relative_to(ROOT))
+        if meta.get("generator") and (ROOT / meta["generator"]).is_file():
+            generator = str(ROOT / meta["generator"])  # the G the policy was trained on
     else:
         torch.manual_seed(0)
         net, source = QNetwork(QNetConfig(in_channels=6, image_size=64, width=32)).eval(), "random init (no shipped model)"
@@ -306,7 +313,7 @@ def main() -> dict:
         "learner": bench_updates(net.cfg, target_cem),
         "learner_paper_target_cem": bench_updates(net.cfg, CEMConfig(), updates=3),
         "collector": bench_collect(net),
-        "cem_regret": bench_regret(net),
+        "cem_regret": bench_regret(net, generator=generator),
         "labels": bench_labels(),
         "labels_descend": bench_labels(completion="descend", candidates=8),  # what make policy labels with
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

@@ -595,6 +595,12 @@ def test_feature_teacher_pulls_the_rcan_trunk_towards_the_canonical_one(tmp_path
         assert torch.equal(v, before[k]), k
     tr.checkpoint()
     assert not any("teacher" in k for k in load_file(str(tmp_path / "feat" / "checkpoint.safetensors")))
+    import json
+
+    from rcan_common.provenance import file_sha256
+
+    meta = json.loads((tmp_path / "feat" / "policy.json").read_text())  # names its G by digest (the launch checks it)
+    assert meta["generator"] == gen and meta["generator_sha256"] == file_sha256(gen)
     # rcan check-labels --feature-teacher measures the same error on any label set, without the random shift
     from rcan_grasp_policy import label_check
 

@@ -64,6 +64,41 @@ def test_invalid_arguments_name_the_field(bad):
         LaunchArgs(**bad)
 
 
+def test_an_rcan_policy_runs_only_with_the_generator_it_was_trained_on(tmp_path):
+    import json
+    import shutil
+
+    from rcan_grasp_policy.backends import generator_mismatch
+    from rcan_common.provenance import file_sha256
+
+    own, other = tmp_path / "g_own.onnx", tmp_path / "g_other.onnx"
+    own.write_bytes(b"weights of the generator the policy was trained on")
+    other.write_bytes(b"weights of another generator")
+    policy = tmp_path / "policy.onnx"
+    policy.write_bytes(b"onnx")
+
+    def sidecar(**meta):
+        policy.with_suffix(".json").write_text(json.dumps({"variant": "rcan", "qnet": {}, **meta}))
+
+    sidecar(generator="elsewhere/g.onnx", generator_sha256=file_sha256(own))  # named by digest: the path may differ
+    assert generator_mismatch(policy, own) is None
+    copy = shutil.copy(own, tmp_path / "renamed.onnx")
+    assert generator_mismatch(policy, copy) is None
+    assert "not the generator policy.onnx was trained on" in generator_mismatch(policy, other)
+    with pytest.raises(ConfigError, match="generator_model.*allow_generator_mismatch"):
+        LaunchArgs(policy_model=str(policy), generator_model=str(other))
+    assert LaunchArgs(policy_model=str(policy), generator_model=str(other), allow_generator_mismatch=True)
+    sidecar(generator=str(own))  # exported before the digest was recorded: the file at the named path decides
+    assert generator_mismatch(policy, own) is None and generator_mismatch(policy, other)
+    sidecar(generator=str(tmp_path / "gone.onnx"))  # nothing to compare with
+    assert generator_mismatch(policy, other) is None
+    sidecar(generator=None, variant="canonical")  # reads no G
+    assert generator_mismatch(policy, other) is None
+    # The shipped pairs: the demo's policy with the shipped G (found under the share dir) passes.
+    shipped = LaunchArgs()
+    assert generator_mismatch(resolve(shipped.policy_model), resolve(shipped.generator_model), resolve) is None
+
+
 def test_launch_strings_round_trip():
     args = LaunchArgs(use_sim=True, rviz=False, image_size=64, seed=7, domain="held-out")
     assert LaunchArgs.from_strings(args.as_strings()) == args

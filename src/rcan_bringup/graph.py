@@ -61,6 +61,8 @@ class LaunchArgs:
     """sim_node camera resolution (square, pixels; use_sim only)."""
     seed: int = 0
     """sim_node seed of the first episode (use_sim only)."""
+    allow_generator_mismatch: bool = False
+    """Run an RCAN policy with another generator than the one it was trained on (refused by default: it grasps less)."""
 
     def __post_init__(self) -> None:
         for name in ("controller_topic", "camera_source"):
@@ -71,6 +73,11 @@ class LaunchArgs:
         require(self.policy_model != "", "policy_model", "must not be empty")
         require(self.namespace == "" or self.namespace.strip("/").replace("_", "").replace("/", "").isalnum(),
                 "namespace", f"{self.namespace!r} is not a valid ROS namespace")
+        if not self.allow_generator_mismatch:
+            from rcan_grasp_policy.backends import generator_mismatch
+
+            problem = generator_mismatch(resolve(self.policy_model), resolve(self.generator_model), resolve)
+            require(problem is None, "generator_model", f"{problem} (or set allow_generator_mismatch)")
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> "LaunchArgs":

@@ -165,6 +165,37 @@ def save_policy(path: str | Path, net: QNetwork, meta: dict[str, Any]) -> None:
     atomic_write_json(path.with_suffix(".json"), {**meta, "qnet": net.cfg.to_dict()})
 
 
+def generator_digest(generator: str | Path | None) -> str | None:
+    """sha256 of the generator ONNX file a policy is trained on, for its metadata (`generator_sha256`); None for
+    canonical inputs, the sim-only oracle and a missing file."""
+    from rcan_common.provenance import file_sha256
+    from rcan_grasp_policy.inputs import ORACLE
+
+    if generator is None or str(generator) == ORACLE or not Path(generator).is_file():
+        return None
+    return file_sha256(generator)
+
+
+def generator_mismatch(policy: str | Path, generator: str | Path, resolve: Callable[[str], Path] = Path) -> str | None:
+    """Why `generator` is not the G the RCAN policy at `policy` was trained on, or None (the same file, a policy that
+    reads no G, or nothing to compare with). The policy's JSON sidecar names its G by sha256
+    (`generator_sha256`) or, in policies exported before that field, by path (`resolve` maps that path to a
+    file). A policy run on another G than its own loses grasps (docs/policy.md), and nothing downstream can tell."""
+    from rcan_common.provenance import file_sha256
+
+    sidecar, generator = Path(policy).with_suffix(".json"), Path(generator)
+    if not sidecar.is_file() or not generator.is_file():
+        return None
+    meta = json.loads(sidecar.read_text())
+    if meta.get("variant") != "rcan" or not meta.get("generator"):
+        return None
+    expected = meta.get("generator_sha256") or generator_digest(resolve(str(meta["generator"])))
+    if expected is None or file_sha256(generator) == expected:
+        return None
+    return (f"{generator} is not the generator {Path(policy).name} was trained on ({meta['generator']}, "
+            f"sha256 {expected[:12]}); retrain or re-export the policy on this G")
+
+
 def load_policy_net(path: str | Path) -> tuple[QNetwork, dict[str, Any]]:
     """A QNetwork (eval mode) and its metadata from safetensors + JSON sidecar."""
     from safetensors.torch import load_file

@@ -37,7 +37,7 @@ from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.runlog import RunLog
 from rcan_common.stats import wilson_interval
-from rcan_grasp_policy.backends import TorchQFunction, load_policy_net, save_policy
+from rcan_grasp_policy.backends import TorchQFunction, generator_digest, load_policy_net, save_policy
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
@@ -470,8 +470,8 @@ class LabelTrainer:
         return path
 
     def _meta(self) -> dict:
-        return {"variant": self.cfg.variant, "generator": self.generator, "domain": self.domain,
-                "updates": self.updates, "run": self.cfg.run_name, "train_config": to_dict(self.cfg),
+        return {"variant": self.cfg.variant, "generator": self.generator,
+                "generator_sha256": generator_digest(self.generator), "domain": self.domain, "updates": self.updates, "run": self.cfg.run_name, "train_config": to_dict(self.cfg),
                 "trained_on": "action labels"}
 
     def restore(self) -> None:

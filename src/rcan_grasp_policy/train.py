@@ -39,7 +39,7 @@ from rcan_common.config import ConfigError, load_for_resume, parse_cli, require,
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.runlog import RunLog
-from rcan_grasp_policy.backends import PolicyLoadError, load_policy_net, save_policy
+from rcan_grasp_policy.backends import PolicyLoadError, generator_digest, load_policy_net, save_policy
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import ORACLE, Variant, training_domain, variant_channels
@@ -219,7 +219,8 @@ class Trainer:
 
     def save_policy(self) -> None:
         save_policy(self.run_dir / "policy.safetensors", self.algo.q,
-                    {"variant": self.cfg.variant, "generator": self.generator, "domain": self.domain,
+                    {"variant": self.cfg.variant, "generator": self.generator,
+                     "generator_sha256": generator_digest(self.generator), "domain": self.domain,
                      "updates": self.algo.updates, "episodes": self.episodes, "run": self.cfg.name,
                      "train_config": to_dict(self.cfg)})
 
