@@ -100,6 +100,7 @@ class LoopMonitor:
         self._canonical: deque[tuple[float, float]] = deque(maxlen=self.keep_images)  # (receipt, stamp)
         self._images: dict[str, dict[float, np.ndarray]] = {"source": {}, "canonical": {}}
         self._targets: deque[float] = deque(maxlen=1000)
+        self._unanswered_target: float | None = None  # receipt of the latest target until a trajectory follows it
         self._steps_with_images = 0
         self.cam_to_canonical: list[float] = []
         self.command_to_trajectory: list[float] = []
@@ -140,6 +141,7 @@ class LoopMonitor:
     def _on_target(self, rec: Received) -> None:
         with self._lock:
             self._targets.append(rec.wall)
+            self._unanswered_target = rec.wall
             if self.steps and self.steps[-1].target_t is None and rec.wall - self.steps[-1].marker_t < 0.5:
                 self.steps[-1].target_t = rec.wall
 
@@ -161,11 +163,15 @@ class LoopMonitor:
     def _on_trajectory(self, rec: Received) -> None:
         with self._lock:
             self.trajectories += 1
-            if self._targets and 0 <= rec.wall - self._targets[-1] < 1.0:
-                self.command_to_trajectory.append(rec.wall - self._targets[-1])
+            # Only the first trajectory after a target answers it. The later segments of a long move (the
+            # driver's step limit) follow without a new target, up to a segment's duration later: not latency.
+            target, self._unanswered_target = self._unanswered_target, None
+            if target is None or not 0 <= rec.wall - target < 1.0:
+                return
+            self.command_to_trajectory.append(rec.wall - target)
             for step in reversed(self.steps[-3:]):
-                # A target the driver rejected gets no trajectory; do not pair it with a later one.
-                if step.trajectory_t is None and step.target_t is not None and 0 <= rec.wall - step.target_t < 1.0:
+                # A target the driver rejected gets no trajectory; only the latest target is paired.
+                if step.target_t == target:
                     step.trajectory_t = rec.wall
                     break
 
@@ -194,6 +200,7 @@ class LoopMonitor:
             self.steps.clear()
             self.cam_to_canonical.clear()
             self.command_to_trajectory.clear()
+            self._unanswered_target = None
             self.trajectories = 0
             self._steps_with_images = 0
 
