@@ -8,7 +8,7 @@ import pytest
 
 from rcan_common.config import ConfigError, from_dict
 from kuka_iiwa_driver.config import DriverConfig
-from kuka_iiwa_driver.driver import DriverCore
+from kuka_iiwa_driver.driver import DriverCore, cause_of
 from kuka_iiwa_driver.kinematics import matrix_to_quat, rotation_log
 from kuka_iiwa_driver.safety import Status, top_down
 
@@ -264,6 +264,31 @@ def test_plausible_motion_is_accepted_and_the_reference_is_retaken_after_a_gap(c
     assert core.on_joint_state(NAMES, list(HOME), now=t_late) is None
     np.testing.assert_array_equal(core.q, HOME)
     assert "outside" in core.on_joint_state(NAMES, _spoof(3.1), now=t_late + 10.0)  # limits always apply
+
+
+def test_nothing_is_planned_or_held_from_a_disputed_state(core):
+    """Seen in the fuzzed graph: a sim reset teleported the arm (A7 by 1.15 rad), its states were rejected as
+    jumps while the old reference was still fresh, and a command planned from that old reference would have
+    moved the arm back. While a jump disputes the reference, targets are refused and watchdog holds are not
+    sent; the next validated state settles it."""
+    assert target(core, dp=(0.0, 0.0, -0.05)).status is Status.ACCEPTED  # a move in flight
+    teleported = HOME.copy()
+    teleported[6] += 1.15
+    assert "jump implausibly" in core.on_joint_state(NAMES, list(teleported), now=10.05)
+    res = target(core, stamp=10.05, now=10.06)
+    assert res.command is None and "joint_states disagree" in res.reason
+    assert cause_of(res.reason) == "joint_states_disputed"
+    core.watchdog.move_end = 10.0
+    assert core.tick(10.0 + core.cfg.command_timeout_s + 0.01) is None  # no hold at the disputed HOME
+    assert core.counters.holds == 0
+    # A spoof, not a teleport: the next real state agrees with the reference and settles the dispute.
+    assert core.on_joint_state(NAMES, list(HOME), now=10.1) is None
+    assert target(core, stamp=10.1, now=10.11).status is Status.ACCEPTED
+    # The e-stop still holds at the validated state while disputed: stopping a move in flight comes first.
+    assert "jump implausibly" in core.on_joint_state(NAMES, list(teleported), now=10.12)
+    hold = core.on_estop(True)
+    assert hold is not None and hold.kind == "hold"
+    np.testing.assert_array_equal(hold.positions, HOME)
 
 
 def test_every_command_passes_the_same_checks_under_hostile_input():

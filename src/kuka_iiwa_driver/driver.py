@@ -49,6 +49,7 @@ CAUSES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), c) for p, c i
     (r"non-finite joint position", "joint_states_non_finite"),
     (r"joint_states outside the joint limits", "joint_states_out_of_limits"),
     (r"joint_states jump implausibly", "joint_states_jump"),
+    (r"joint_states disagree", "joint_states_disputed"),
     (r"watchdog: joint_states stale", "watchdog_joint_states"),
     (r"watchdog: no target", "watchdog_no_target"),
 ))
@@ -115,6 +116,10 @@ class DriverCore:
         self.rest_posture = np.radians(cfg.rest_posture_deg)
         self.q: np.ndarray | None = None  # last VALIDATED joint positions (A1..A7 order)
         self.q_time: float | None = None  # when self.q was validated
+        # Set when a state jumps implausibly from self.q, cleared by the next validated state: either the
+        # jump was a spoof (a real state follows at once) or the arm really is elsewhere (a sim reset
+        # teleports it). Until then self.q may be wrong, so nothing is planned or held from it.
+        self.q_disputed = False
         self.gripper = cfg.initial_gripper_open  # last forwarded gripper command (True open)
         self.counters = Counters()
         self.last_reject_reason = ""
@@ -143,9 +148,10 @@ class DriverCore:
                 reason = self.safety.check_joint_state(q, self.q if fresh else None,
                                                        now - self.q_time if fresh else None)
                 if reason is None:
-                    self.q, self.q_time = q, now
+                    self.q, self.q_time, self.q_disputed = q, now, False
                     self.watchdog.joint_state(now)
                     return None
+                self.q_disputed = self.q_disputed or (fresh and cause_of(reason) == "joint_states_jump")
         self.counters.joint_states_rejected += 1
         return reason
 
@@ -175,6 +181,9 @@ class DriverCore:
                                                  f"'{self.cfg.base_frame}'")
         if self.q is None or not self.watchdog.joint_states_fresh(now):
             return TargetResult(Status.REJECTED, "no fresh joint_states: robot state unknown")
+        if self.q_disputed:
+            return TargetResult(Status.REJECTED, "joint_states disagree with the last validated state: "
+                                                 "robot state unknown")
         current_p, _ = self.kin.fk(self.q)
         decision = self.safety.check_target(position, quaternion, stamp, now, current_p)
         if not decision.ok:
@@ -242,6 +251,11 @@ class DriverCore:
         self.last_hold_reason = reason
         if self.q is None:
             return None  # never validated a state: nothing was ever sent, nothing to stop
+        if self.q_disputed and not self.estop.latched:
+            # A watchdog hold at self.q could move an arm that is elsewhere (a sim reset teleports it); the
+            # controller keeps its last point instead. The e-stop still holds at self.q: stopping a move in
+            # flight comes first, and on a real arm a disputed state is a spoof, so self.q is where it is.
+            return None
         blocked = self.check_command(self.q)
         if blocked:  # cannot happen for a validated state; the gate holds regardless
             self.counters.commands_blocked += 1
