@@ -189,7 +189,10 @@ def generator_mismatch(policy: str | Path, generator: str | Path, resolve: Calla
     meta = json.loads(sidecar.read_text())
     if meta.get("variant") != "rcan" or not meta.get("generator"):
         return None
-    expected = meta.get("generator_sha256") or generator_digest(resolve(str(meta["generator"])))
+    named = resolve(str(meta["generator"]))
+    if not meta.get("generator_sha256") and named.resolve() == generator.resolve():
+        return None  # the very file the policy names
+    expected = meta.get("generator_sha256") or generator_digest(named)
     if expected is None or file_sha256(generator) == expected:
         return None
     return (f"{generator} is not the generator {Path(policy).name} was trained on ({meta['generator']}, "

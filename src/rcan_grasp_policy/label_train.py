@@ -319,6 +319,7 @@ class LabelTrainer:
     def __init__(self, cfg: LabelTrainConfig):
         self.cfg = cfg
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
+        self.generator_sha256 = generator_digest(self.generator)  # the G the cached inputs are rendered through
         self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0, teacher_view=cfg.feature_teacher is not None)
         if cfg.max_states:
             self.train = {k: v[:cfg.max_states] for k, v in self.train.items()}
@@ -470,9 +471,9 @@ class LabelTrainer:
         return path
 
     def _meta(self) -> dict:
-        return {"variant": self.cfg.variant, "generator": self.generator,
-                "generator_sha256": generator_digest(self.generator), "domain": self.domain, "updates": self.updates, "run": self.cfg.run_name, "train_config": to_dict(self.cfg),
-                "trained_on": "action labels"}
+        return {"variant": self.cfg.variant, "generator": self.generator, "generator_sha256": self.generator_sha256,
+                "domain": self.domain, "updates": self.updates, "run": self.cfg.run_name,
+                "train_config": to_dict(self.cfg), "trained_on": "action labels"}
 
     def restore(self) -> None:
         from safetensors.torch import load_file

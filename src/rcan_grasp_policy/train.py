@@ -178,6 +178,7 @@ class Trainer:
         self.generator = cfg.generator if cfg.variant == "rcan" else None
         if self.generator not in (None, ORACLE) and not Path(self.generator).is_file():
             raise ConfigError(f"invalid config field 'generator': {self.generator} does not exist")
+        self.generator_sha256 = generator_digest(self.generator)
         torch.manual_seed(cfg.seed)
         net = QNetwork(cfg.qnet_config())
         if cfg.init_from is not None:
@@ -220,7 +221,7 @@ class Trainer:
     def save_policy(self) -> None:
         save_policy(self.run_dir / "policy.safetensors", self.algo.q,
                     {"variant": self.cfg.variant, "generator": self.generator,
-                     "generator_sha256": generator_digest(self.generator), "domain": self.domain,
+                     "generator_sha256": self.generator_sha256, "domain": self.domain,
                      "updates": self.algo.updates, "episodes": self.episodes, "run": self.cfg.name,
                      "train_config": to_dict(self.cfg)})
 
