@@ -39,7 +39,7 @@ def test_folder_source_publishes_rgb8_and_camera_info(tmp_path, ros_env, harness
     try:
         assert harness.spin_until(lambda: len(images) >= 4 and len(infos) >= 4, 30.0, node), node.output
     finally:
-        assert node.stop() == 0
+        assert node.stop() == 0, node.output
     msg = images[0]
     assert (msg.encoding, msg.width, msg.height, msg.step) == ("rgb8", 64, 64, 192)
     assert msg.header.frame_id == "cam_test"

@@ -149,7 +149,7 @@ def test_targets_are_checked_converted_and_watched(tmp_path, ros_env):
         assert rig.wait(lambda: len(rig.trajs) == 5), rig.proc.output
         assert rig.proc.alive()
     finally:
-        assert rig.close() == 0
+        assert rig.close() == 0, rig.proc.output
     assert "target rejected: non-finite" in rig.proc.output
 
 

@@ -61,6 +61,38 @@ def _stamp(m) -> int:
     return m.header.stamp.sec
 
 
+# The frame_id of the handshake's probe frames (the tests' own frames are "cam"); outputs copy it.
+PROBE_FRAME = "probe"
+
+
+def _handshake(harness, pub, outputs: list[list], stats: list, node) -> dict:
+    """Send probe frames until every output list has received one; the node's latency summary after that.
+
+    The harness seeing the node's output writers does not mean those writers see the harness's readers
+    yet (DDS matches each side on its own), and a volatile output sent before that is lost: a test that
+    sends one frame and waits for its output can wait forever.  The next probe goes out only when the
+    last one's outputs have not all come back in 10 s (a frame takes milliseconds), so when this returns
+    the probes sent have been processed, or were lost on the way in before the node's reader matched."""
+    def probed() -> bool:
+        return all(any(m.header.frame_id == PROBE_FRAME for m in got) for got in outputs)
+
+    for k in range(6):
+        probe, _ = _frame(0, seed=k)  # stamped 0 s + k ns: no test waits for a stamp below 1 s
+        probe.header.frame_id, probe.header.stamp.nanosec = PROBE_FRAME, k
+        pub.publish(probe)
+        if harness.spin_until(probed, 10.0, node):
+            break
+    assert probed(), f"no probe frame came through in 60 s:\n{node.output}"
+    seen = len(stats)
+    assert harness.spin_until(lambda: len(stats) > seen, 10.0, node), node.output
+    return json.loads(stats[-1].data)
+
+
+def _tested(msgs) -> list:
+    """The messages of a test's own frames (not the handshake's probes)."""
+    return [m for m in msgs if m.header.frame_id != PROBE_FRAME]
+
+
 def test_outputs_headers_and_malformed_inputs(tmp_path, ros_env, harness, tiny_gen):
     from rcan_perception.perception_core import CanonicalGenerator
 
@@ -71,13 +103,14 @@ def test_outputs_headers_and_malformed_inputs(tmp_path, ros_env, harness, tiny_g
     node = _start(tmp_path, ros_env, tiny_gen, **{INPUT_DEPTH: 20})
     try:
         assert harness.spin_until(lambda: harness.connected(pub), 30.0, node), node.output
+        probes = _handshake(harness, pub, list(got.values()), stats, node)["count"]
         frames = {}
         # The 60 s waits are caps, not thresholds: a loaded 2-core machine took over 20 s for one frame.
         for stamp, enc in ((1, "rgb8"), (2, "bgr8")):
             msg, rgb = _frame(stamp, seed=stamp, encoding=enc)
             frames[stamp] = rgb
             pub.publish(msg)
-            assert harness.spin_until(lambda: any(_stamp(m) == stamp for m in got["depth"]), 60.0, node)
+            assert harness.spin_until(lambda: any(_stamp(m) == stamp for m in got["depth"]), 60.0, node), node.output
         # Malformed frames, each cause twice: rejected, logged once per cause, node keeps serving.
         causes = ("step", "data_length", "empty", "encoding", "too_large")
         for kind in causes * 2:
@@ -90,25 +123,25 @@ def test_outputs_headers_and_malformed_inputs(tmp_path, ros_env, harness, tiny_g
             [s.data for s in stats[-1:]]
         assert node.alive()
     finally:
-        assert node.stop() == 0
+        assert node.stop() == 0, node.output
     for cause in causes:
         assert sum(f"'{cause}' problems" in line for line in node.lines) == 1, node.output
     assert sum("runs on CPUExecutionProvider" in line for line in node.lines) == 1
 
     for key, enc, shape in (("image", "rgb8", 3), ("seg", "rgb8", 3), ("labels", "mono8", 1), ("depth", "32FC1", 1)):
-        msgs = got[key]
+        msgs = _tested(got[key])
         assert sorted(_stamp(m) for m in msgs) == [1, 2, 3], key
         for m in msgs:
             assert (m.encoding, m.width, m.height, m.header.frame_id) == (enc, 64, 64, "cam")
-    labels = np.frombuffer(got["labels"][0].data, np.uint8)
-    depth = np.frombuffer(got["depth"][0].data, np.float32)
+    labels = np.frombuffer(_tested(got["labels"])[0].data, np.uint8)
+    depth = np.frombuffer(_tested(got["depth"])[0].data, np.float32)
     assert labels.max() < 5 and 0.0 <= depth.min() and depth.max() <= 2.0
     # The node's canonical image is exactly G(x) through the contract (bgr8 was converted to RGB).
     g = CanonicalGenerator(tiny_gen)
-    for m in got["image"]:
+    for m in _tested(got["image"]):
         np.testing.assert_array_equal(image_msg_to_rgb(m), g(frames[_stamp(m)]).canonical[0])
     summary = json.loads(stats[-1].data)
-    assert summary["count"] == 3 and summary["p50_ms"] > 0 and summary["provider"] == "CPUExecutionProvider"
+    assert summary["count"] == probes + 3 and summary["p50_ms"] > 0 and summary["provider"] == "CPUExecutionProvider"
 
 
 def test_slow_model_drops_old_frames_instead_of_queueing(tmp_path, ros_env, harness):
@@ -130,17 +163,20 @@ def test_slow_model_drops_old_frames_instead_of_queueing(tmp_path, ros_env, harn
     node = _start(tmp_path, ros_env, model, **{INPUT_DEPTH: 50})
     try:
         assert harness.spin_until(lambda: harness.connected(pub), 30.0, node), node.output
+        base = _handshake(harness, pub, [out], stats, node)
         for stamp in range(1, 16):
             pub.publish(_frame(stamp, size=256, seed=stamp)[0])
-        assert harness.spin_until(lambda: any(_stamp(m) == 15 for m in out), 30.0, node), node.output
-        done = lambda: stats and (s := json.loads(stats[-1].data))["count"] + s["dropped"] == 15  # noqa: E731
+        assert harness.spin_until(lambda: any(_stamp(m) == 15 for m in _tested(out)), 30.0, node), node.output
+        handled = base["count"] + base["dropped"] + 15
+        done = lambda: (s := json.loads(stats[-1].data))["count"] + s["dropped"] == handled  # noqa: E731
         assert harness.spin_until(done, 10.0, node), [s.data for s in stats[-2:]]
     finally:
-        assert node.stop() == 0
-    stamps = [_stamp(m) for m in out]
+        assert node.stop() == 0, node.output
+    stamps = [_stamp(m) for m in _tested(out)]
     assert stamps == sorted(stamps) and stamps[-1] == 15
     summary = json.loads(stats[-1].data)
-    assert summary["dropped"] >= 5 and len(stamps) == summary["count"] <= 10, (stamps, summary)
+    dropped, count = summary["dropped"] - base["dropped"], summary["count"] - base["count"]
+    assert dropped >= 5 and len(stamps) == count <= 10, (stamps, summary, base)
 
 
 def test_mismatched_model_fails_at_start_naming_file(tmp_path, ros_env):
@@ -159,6 +195,7 @@ def test_future_stamped_frames_are_rejected_on_receipt(tmp_path, ros_env, harnes
     node = _start(tmp_path, ros_env, tiny_gen, max_future_stamp_s=0.5, **{INPUT_DEPTH: 20})
     try:
         assert harness.spin_until(lambda: harness.connected(pub), 30.0, node), node.output
+        _handshake(harness, pub, [got], stats, node)
         now = harness.node.get_clock().now().nanoseconds // 10**9
         for ahead in (3600, 3601, 60):
             pub.publish(_frame(now + ahead, seed=ahead)[0])
@@ -169,6 +206,6 @@ def test_future_stamped_frames_are_rejected_on_receipt(tmp_path, ros_env, harnes
             lambda: stats and json.loads(stats[-1].data)["rejected"] == {"future_stamp": 3}, 10.0, node), \
             [s.data for s in stats[-1:]]
     finally:
-        assert node.stop() == 0
-    assert [_stamp(m) for m in got] == [now]
+        assert node.stop() == 0, node.output
+    assert [_stamp(m) for m in _tested(got)] == [now]
     assert sum("in the future" in line for line in node.lines) == 1, node.output

@@ -171,7 +171,7 @@ def test_commands_only_from_fresh_matched_pairs(tmp_path, ros_env, harness, tiny
         status = d.last_status()
         assert status["waiting"] == "ee_pose_stale", status
     finally:
-        assert node.stop() == 0
+        assert node.stop() == 0, node.output
     target = d.targets[0]
     assert target.header.frame_id == BASE
     delta = np.array([target.pose.position.x, target.pose.position.y, target.pose.position.z]) - EE_POS
@@ -198,7 +198,7 @@ def test_acts_when_a_pair_arrives_not_on_the_timer(tmp_path, ros_env, harness, t
         d.wait_connected(node)
         assert d.publish_until(lambda: d.targets, 30.0, node), node.output
     finally:
-        assert node.stop() == 0
+        assert node.stop() == 0, node.output
 
 
 def test_start_episode_runs_one_episode_and_publishes_its_end(tmp_path, ros_env, harness, tiny_q):
@@ -241,7 +241,7 @@ def test_start_episode_runs_one_episode_and_publishes_its_end(tmp_path, ros_env,
         assert d.publish_until(lambda: len(ends) == 2, 30.0, node), node.output
         assert json.loads(ends[1].data)["episode"] == 2
     finally:
-        assert node.stop() == 0
+        assert node.stop() == 0, node.output
     assert len(ends) == 2
 
 
@@ -288,7 +288,7 @@ def test_future_stamped_pair_is_rejected_and_matching_recovers_when_stamps_go_ba
         n = len(d.targets)
         assert d.publish_until(lambda: len(d.targets) > n, 15.0, node), node.output
     finally:
-        assert node.stop() == 0
+        assert node.stop() == 0, node.output
     out = node.output
     assert sum("in the future" in line for line in out.splitlines()) == 1, out
     assert "stamp matcher reset" in out and "went backwards" in out

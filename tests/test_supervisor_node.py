@@ -49,7 +49,7 @@ def test_supervisor_runs_the_episodes_retries_and_survives_bad_input(tmp_path, r
             assert harness.spin_until(lambda: len(results) == episode, 30.0, node), (calls, node.output)
         assert harness.spin_until(output_has("all 2 episodes judged: 1/2 successes"), 10.0, node), node.output
     finally:
-        assert node.stop() == 0
+        assert node.stop() == 0, node.output
     # reset refused once ("busy"), then the loop twice; nothing after the last verdict.
     assert calls == ["sim_node/reset", "sim_node/reset", "policy_node/start_episode", "sim_node/grasp_success",
                      "sim_node/reset", "policy_node/start_episode", "sim_node/grasp_success"], calls
