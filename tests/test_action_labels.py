@@ -471,6 +471,13 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
     assert wide.trunk[-4].weight.grad[:, 4:].abs().sum() > 0  # the zeroed links into the old channels get gradient
     with pytest.raises(ConfigError, match="init_from"):
         start_weights(tmp_path / "c.safetensors", "dr-randomized", cfg3)
+    # a canonical network starts a wider canonical one the same way
+    wide3 = QNetwork(dataclasses.replace(cfg3, trunk_width=7))
+    wide3.load_state_dict(start_weights(tmp_path / "c.safetensors", "canonical", wide3.cfg))
+    with torch.no_grad():
+        torch.testing.assert_close(wide3.eval()(g, state, actions), canonical(g, state, actions))
+    with pytest.raises(ConfigError, match="init_from"):  # never narrower
+        start_weights(tmp_path / "c.safetensors", "canonical", dataclasses.replace(cfg3, trunk_width=2))
 
 
 def test_rcan_behaviour_sees_its_own_inputs(tmp_path):

@@ -271,17 +271,21 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
 
     Same variant and network config: the weights as they are.  A canonical network for an rcan network of the
     same shape: [x, G(x)] starts as that network on G(x); its first convolution reads the G(x) channels and the
-    x channels start at zero, so the network computes exactly canonical(G(x)) before its first update."""
+    x channels start at zero, so the network computes exactly canonical(G(x)) before its first update.  Either
+    may also start a network with a wider trunk (`trunk_width`), which computes the same until it trains."""
     start, meta = load_policy_net(path)
-    weights = start.state_dict()
-    same_but_trunk = dataclasses.replace(start.cfg, in_channels=6, trunk_width=qnet.trunk_width) == qnet
-    if meta.get("variant") == "canonical" and variant == "rcan" and same_but_trunk \
-            and qnet.trunk_channels >= start.cfg.trunk_channels:
+    weights, start_cfg = start.state_dict(), start.cfg
+    if meta.get("variant") == "canonical" and variant == "rcan" and start_cfg.in_channels == 3:
         first = weights["trunk.0.weight"]  # input channels: the image's 3, then any coordinate channels
         weights["trunk.0.weight"] = torch.cat([torch.zeros_like(first[:, :3]), first], dim=1)
-        if qnet.trunk_channels > start.cfg.trunk_channels:
-            weights = _widened(weights, QNetwork(qnet).state_dict())
-    elif start.cfg != qnet or meta.get("variant") != variant:
+        start_cfg = dataclasses.replace(start_cfg, in_channels=6)
+    elif meta.get("variant") != variant:
+        raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network, "
+                          f"this run trains a {variant!r} one")
+    if dataclasses.replace(start_cfg, trunk_width=qnet.trunk_width) == qnet \
+            and qnet.trunk_channels > start_cfg.trunk_channels:
+        weights = _widened(weights, QNetwork(qnet).state_dict())
+    elif start_cfg != qnet:
         raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network {start.cfg}, "
                           f"this run trains a {variant!r} {qnet}")
     return weights
