@@ -138,12 +138,39 @@ def spin_node(make_node: Callable[[], object], args=None) -> int:
         if rclpy.ok():
             raise
     finally:
-        if node is not None:
-            if getattr(node, "close", None) is not None:
-                node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        _teardown(node)
     return 0
+
+
+def _teardown(node) -> None:
+    """Close and destroy `node`, then shut rclpy down, so that a signal during the teardown cannot fail it.
+
+    Two races made a node stopped by SIGINT exit 1 now and then (CI, under load).  rclpy calls Python's
+    own handler after its own, so a KeyboardInterrupt can land anywhere in here (ros-tooling/topic_tools#104:
+    inside destroy_node); and rclpy's signal thread shuts the context down concurrently, so `try_shutdown`
+    can find it ok and then fail with 'rcl_shutdown already called'.  Neither is an error of the node: every
+    step still runs.  The node's own close() errors, and rclpy's while the context is up, are raised after."""
+    import sys
+
+    import rclpy
+
+    close = getattr(node, "close", None) if node is not None else None
+    errors = []
+    for step in (close, getattr(node, "destroy_node", None), rclpy.try_shutdown):
+        if step is None:
+            continue
+        try:
+            step()
+        except KeyboardInterrupt:
+            print(f"[WARN] interrupted during {step.__name__} at shutdown", file=sys.stderr, flush=True)
+        except Exception as exc:
+            if step is close or rclpy.ok():
+                errors.append(exc)
+            else:
+                print(f"[WARN] {step.__name__} after rclpy shut down: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
+    if errors:
+        raise errors[0]
 
 
 class StartupError(RuntimeError):
