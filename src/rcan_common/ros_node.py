@@ -145,7 +145,7 @@ def spin_node(make_node: Callable[[], object], args=None) -> int:
 def _teardown(node) -> None:
     """Close and destroy `node`, then shut rclpy down, so that a signal during the teardown cannot fail it.
 
-    Two races made a node stopped by SIGINT exit 1 now and then (CI, under load).  rclpy calls Python's
+    Two races can make a node stopped by SIGINT exit non-zero (CI saw exit 1, under load).  rclpy calls Python's
     own handler after its own, so a KeyboardInterrupt can land anywhere in here (ros-tooling/topic_tools#104:
     inside destroy_node); and rclpy's signal thread shuts the context down concurrently, so `try_shutdown`
     can find it ok and then fail with 'rcl_shutdown already called'.  Neither is an error of the node: every
