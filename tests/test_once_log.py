@@ -1,7 +1,7 @@
 """OnceLog: one line per cause, bounded bookkeeping whatever the callers feed it (issue 12.3)."""
 from __future__ import annotations
 
-from rcan_common.ros_node import OnceLog
+from rcan_common.once_log import OnceLog
 
 
 def test_one_line_per_cause_and_every_occurrence_counted():
