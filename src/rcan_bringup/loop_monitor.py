@@ -99,7 +99,7 @@ class LoopMonitor:
         self._lock = threading.Lock()
         self._canonical: deque[tuple[float, float]] = deque(maxlen=self.keep_images)  # (receipt, stamp)
         self._images: dict[str, dict[float, np.ndarray]] = {"source": {}, "canonical": {}}
-        self._targets: deque[float] = deque(maxlen=1000)
+        self._last_target: float | None = None  # receipt of the latest target
         self._unanswered_target: float | None = None  # receipt of the latest target until a trajectory follows it
         self._steps_with_images = 0
         self.cam_to_canonical: list[float] = []
@@ -140,7 +140,7 @@ class LoopMonitor:
 
     def _on_target(self, rec: Received) -> None:
         with self._lock:
-            self._targets.append(rec.wall)
+            self._last_target = rec.wall
             self._unanswered_target = rec.wall
             if self.steps and self.steps[-1].target_t is None and rec.wall - self.steps[-1].marker_t < 0.5:
                 self.steps[-1].target_t = rec.wall
@@ -150,7 +150,8 @@ class LoopMonitor:
             before = [c for c in self._canonical if c[0] <= rec.wall]
             receipt, stamp = before[-1] if before else (None, None)
             # The target pose is published just before the markers in the same tick.
-            target = self._targets[-1] if self._targets and rec.wall - self._targets[-1] < 0.5 else None
+            last = self._last_target
+            target = last if last is not None and rec.wall - last < 0.5 else None
             step = Step(rec.wall, _step_number(rec.msg), stamp, receipt, target_t=target)
             # The observer may join after the first frames (discovery): keep images for the
             # first steps that have both, not merely the first steps.
