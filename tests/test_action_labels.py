@@ -480,6 +480,44 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
         start_weights(tmp_path / "c.safetensors", "canonical", dataclasses.replace(cfg3, trunk_width=2))
 
 
+def test_yaw_state_network_starts_as_the_one_without_it(tmp_path):
+    """`--yaw-state --init-from` a network without it: the yaw's two state numbers start with zero weight (the
+    same Q whatever the yaw), then get gradient; the state is checked against the network's width."""
+    import dataclasses
+
+    import torch
+
+    from rcan_common.action import with_yaw
+    from rcan_grasp_policy.backends import TorchQFunction, save_policy
+    from rcan_grasp_policy.cem import CEMPolicy
+    from rcan_grasp_policy.label_train import start_weights
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    torch.manual_seed(0)
+    cfg = QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8)
+    plain = QNetwork(cfg).eval()
+    save_policy(tmp_path / "c.safetensors", plain, {"variant": "canonical"})
+    yaw = QNetwork(dataclasses.replace(cfg, yaw_state=True))
+    yaw.load_state_dict(start_weights(tmp_path / "c.safetensors", "canonical", yaw.cfg))
+    yaw.eval()
+    images, state, actions = torch.rand(3, 3, 32, 32), torch.rand(3, 2), torch.rand(3, 5, 8)
+    yaw_state = torch.from_numpy(with_yaw(state.numpy(), np.array([0.0, 1.0, -1.4])))
+    assert yaw_state.shape == (3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(yaw(images, yaw_state, actions), plain(images, state, actions))
+    yaw.train()
+    yaw(images, yaw_state, actions).sum().backward()
+    assert yaw.action_state[0].weight.grad[:, -2:].abs().sum() > 0
+    # the gripper is symmetric under a half turn, and so is its yaw state
+    np.testing.assert_allclose(with_yaw(state.numpy(), np.full(3, 0.3)), with_yaw(state.numpy(), np.full(3, 0.3 - np.pi)),
+                               atol=1e-6)
+    policy = CEMPolicy(TorchQFunction(yaw.eval()), seed=0)
+    uint8 = np.zeros((3, 32, 32, 3), np.uint8)
+    policy.act(uint8, yaw_state.numpy())
+    with pytest.raises(ValueError, match="state must have shape"):
+        policy.act(uint8, state.numpy())
+
+
 def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
     """DAgger along an rcan policy: it acts on [randomized render, G(render)] of the labelling env's state, as
     `rcan eval-policy` shows it; without its generator it is refused by name."""

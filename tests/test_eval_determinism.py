@@ -49,3 +49,19 @@ def test_privileged_baselines_blind_descent_and_label_oracle():
     assert blind["records"][0]["seed"] == oracle["records"][0]["seed"] == 0
     assert not blind["records"][0]["success"] and oracle["records"][0]["success"]
     assert blind["files"] == oracle["files"] == {}
+
+
+def test_close_review_leaves_the_episodes_as_they_were():
+    """`--review-closes` executes 75 nearby moves from a snapshot at every close; the snapshot is restored, so
+    the reviewed episodes end as the plain ones do, and the scripted policy's closes sit on an object."""
+    args = ["--policy", "scripted", "--episodes", "3", "--image-size", "32", "--seed", "40"]
+    plain = evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, args))
+    reviewed = evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, args + ["--review-closes"]))
+    assert [(r["success"], r["steps"]) for r in reviewed["records"]] == [(r["success"], r["steps"]) for r in plain["records"]]
+    closes = [c for r in reviewed["records"] for c in r["closes"]]
+    assert len(closes) >= 3 and "close_review" not in plain
+    assert all(c["object_distance"] < 0.03 and 0 <= c["yaw_error"] <= np.pi / 2 + 1e-9 for c in closes)
+    summary = reviewed["close_review"]
+    assert summary["grasped"]["episodes"] + summary["failed"]["episodes"] == 3
+    if summary["grasped"]["episodes"]:  # a close that grasped has the zero move of the grid among its grasps
+        assert summary["grasped"]["median_nearby_grasps"] > 0

@@ -13,18 +13,19 @@ from rcan_grasp_policy.qnet import QNetConfig, QNetwork  # noqa: E402
 from rcan_common.stats import wilson_interval  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=[(16, False, True), (8, False, True), (16, True, True), (16, False, False)],
-                ids=["merge16", "merge8", "coordconv", "no-stem-pool"])
+@pytest.fixture(scope="module", params=[(16, False, True, False), (8, False, True, False), (16, True, True, False),
+                                        (16, False, False, False), (16, False, True, True)],
+                ids=["merge16", "merge8", "coordconv", "no-stem-pool", "yaw-state"])
 def tiny(request, tmp_path_factory):
     torch.manual_seed(0)
-    merge, coords, stem_pool = request.param
+    merge, coords, stem_pool, yaw_state = request.param
     net = QNetwork(QNetConfig(in_channels=6, image_size=32, width=8, fc_width=16, merge_downsample=merge,
-                              coord_channels=coords, stem_pool=stem_pool))
+                              coord_channels=coords, stem_pool=stem_pool, yaw_state=yaw_state))
     # Non-trivial BatchNorm statistics, as after training.
     net.train()
     with torch.no_grad():
         for _ in range(3):
-            net(torch.rand(16, 6, 32, 32), torch.rand(16, 2), torch.randn(16, 1, 8))
+            net(torch.rand(16, 6, 32, 32), torch.rand(16, net.cfg.state_dim), torch.randn(16, 1, 8))
     net.eval()
     d = tmp_path_factory.mktemp("export")
     export_onnx(net, {"variant": "rcan", "generator": "g.onnx"}, d / "q.onnx")
@@ -40,7 +41,8 @@ def test_q_parity_and_cem_decision_parity(tiny):
     # And directly: a batch of 4 states, same seed -> identical decisions and Q estimates.
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (4, 32, 32, 6), dtype=np.uint8)
-    state = rng.random((4, 2)).astype(np.float32)
+    state = rng.random((4, net.cfg.state_dim)).astype(np.float32)
+    assert OrtQFunction(d / "q.onnx").state_dim == net.cfg.state_dim
     a1, q1 = CEMPolicy(TorchQFunction(net), seed=11).act(images, state)
     a2, q2 = CEMPolicy(OrtQFunction(d / "q.onnx"), seed=11).act(images, state)
     np.testing.assert_allclose(a1, a2, atol=1e-6)
@@ -53,7 +55,7 @@ def test_dynamic_batch_and_candidates(tiny):
     rng = np.random.default_rng(2)
     for b, n in ((1, 1), (3, 64), (5, 7)):
         images = rng.integers(0, 256, (b, 32, 32, 6), dtype=np.uint8)
-        state = rng.random((b, 2)).astype(np.float32)
+        state = rng.random((b, net.cfg.state_dim)).astype(np.float32)
         actions = rng.standard_normal((b, n, 8)).astype(np.float32)
         q = ort_qf.score(ort_qf.embed(images, state), actions)
         assert q.shape == (b, n) and ((q >= 0) & (q <= 1)).all()

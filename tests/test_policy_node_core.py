@@ -220,6 +220,39 @@ def test_step_uses_only_images_after_settle_and_builds_state():
     assert core.tick(1.5, ee(1.5, pos), GripperState(False, 1.5), pair(1.46)).target is not None
 
 
+def test_yaw_state_counts_the_turn_since_the_first_step():
+    """A planner with QNetConfig.yaw_state gets sin, cos of twice the gripper's turn since the episode's first
+    step (the sim counts it from the home pose every episode starts at)."""
+    script = Script(make_action((0.0, 0.0, -0.01), 0.4), make_action((0.0, 0.0, -0.01), -0.1))
+    core = EpisodeCore(CoreConfig(tray_bottom_z=-0.185), script, "source+canonical", 8, yaw_state=True)
+    start = apply_action(np.zeros(3), DOWN, np.zeros(3), 0.3)[1]  # any start yaw counts as 0
+    d = core.tick(1.0, EEState(np.array([0.55, 0.0, 0.115]), start, 1.0), GripperState(True, 1.0), pair(0.95))
+    np.testing.assert_allclose(script.seen[0][1], [1.0, 0.3, 0.0, 1.0], atol=1e-6)
+    pos, quat = d.target
+    core.tick(1.2, EEState(pos, quat, 1.2), GripperState(True, 1.2), pair(1.15))
+    core.tick(1.3, EEState(pos, quat, 1.3), GripperState(True, 1.3), pair(1.25))
+    np.testing.assert_allclose(script.seen[1][1][2:], [math.sin(0.8), math.cos(0.8)], atol=1e-6)
+
+
+def test_vertical_yaw_of_the_sim_tcp_follows_the_env_yaw():
+    """What the node computes from the driver's EE pose is the yaw the env reports and label shards store."""
+    from rcan_grasp_policy.planner import vertical_yaw
+    from rcan_sim.env import EnvConfig, GraspEnv
+    from rcan_sim.world import WorldConfig
+
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=64)))
+    try:
+        env.reset(3)
+        home = vertical_yaw(env.world.to_base_frame(*env.world.ee_pose())[1])
+        for dtheta in (0.5, 0.5, 0.4, -0.3):
+            obs = env.step(make_action((0.0, 0.0, -0.02), dtheta), render=False)[0]
+            env.world.step_physics(120)  # the node acts once the arm has arrived; an env step can end mid-turn
+            turn = vertical_yaw(env.world.to_base_frame(*env.world.ee_pose())[1]) - home
+            assert abs(math.remainder(turn - obs["gripper_yaw"], 2 * math.pi)) < 0.02, (turn, obs["gripper_yaw"])
+    finally:
+        env.close()
+
+
 def test_terminate_lifts_then_reports_the_episode_end_and_waits_for_the_next_start():
     core = make_core(Script(make_action((0.0, 0.0, 0.0), terminate=True)), lift_height=0.2, settle_timeout=0.5)
     g = GripperState(False, 0.0)

@@ -7,6 +7,9 @@ gripper command (both 0 leaves the gripper as it is); terminate > 0.5 ends the e
 with the automatic lift and success check.
 
 State (STATE_DIM = 2): [gripper_open (1.0 open / 0.0 closed), gripper_height (m above tray bottom)].
+With the gripper yaw (YAW_STATE_DIM = 4; QNetConfig.yaw_state, NOT in the paper) two more numbers follow:
+[sin(2 yaw), cos(2 yaw)], yaw being the gripper's rotation about the vertical from its start pose; the
+doubled angle because the two-finger gripper is the same after a half turn.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ STATE_DIM = 2
 DX, DY, DZ, SIN, COS, CLOSE, OPEN, TERMINATE = range(ACTION_DIM)
 ACTION_NAMES = ("dx", "dy", "dz", "sin_dtheta", "cos_dtheta", "close", "open", "terminate")
 STATE_NAMES = ("gripper_open", "gripper_height")
+YAW_STATE_DIM = 4
+YAW_STATE_NAMES = STATE_NAMES + ("sin_2yaw", "cos_2yaw")
 
 
 class ActionError(ValueError):
@@ -96,3 +101,10 @@ def make_action(translation=(0.0, 0.0, 0.0), dtheta: float = 0.0, gripper: str |
     a[TERMINATE] = bool(terminate)
     validate_action(a)
     return a
+
+
+def with_yaw(state, yaw) -> np.ndarray:
+    """States (..., 2) and gripper yaws (...,) in rad -> the yaw state (..., 4) as float32."""
+    state = np.asarray(state, dtype=np.float32)
+    yaw = np.asarray(yaw, dtype=np.float64)
+    return np.concatenate([state, np.stack([np.sin(2 * yaw), np.cos(2 * yaw)], -1).astype(np.float32)], -1)

@@ -23,6 +23,7 @@ Running a policy (what the ROS policy node does, through rcan_grasp_policy.plann
     policy = CEMPolicy(qf, CEMConfig(), ActionBounds(), seed=0)   # rcan_grasp_policy.cem
     x = qf.contract.prepare(source_rgb, canonical_rgb)            # rcan_grasp_policy.contract
     actions, q = policy.act(x[None], np.array([[gripper_open, gripper_height]], np.float32))
+    # (qf.state_dim == 4, QNetConfig.yaw_state: rcan_common.action.with_yaw(state, yaw) adds the gripper's yaw)
     action = actions[0]   # rcan_common.action layout: dx, dy, dz, sin, cos, close, open, terminate
 
 qf.contract.inputs says whether G(x) is needed ("source+canonical": 6 channels) or not (3 channels).
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from rcan_common.action import ACTION_DIM, STATE_DIM
+from rcan_common.action import ACTION_DIM, STATE_DIM, YAW_STATE_DIM
 from rcan_common.config import ConfigError, from_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json
 from rcan_grasp_policy.contract import ONNX_CONTRACT_KEY, PolicyContract, contract_path
@@ -84,6 +85,8 @@ class TorchQFunction:
         self.device = torch.device(device)
         self.contract = contract
         """The policy's PolicyContract where known (load_qfunction sets it)."""
+        self.state_dim = net.cfg.state_dim
+        """Numbers per state vector (STATE_DIM, or YAW_STATE_DIM for QNetConfig.yaw_state)."""
 
     @property
     def provider(self) -> str:
@@ -130,11 +133,12 @@ class OrtQFunction:
             self.meta = json.loads(self.model.metadata[ONNX_METADATA_KEY])
             self.in_channels = int(self.meta["qnet"]["in_channels"])
             self.image_size = int(self.meta["qnet"]["image_size"])
+            self.state_dim = YAW_STATE_DIM if self.meta["qnet"].get("yaw_state", False) else STATE_DIM
         except (ValueError, KeyError, TypeError) as exc:
             raise PolicyLoadError(f"policy model {path}: unreadable '{ONNX_METADATA_KEY}' metadata: {exc!r}") from exc
         c, s = self.in_channels, self.image_size
         try:
-            self.model.check_io({"images": (None, c, s, s), "state": (None, STATE_DIM),
+            self.model.check_io({"images": (None, c, s, s), "state": (None, self.state_dim),
                                  "actions": (None, None, ACTION_DIM)}, ["q"])
         except ModelError as exc:
             raise PolicyLoadError(str(exc)) from exc

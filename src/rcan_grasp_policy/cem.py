@@ -51,7 +51,8 @@ class QFunction(Protocol):
     """What CEM needs from a Q-network backend (torch module, ONNX Runtime session, test double)."""
 
     def embed(self, images: np.ndarray, state: np.ndarray) -> Any:
-        """Per-state context (image features) for uint8 images (B, H, W, C) and state (B, 2)."""
+        """Per-state context (image features) for uint8 images (B, H, W, C) and state (B, D): D is the backend's
+        `state_dim` attribute where it has one (4 for a network with QNetConfig.yaw_state), else STATE_DIM (2)."""
 
     def score(self, context: Any, actions: np.ndarray) -> np.ndarray:
         """Q values (B, N) in [0, 1] of candidate actions (B, N, 8) for the embedded states."""
@@ -274,13 +275,15 @@ class CEMPolicy:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     def act(self, images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Actions (B, 8) and the Q estimate (B,) of the greedy choice for uint8 images (B, H, W, C), state (B, 2)."""
+        """Actions (B, 8) and the Q estimate (B,) of the greedy choice for uint8 images (B, H, W, C), state (B, D)
+        (D: the Q-function's `state_dim`, see QFunction.embed)."""
         images = np.asarray(images)
         state = np.asarray(state, dtype=np.float32)
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
-        if state.shape != (images.shape[0], STATE_DIM):
-            raise ValueError(f"state must have shape ({images.shape[0]}, {STATE_DIM}), got {state.shape}")
+        d = getattr(self.qf, "state_dim", STATE_DIM)
+        if state.shape != (images.shape[0], d):
+            raise ValueError(f"state must have shape ({images.shape[0]}, {d}), got {state.shape}")
         ctx = self.qf.embed(images, state)
         actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds)
         if self.epsilon > 0:

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rcan_common.action import STATE_DIM, YAW_STATE_DIM, decode_action
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy, random_actions
+from rcan_grasp_policy.grasp_review import review_close
 from rcan_grasp_policy.inputs import InputEncoder, state_vector
 from rcan_grasp_policy.replay import SOURCES, Transitions, returns_to_go
 
@@ -69,6 +71,9 @@ class CollectTask:
     fresh_world: bool = False
     """Rebuild the pybullet scene before every episode, so an episode's outcome does not depend on which
     episodes its worker ran before (evaluation: the same per-episode results with any number of workers)."""
+    review_closes: bool = False
+    """Add to each episode record a review of every close commanded with the gripper open
+    (rcan_grasp_policy.grasp_review: privileged, costs 75 short rollouts a close)."""
 
 
 @dataclass
@@ -149,7 +154,9 @@ def collect_episodes(task: CollectTask) -> CollectResult:
         act = lambda obs, image, state: baseline(obs, env)  # noqa: E731
     else:
         policy = CEMPolicy(_qfunction(task), task.cem, env.cfg.bounds, seed=rng)
-        act = lambda obs, image, state: policy.act(image[None], state[None])[0][0]  # noqa: E731
+        yaw_state = getattr(policy.qf, "state_dim", STATE_DIM) == YAW_STATE_DIM
+        # The replay keeps the paper's state; a network with QNetConfig.yaw_state also reads the gripper's yaw.
+        act = lambda obs, image, state: policy.act(image[None], state_vector(obs, yaw_state)[None])[0][0]  # noqa: E731
     source = SOURCES.index("scripted" if task.policy in PRIVILEGED else "policy")
     parts: list[dict[str, list]] = []
     episodes, env_steps = [], 0
@@ -159,12 +166,14 @@ def collect_episodes(task: CollectTask) -> CollectResult:
         obs, info = env.reset(int(seed))
         image, state = encoder(obs, env), state_vector(obs)
         buf: dict[str, list] = {f: [] for f in Transitions.FIELDS}
-        done, ret = False, 0.0
+        done, ret, closes = False, 0.0, []
         while not done:
             if task.epsilon > 0 and rng.random() < task.epsilon:
                 action = random_actions(1, env.cfg.bounds, rng, task.cem.terminate_prob)[0]
             else:
                 action = np.asarray(act(obs, image, state), dtype=np.float32)
+            if task.review_closes and decode_action(action).gripper == "close" and obs["gripper_open"]:
+                closes.append(review_close(env, task.gamma))
             obs, reward, terminated, truncated, step_info = env.step(action)
             action = step_info["executed_action"]  # the replay holds what ran: clipped to step bounds and workspace
             done = terminated or truncated
@@ -177,7 +186,8 @@ def collect_episodes(task: CollectTask) -> CollectResult:
             image, state, ret = next_image, next_state, ret + reward
             env_steps += 1
         episodes.append({"seed": int(seed), "success": bool(step_info["success"]), "steps": int(step_info["steps"]),
-                         "return": float(ret), "object_ids": [int(i) for i in info["object_ids"]]})
+                         "return": float(ret), "object_ids": [int(i) for i in info["object_ids"]]}
+                        | ({"closes": closes} if task.review_closes else {}))
         if task.record:
             buf["mc_return"] = list(returns_to_go(np.asarray(buf["reward"]), np.asarray(buf["done"]), task.gamma))
             parts.append(buf)

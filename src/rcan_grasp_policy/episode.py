@@ -24,11 +24,11 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from rcan_common.action import ActionBounds, decode_action
+from rcan_common.action import ActionBounds, decode_action, with_yaw
 from rcan_common.config import require
 from rcan_common.stamps import FUTURE_STAMP, future_stamp_reason
 from rcan_grasp_policy.contract import PolicyContract
-from rcan_grasp_policy.planner import apply_action
+from rcan_grasp_policy.planner import apply_action, vertical_yaw
 
 
 # ---- inputs
@@ -133,8 +133,10 @@ class Decision:
 
 class EpisodeCore:
     def __init__(self, cfg: CoreConfig, planner_act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
-                 image_inputs: str, image_size: int, center_crop: float = 1.0):
+                 image_inputs: str, image_size: int, center_crop: float = 1.0, yaw_state: bool = False):
         self.cfg = cfg
+        self.yaw_state = yaw_state  # the planner also reads the gripper's yaw (QNetConfig.yaw_state)
+        self._start_yaw = 0.0  # EE yaw about the vertical at the episode's first step (rad)
         self.act = planner_act
         self.image_inputs = image_inputs
         self.image_size = image_size
@@ -252,6 +254,12 @@ class EpisodeCore:
             return Decision(wait=reason)
         images = self.prepare(pair.source, pair.canonical)
         state = np.array([1.0 if gripper.open else 0.0, ee.pos[2] - self.cfg.tray_bottom_z], dtype=np.float32)
+        if self.yaw_state:
+            # The sim's yaw counts from the home pose every episode starts at: here, from the first step's pose.
+            yaw = vertical_yaw(ee.quat)
+            if self.step == 0:
+                self._start_yaw = yaw
+            state = with_yaw(state, math.remainder(yaw - self._start_yaw, 2 * math.pi))
         action, q = self.act(images, state)
         cmd = decode_action(action, self.cfg.bounds)
         self.step += 1

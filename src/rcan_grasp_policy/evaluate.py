@@ -27,6 +27,7 @@ from rcan_common.provenance import file_sha256, git_commit, package_versions
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import PRIVILEGED, CollectTask, collect_episodes
 from rcan_grasp_policy.contract import PolicyContract
+from rcan_grasp_policy.grasp_review import summarise
 from rcan_grasp_policy.inputs import ORACLE
 from rcan_common.stats import wilson_interval
 
@@ -64,6 +65,10 @@ class EvalConfig:
     """Inference threads per worker."""
     out: Path | None = None
     """Write the JSON report here."""
+    review_closes: bool = False
+    """Privileged diagnosis (sim only; rcan_grasp_policy.grasp_review): review every close of the policy (the
+    nearest object's distance and yaw error, and how many of 75 nearby moves would have grasped) and summarise
+    them for grasped and failed episodes.  The episodes and their outcomes stay the same."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", "must be >= 1")
@@ -128,7 +133,7 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
                          generator=pol["generator"], policy=pol["kind"] if pol["kind"] in PRIVILEGED else "qnet",
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
                          cem_seed=int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]),
-                         record=False, threads=cfg.threads, fresh_world=True)
+                         record=False, threads=cfg.threads, fresh_world=True, review_closes=cfg.review_closes)
              for i in range(cfg.episodes)]
     t0 = time.perf_counter()
     records, env_steps = [], 0
@@ -153,7 +158,7 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
             "domain": cfg.domain, "split": cfg.split, "variant": pol["variant"], "policy": cfg.policy,
             "generator": pol["generator"], "files": pol["files"], "seeds": [r["seed"] for r in records],
             "records": records, "seconds": round(seconds, 1), "env_steps_per_s": round(env_steps / seconds, 2),
-            "versions": _versions(), "config": to_dict(cfg)}
+            "versions": _versions(), "config": to_dict(cfg)} | ({"close_review": summarise(records)} if cfg.review_closes else {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.policy} ({result['variant']}), {cfg.split} objects, {cfg.domain} domain: "
           f"{result['successes']}/{cfg.episodes} = {result['success_rate']:.3f} "
           f"(95% Wilson interval {lo:.3f}-{hi:.3f}), {result['mean_steps']:.1f} steps/episode, {result['seconds']:.0f} s")
+    if cfg.review_closes:
+        for group in ("grasped", "failed"):
+            print(f"closes of {group} episodes: " + "  ".join(f"{k} {v}" for k, v in result["close_review"][group].items()))
     if cfg.out is not None:
         atomic_write_json(cfg.out, result)
         print(f"wrote {cfg.out}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rcan_common.action import with_yaw
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from rcan_grasp_policy.backends import TorchQFunction, load_policy_net, load_qfunction, save_policy
@@ -83,7 +84,7 @@ def export_onnx(net: QNetwork, meta: dict, path: Path, opset: int = 18,
 
     net = net.eval()
     c = net.cfg
-    example = (torch.rand(2, c.in_channels, c.image_size, c.image_size), torch.rand(2, 2), torch.rand(2, 3, 8))
+    example = (torch.rand(2, c.in_channels, c.image_size, c.image_size), torch.rand(2, c.state_dim), torch.rand(2, 3, 8))
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # The tracer warns about the shape checks in QNetwork; the exported shapes stay dynamic
         # (the parity check runs other batch and candidate counts than the example).
@@ -109,6 +110,8 @@ def parity(net: QNetwork, onnx_path: Path, cem: CEMConfig, states: int, seed: in
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (states, c.image_size, c.image_size, c.in_channels), dtype=np.uint8)
     state = np.stack([rng.integers(0, 2, states), rng.uniform(0, 0.35, states)], axis=1).astype(np.float32)
+    if c.yaw_state:
+        state = with_yaw(state, rng.uniform(-np.pi / 2, np.pi / 2, states))
     actions = rng.uniform(-1, 1, (states, cem.samples, 8)).astype(np.float32)
     tq, (oq, _) = TorchQFunction(net), load_qfunction(onnx_path)
     q_torch = tq.score(tq.embed(images, state), actions)
@@ -177,7 +180,9 @@ def export(cfg: ExportConfig, command: str = "") -> dict:
                       "contract": str(contract_path(out))},
             "contract": to_dict(contract),
             "io": {"inputs": {"images": "float32 (B, C, S, S), RGB in [0, 1]; rcan: channels 0-2 source, 3-5 G(source)",
-                              "state": "float32 (B, 2): gripper_open (1/0), gripper_height (m above tray bottom)",
+                              "state": "float32 (B, 2): gripper_open (1/0), gripper_height (m above tray bottom)"
+                                       + (", then (B, 4) with sin, cos of twice the gripper yaw (yaw_state, NOT in the "
+                                          "paper)" if net.cfg.yaw_state else ""),
                               "actions": "float32 (B, N, 8): dx, dy, dz, sin, cos, close, open, terminate"},
                    "outputs": {"q": "float32 (B, N) in [0, 1]"}},
             "model": meta | {"qnet": net.cfg.to_dict()}, "parity": checks, "evaluations": evaluations,

@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from rcan_common.action import with_yaw
+
 # Key of the JSON (variant, network config) stored in an exported Q-network's ONNX metadata.
 ONNX_METADATA_KEY = "rcan_policy"
 
@@ -140,6 +142,8 @@ class InputEncoder:
         return PolicyContract(inputs="source+canonical", image_size=x.shape[0]).prepare(x, canonical)
 
 
-def state_vector(obs: dict[str, Any]) -> np.ndarray:
-    """(gripper_open, gripper_height) as float32 (2,)."""
-    return np.array([obs["gripper_open"], obs["gripper_height"]], dtype=np.float32)
+def state_vector(obs: dict[str, Any], yaw_state: bool = False) -> np.ndarray:
+    """(gripper_open, gripper_height) as float32 (2,); with `yaw_state` (QNetConfig.yaw_state) the gripper yaw's
+    two numbers follow (4,)."""
+    state = np.array([obs["gripper_open"], obs["gripper_height"]], dtype=np.float32)
+    return with_yaw(state, obs["gripper_yaw"]) if yaw_state else state

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcan_common.action import YAW_STATE_DIM, with_yaw
 from rcan_common.config import ConfigError, parse_cli, require
 from rcan_common.io import atomic_write_json
 
@@ -63,7 +64,8 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         data = {k: v[idx] for k, v in data.items()}
         images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=contract.view_fov_deg(),
                                image_size=contract.image_size)
-        q = np.concatenate([qf.score(qf.embed(images[i:i + 128], data["state"][i:i + 128]),
+        state = with_yaw(data["state"], data["yaw"]) if qf.state_dim == YAW_STATE_DIM else data["state"]
+        q = np.concatenate([qf.score(qf.embed(images[i:i + 128], state[i:i + 128]),
                                      data["candidates"][i:i + 128]) for i in range(0, len(idx), 128)])
         m = label_metrics(q, data["labels"], data["candidates"], data["state"])
         if features is not None:

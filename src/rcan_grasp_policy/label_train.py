@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcan_common.action import CLOSE, TERMINATE
+from rcan_common.action import CLOSE, STATE_DIM, TERMINATE, YAW_STATE_DIM, with_yaw
 from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, start_or_resume, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
@@ -48,7 +48,7 @@ from rcan_grasp_policy.qtopt import shift_with_offsets
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "trunk_width", "fc_width", "merge_downsample", "stem_pool",
-                "coord_channels", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from",
+                "coord_channels", "yaw_state", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from",
                 "feature_teacher", "feature_weight")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
@@ -82,6 +82,10 @@ class LabelTrainConfig:
     """NOT in the paper when off: see QNetConfig.stem_pool (finer first-stage features for small images)."""
     coord_channels: bool = False
     """NOT in the paper (off = its network): CoordConv pixel-coordinate channels on the trunk's input."""
+    yaw_state: bool = False
+    """NOT in the paper (off = its network): the gripper's yaw joins the state, see QNetConfig.yaw_state (label
+    shards store each state's yaw).  `init_from` a network without it starts with zero weight on the two new
+    numbers, so the network computes the same until it trains."""
     batch_states: int = 64
     """Labelled states per update (each with all its K candidates)."""
     lr: float = 1e-3
@@ -159,7 +163,7 @@ class LabelTrainConfig:
     def qnet_config(self) -> QNetConfig:
         return QNetConfig(in_channels=variant_channels(self.variant), image_size=self.image_size, width=self.width,
                           trunk_width=self.trunk_width, fc_width=self.fc_width, merge_downsample=self.merge_downsample,
-                          stem_pool=self.stem_pool, coord_channels=self.coord_channels)
+                          stem_pool=self.stem_pool, coord_channels=self.coord_channels, yaw_state=self.yaw_state)
 
 
 # ----------------------------------------------------------------------------- held-out metrics
@@ -272,7 +276,8 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
     Same variant and network config: the weights as they are.  A canonical network for an rcan network of the
     same shape: [x, G(x)] starts as that network on G(x); its first convolution reads the G(x) channels and the
     x channels start at zero, so the network computes exactly canonical(G(x)) before its first update.  Either
-    may also start a network with a wider trunk (`trunk_width`), which computes the same until it trains."""
+    may also start a network with a wider trunk (`trunk_width`) or with the yaw state (`yaw_state`), which computes
+    the same until it trains."""
     start, meta = load_policy_net(path)
     weights, start_cfg = start.state_dict(), start.cfg
     if meta.get("variant") == "canonical" and variant == "rcan" and start_cfg.in_channels == 3:
@@ -282,6 +287,10 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
     elif meta.get("variant") != variant:
         raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network, "
                           f"this run trains a {variant!r} one")
+    if qnet.yaw_state and not start_cfg.yaw_state:  # the yaw's two state numbers start with zero weight
+        first = weights["action_state.0.weight"]  # (fc_width, ACTION_DIM + state_dim)
+        weights["action_state.0.weight"] = torch.cat([first, torch.zeros_like(first[:, :YAW_STATE_DIM - STATE_DIM])], 1)
+        start_cfg = dataclasses.replace(start_cfg, yaw_state=True)
     if dataclasses.replace(start_cfg, trunk_width=qnet.trunk_width) == qnet \
             and qnet.trunk_channels > start_cfg.trunk_channels:
         weights = _widened(weights, QNetwork(qnet).state_dict())
@@ -382,6 +391,8 @@ class LabelTrainer:
             p["candidates"] = np.concatenate([p["candidates"], np.repeat(p["candidates"][:, :1], pad, 1)], 1)
             p["labels"] = np.concatenate([p["labels"], np.repeat(p["labels"][:, :1], pad, 1)], 1)
         data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+        if self.cfg.yaw_state:
+            data["state"] = with_yaw(data["state"], np.concatenate([p["yaw"] for p in parts]))
         if self.cfg.blank_images:
             data["image"] = np.full_like(data["image"], 128)
         return data

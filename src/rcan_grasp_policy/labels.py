@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from rcan_common.action import YAW_STATE_DIM
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
@@ -282,14 +283,15 @@ def _behaviour_policy(path: str, env):
                           f"{env_size} px; label with --image-size {size}")
     policy = CEMPolicy(qf, seed=0)
     domain, fov = training_domain(variant), qf.contract.view_fov_deg()
+    yaw_state = qf.state_dim == YAW_STATE_DIM
     if domain == env.cfg.domain and not fov:
-        return lambda obs, env: policy.act(obs["image"][None], state_vector(obs)[None])[0][0]
+        return lambda obs, env: policy.act(obs["image"][None], state_vector(obs, yaw_state)[None])[0][0]
     encoder = InputEncoder(variant, generator)
     view = {"fov_deg": fov} if fov else {}
 
     def act(obs, env):
         image = env.world.render(domain, randomization_seed=env.steps, labels=False, **view).rgb
-        return policy.act(encoder({"image": image})[None], state_vector(obs)[None])[0][0]
+        return policy.act(encoder({"image": image})[None], state_vector(obs, yaw_state)[None])[0][0]
     return act
 
 
@@ -314,7 +316,7 @@ class TeacherLabeller:
         from rcan_grasp_policy.cem import CEMConfig, cem_search
         from rcan_grasp_policy.inputs import state_vector
 
-        context = self.qf.embed(obs["image"][None], state_vector(obs)[None])
+        context = self.qf.embed(obs["image"][None], state_vector(obs, self.qf.state_dim == YAW_STATE_DIM)[None])
         pick, _ = cem_search(self.qf, context, 1, rng, CEMConfig(), self.bounds)
         candidates = np.concatenate([candidates, pick]).astype(np.float32)
         return candidates, np.asarray(self.qf.score(context, candidates[None])[0], np.float32)

@@ -12,7 +12,7 @@ from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 
-from rcan_common.action import ActionBounds
+from rcan_common.action import YAW_STATE_DIM, ActionBounds
 from rcan_grasp_policy.backends import load_qfunction
 from rcan_grasp_policy.contract import INPUT_CHANNELS, PolicyContract, inputs_for_variant
 
@@ -33,6 +33,12 @@ def yaw_quat(dtheta: float) -> np.ndarray:
     return np.array([0.0, 0.0, math.sin(dtheta / 2), math.cos(dtheta / 2)])
 
 
+def vertical_yaw(quat) -> float:
+    """Rotation about the base vertical of a pose's x axis (quat xyzw), for a gripper pointing down (rad)."""
+    x, y, z, w = np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat)
+    return math.atan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z))
+
+
 def apply_action(pos: np.ndarray, quat: np.ndarray, translation: np.ndarray, dtheta: float):
     """Absolute target: position + translation (base frame), orientation rotated about the base vertical."""
     q = quat_multiply(yaw_quat(dtheta), np.asarray(quat, dtype=np.float64))
@@ -40,12 +46,13 @@ def apply_action(pos: np.ndarray, quat: np.ndarray, translation: np.ndarray, dth
 
 
 class Planner(NamedTuple):
-    act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (H,W,C) uint8, (2,) -> action, Q
+    act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (H,W,C) uint8, (2,) or (4,) -> action, Q
     in_channels: int
     image_size: int
     meta: dict
     provider: str
     contract: PolicyContract
+    yaw_state: bool = False  # the network reads the gripper's yaw too (QNetConfig.yaw_state): act takes (4,) states
 
 
 def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds, seed: int,
@@ -63,7 +70,7 @@ def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds,
         actions, q = policy.act(images[None], np.asarray(state, dtype=np.float32)[None])
         return actions[0], float(q[0])
 
-    return Planner(act, channels, size, meta, qf.provider, qf.contract)
+    return Planner(act, channels, size, meta, qf.provider, qf.contract, qf.state_dim == YAW_STATE_DIM)
 
 
 def resolve_inputs(requested: str, in_channels: int, variant: str | None = None) -> str:

@@ -45,7 +45,7 @@ class PolicyNode(Node):
         except (ValueError, ConfigError, RuntimeError) as exc:  # ModelError, PolicyLoadError
             raise StartupError(str(exc)) from exc
         self.core = EpisodeCore(cfg.core_config(), self.planner.act, inputs, self.planner.image_size,
-                                self.planner.contract.center_crop)
+                                self.planner.contract.center_crop, self.planner.yaw_state)
         self.uses = {"source": inputs != "canonical", "canonical": inputs != "source"}
         self.rejects, self.waits, self.events = (OnceLog(self.get_logger().warning) for _ in range(3))
         self.ee = self.gripper = self._waiting = None  # EEState, GripperState, why the last tick sent nothing

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rcan_common.action import ACTION_DIM, STATE_DIM
+from rcan_common.action import ACTION_DIM, STATE_DIM, YAW_STATE_DIM
 from rcan_common.config import require
 
 TRUNK_CONVS = 7
@@ -53,6 +53,12 @@ class QNetConfig:
     """Append two constant channels (pixel x and y in [-1, 1]) to the trunk's input (CoordConv, Liu et al.
     2018): every position then knows where it is, so the head can compare a candidate's motion with where
     things are in the frame.  A deviation from the paper; off reproduces its network."""
+    yaw_state: bool = False
+    """Give the network the gripper's yaw as two more state numbers, sin and cos of twice the angle
+    (rcan_common.action.YAW_STATE_DIM).  NOT in the paper, whose state is the gripper's opening and height:
+    at 128 px the fingers are a pixel or two wide, so the image barely shows which way the gripper
+    points, and a policy that cannot see its yaw cannot turn it onto an object's narrow axis.  The
+    robot knows its yaw from the joint angles, as it knows its height."""
 
     def __post_init__(self) -> None:
         require(self.in_channels in (3, 6), "in_channels", f"must be 3 or 6, got {self.in_channels}")
@@ -67,6 +73,11 @@ class QNetConfig:
     def trunk_channels(self) -> int:
         """Channels of the trunk's convolutions but its last."""
         return self.trunk_width or self.width
+
+    @property
+    def state_dim(self) -> int:
+        """Numbers in the state vector the network reads."""
+        return YAW_STATE_DIM if self.yaw_state else STATE_DIM
 
     @property
     def head_side(self) -> int:
@@ -103,7 +114,7 @@ class QNetwork(nn.Module):
             *_conv(t, t), *_conv(t, t), *_conv(t, t), nn.MaxPool2d(2),          # S/8 (S/4)
             *_conv(t, t), *_conv(t, t), *_conv(t, w), *late_pool, *last_pool,   # S/16 or S/8
         )
-        self.action_state = nn.Sequential(*_fc(ACTION_DIM + STATE_DIM, cfg.fc_width), *_fc(cfg.fc_width, w))
+        self.action_state = nn.Sequential(*_fc(ACTION_DIM + cfg.state_dim, cfg.fc_width), *_fc(cfg.fc_width, w))
         self.head_convs = nn.Sequential(
             *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),
             *_conv(w, w), *_conv(w, w), *_conv(w, w), nn.MaxPool2d(2, ceil_mode=True),
@@ -136,16 +147,17 @@ class QNetwork(nn.Module):
         b, n = actions.shape[0], actions.shape[1]
         if actions.dim() != 3 or actions.shape[2] != ACTION_DIM:
             raise ValueError(f"actions must have shape (B, N, {ACTION_DIM}), got {tuple(actions.shape)}")
-        if state.shape != (b, STATE_DIM):
-            raise ValueError(f"state must have shape ({b}, {STATE_DIM}), got {tuple(state.shape)}")
-        a_s = torch.cat([actions, state.unsqueeze(1).expand(b, n, STATE_DIM)], dim=2).reshape(b * n, -1)
+        d = self.cfg.state_dim
+        if state.shape != (b, d):
+            raise ValueError(f"state must have shape ({b}, {d}), got {tuple(state.shape)}")
+        a_s = torch.cat([actions, state.unsqueeze(1).expand(b, n, d)], dim=2).reshape(b * n, -1)
         emb = self.action_state(a_s)
         merged = feats.unsqueeze(1) + emb.reshape(b, n, -1, 1, 1)  # broadcast over space and candidates
         x = self.head_convs(merged.reshape((b * n,) + tuple(feats.shape[1:])))
         return self.head_fc(x).reshape(b, n)
 
     def forward(self, images: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Logits (B, N) for images (B, C, S, S), state (B, 2), actions (B, N, 8); Q = sigmoid(logits)."""
+        """Logits (B, N) for images (B, C, S, S), state (B, cfg.state_dim), actions (B, N, 8); Q = sigmoid(logits)."""
         return self.head_logits(self.embed(images), state, actions)
 
 

@@ -1,6 +1,7 @@
 """Gymnasium-style grasping environment on GraspWorld (paper 4.3, after Kalashnikov et al.).
 
-Observation: {"image": HxWx3 uint8 in cfg.domain, "gripper_open": 1.0/0.0, "gripper_height": m}.
+Observation: {"image": HxWx3 uint8 in cfg.domain, "gripper_open": 1.0/0.0, "gripper_height": m,
+"gripper_yaw": rad (the commanded yaw about the vertical from the start pose, what label shards store)}.
 Action: rcan_common.action layout (8 numbers); translation is clipped per step and the TCP
 target is kept inside a box above the tray (height >= a few mm above the tray bottom),
 the gripper always points down (like pybullet's KukaDiverseObjectEnv) and only rotates
@@ -187,7 +188,7 @@ class GraspEnv:
         if render:
             image = self.world.render(self.cfg.domain, randomization_seed=self._steps, labels=False).rgb
         return {"image": image, "gripper_open": 1.0 if self.world.gripper_is_open() else 0.0,
-                "gripper_height": self.world.gripper_height()}
+                "gripper_height": self.world.gripper_height(), "gripper_yaw": self._yaw}
 
     def render_pair(self, randomization_seed: int | None = None, source: bool = True) -> PairedFrame:
         """Source-domain + canonical renders of the current frozen state (default seed: the step, so the

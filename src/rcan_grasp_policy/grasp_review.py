@@ -1,0 +1,69 @@
+"""Why grasps fail (`rcan eval-policy --review-closes`; privileged, sim only).
+
+At every close a policy commands with the gripper open, `review_close` looks at the scene from the simulator:
+the TCP's horizontal distance to the nearest object's hull centre, the yaw error to that object's grasp yaw
+(the fingers across its narrow axis; 0 to pi/2, and a random yaw has a median of pi/4), the object's width
+there, the TCP's height above its lowest position, and how many of a grid of nearby moves would have grasped:
+each move (dx, dy on a square grid, dtheta in {-r, 0, r}) is executed from a snapshot and followed by the
+blind descend completion (`labels.label_actions`, the labels' own rule).  The snapshot is restored exactly, so
+the reviewed episode goes on as it would have without the review.
+
+`summarise` groups the closes of grasped and failed episodes: a policy whose failed closes sit centimetres
+from a grasp that the grid finds is short of precision; one whose failures have no grasp within reach
+chose the wrong place, or the wrong object.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from rcan_common.action import make_action
+
+GRID_STEP = 0.01
+"""Spacing of the reviewed moves' dx, dy (m)."""
+GRID_STEPS = 2
+"""The grid reaches GRID_STEPS * GRID_STEP each way: 5 x 5 positions."""
+GRID_YAW = 0.4
+"""The reviewed moves turn by -GRID_YAW, 0 and GRID_YAW (rad)."""
+
+
+def nearby_moves() -> np.ndarray:
+    """The review's grid of moves (75, 8), the zero move in the middle."""
+    offsets = GRID_STEP * np.arange(-GRID_STEPS, GRID_STEPS + 1)
+    return np.stack([make_action([dx, dy, 0.0], dtheta) for dx in offsets for dy in offsets
+                     for dtheta in (-GRID_YAW, 0.0, GRID_YAW)])
+
+
+def review_close(env, gamma: float = 0.9) -> dict[str, Any]:
+    """The review of a close about to be executed from the env's current state (the env is left as it was)."""
+    from rcan_grasp_policy.labels import label_actions
+    from rcan_sim.scripted import DescendGraspPolicy, grasp_yaw, object_centre_xy
+
+    tcp, yaw = env.tcp_target, env.yaw
+    nearest = (math.inf, 0.0, 0.0)
+    for oid, (pos, orn) in zip(env.world.object_ids, env.world.object_poses()):
+        distance = float(np.linalg.norm(object_centre_xy(oid, pos, orn) - tcp[:2]))
+        object_yaw, width = grasp_yaw(oid, orn)
+        nearest = min(nearest, (distance, abs(math.remainder(object_yaw - yaw, math.pi)), width))
+    grasps = label_actions(env, nearby_moves(), DescendGraspPolicy(), gamma) > 0
+    return {"step": env.steps + 1, "height": round(float(tcp[2] - env.workspace_low[2]), 4),
+            "object_distance": round(nearest[0], 4), "yaw_error": round(nearest[1], 3),
+            "object_width": round(nearest[2], 4), "nearby_grasps": round(float(grasps.mean()), 3)}
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the last reviewed close of grasped and of failed episodes, and the share of failures whose
+    last close had a grasp within the grid."""
+    out: dict[str, Any] = {"grid": {"step_m": GRID_STEP, "steps": GRID_STEPS, "yaw_rad": GRID_YAW}}
+    for name, success in (("grasped", True), ("failed", False)):
+        closes = [r["closes"][-1] for r in records if r["success"] == success and r.get("closes")]
+        group: dict[str, Any] = {"episodes": sum(r["success"] == success for r in records),
+                                 "episodes_with_a_close": len(closes)}
+        if closes:
+            for key in ("object_distance", "yaw_error", "height", "nearby_grasps"):
+                group[f"median_{key}"] = round(float(np.median([c[key] for c in closes])), 4)
+            group["share_with_a_nearby_grasp"] = round(float(np.mean([c["nearby_grasps"] > 0 for c in closes])), 3)
+        out[name] = group
+    return out
