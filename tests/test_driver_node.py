@@ -65,6 +65,14 @@ class Rig:
     def wait(self, cond, timeout: float = 10.0) -> bool:
         return self.h.spin_until(cond, timeout, self.proc)
 
+    def ready(self) -> bool:
+        """The driver is idle (it has our joint states) and every topic between us is matched on our side;
+        then a short spin, as the driver's side matches on its own (a volatile message sent before is lost)."""
+        ok = self.wait(lambda: self.status().get("state") == "idle" and
+                       self.h.connected(self.target_pub, self.gripper_pub, self.estop_pub), 20.0)
+        self.h.spin_for(0.5)
+        return ok
+
     def send_target(self, pos, yaw=math.pi, frame="lbr_link_0", quat=None, age=0.0):
         from geometry_msgs.msg import PoseStamped
 
@@ -109,7 +117,7 @@ def test_targets_are_checked_converted_and_watched(tmp_path, ros_env):
     rig = Rig(tmp_path, ros_env, velocity_scale=0.05, command_timeout_s=0.6, joint_state_timeout_s=1.0,
               status_rate_hz=10.0)
     try:
-        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        assert rig.ready(), rig.proc.output
         # 1. A good target -> one JointTrajectory reaching it, within joint and speed limits.
         goal = rig.home_p + [0.02, 0.0, -0.03]
         rig.send_target(goal)
@@ -159,7 +167,7 @@ def test_estop_latches_blocks_and_releases_only_on_request(tmp_path, ros_env):
 
     rig = Rig(tmp_path, ros_env, joint_state_timeout_s=1.0, status_rate_hz=10.0)
     try:
-        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        assert rig.ready(), rig.proc.output
         rig.gripper_pub.publish(Bool(data=False))
         assert rig.wait(lambda: len(rig.grippers) == 1) and rig.grippers[0].data is False
         rig.estop_pub.publish(Bool(data=True))
@@ -213,7 +221,7 @@ def test_spoofed_joint_states_never_reach_a_trajectory(tmp_path, ros_env):
 
     rig = Rig(tmp_path, ros_env, joint_state_timeout_s=1.0, status_rate_hz=10.0)
     try:
-        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        assert rig.ready(), rig.proc.output
         spoofs = [1e30, 3.1, -3.1, HOME[0] + 1.0]
         for a1 in spoofs:
             q = [float(v) for v in HOME]
@@ -238,7 +246,7 @@ def test_unique_frame_ids_do_not_flood_the_log(tmp_path, ros_env):
     rig = Rig(tmp_path, ros_env, status_rate_hz=10.0)
     n, batch = 1000, 10
     try:
-        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        assert rig.ready(), rig.proc.output
         for start in range(0, n, batch):  # batches of the QoS depth, so none is dropped on the way
             for i in range(start, start + batch):
                 rig.send_target(rig.home_p, frame=f"frame_{i}_{'x' * (i % 7)}")
@@ -276,7 +284,7 @@ def test_release_estop_stays_correct_under_a_burst_of_calls(tmp_path, ros_env):
         return [f.result() for f in futures if f.done()] + [last.result()]
 
     try:
-        assert rig.wait(lambda: rig.status().get("state") == "idle", 20.0), rig.proc.output
+        assert rig.ready(), rig.proc.output
         assert client.wait_for_service(timeout_sec=10.0)
         rig.estop_pub.publish(Bool(data=True))
         assert rig.wait(lambda: rig.status().get("state") == "estop")
