@@ -97,6 +97,23 @@ def test_close_label_is_the_exact_grasp_outcome(env):
     assert lab[1] == 0.0  # lifting an open gripper holds nothing
 
 
+def test_regrasp_labels_every_closed_state_and_reopens_there(tmp_path):
+    """--regrasp: each closed-gripper state the behaviour visits is labelled, whatever label_prob says, and its
+    aimed candidates open the gripper after their move; open states keep pure aimed moves."""
+    from rcan_common.action import OPEN
+
+    cfg = L.LabelConfig(out_dir=tmp_path, scenes=4, scenes_per_task=4, split="train", image_size=32, candidates=6,
+                        aimed_candidates=2, completion="descend", behaviour_epsilon=0.0, aim_offset=0.0,
+                        label_prob=0.05, regrasp=True)
+    L.run(cfg, progress=False)
+    data = L.load_labels(tmp_path)
+    closed = ~data["gripper_open"]
+    assert closed.sum() >= 3  # the scripted behaviour closes, then terminates from a closed state: one a scene
+    assert (data["candidates"][closed][:, -2:, OPEN] == 1).all()
+    assert (data["candidates"][~closed][:, -2:, OPEN] == 0).all()
+    assert closed.mean() > 0.5  # open states are labelled with label_prob only
+
+
 def test_label_run_writes_shards_resumes_and_rerenders(tmp_path):
     cfg = L.LabelConfig(out_dir=tmp_path, scenes=3, scenes_per_task=2, split="test", image_size=32, candidates=4)
     L.run(cfg, progress=False)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rcan_common.action import YAW_STATE_DIM
+from rcan_common.action import OPEN, YAW_STATE_DIM
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
@@ -95,6 +95,12 @@ class LabelConfig:
     """Standard deviation (m) of the aimed candidates' dx, dy around the grasp point."""
     aimed_yaw_noise: float = 0.3
     """Standard deviation (rad) of the aimed candidates' yaw around the grasp yaw."""
+    regrasp: bool = False
+    """NOT in the paper (off: its data): label regrasps.  Every state with the gripper closed is labelled
+    (`label_prob` applies to the others), and there the aimed candidates open the gripper after their move,
+    so the blind completion closes it again on the object they aim at: the data then says what reopening
+    after a failed close is worth, and the policy can learn the paper's regrasping (section 5.3).  Without
+    it a closed state's aimed moves keep the fingers shut and are labelled like a terminate."""
     completion: str = "scripted"
     """Who finishes the episode after a non-terminal candidate: 'scripted' (the privileged scripted policy,
     which corrects any move, so moves are labelled almost alike) or 'descend' (straight down, close,
@@ -348,11 +354,14 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
                 action = random_actions(1, env.cfg.bounds, rng, 0.05)[0]
             else:
                 action = behaviour(obs, env)
-            if rng.random() < cfg.label_prob:
+            closed = not obs["gripper_open"]
+            if (cfg.regrasp and closed) or rng.random() < cfg.label_prob:
                 cands = candidate_actions(np.asarray(action, np.float32), drawn, env.cfg.bounds, rng, cfg)
                 if cfg.aimed_candidates:
-                    cands = np.concatenate([cands, aimed_actions(env, cfg.aimed_candidates, rng, cfg.aimed_noise,
-                                                                 cfg.aimed_yaw_noise)])
+                    aimed = aimed_actions(env, cfg.aimed_candidates, rng, cfg.aimed_noise, cfg.aimed_yaw_noise)
+                    if cfg.regrasp and closed:
+                        aimed[:, OPEN] = 1.0
+                    cands = np.concatenate([cands, aimed])
                 if teacher is None:
                     labels = label_actions(env, cands, completion, cfg.gamma)
                 else:
