@@ -112,6 +112,33 @@ def test_regrasp_labels_every_closed_state_and_reopens_there(tmp_path):
     assert (data["candidates"][closed][:, -2:, OPEN] == 1).all()
     assert (data["candidates"][~closed][:, -2:, OPEN] == 0).all()
     assert closed.mean() > 0.5  # open states are labelled with label_prob only
+    # before the first lift, a closed state has a lift candidate; half the time the behaviour lifts instead of
+    # terminating, and the lifted state is labelled as a closed one too
+    lift = np.isclose(data["candidates"][:, :, 2], L.REGRASP_LIFT) & (data["candidates"][:, :, 5:].sum(2) == 0)
+    assert lift[closed].any(axis=1).sum() >= 1
+    assert ((data["labels"] >= 0) & (data["labels"] <= 1)).all()
+
+
+def test_lift_check_label_looks_one_step_ahead():
+    """The lift's label is its step reward plus the discounted best label at the lifted state; the env is
+    left where it was."""
+    from rcan_common.action import make_action
+
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="train")))
+    try:
+        obs, _ = env.reset(5)
+        script = ScriptedGraspPolicy(aim_offset=0.0)
+        while obs["gripper_open"]:
+            obs, *_ = env.step(script(obs, env))
+        before = env.world.scene_state()
+        terminate = make_action(terminate=True)
+        now = L.label_actions(env, terminate[None], DescendGraspPolicy(), 0.9)[0]
+        lift = L.lift_check_label(env, lambda e: terminate[None], DescendGraspPolicy(), 0.9)
+        assert lift == pytest.approx(max(0.0, -0.05 + 0.9 * now), abs=1e-6)  # lifting keeps what it holds
+        after = env.world.scene_state()
+        np.testing.assert_allclose(after["object_poses"], before["object_poses"], atol=1e-6)
+    finally:
+        env.close()
 
 
 def test_label_run_writes_shards_resumes_and_rerenders(tmp_path):

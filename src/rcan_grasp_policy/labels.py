@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rcan_common.action import OPEN, YAW_STATE_DIM
+from rcan_common.action import OPEN, TERMINATE, YAW_STATE_DIM, make_action
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
@@ -100,7 +100,11 @@ class LabelConfig:
     (`label_prob` applies to the others), and there the aimed candidates open the gripper after their move,
     so the blind completion closes it again on the object they aim at: the data then says what reopening
     after a failed close is worth, and the policy can learn the paper's regrasping (section 5.3).  Without
-    it a closed state's aimed moves keep the fingers shut and are labelled like a terminate."""
+    it a closed state's aimed moves keep the fingers shut and are labelled like a terminate.  Before the
+    first lift of an episode, one CEM draw of a closed state is replaced by a lift of REGRASP_LIFT, labelled
+    by one step of lookahead (`lift_check_label`), and the behaviour lifts instead of terminating there
+    half of the time, so that lifted states, where the image shows whether the object came along, are
+    labelled too."""
     completion: str = "scripted"
     """Who finishes the episode after a non-terminal candidate: 'scripted' (the privileged scripted policy,
     which corrects any move, so moves are labelled almost alike) or 'descend' (straight down, close,
@@ -188,6 +192,26 @@ def label_actions(env, candidates: np.ndarray, completion, gamma: float) -> np.n
     finally:
         env.release(snap)
     return labels
+
+
+REGRASP_LIFT = 0.05
+"""How far (m) the regrasp check lifts the closed gripper (LabelConfig.regrasp)."""
+
+
+def lift_check_label(env, propose, completion, gamma: float) -> float:
+    """Label of lifting the closed gripper by REGRASP_LIFT at the env's current state: the step's reward plus
+    the discounted best label of the candidates `propose(env)` gives at the lifted state (one step of
+    lookahead: terminate there, or reopen and grasp again).  A blind completion would terminate right
+    after the lift, so the lift would always look worse than terminating at once.  The env is left as it was."""
+    snap = env.snapshot()
+    try:
+        _, value, terminated, truncated, _ = env.step(make_action([0.0, 0.0, REGRASP_LIFT]), render=False)
+        if not (terminated or truncated):
+            value += gamma * float(label_actions(env, propose(env), completion, gamma).max())
+        env.restore(snap)
+    finally:
+        env.release(snap)
+    return float(np.clip(value, 0.0, 1.0))
 
 
 def jittered(gripper: str | None, terminate: bool, rng: np.random.Generator, translation: float,
@@ -328,6 +352,13 @@ class TeacherLabeller:
         return candidates, np.asarray(self.qf.score(context, candidates[None])[0], np.float32)
 
 
+def _regrasp_proposals(env, cfg: LabelConfig, rng: np.random.Generator) -> np.ndarray:
+    """What the lift check looks ahead to: terminate, or reopen onto an aimed grasp point."""
+    aimed = aimed_actions(env, max(cfg.aimed_candidates, 4), rng, cfg.aimed_noise, cfg.aimed_yaw_noise)
+    aimed[:, OPEN] = 1.0
+    return np.concatenate([make_action(terminate=True)[None], aimed])
+
+
 def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
     """Run the task's behaviour episodes, label their states, write the shard; returns its summary."""
     from rcan_grasp_policy.cem import random_actions
@@ -348,15 +379,20 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
         rng = np.random.default_rng([cfg.seed, scene, 0x1ABE])
         behaviour = ScriptedGraspPolicy(aim_offset=cfg.aim_offset) if learned is None else learned
         obs, _ = env.reset(seed)
-        done = False
+        done, lifted = False, False
         while not done:
             if rng.random() < cfg.behaviour_epsilon:
                 action = random_actions(1, env.cfg.bounds, rng, 0.05)[0]
             else:
                 action = behaviour(obs, env)
             closed = not obs["gripper_open"]
+            check = cfg.regrasp and closed and not lifted  # a lift can still show whether the grasp holds
+            if check and action[TERMINATE] > 0.5 and rng.random() < 0.5:
+                action, lifted = make_action([0.0, 0.0, REGRASP_LIFT]), True
             if (cfg.regrasp and closed) or rng.random() < cfg.label_prob:
                 cands = candidate_actions(np.asarray(action, np.float32), drawn, env.cfg.bounds, rng, cfg)
+                if check and drawn > 3:
+                    cands[drawn - 1] = make_action([0.0, 0.0, REGRASP_LIFT])
                 if cfg.aimed_candidates:
                     aimed = aimed_actions(env, cfg.aimed_candidates, rng, cfg.aimed_noise, cfg.aimed_yaw_noise)
                     if cfg.regrasp and closed:
@@ -364,6 +400,9 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
                     cands = np.concatenate([cands, aimed])
                 if teacher is None:
                     labels = label_actions(env, cands, completion, cfg.gamma)
+                    if check and drawn > 3:
+                        labels[drawn - 1] = lift_check_label(env, partial(_regrasp_proposals, cfg=cfg, rng=rng),
+                                                             completion, cfg.gamma)
                 else:
                     cands, labels = teacher(obs, cands, rng)
                 s = env.world.scene_state()
