@@ -200,6 +200,24 @@ def test_auc_and_label_metrics_by_hand():
     assert np.isnan(label_metrics(q, lab, cands, state)["close_auc"])  # only positives left
 
 
+def test_within_state_rank_loss_by_hand():
+    """Only the order inside a state counts, weighted by the label gap; alike labels give no loss."""
+    import torch
+
+    from rcan_grasp_policy.label_train import within_state_rank_loss
+
+    labels = torch.tensor([[1.0, 0.0, 0.5], [0.3, 0.3, 0.3]])
+    logits = torch.tensor([[2.0, -1.0, 0.0], [5.0, -5.0, 0.0]])
+    sp = torch.nn.functional.softplus
+    # pairs of state 0: (0 over 1, gap 1), (0 over 2, gap 0.5), (2 over 1, gap 0.5); state 1 has none
+    expected = (1.0 * sp(torch.tensor(-3.0)) + 0.5 * sp(torch.tensor(-2.0)) + 0.5 * sp(torch.tensor(-1.0))) / 2.0
+    assert float(within_state_rank_loss(logits, labels)) == pytest.approx(float(expected))
+    # adding a constant to a state's logits (its value) changes nothing; reversing the order costs more
+    assert float(within_state_rank_loss(logits + torch.tensor([[7.0], [-3.0]]), labels)) == pytest.approx(float(expected))
+    assert float(within_state_rank_loss(-logits, labels)) > float(expected)
+    assert float(within_state_rank_loss(logits, torch.full_like(labels, 0.4))) == 0.0
+
+
 @pytest.mark.timeout(300)
 def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     """Tiny label -> train -> resume (exact) -> greedy check -> export -> eval-policy run."""
@@ -258,6 +276,12 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     aux_ckpt = load_file(str(tmp_path / "aux" / "checkpoint.safetensors"))
     assert any(k.startswith("aux.") for k in aux_ckpt)
     assert set(load_file(str(tmp_path / "aux" / "policy.safetensors"))) == set(straight)
+    # the within-state ranking loss: logged beside the loss, and part of what a resume must keep
+    assert label_train.main(args + ["--total-updates", "2", "--run-name", "rank", "--rank-weight", "1",
+                                    "--eval-every", "0", "--log-every", "1"]) == 0
+    assert "rank_loss" in (tmp_path / "rank" / "metrics.csv").read_text().splitlines()[0]
+    assert label_train.main(args + ["--total-updates", "4", "--run-name", "rank", "--eval-every", "0", "--resume"]) == 2
+    assert "'rank_weight'" in capsys.readouterr().err
     # cosine learning-rate decay: the rate is a function of the update counter (so resume stays exact)
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]

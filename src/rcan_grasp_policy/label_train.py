@@ -49,7 +49,7 @@ SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "trunk_width", "fc_width", "merge_downsample", "stem_pool",
                 "coord_channels", "yaw_state", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from",
-                "feature_teacher", "feature_weight")
+                "feature_teacher", "feature_weight", "rank_weight")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -144,6 +144,11 @@ class LabelTrainConfig:
     state.  The teacher is not part of the exported policy."""
     feature_weight: float = 1.0
     """Weight of the feature_teacher loss against the label loss."""
+    rank_weight: float = 0.0
+    """NOT in the paper (0 = off): weight of a within-state ranking loss added to the cross-entropy, a pairwise
+    logistic loss between each state's candidates weighted by their label difference (within_state_rank_loss).
+    The cross-entropy is dominated by what differs between states (most states label all candidates alike),
+    while the greedy policy needs only the order of the candidates inside a state."""
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
@@ -157,6 +162,7 @@ class LabelTrainConfig:
         require(self.feature_teacher is None or self.variant == "rcan", "feature_teacher",
                 f"needs variant rcan (a student on other images than the canonical teacher's), got {self.variant!r}")
         require(self.feature_weight >= 0, "feature_weight", f"must be >= 0, got {self.feature_weight}")
+        require(self.rank_weight >= 0, "rank_weight", f"must be >= 0, got {self.rank_weight}")
         require(not (self.trunk_width and self.aux_weight), "trunk_width",
                 "the auxiliary heads read the trunk at `width` channels: use one or the other")
 
@@ -232,6 +238,16 @@ def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rn
     out = label_metrics(np.concatenate(qs), data["labels"], data["candidates"], data["state"])
     out["cem_regret"] = float(1.0 - np.concatenate(ratios).mean())  # 0: CEM always finds the best candidate
     return out
+
+
+def within_state_rank_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits, labels (B, K).  For every ordered pair of a state's candidates with label_i > label_j, the
+    logistic loss of logit_i - logit_j, weighted by label_i - label_j; the weighted mean over the batch (0 when
+    every state labels its candidates alike).  Only differences inside a state count, so it leaves the state's
+    value to the cross-entropy and teaches the order that the greedy policy acts on."""
+    weight = (labels[:, :, None] - labels[:, None, :]).clamp(min=0)
+    pair_loss = F.softplus(logits[:, None, :] - logits[:, :, None])
+    return (weight * pair_loss).sum() / weight.sum().clamp(min=1e-6)
 
 
 # ----------------------------------------------------------------------------- auxiliary heads (training only)
@@ -418,8 +434,13 @@ class LabelTrainer:
                                      torch.from_numpy(d["gripper_uv"][idx]) + uv,
                                      torch.from_numpy(d["object_uv"][idx]) + uv)
         logits = self.net.head_logits(feats, torch.from_numpy(d["state"][idx]), torch.from_numpy(d["candidates"][idx]))
-        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(d["labels"][idx]))
+        labels = torch.from_numpy(d["labels"][idx])
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
         out = {}
+        if cfg.rank_weight > 0:
+            rank_loss = within_state_rank_loss(logits, labels)
+            loss = loss + cfg.rank_weight * rank_loss
+            out["rank_loss"] = float(rank_loss.detach())
         if self.aux is not None:
             loss = loss + cfg.aux_weight * aux_loss
         if self.teacher is not None:
@@ -517,9 +538,9 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     tr = LabelTrainer(cfg)
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
-    log = RunLog(d, ["updates", "loss", "feature_loss", "label_auc", "within_state_auc", "move_auc", "close_auc", "pick_label",
-                     "behaviour_label", "random_label", "oracle_label", "cem_regret", "greedy_success",
-                     "updates_per_s", "elapsed_s"],
+    log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "label_auc", "within_state_auc", "move_auc",
+                     "close_auc", "pick_label", "behaviour_label", "random_label", "oracle_label", "cem_regret",
+                     "greedy_success", "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()
