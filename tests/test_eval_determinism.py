@@ -65,3 +65,8 @@ def test_close_review_leaves_the_episodes_as_they_were():
     assert summary["grasped"]["episodes"] + summary["failed"]["episodes"] == 3
     if summary["grasped"]["episodes"]:  # a close that grasped has the zero move of the grid among its grasps
         assert summary["grasped"]["median_nearby_grasps"] > 0
+    # the scripted policy already closes on an object's centre at its grasp yaw: putting both right keeps its grasps
+    corrected = summary["corrected_last_close"]
+    assert corrected["episodes"] == 3 and corrected["as_run"] == summary["grasped"]["episodes"]
+    assert all(c["centred_turned"] for r in reviewed["records"] if r["success"] for c in r["closes"][-1:])
+    assert all(0 <= corrected[k] <= 3 for k in ("centred", "turned", "centred_turned"))

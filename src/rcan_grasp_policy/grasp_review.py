@@ -8,9 +8,14 @@ each move (dx, dy on a square grid, dtheta in {-r, 0, r}) is executed from a sna
 blind descend completion (`labels.label_actions`, the labels' own rule).  The snapshot is restored exactly, so
 the reviewed episode goes on as it would have without the review.
 
+Three corrected moves say which error costs the grasps: onto the nearest object's hull centre (`centred`),
+turned onto its grasp yaw (`turned`), and both (`centred_turned`), each one move from the same snapshot and
+then the same completion.
+
 `summarise` groups the closes of grasped and failed episodes: a policy whose failed closes sit centimetres
 from a grasp that the grid finds is short of precision; one whose failures have no grasp within reach
-chose the wrong place, or the wrong object.
+chose the wrong place, or the wrong object.  It also counts the episodes that a corrected last close would
+have grasped.
 """
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ GRID_YAW = 0.4
 """The reviewed moves turn by -GRID_YAW, 0 and GRID_YAW (rad)."""
 
 
+CORRECTIONS = ("centred", "turned", "centred_turned")
+"""The corrected last moves a review executes: onto the nearest object's centre, onto its grasp yaw, both."""
+
+
 def nearby_moves() -> np.ndarray:
     """The review's grid of moves (75, 8), the zero move in the middle."""
     offsets = GRID_STEP * np.arange(-GRID_STEPS, GRID_STEPS + 1)
@@ -42,15 +51,22 @@ def review_close(env, gamma: float = 0.9) -> dict[str, Any]:
     from rcan_sim.scripted import DescendGraspPolicy, grasp_yaw, object_centre_xy
 
     tcp, yaw = env.tcp_target, env.yaw
-    nearest = (math.inf, 0.0, 0.0)
+    nearest = (math.inf, 0.0, 0.0, (0.0, 0.0))
     for oid, (pos, orn) in zip(env.world.object_ids, env.world.object_poses()):
-        distance = float(np.linalg.norm(object_centre_xy(oid, pos, orn) - tcp[:2]))
+        offset = object_centre_xy(oid, pos, orn) - tcp[:2]
         object_yaw, width = grasp_yaw(oid, orn)
-        nearest = min(nearest, (distance, abs(math.remainder(object_yaw - yaw, math.pi)), width))
-    grasps = label_actions(env, nearby_moves(), DescendGraspPolicy(), gamma) > 0
+        # the two-finger gripper is the same after a half turn: the smallest turn onto the grasp yaw
+        nearest = min(nearest, (float(np.linalg.norm(offset)), math.remainder(object_yaw - yaw, math.pi), width,
+                                tuple(offset)), key=lambda n: n[0])
+    distance, turn, width, (dx, dy) = nearest
+    corrected = np.stack([make_action([dx, dy, 0.0], 0.0), make_action([0.0, 0.0, 0.0], turn),
+                          make_action([dx, dy, 0.0], turn)])
+    labels = label_actions(env, np.concatenate([nearby_moves(), corrected]), DescendGraspPolicy(), gamma) > 0
+    grasps, fixed = labels[:-len(corrected)], labels[-len(corrected):]
     return {"step": env.steps + 1, "height": round(float(tcp[2] - env.workspace_low[2]), 4),
-            "object_distance": round(nearest[0], 4), "yaw_error": round(nearest[1], 3),
-            "object_width": round(nearest[2], 4), "nearby_grasps": round(float(grasps.mean()), 3)}
+            "object_distance": round(distance, 4), "yaw_error": round(abs(turn), 3),
+            "object_width": round(width, 4), "nearby_grasps": round(float(grasps.mean()), 3)} | \
+        {name: bool(ok) for name, ok in zip(CORRECTIONS, fixed)}
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -66,4 +82,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 group[f"median_{key}"] = round(float(np.median([c[key] for c in closes])), 4)
             group["share_with_a_nearby_grasp"] = round(float(np.mean([c["nearby_grasps"] > 0 for c in closes])), 3)
         out[name] = group
+    last = [r["closes"][-1] for r in records if r.get("closes")]
+    out["corrected_last_close"] = {"episodes": len(records), "as_run": sum(r["success"] for r in records)} | \
+        {name: sum(c[name] for c in last) for name in CORRECTIONS}
     return out
