@@ -172,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['successes']}/{cfg.episodes} = {result['success_rate']:.3f} "
           f"(95% Wilson interval {lo:.3f}-{hi:.3f}), {result['mean_steps']:.1f} steps/episode, {result['seconds']:.0f} s")
     if cfg.review_closes:
-        for group in ("grasped", "failed", "corrected_last_close"):
-            print(f"closes of {group} episodes: " + "  ".join(f"{k} {v}" for k, v in result["close_review"][group].items()))
+        review = result["close_review"]
+        for group in ("grasped", "failed"):
+            print(f"closes of {group} episodes: " + "  ".join(f"{k} {v}" for k, v in review[group].items()))
+        print("episodes a corrected last close would have grasped: "
+              + "  ".join(f"{k} {v}" for k, v in review["corrected_last_close"].items()))
     if cfg.out is not None:
         atomic_write_json(cfg.out, result)
         print(f"wrote {cfg.out}")
