@@ -49,8 +49,13 @@ def test_folder_source_publishes_rgb8_and_camera_info(tmp_path, ros_env, harness
     channels = [int(np.argmax(image_msg_to_rgb(m)[32, 32])) for m in images[:4]]
     assert channels[1] == (channels[0] + 1) % 3 and channels[2] == (channels[1] + 1) % 3
     assert all(image_msg_to_rgb(m).max() <= 200 for m in images[:4])
+    # Each frame's CameraInfo carries the image's stamp. Either subscription may match the publisher a
+    # frame later than the other, so compare the frames that both received, not the first one.
+    image_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in images}
     info_stamps = {(i.header.stamp.sec, i.header.stamp.nanosec) for i in infos}
-    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) in info_stamps
+    both_from, both_to = max(min(image_stamps), min(info_stamps)), min(max(image_stamps), max(info_stamps))
+    images_in_both = {s for s in image_stamps if both_from <= s <= both_to}
+    assert len(images_in_both) >= 2 and images_in_both == {s for s in info_stamps if both_from <= s <= both_to}
     info = infos[0]
     assert (info.width, info.height, info.header.frame_id) == (64, 64, "cam_test")
     k = np.array(info.k).reshape(3, 3)
