@@ -69,4 +69,4 @@ def test_close_review_leaves_the_episodes_as_they_were():
     corrected = summary["corrected_last_close"]
     assert corrected["episodes"] == 3 and corrected["as_run"] == summary["grasped"]["episodes"]
     assert all(c["centred_turned"] for r in reviewed["records"] if r["success"] for c in r["closes"][-1:])
-    assert all(0 <= corrected[k] <= 3 for k in ("centred", "turned", "centred_turned"))
+    assert all(0 <= corrected[k] <= 3 for k in ("descended", "centred", "turned", "centred_turned"))

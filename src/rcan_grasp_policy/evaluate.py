@@ -68,8 +68,8 @@ class EvalConfig:
     review_closes: bool = False
     """Privileged diagnosis (sim only; rcan_grasp_policy.grasp_review): review every close of the policy (the
     nearest object's distance and yaw error, how many of 75 nearby moves would have grasped, and whether a close
-    centred on that object, turned onto its grasp yaw, or both would have) and summarise them for grasped and
-    failed episodes.  The episodes and their outcomes stay the same."""
+    straight down from there, centred on that object, turned onto its grasp yaw, or both would have) and summarise
+    them for grasped and failed episodes.  The episodes and their outcomes stay the same."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", "must be >= 1")

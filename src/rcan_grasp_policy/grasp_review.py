@@ -8,9 +8,10 @@ each move (dx, dy on a square grid, dtheta in {-r, 0, r}) is executed from a sna
 blind descend completion (`labels.label_actions`, the labels' own rule).  The snapshot is restored exactly, so
 the reviewed episode goes on as it would have without the review.
 
-Three corrected moves say which error costs the grasps: onto the nearest object's hull centre (`centred`),
-turned onto its grasp yaw (`turned`), and both (`centred_turned`), each one move from the same snapshot and
-then the same completion.
+Corrected moves say which error costs the grasps, each one move from the same snapshot and then the same
+completion: no move at all (`descended`: the completion alone, straight down from where the policy closed,
+which separates the height of the close from its place), onto the nearest object's hull centre (`centred`),
+turned onto its grasp yaw (`turned`), and both (`centred_turned`).
 
 `summarise` groups the closes of grasped and failed episodes: a policy whose failed closes sit centimetres
 from a grasp that the grid finds is short of precision; one whose failures have no grasp within reach
@@ -34,8 +35,9 @@ GRID_YAW = 0.4
 """The reviewed moves turn by -GRID_YAW, 0 and GRID_YAW (rad)."""
 
 
-CORRECTIONS = ("centred", "turned", "centred_turned")
-"""The corrected last moves a review executes: onto the nearest object's centre, onto its grasp yaw, both."""
+CORRECTIONS = ("descended", "centred", "turned", "centred_turned")
+"""The corrected last moves a review executes: none (straight down from there), onto the nearest object's centre,
+onto its grasp yaw, both."""
 
 
 def nearby_moves() -> np.ndarray:
@@ -59,8 +61,8 @@ def review_close(env, gamma: float = 0.9) -> dict[str, Any]:
         nearest = min(nearest, (float(np.linalg.norm(offset)), math.remainder(object_yaw - yaw, math.pi), width,
                                 tuple(offset)), key=lambda n: n[0])
     distance, turn, width, (dx, dy) = nearest
-    corrected = np.stack([make_action([dx, dy, 0.0], 0.0), make_action([0.0, 0.0, 0.0], turn),
-                          make_action([dx, dy, 0.0], turn)])
+    corrected = np.stack([make_action([0.0, 0.0, 0.0], 0.0), make_action([dx, dy, 0.0], 0.0),
+                          make_action([0.0, 0.0, 0.0], turn), make_action([dx, dy, 0.0], turn)])
     labels = label_actions(env, np.concatenate([nearby_moves(), corrected]), DescendGraspPolicy(), gamma) > 0
     grasps, fixed = labels[:-len(corrected)], labels[-len(corrected):]
     return {"step": env.steps + 1, "height": round(float(tcp[2] - env.workspace_low[2]), 4),
