@@ -268,6 +268,11 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     checked = json.loads((tmp_path / "check.json").read_text())["labels"][str(tmp_path / "lab")]
     assert checked["pick_label"] == pytest.approx(evals[-1]["pick_label"], abs=1e-4)
     assert label_check.main(["--policy", str(tmp_path / "missing.onnx")]) == 2
+    assert label_check.main(["--policy", "nearest-object", "--labels", str(tmp_path / "lab"), "--out",
+                             str(tmp_path / "reference.json")]) == 0
+    reference = json.loads((tmp_path / "reference.json").read_text())["labels"][str(tmp_path / "lab")]
+    assert reference["states"] == checked["states"] and 0.0 <= reference["pick_label"] <= 1.0 and "move_auc" in reference
+    assert label_check.main(["--policy", "nearest-object", "--feature-teacher", "x.safetensors"]) == 2
     # training-only auxiliary heads: resumable like the rest, dropped from the exported policy
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "aux", "--aux-weight", "0.5",
                                     "--eval-every", "0"]) == 0
@@ -768,3 +773,20 @@ def test_a_new_generator_reuses_the_randomized_renders_of_another_generators_cac
     only_narrow.mkdir()
     (only_narrow / f"images-rcan-32-fov24-{'a' * 12}-{key}.npy").write_bytes(b"")
     assert L._rendered_sources(only_narrow / f"images-rcan-32-{'b' * 12}-{key}.npy") is None
+
+
+def test_nearest_object_reference_scores_by_distance_to_the_closest_hull_centre():
+    """check-labels --policy nearest-object: minus the distance from each candidate's end to the nearest centre."""
+    from rcan_common.action import make_action
+    from rcan_grasp_policy.label_check import nearest_object_scores
+    from rcan_sim.scripted import object_centre_xy
+
+    poses = np.array([[[0.5, 0.0, -0.15, 0, 0, 0, 1], [0.7, 0.1, -0.15, 0, 0, 0.3826834, 0.9238795]]])
+    ids = np.array([[3, 8]])
+    centres = [object_centre_xy(int(i), p[:3], p[3:]) for i, p in zip(ids[0], poses[0])]
+    target = np.array([[centres[0][0] - 0.02, centres[0][1], 0.1]])
+    candidates = np.stack([make_action([0.02, 0.0, -0.05]), make_action([0.0, 0.0, 0.0]),
+                           make_action([*(centres[1] - target[0, :2]), 0.0], 0.3)])[None]
+    scores = nearest_object_scores({"object_ids": ids, "object_poses": poses, "target": target,
+                                    "candidates": candidates})
+    np.testing.assert_allclose(scores, [[0.0, -0.02, 0.0]], atol=1e-6)

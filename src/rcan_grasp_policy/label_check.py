@@ -3,6 +3,11 @@
 The same figures a run logs every `--eval-every` updates (label AUC, move AUC, pick label, ...), for a
 snapshot or an exported policy, on training sets as well as held-out ones: a policy that scores the
 same on the states it was trained on as on new ones is underfitting, not short of data.
+
+`--policy nearest-object` scores the same candidates by a privileged rule instead of a network: minus the
+horizontal distance from where the candidate leaves the gripper to the nearest object's hull centre.  Where the
+gripper goes is all it knows, so its move AUC says how far a policy can get by aiming alone on these labels, which
+a single noisy outcome per candidate keeps below 1.
 """
 from __future__ import annotations
 
@@ -16,13 +21,17 @@ from rcan_common.action import YAW_STATE_DIM, with_yaw
 from rcan_common.config import ConfigError, parse_cli, require
 from rcan_common.io import atomic_write_json
 
+NEAREST_OBJECT = "nearest-object"
+"""The privileged reference scorer's name for --policy (sim only: it reads the labelled scene's object poses)."""
+
 
 @dataclass
 class LabelCheckConfig:
     """Label metrics of a policy's Q-function on labelled states."""
 
     policy: str = "models/policy_canonical_64.onnx"
-    """Policy: .onnx, .safetensors (with its .json) or a training run directory."""
+    """Policy: .onnx, .safetensors (with its .json) or a training run directory; or `nearest-object`, the
+    privileged reference (minus the distance from each candidate's end position to the nearest object's centre)."""
     labels: list[Path] = field(default_factory=lambda: [Path("data/labels/descend-64-test")])
     """Label directories (rcan label-states) to score; inputs are rendered for the policy's variant and view."""
     max_states: int = 0
@@ -47,13 +56,17 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
     from rcan_grasp_policy.label_train import label_metrics
     from rcan_grasp_policy.labels import load_labels, policy_images
 
-    path = Path(cfg.policy)
-    path = path / "policy.safetensors" if path.is_dir() else path
-    if not path.is_file():
-        raise ConfigError(f"invalid config field 'policy': {path} does not exist")
-    qf, meta = load_qfunction(path, threads=cfg.threads)
-    contract = qf.contract
-    features = _feature_nets(cfg, qf, meta, path) if cfg.feature_teacher is not None else None
+    reference = cfg.policy == NEAREST_OBJECT
+    if reference and cfg.feature_teacher is not None:
+        raise ConfigError(f"invalid config field 'feature_teacher': {NEAREST_OBJECT} has no trunk features")
+    if not reference:
+        path = Path(cfg.policy)
+        path = path / "policy.safetensors" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"invalid config field 'policy': {path} does not exist")
+        qf, meta = load_qfunction(path, threads=cfg.threads)
+        contract = qf.contract
+        features = _feature_nets(cfg, qf, meta, path) if cfg.feature_teacher is not None else None
     out = {}
     for d in cfg.labels:
         data = load_labels(d)
@@ -62,6 +75,10 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         if cfg.max_states and cfg.max_states < n:
             idx = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.max_states, replace=False))
         data = {k: v[idx] for k, v in data.items()}
+        if reference:
+            out[str(d)] = _report(d, len(idx), label_metrics(nearest_object_scores(data), data["labels"],
+                                                             data["candidates"], data["state"]))
+            continue
         images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=contract.view_fov_deg(),
                                image_size=contract.image_size)
         state = with_yaw(data["state"], data["yaw"]) if qf.state_dim == YAW_STATE_DIM else data["state"]
@@ -72,9 +89,27 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
             canonical = policy_images(d, data, "canonical", camera_fov_deg=contract.view_fov_deg(),
                                       image_size=contract.image_size)
             m["feature_mse"] = _feature_mse(*features, images, canonical)
-        out[str(d)] = {"states": int(len(idx)), **{k: round(float(v), 4) for k, v in m.items()}}
-        print(f"[check-labels] {d}: " + "  ".join(f"{k} {v}" for k, v in out[str(d)].items()), flush=True)
+        out[str(d)] = _report(d, len(idx), m)
     return out
+
+
+def _report(labels: Path, states: int, metrics: dict[str, float]) -> dict[str, float]:
+    row = {"states": states, **{k: round(float(v), 4) for k, v in metrics.items()}}
+    print(f"[check-labels] {labels}: " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    return row
+
+
+def nearest_object_scores(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, K) scores of the labelled candidates: minus the horizontal distance (m) from the TCP target a candidate
+    moves to (the state's target plus its dx, dy) to the nearest object's hull centre.  Privileged: it reads the
+    object poses stored with each state.  It ignores the gripper, the height and the yaw, so it ranks moves, not
+    closes or terminations."""
+    from rcan_sim.scripted import object_centre_xy
+
+    centres = np.array([[object_centre_xy(int(oid), pose[:3], pose[3:]) for oid, pose in zip(ids, poses)]
+                        for ids, poses in zip(data["object_ids"], data["object_poses"])])  # (N, O, 2)
+    ends = data["target"][:, None, :2] + data["candidates"][:, :, :2]  # (N, K, 2)
+    return -np.linalg.norm(ends[:, :, None] - centres[:, None], axis=-1).min(axis=2)
 
 
 def _feature_nets(cfg: LabelCheckConfig, qf, meta: dict, path: Path):
