@@ -218,6 +218,23 @@ def test_within_state_rank_loss_by_hand():
     assert float(within_state_rank_loss(logits, torch.full_like(labels, 0.4))) == 0.0
 
 
+def test_aim_labels_average_the_moves_that_end_as_far_from_as_high():
+    """train-labels --aim-weight: each pure move of an open-gripper state gets the mean label of its bin."""
+    from rcan_grasp_policy.label_train import aim_labels
+
+    move, close, stop = make_action([0.01, 0.0, -0.05]), make_action(gripper="close"), make_action(terminate=True)
+    candidates = np.stack([[move, move, close], [move, move, stop], [move, move, move]])
+    data = {"candidates": candidates,
+            "state": np.array([[1.0, 0.10], [1.0, 0.11], [0.0, 0.10]], np.float32),  # the third: gripper closed
+            "aim": np.array([[0.001, 0.03, 0.001], [0.004, 0.2, 0.001], [0.001, 0.001, 0.001]], np.float32),
+            "labels": np.array([[0.6, 0.1, 0.9], [0.2, 0.0, 0.5], [1.0, 1.0, 1.0]], np.float32)}
+    out = aim_labels(data)
+    # (0, 0) and (1, 0) share the first 5 mm and the same 4 cm of height: both get (0.6 + 0.2) / 2
+    np.testing.assert_allclose(out[:2, 0], [0.4, 0.4])
+    np.testing.assert_allclose([out[0, 1], out[1, 1]], [0.1, 0.0])  # alone in their bins (0.2 m: the last bin)
+    assert np.isnan(out[:, 2]).all() and np.isnan(out[2]).all()  # closes, terminations, a closed gripper
+
+
 @pytest.mark.timeout(300)
 def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     """Tiny label -> train -> resume (exact) -> greedy check -> export -> eval-policy run."""
@@ -272,6 +289,7 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
                              str(tmp_path / "reference.json")]) == 0
     reference = json.loads((tmp_path / "reference.json").read_text())["labels"][str(tmp_path / "lab")]
     assert reference["states"] == checked["states"] and 0.0 <= reference["pick_label"] <= 1.0 and "move_auc" in reference
+    assert {"grasp_rate_0-1cm", "grasp_rate_10+cm"} <= set(reference)
     assert label_check.main(["--policy", "nearest-object", "--feature-teacher", "x.safetensors"]) == 2
     # training-only auxiliary heads: resumable like the rest, dropped from the exported policy
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "aux", "--aux-weight", "0.5",
@@ -287,6 +305,13 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert "rank_loss" in (tmp_path / "rank" / "metrics.csv").read_text().splitlines()[0]
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "rank", "--eval-every", "0", "--resume"]) == 2
     assert "'rank_weight'" in capsys.readouterr().err
+    # the privileged aiming loss: logged, and fixed across a resume like the ranking loss
+    assert label_train.main(args + ["--total-updates", "2", "--run-name", "aim", "--aim-weight", "1",
+                                    "--eval-every", "0", "--log-every", "1"]) == 0
+    aim_log = (tmp_path / "aim" / "metrics.csv").read_text().splitlines()
+    assert "aim_loss" in aim_log[0] and aim_log[1].split(",")[aim_log[0].split(",").index("aim_loss")] != ""
+    assert label_train.main(args + ["--total-updates", "4", "--run-name", "aim", "--eval-every", "0", "--resume"]) == 2
+    assert "'aim_weight'" in capsys.readouterr().err
     # cosine learning-rate decay: the rate is a function of the update counter (so resume stays exact)
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]
@@ -778,7 +803,7 @@ def test_a_new_generator_reuses_the_randomized_renders_of_another_generators_cac
 def test_nearest_object_reference_scores_by_distance_to_the_closest_hull_centre():
     """check-labels --policy nearest-object: minus the distance from each candidate's end to the nearest centre."""
     from rcan_common.action import make_action
-    from rcan_grasp_policy.label_check import nearest_object_scores
+    from rcan_grasp_policy.labels import nearest_object_scores
     from rcan_sim.scripted import object_centre_xy
 
     poses = np.array([[[0.5, 0.0, -0.15, 0, 0, 0, 1], [0.7, 0.1, -0.15, 0, 0, 0.3826834, 0.9238795]]])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcan_common.action import YAW_STATE_DIM, with_yaw
+from rcan_common.action import CLOSE, TERMINATE, YAW_STATE_DIM, with_yaw
 from rcan_common.config import ConfigError, parse_cli, require
 from rcan_common.io import atomic_write_json
 
@@ -54,7 +54,7 @@ class LabelCheckConfig:
 def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
     from rcan_grasp_policy.backends import load_qfunction
     from rcan_grasp_policy.label_train import label_metrics
-    from rcan_grasp_policy.labels import load_labels, policy_images
+    from rcan_grasp_policy.labels import load_labels, nearest_object_scores, policy_images
 
     reference = cfg.policy == NEAREST_OBJECT
     if reference and cfg.feature_teacher is not None:
@@ -76,8 +76,9 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
             idx = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.max_states, replace=False))
         data = {k: v[idx] for k, v in data.items()}
         if reference:
-            out[str(d)] = _report(d, len(idx), label_metrics(nearest_object_scores(data), data["labels"],
-                                                             data["candidates"], data["state"]))
+            scores = nearest_object_scores(data)
+            metrics = label_metrics(scores, data["labels"], data["candidates"], data["state"])
+            out[str(d)] = _report(d, len(idx), metrics | grasp_rate_by_distance(-scores, data))
             continue
         images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=contract.view_fov_deg(),
                                image_size=contract.image_size)
@@ -93,23 +94,27 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
     return out
 
 
+DISTANCE_BINS_CM = (0, 1, 2, 3, 4, 6, 10)
+"""Edges (cm) of the --policy nearest-object report's grasp rates by distance; the last bin is open."""
+
+
+def grasp_rate_by_distance(distance: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, float]:
+    """The share of the open-gripper states' pure moves that grasp (label > 0), by how far (distance (N, K), m)
+    each leaves the gripper from the nearest object's centre: `grasp_rate_0-1cm`, ..., `grasp_rate_10+cm`."""
+    candidates = data["candidates"]
+    moves = (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5) & (data["state"][:, 0] > 0.5)[:, None]
+    out = {}
+    for lo, hi in zip(DISTANCE_BINS_CM, DISTANCE_BINS_CM[1:] + (np.inf,)):
+        inside = moves & (distance >= lo / 100) & (distance < hi / 100)
+        name = f"grasp_rate_{lo}-{hi}cm" if np.isfinite(hi) else f"grasp_rate_{lo}+cm"
+        out[name] = float((data["labels"][inside] > 0).mean()) if inside.any() else float("nan")
+    return out
+
+
 def _report(labels: Path, states: int, metrics: dict[str, float]) -> dict[str, float]:
     row = {"states": states, **{k: round(float(v), 4) for k, v in metrics.items()}}
     print(f"[check-labels] {labels}: " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     return row
-
-
-def nearest_object_scores(data: dict[str, np.ndarray]) -> np.ndarray:
-    """(N, K) scores of the labelled candidates: minus the horizontal distance (m) from the TCP target a candidate
-    moves to (the state's target plus its dx, dy) to the nearest object's hull centre.  Privileged: it reads the
-    object poses stored with each state.  It ignores the gripper, the height and the yaw, so it ranks moves, not
-    closes or terminations."""
-    from rcan_sim.scripted import object_centre_xy
-
-    centres = np.array([[object_centre_xy(int(oid), pose[:3], pose[3:]) for oid, pose in zip(ids, poses)]
-                        for ids, poses in zip(data["object_ids"], data["object_poses"])])  # (N, O, 2)
-    ends = data["target"][:, None, :2] + data["candidates"][:, :, :2]  # (N, K, 2)
-    return -np.linalg.norm(ends[:, :, None] - centres[:, None], axis=-1).min(axis=2)
 
 
 def _feature_nets(cfg: LabelCheckConfig, qf, meta: dict, path: Path):

@@ -41,7 +41,7 @@ from rcan_grasp_policy.backends import TorchQFunction, generator_digest, load_po
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
-from rcan_grasp_policy.labels import aux_targets, load_labels, policy_images
+from rcan_grasp_policy.labels import aux_targets, load_labels, nearest_object_scores, policy_images
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 from rcan_grasp_policy.qtopt import shift_with_offsets
 
@@ -49,7 +49,7 @@ SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "trunk_width", "fc_width", "merge_downsample", "stem_pool",
                 "coord_channels", "yaw_state", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from",
-                "feature_teacher", "feature_weight", "rank_weight")
+                "feature_teacher", "feature_weight", "rank_weight", "aim_weight")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -149,6 +149,12 @@ class LabelTrainConfig:
     logistic loss between each state's candidates weighted by their label difference (within_state_rank_loss).
     The cross-entropy is dominated by what differs between states (most states label all candidates alike),
     while the greedy policy needs only the order of the candidates inside a state."""
+    aim_weight: float = 0.0
+    """NOT in the paper (0 = off; training only, privileged): weight of an aiming loss, the cross-entropy of each
+    pure move of an open-gripper state against a denoised label: the mean label of the training moves that end as
+    far from the nearest object's centre, from as high (aim_labels; the simulator stores every object's pose with
+    the state).  One noisy outcome per candidate says little about a centimetre, and closes centred on the object
+    grasp far more often (docs/policy.md, the close review).  The exported network is the paper's."""
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
@@ -163,6 +169,7 @@ class LabelTrainConfig:
                 f"needs variant rcan (a student on other images than the canonical teacher's), got {self.variant!r}")
         require(self.feature_weight >= 0, "feature_weight", f"must be >= 0, got {self.feature_weight}")
         require(self.rank_weight >= 0, "rank_weight", f"must be >= 0, got {self.rank_weight}")
+        require(self.aim_weight >= 0, "aim_weight", f"must be >= 0, got {self.aim_weight}")
         require(not (self.trunk_width and self.aux_weight), "trunk_width",
                 "the auxiliary heads read the trunk at `width` channels: use one or the other")
 
@@ -248,6 +255,30 @@ def within_state_rank_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     weight = (labels[:, :, None] - labels[:, None, :]).clamp(min=0)
     pair_loss = F.softplus(logits[:, None, :] - logits[:, :, None])
     return (weight * pair_loss).sum() / weight.sum().clamp(min=1e-6)
+
+
+AIM_DISTANCE_BIN = 0.005
+"""Width (m) of the aiming labels' bins of distance to the nearest object's centre (LabelTrainConfig.aim_weight)."""
+AIM_MAX_DISTANCE = 0.1
+"""Distances beyond this (m) share one bin."""
+AIM_HEIGHT_BIN = 0.04
+"""Width (m) of the bins of the gripper's height in the state: a move's label is discounted by the steps left."""
+
+
+def aim_labels(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, K) denoised labels of the pure moves of open-gripper states: the mean label of all such moves in `data`
+    that end in the same bin of distance to the nearest object's centre (data["aim"], m) from the same bin of
+    height; NaN for every other candidate."""
+    candidates = data["candidates"]
+    moves = (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5) & (data["state"][:, 0] > 0.5)[:, None]
+    distance_bin = np.floor(np.minimum(data["aim"], AIM_MAX_DISTANCE) / AIM_DISTANCE_BIN).astype(np.int64)
+    height_bin = np.floor(np.maximum(data["state"][:, 1], 0.0) / AIM_HEIGHT_BIN).astype(np.int64)
+    cell = distance_bin * 1000 + height_bin[:, None]
+    _, inverse = np.unique(cell[moves], return_inverse=True)
+    means = np.bincount(inverse, weights=data["labels"][moves]) / np.bincount(inverse)
+    out = np.full(candidates.shape[:2], np.nan, np.float32)
+    out[moves] = means[inverse]
+    return out
 
 
 # ----------------------------------------------------------------------------- auxiliary heads (training only)
@@ -349,9 +380,12 @@ class LabelTrainer:
         self.cfg = cfg
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
         self.generator_sha256 = generator_digest(self.generator)  # the G the cached inputs are rendered through
-        self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0, teacher_view=cfg.feature_teacher is not None)
+        self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0, teacher_view=cfg.feature_teacher is not None,
+                                aim=cfg.aim_weight > 0)
         if cfg.max_states:
             self.train = {k: v[:cfg.max_states] for k, v in self.train.items()}
+        if cfg.aim_weight > 0:
+            self.train["aim_labels"] = aim_labels(self.train)
         self.heldout = self._load((cfg.eval_labels,))
         torch.manual_seed(cfg.seed)
         self.net = QNetwork(cfg.qnet_config()).train()
@@ -383,7 +417,7 @@ class LabelTrainer:
             else:
                 avg.copy_(cur)
 
-    def _load(self, dirs, aux: bool = False, teacher_view: bool = False) -> dict[str, np.ndarray]:
+    def _load(self, dirs, aux: bool = False, teacher_view: bool = False, aim: bool = False) -> dict[str, np.ndarray]:
         parts = []
         for d in dirs:
             part = load_labels(d)
@@ -396,16 +430,18 @@ class LabelTrainer:
                                           workers=self.cfg.render_workers)
             if aux:
                 part.update(aux_targets(d, part, progress=True, camera_fov_deg=self.cfg.camera_fov_deg))
+            if aim:
+                part["aim"] = -nearest_object_scores(part).astype(np.float32)  # distance (m)
             parts.append(part)
         keys = (("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
-                + (("canonical",) if teacher_view else ()))
+                + (("canonical",) if teacher_view else ()) + (("aim",) if aim else ()))
         k_max = max(p["labels"].shape[1] for p in parts)
         for p in parts:  # sets labelled with fewer candidates repeat their behaviour one (same action, same label)
             pad = k_max - p["labels"].shape[1]
             if not pad:
                 continue
-            p["candidates"] = np.concatenate([p["candidates"], np.repeat(p["candidates"][:, :1], pad, 1)], 1)
-            p["labels"] = np.concatenate([p["labels"], np.repeat(p["labels"][:, :1], pad, 1)], 1)
+            for k in ("candidates", "labels") + (("aim",) if aim else ()):
+                p[k] = np.concatenate([p[k], np.repeat(p[k][:, :1], pad, 1)], 1)
         data = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         if self.cfg.yaw_state:
             data["state"] = with_yaw(data["state"], np.concatenate([p["yaw"] for p in parts]))
@@ -441,6 +477,13 @@ class LabelTrainer:
             rank_loss = within_state_rank_loss(logits, labels)
             loss = loss + cfg.rank_weight * rank_loss
             out["rank_loss"] = float(rank_loss.detach())
+        if cfg.aim_weight > 0:
+            target = torch.from_numpy(d["aim_labels"][idx])
+            moves = ~torch.isnan(target)
+            aim_loss = (F.binary_cross_entropy_with_logits(logits[moves], target[moves]) if moves.any()
+                        else logits.new_zeros(()))
+            loss = loss + cfg.aim_weight * aim_loss
+            out["aim_loss"] = float(aim_loss.detach())
         if self.aux is not None:
             loss = loss + cfg.aux_weight * aux_loss
         if self.teacher is not None:
@@ -538,7 +581,7 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     tr = LabelTrainer(cfg)
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
-    log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "label_auc", "within_state_auc", "move_auc",
+    log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "aim_loss", "label_auc", "within_state_auc", "move_auc",
                      "close_auc", "pick_label", "behaviour_label", "random_label", "oracle_label", "cem_regret",
                      "greedy_success", "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)

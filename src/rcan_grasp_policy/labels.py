@@ -437,6 +437,19 @@ def load_labels(root: str | Path) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def nearest_object_scores(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, K) scores of the labelled candidates: minus the horizontal distance (m) from the TCP target a candidate
+    moves to (the state's target plus its dx, dy) to the nearest object's hull centre.  Privileged: it reads the
+    object poses stored with each state.  It ignores the gripper, the height and the yaw, so it ranks moves, not
+    closes or terminations."""
+    from rcan_sim.scripted import object_centre_xy
+
+    centres = np.array([[object_centre_xy(int(oid), pose[:3], pose[3:]) for oid, pose in zip(ids, poses)]
+                        for ids, poses in zip(data["object_ids"], data["object_poses"])])  # (N, O, 2)
+    ends = data["target"][:, None, :2] + data["candidates"][:, :, :2]  # (N, K, 2)
+    return -np.linalg.norm(ends[:, :, None] - centres[:, None], axis=-1).min(axis=2)
+
+
 def place_record(env, labels: dict[str, np.ndarray], i: int) -> None:
     """Put the env's world into stored state i."""
     env.world.set_scene_state({k: labels[k][i] for k in ("seed", "object_ids", "object_poses", "joints",
