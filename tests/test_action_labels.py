@@ -235,6 +235,24 @@ def test_aim_labels_average_the_moves_that_end_as_far_from_as_high():
     assert np.isnan(out[:, 2]).all() and np.isnan(out[2]).all()  # closes, terminations, a closed gripper
 
 
+def test_within_state_aim_loss_teaches_differences_between_moves_only():
+    """The aiming loss by hand: moves' logits against their targets' logits, each relative to the state's mean."""
+    import torch
+
+    from rcan_grasp_policy.label_train import within_state_aim_loss
+
+    nan = float("nan")
+    targets = torch.tensor([[0.5, 0.2, nan], [0.3, nan, nan]])  # the second state has one move: nothing to compare
+    logits = torch.tensor([[1.0, 0.0, 5.0], [2.0, 0.0, 0.0]])
+    gap = float(torch.logit(torch.tensor(0.5)) - torch.logit(torch.tensor(0.2)))
+    expected = 2 * (0.5 - gap / 2) ** 2 / 2  # centred logits +-0.5 against centred targets +-gap/2, over 2 moves
+    assert float(within_state_aim_loss(logits, targets)) == pytest.approx(expected)
+    # a state's level is not the aiming loss's business; a non-move's logit neither
+    assert float(within_state_aim_loss(logits + torch.tensor([[3.0], [1.0]]), targets)) == pytest.approx(expected)
+    assert float(within_state_aim_loss(logits + torch.tensor([[0.0, 0.0, 9.0]] * 2), targets)) == pytest.approx(expected)
+    assert float(within_state_aim_loss(logits, torch.full_like(targets, nan))) == 0.0
+
+
 @pytest.mark.timeout(300)
 def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     """Tiny label -> train -> resume (exact) -> greedy check -> export -> eval-policy run."""

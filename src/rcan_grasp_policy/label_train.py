@@ -150,11 +150,12 @@ class LabelTrainConfig:
     The cross-entropy is dominated by what differs between states (most states label all candidates alike),
     while the greedy policy needs only the order of the candidates inside a state."""
     aim_weight: float = 0.0
-    """NOT in the paper (0 = off; training only, privileged): weight of an aiming loss, the cross-entropy of each
-    pure move of an open-gripper state against a denoised label: the mean label of the training moves that end as
-    far from the nearest object's centre, from as high (aim_labels; the simulator stores every object's pose with
-    the state).  One noisy outcome per candidate says little about a centimetre, and closes centred on the object
-    grasp far more often (docs/policy.md, the close review).  The exported network is the paper's."""
+    """NOT in the paper (0 = off; training only, privileged): weight of an aiming loss on the pure moves of each
+    open-gripper state: their logits, relative to each other, are pulled onto those of denoised labels, the mean
+    label of the training moves that end as far from the nearest object's centre, from as high (aim_labels,
+    within_state_aim_loss; the simulator stores every object's pose with the state).  One noisy outcome per
+    candidate says little about a centimetre, and closes centred on the object grasp far more often
+    (docs/policy.md, the close review).  The exported network is the paper's."""
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
@@ -263,6 +264,27 @@ AIM_MAX_DISTANCE = 0.1
 """Distances beyond this (m) share one bin."""
 AIM_HEIGHT_BIN = 0.04
 """Width (m) of the bins of the gripper's height in the state: a move's label is discounted by the steps left."""
+
+
+def within_state_aim_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits (B, K); targets (B, K): aim_labels, NaN where a candidate is not a move.  The squared error between
+    each move's logit and the logit of its target, both taken relative to their mean over the state's moves, over
+    states with two or more moves (0 without any).  Only the differences between a state's moves are taught: their
+    level, against the state's closes and terminations, stays with the labels' cross-entropy (the targets are
+    averages over many states, and pulling each move onto its average made the policy move on instead of closing)."""
+    moves = ~torch.isnan(targets)
+    count = moves.sum(1, keepdim=True)
+    used = count[:, 0] >= 2
+    if not used.any():
+        return logits.new_zeros(())
+    target_logits = torch.logit(torch.nan_to_num(targets).clamp(0.01, 0.99))
+
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        x = torch.where(moves, x, torch.zeros_like(x))
+        return torch.where(moves, x - x.sum(1, keepdim=True) / count.clamp(min=1), torch.zeros_like(x))
+
+    error = (centred(logits) - centred(target_logits)) ** 2
+    return error[used].sum() / count[used].sum()
 
 
 def aim_labels(data: dict[str, np.ndarray]) -> np.ndarray:
@@ -478,10 +500,7 @@ class LabelTrainer:
             loss = loss + cfg.rank_weight * rank_loss
             out["rank_loss"] = float(rank_loss.detach())
         if cfg.aim_weight > 0:
-            target = torch.from_numpy(d["aim_labels"][idx])
-            moves = ~torch.isnan(target)
-            aim_loss = (F.binary_cross_entropy_with_logits(logits[moves], target[moves]) if moves.any()
-                        else logits.new_zeros(()))
+            aim_loss = within_state_aim_loss(logits, torch.from_numpy(d["aim_labels"][idx]))
             loss = loss + cfg.aim_weight * aim_loss
             out["aim_loss"] = float(aim_loss.detach())
         if self.aux is not None:
