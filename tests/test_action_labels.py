@@ -218,7 +218,7 @@ def test_within_state_rank_loss_by_hand():
     assert float(within_state_rank_loss(logits, torch.full_like(labels, 0.4))) == 0.0
 
 
-def test_aim_labels_average_the_moves_that_end_as_far_from_as_high():
+def test_aim_labels_average_the_moves_that_end_as_far_and_as_high():
     """train-labels --aim-weight: each pure move of an open-gripper state gets the mean label of its bin."""
     from rcan_grasp_policy.label_train import aim_labels
 
@@ -236,7 +236,7 @@ def test_aim_labels_average_the_moves_that_end_as_far_from_as_high():
 
 
 def test_within_state_aim_loss_teaches_differences_between_moves_only():
-    """The aiming loss by hand: moves' logits against their targets' logits, each relative to the state's mean."""
+    """The aiming loss by hand: moves' Q against their targets, each relative to the mean over the state's moves."""
     import torch
 
     from rcan_grasp_policy.label_train import within_state_aim_loss
@@ -244,11 +244,11 @@ def test_within_state_aim_loss_teaches_differences_between_moves_only():
     nan = float("nan")
     targets = torch.tensor([[0.5, 0.2, nan], [0.3, nan, nan]])  # the second state has one move: nothing to compare
     logits = torch.tensor([[1.0, 0.0, 5.0], [2.0, 0.0, 0.0]])
-    gap = float(torch.logit(torch.tensor(0.5)) - torch.logit(torch.tensor(0.2)))
-    expected = 2 * (0.5 - gap / 2) ** 2 / 2  # centred logits +-0.5 against centred targets +-gap/2, over 2 moves
+    gap = float(torch.sigmoid(torch.tensor(1.0)) - torch.sigmoid(torch.tensor(0.0)))
+    expected = 2 * (gap / 2 - 0.15) ** 2 / 2  # centred Q +-gap/2 against centred targets +-0.15, over 2 moves
     assert float(within_state_aim_loss(logits, targets)) == pytest.approx(expected)
-    # a state's level is not the aiming loss's business; a non-move's logit neither
-    assert float(within_state_aim_loss(logits + torch.tensor([[3.0], [1.0]]), targets)) == pytest.approx(expected)
+    # a non-move's logit is not the aiming loss's business; the single move of the second state neither
+    assert float(within_state_aim_loss(logits + torch.tensor([[0.0], [4.0]]), targets)) == pytest.approx(expected)
     assert float(within_state_aim_loss(logits + torch.tensor([[0.0, 0.0, 9.0]] * 2), targets)) == pytest.approx(expected)
     assert float(within_state_aim_loss(logits, torch.full_like(targets, nan))) == 0.0
 

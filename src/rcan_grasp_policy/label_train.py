@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rcan_common.action import CLOSE, STATE_DIM, TERMINATE, YAW_STATE_DIM, with_yaw
+from rcan_common.action import CLOSE, DZ, STATE_DIM, TERMINATE, YAW_STATE_DIM, with_yaw
 from rcan_common.config import ConfigError, load_for_resume, parse_cli, require, start_or_resume, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_json, ensure_writable_dir
@@ -151,8 +151,8 @@ class LabelTrainConfig:
     while the greedy policy needs only the order of the candidates inside a state."""
     aim_weight: float = 0.0
     """NOT in the paper (0 = off; training only, privileged): weight of an aiming loss on the pure moves of each
-    open-gripper state: their logits, relative to each other, are pulled onto those of denoised labels, the mean
-    label of the training moves that end as far from the nearest object's centre, from as high (aim_labels,
+    open-gripper state: their Q, relative to each other, are pulled onto denoised labels, the mean
+    label of the training moves that end as far from the nearest object's centre and as high (aim_labels,
     within_state_aim_loss; the simulator stores every object's pose with the state).  One noisy outcome per
     candidate says little about a centimetre, and closes centred on the object grasp far more often
     (docs/policy.md, the close review).  The exported network is the paper's."""
@@ -263,39 +263,40 @@ AIM_DISTANCE_BIN = 0.005
 AIM_MAX_DISTANCE = 0.1
 """Distances beyond this (m) share one bin."""
 AIM_HEIGHT_BIN = 0.04
-"""Width (m) of the bins of the gripper's height in the state: a move's label is discounted by the steps left."""
+"""Width (m) of the bins of the height a move leaves the gripper at: its label is discounted by the steps left."""
 
 
 def within_state_aim_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """logits (B, K); targets (B, K): aim_labels, NaN where a candidate is not a move.  The squared error between
-    each move's logit and the logit of its target, both taken relative to their mean over the state's moves, over
-    states with two or more moves (0 without any).  Only the differences between a state's moves are taught: their
-    level, against the state's closes and terminations, stays with the labels' cross-entropy (the targets are
-    averages over many states, and pulling each move onto its average made the policy move on instead of closing)."""
+    each move's Q and its target, both taken relative to their mean over the state's moves, over states with two
+    or more moves (0 without any).  Only the differences between a state's moves are taught: their level, against
+    the state's closes and terminations, stays with the labels' cross-entropy.  Differences of Q, not of logits:
+    in logits, the gaps between moves that almost never grasp (0.01 against 0.001) would count as much as those
+    between a move onto an object and one beside it."""
     moves = ~torch.isnan(targets)
     count = moves.sum(1, keepdim=True)
     used = count[:, 0] >= 2
     if not used.any():
         return logits.new_zeros(())
-    target_logits = torch.logit(torch.nan_to_num(targets).clamp(0.01, 0.99))
 
     def centred(x: torch.Tensor) -> torch.Tensor:
         x = torch.where(moves, x, torch.zeros_like(x))
         return torch.where(moves, x - x.sum(1, keepdim=True) / count.clamp(min=1), torch.zeros_like(x))
 
-    error = (centred(logits) - centred(target_logits)) ** 2
+    error = (centred(torch.sigmoid(logits)) - centred(torch.nan_to_num(targets))) ** 2
     return error[used].sum() / count[used].sum()
 
 
 def aim_labels(data: dict[str, np.ndarray]) -> np.ndarray:
     """(N, K) denoised labels of the pure moves of open-gripper states: the mean label of all such moves in `data`
-    that end in the same bin of distance to the nearest object's centre (data["aim"], m) from the same bin of
-    height; NaN for every other candidate."""
+    that end in the same bin of distance to the nearest object's centre (data["aim"], m) and of height; NaN for
+    every other candidate."""
     candidates = data["candidates"]
     moves = (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5) & (data["state"][:, 0] > 0.5)[:, None]
     distance_bin = np.floor(np.minimum(data["aim"], AIM_MAX_DISTANCE) / AIM_DISTANCE_BIN).astype(np.int64)
-    height_bin = np.floor(np.maximum(data["state"][:, 1], 0.0) / AIM_HEIGHT_BIN).astype(np.int64)
-    cell = distance_bin * 1000 + height_bin[:, None]
+    # where the move leaves the gripper: the completion's steps down from there discount the label
+    end_height = np.maximum(data["state"][:, 1:2] + candidates[:, :, DZ], 0.0)
+    cell = distance_bin * 1000 + np.floor(end_height / AIM_HEIGHT_BIN).astype(np.int64)
     _, inverse = np.unique(cell[moves], return_inverse=True)
     means = np.bincount(inverse, weights=data["labels"][moves]) / np.bincount(inverse)
     out = np.full(candidates.shape[:2], np.nan, np.float32)
