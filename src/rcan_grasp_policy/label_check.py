@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcan_common.action import CLOSE, TERMINATE, YAW_STATE_DIM, with_yaw
+from rcan_common.action import YAW_STATE_DIM, with_yaw
 from rcan_common.config import ConfigError, parse_cli, require
 from rcan_common.io import atomic_write_json
 
@@ -101,8 +101,10 @@ DISTANCE_BINS_CM = (0, 1, 2, 3, 4, 6, 10)
 def grasp_rate_by_distance(distance: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, float]:
     """The share of the open-gripper states' pure moves that grasp (label > 0), by how far (distance (N, K), m)
     each leaves the gripper from the nearest object's centre: `grasp_rate_0-1cm`, ..., `grasp_rate_10+cm`."""
+    from rcan_grasp_policy.labels import open_gripper_moves
+
     candidates = data["candidates"]
-    moves = (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5) & (data["state"][:, 0] > 0.5)[:, None]
+    moves = open_gripper_moves(candidates, data["state"])
     out = {}
     for lo, hi in zip(DISTANCE_BINS_CM, DISTANCE_BINS_CM[1:] + (np.inf,)):
         inside = moves & (distance >= lo / 100) & (distance < hi / 100)

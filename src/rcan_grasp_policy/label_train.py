@@ -41,7 +41,7 @@ from rcan_grasp_policy.backends import TorchQFunction, generator_digest, load_po
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
-from rcan_grasp_policy.labels import aux_targets, load_labels, nearest_object_scores, policy_images
+from rcan_grasp_policy.labels import aux_targets, load_labels, nearest_object_scores, open_gripper_moves, policy_images
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 from rcan_grasp_policy.qtopt import shift_with_offsets
 
@@ -292,7 +292,7 @@ def aim_labels(data: dict[str, np.ndarray]) -> np.ndarray:
     that end in the same bin of distance to the nearest object's centre (data["aim"], m) and of height; NaN for
     every other candidate."""
     candidates = data["candidates"]
-    moves = (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5) & (data["state"][:, 0] > 0.5)[:, None]
+    moves = open_gripper_moves(candidates, data["state"])
     distance_bin = np.floor(np.minimum(data["aim"], AIM_MAX_DISTANCE) / AIM_DISTANCE_BIN).astype(np.int64)
     # where the move leaves the gripper: the completion's steps down from there discount the label
     end_height = np.maximum(data["state"][:, 1:2] + candidates[:, :, DZ], 0.0)
@@ -601,8 +601,8 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     tr = LabelTrainer(cfg)
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
-    log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "aim_loss", "label_auc", "within_state_auc", "move_auc",
-                     "close_auc", "pick_label", "behaviour_label", "random_label", "oracle_label", "cem_regret",
+    log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "aim_loss", "label_auc", "within_state_auc",
+                     "move_auc", "close_auc", "pick_label", "behaviour_label", "random_label", "oracle_label", "cem_regret",
                      "greedy_success", "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rcan_common.action import OPEN, TERMINATE, YAW_STATE_DIM, make_action
+from rcan_common.action import CLOSE, OPEN, TERMINATE, YAW_STATE_DIM, make_action
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
@@ -435,6 +435,11 @@ def load_labels(root: str | Path) -> dict[str, np.ndarray]:
     if not parts:
         raise FileNotFoundError(f"the label shards in {root} hold no labelled states")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def open_gripper_moves(candidates: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """(N, K) True for the pure moves (no close, no terminate) of the states with the gripper open."""
+    return (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5) & (state[:, 0] > 0.5)[:, None]
 
 
 def nearest_object_scores(data: dict[str, np.ndarray]) -> np.ndarray:
