@@ -243,6 +243,8 @@ def test_driver_process_refuses_nan_max_step_over_dds(tmp_path, ros_env, harness
                                       {"ik_position_tolerance_m": math.inf})
         assert_rejected(results, "ik_position_tolerance_m", "finite")
         client = harness.node.create_client(GetParameters, "/iiwa_driver_node/get_parameters")
+        # a request sent before the client has discovered the service can be lost
+        assert client.wait_for_service(timeout_sec=20.0), proc.output
         future = client.call_async(GetParameters.Request(names=["max_step_m", "ik_position_tolerance_m"]))
         harness.executor.spin_until_future_complete(future, timeout_sec=20.0)
         assert future.done()
