@@ -2,7 +2,9 @@
 from a rebuilt pybullet scene, so it does not carry the history of the episodes its worker ran before."""
 import numpy as np
 
+from rcan_common.action import make_action
 from rcan_grasp_policy import evaluate
+from rcan_grasp_policy.grasp_review import nearby_moves
 from rcan_sim.env import EnvConfig, GraspEnv
 from rcan_sim.scripted import ScriptedGraspPolicy
 from rcan_sim.world import WorldConfig
@@ -70,3 +72,6 @@ def test_close_review_leaves_the_episodes_as_they_were():
     assert corrected["episodes"] == 3 and corrected["as_run"] == summary["grasped"]["episodes"]
     assert all(c["centred_turned"] for r in reviewed["records"] if r["success"] for c in r["closes"][-1:])
     assert all(0 <= corrected[k] <= 3 for k in ("descended", "centred", "turned", "centred_turned"))
+    # `descended` is read off the grid's middle move, which must be no move at all
+    grid = nearby_moves()
+    np.testing.assert_array_equal(grid[len(grid) // 2], make_action([0.0, 0.0, 0.0], 0.0))

@@ -61,10 +61,13 @@ def review_close(env, gamma: float = 0.9) -> dict[str, Any]:
         nearest = min(nearest, (float(np.linalg.norm(offset)), math.remainder(object_yaw - yaw, math.pi), width,
                                 tuple(offset)), key=lambda n: n[0])
     distance, turn, width, (dx, dy) = nearest
-    corrected = np.stack([make_action([0.0, 0.0, 0.0], 0.0), make_action([dx, dy, 0.0], 0.0),
-                          make_action([0.0, 0.0, 0.0], turn), make_action([dx, dy, 0.0], turn)])
-    labels = label_actions(env, np.concatenate([nearby_moves(), corrected]), DescendGraspPolicy(), gamma) > 0
-    grasps, fixed = labels[:-len(corrected)], labels[-len(corrected):]
+    grid = nearby_moves()
+    corrected = np.stack([make_action([dx, dy, 0.0], 0.0), make_action([0.0, 0.0, 0.0], turn),
+                          make_action([dx, dy, 0.0], turn)])
+    labels = label_actions(env, np.concatenate([grid, corrected]), DescendGraspPolicy(), gamma) > 0
+    grasps = labels[:len(grid)]
+    # `descended` is the grid's middle move (no move at all: the completion alone), not executed twice
+    fixed = (grasps[len(grid) // 2], *labels[len(grid):])
     return {"step": env.steps + 1, "height": round(float(tcp[2] - env.workspace_low[2]), 4),
             "object_distance": round(distance, 4), "yaw_error": round(abs(turn), 3),
             "object_width": round(width, 4), "nearby_grasps": round(float(grasps.mean()), 3)} | \
