@@ -253,6 +253,24 @@ def test_within_state_aim_loss_teaches_differences_between_moves_only():
     assert float(within_state_aim_loss(logits, torch.full_like(targets, nan))) == 0.0
 
 
+def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
+    """label_metrics' move_pick_label and check-labels' move_pick_distance_cm by hand: only pure moves of
+    open-gripper states with two or more of them count, whatever a close or termination scores."""
+    from rcan_grasp_policy.label_check import move_pick_distance_cm
+    from rcan_grasp_policy.label_train import label_metrics
+
+    move, close = make_action([0.01, 0.0, -0.05]), make_action(gripper="close")
+    candidates = np.stack([[move, move, close], [move, close, close], [move, move, move]])
+    state = np.array([[1.0, 0.1], [1.0, 0.1], [1.0, 0.05]], np.float32)  # the second state has a single move
+    q = np.array([[0.2, 0.5, 0.9], [0.9, 0.1, 0.1], [0.3, 0.1, 0.2]])
+    labels = np.array([[1.0, 0.25, 1.0], [1.0, 0.0, 0.0], [0.5, 1.0, 0.0]], np.float32)
+    distance = np.array([[0.01, 0.03, 0.0], [0.0, 0.0, 0.0], [0.02, 0.0, 0.05]])
+    assert label_metrics(q, labels, candidates, state)["move_pick_label"] == pytest.approx((0.25 + 0.5) / 2)
+    data = {"candidates": candidates, "state": state}
+    assert move_pick_distance_cm(q, distance, data) == pytest.approx(2.5)  # the median of 3 and 2 cm
+    assert np.isnan(move_pick_distance_cm(q, distance, {"candidates": candidates, "state": state * 0}))
+
+
 @pytest.mark.timeout(300)
 def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     """Tiny label -> train -> resume (exact) -> greedy check -> export -> eval-policy run."""
@@ -307,7 +325,8 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
                              str(tmp_path / "reference.json")]) == 0
     reference = json.loads((tmp_path / "reference.json").read_text())["labels"][str(tmp_path / "lab")]
     assert reference["states"] == checked["states"] and 0.0 <= reference["pick_label"] <= 1.0 and "move_auc" in reference
-    assert {"grasp_rate_0-1cm", "grasp_rate_10+cm"} <= set(reference)
+    assert {"grasp_rate_0-1cm", "grasp_rate_10+cm", "move_pick_distance_cm", "move_pick_label"} <= set(reference)
+    assert {"move_pick_distance_cm", "move_pick_label"} <= set(checked)
     assert label_check.main(["--policy", "nearest-object", "--feature-teacher", "x.safetensors"]) == 2
     # training-only auxiliary heads: resumable like the rest, dropped from the exported policy
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "aux", "--aux-weight", "0.5",

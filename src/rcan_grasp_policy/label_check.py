@@ -75,10 +75,11 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         if cfg.max_states and cfg.max_states < n:
             idx = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.max_states, replace=False))
         data = {k: v[idx] for k, v in data.items()}
+        distance = -nearest_object_scores(data)
         if reference:
-            scores = nearest_object_scores(data)
-            metrics = label_metrics(scores, data["labels"], data["candidates"], data["state"])
-            out[str(d)] = _report(d, len(idx), metrics | grasp_rate_by_distance(-scores, data))
+            metrics = label_metrics(-distance, data["labels"], data["candidates"], data["state"])
+            out[str(d)] = _report(d, len(idx), metrics | grasp_rate_by_distance(distance, data)
+                                  | {"move_pick_distance_cm": move_pick_distance_cm(-distance, distance, data)})
             continue
         images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=contract.view_fov_deg(),
                                image_size=contract.image_size)
@@ -86,6 +87,7 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         q = np.concatenate([qf.score(qf.embed(images[i:i + 128], state[i:i + 128]),
                                      data["candidates"][i:i + 128]) for i in range(0, len(idx), 128)])
         m = label_metrics(q, data["labels"], data["candidates"], data["state"])
+        m["move_pick_distance_cm"] = move_pick_distance_cm(q, distance, data)
         if features is not None:
             canonical = policy_images(d, data, "canonical", camera_fov_deg=contract.view_fov_deg(),
                                       image_size=contract.image_size)
@@ -111,6 +113,20 @@ def grasp_rate_by_distance(distance: np.ndarray, data: dict[str, np.ndarray]) ->
         name = f"grasp_rate_{lo}-{hi}cm" if np.isfinite(hi) else f"grasp_rate_{lo}+cm"
         out[name] = float((data["labels"][inside] > 0).mean()) if inside.any() else float("nan")
     return out
+
+
+def move_pick_distance_cm(scores: np.ndarray, distance: np.ndarray, data: dict[str, np.ndarray]) -> float:
+    """The median distance (cm) from the nearest object's centre at which the best-scored pure move of each
+    open-gripper state (with two or more moves) leaves the gripper: how closely the policy aims, next to
+    label_metrics' move_pick_label, how often that aim grasps."""
+    from rcan_grasp_policy.labels import open_gripper_moves
+
+    moves = open_gripper_moves(data["candidates"], data["state"])
+    several = moves.sum(1) >= 2
+    if not several.any():
+        return float("nan")
+    best = np.where(moves, scores, -np.inf)[several].argmax(1)
+    return float(100 * np.median(distance[several][np.arange(several.sum()), best]))
 
 
 def _report(labels: Path, states: int, metrics: dict[str, float]) -> dict[str, float]:

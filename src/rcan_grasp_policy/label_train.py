@@ -225,6 +225,14 @@ def label_metrics(q: np.ndarray, labels: np.ndarray, candidates: np.ndarray | No
         out["move_auc"] = float(np.mean(within_moves)) if within_moves else float("nan")
         out["behaviour_label"] = float(labels[:, 0].mean())
     if candidates is not None and state is not None:
+        # The move the greedy policy would take among the labelled ones: the AUC counts every pair of moves, most
+        # of them far from any object, while acting needs only the top of the order.
+        open_moves = open_gripper_moves(candidates, state)
+        several = open_moves.sum(1) >= 2
+        best = np.where(open_moves, q, -np.inf)[several].argmax(1)
+        out["move_pick_label"] = float(labels[several][np.arange(several.sum()), best].mean()) if several.any() \
+            else float("nan")
+    if candidates is not None and state is not None:
         low = (state[:, 0] > 0.5) & (state[:, 1] < CLOSE_AUC_HEIGHT)
         close = (candidates[:, :, CLOSE] > 0.5) & low[:, None]
         out["close_auc"] = auc(q[close], positive[close])
