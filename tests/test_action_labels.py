@@ -253,6 +253,18 @@ def test_within_state_aim_loss_teaches_differences_between_moves_only():
     assert float(within_state_aim_loss(logits, torch.full_like(targets, nan))) == 0.0
 
 
+def test_rediscounted_labels_recover_the_steps_to_the_grasp():
+    """train-labels --label-discount: a grasp k steps on, labelled 0.9**k - 0.05 * (1 - 0.9**k) / 0.1, becomes
+    discount**k; failures stay 0; the labelling discount itself only takes the step rewards out."""
+    from rcan_grasp_policy.label_train import rediscounted_labels
+
+    steps = np.array([0, 1, 2, 5, 9])
+    labels = np.append(0.9 ** steps - 0.05 * (1 - 0.9 ** steps) / 0.1, 0.0).astype(np.float32)
+    np.testing.assert_allclose(rediscounted_labels(labels, 0.9, 0.97), np.append(0.97 ** steps, 0.0), rtol=1e-5)
+    np.testing.assert_allclose(rediscounted_labels(labels, 0.9, 1.0), [1, 1, 1, 1, 1, 0], rtol=1e-5)
+    np.testing.assert_allclose(rediscounted_labels(labels, 0.9, 0.9), np.append(0.9 ** steps, 0.0), rtol=1e-5)
+
+
 def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
     """label_metrics' move_pick_label and check-labels' move_pick_distance_cm by hand: only pure moves of
     open-gripper states with two or more of them count, whatever a close or termination scores."""
@@ -349,6 +361,14 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert "aim_loss" in aim_log[0] and aim_log[1].split(",")[aim_log[0].split(",").index("aim_loss")] != ""
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "aim", "--eval-every", "0", "--resume"]) == 2
     assert "'aim_weight'" in capsys.readouterr().err
+    # re-discounted labels: fixed across a resume too
+    assert label_train.main(args + ["--total-updates", "2", "--run-name", "disc", "--label-discount", "0.97",
+                                    "--eval-every", "0"]) == 0
+    assert label_train.main(args + ["--total-updates", "4", "--run-name", "disc", "--eval-every", "0", "--resume"]) == 2
+    assert "'label_discount'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        label_train.main(args + ["--run-name", "disc2", "--label-discount", "1.5"])
+    assert "'label_discount'" in capsys.readouterr().err
     # cosine learning-rate decay: the rate is a function of the update counter (so resume stays exact)
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]

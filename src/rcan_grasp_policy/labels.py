@@ -468,7 +468,8 @@ def render_record(env, labels: dict[str, np.ndarray], i: int, domain: str | None
     return frame.rgb
 
 
-def _label_settings(root: str | Path) -> dict[str, Any]:
+def label_settings(root: str | Path) -> dict[str, Any]:
+    """The settings a label directory was labelled with (its manifest)."""
     return json.loads((Path(root) / "manifest.json").read_text())["settings"]
 
 
@@ -527,7 +528,7 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     another generator lends its randomized renders, so a new G costs only G's own runs."""
     from rcan_grasp_policy.inputs import InputEncoder, training_domain, variant_channels
 
-    settings = _label_settings(root)
+    settings = label_settings(root)
     domain, size = training_domain(variant), int(image_size or data["image"].shape[1])
     if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg and size == data["image"].shape[1]:
         return data["image"]
@@ -586,7 +587,7 @@ def aux_targets(root: str | Path, data: dict[str, np.ndarray], progress: bool = 
     cache = Path(root) / f"aux-{size}{view}-{_records_key(data)}.npz"
     if cache.exists():
         return dict(np.load(cache))
-    split = _label_settings(root)["split"]
+    split = label_settings(root)["split"]
     env = GraspEnv(EnvConfig(world=view_config(size, split, camera_fov_deg)))
     n = len(data["seed"])
     out = {"object_mask": np.zeros((n, size, size), np.uint8), "gripper_uv": np.zeros((n, 2), np.float32),
