@@ -266,7 +266,7 @@ def test_rediscounted_labels_recover_the_steps_to_the_grasp():
 
 
 def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
-    """label_metrics' move_pick_label and check-labels' move_pick_distance_cm by hand: only pure moves of
+    """label_metrics' move_pick_label and move_pick_grasp, and check-labels' move_pick_distance_cm by hand: only pure moves of
     open-gripper states with two or more of them count, whatever a close or termination scores."""
     from rcan_grasp_policy.label_check import move_pick_distance_cm
     from rcan_grasp_policy.label_train import label_metrics
@@ -277,7 +277,9 @@ def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
     q = np.array([[0.2, 0.5, 0.9], [0.9, 0.1, 0.1], [0.3, 0.1, 0.2]])
     labels = np.array([[1.0, 0.25, 1.0], [1.0, 0.0, 0.0], [0.5, 1.0, 0.0]], np.float32)
     distance = np.array([[0.01, 0.03, 0.0], [0.0, 0.0, 0.0], [0.02, 0.0, 0.05]])
-    assert label_metrics(q, labels, candidates, state)["move_pick_label"] == pytest.approx((0.25 + 0.5) / 2)
+    metrics = label_metrics(q, labels, candidates, state)
+    assert metrics["move_pick_label"] == pytest.approx((0.25 + 0.5) / 2) and metrics["move_pick_grasp"] == 1.0
+    assert label_metrics(q, labels * [[1, 0, 1]], candidates, state)["move_pick_grasp"] == 0.5
     data = {"candidates": candidates, "state": state}
     assert move_pick_distance_cm(q, distance, data) == pytest.approx(2.5)  # the median of 3 and 2 cm
     assert np.isnan(move_pick_distance_cm(q, distance, {"candidates": candidates, "state": state * 0}))

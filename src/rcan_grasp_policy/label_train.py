@@ -240,9 +240,10 @@ def label_metrics(q: np.ndarray, labels: np.ndarray, candidates: np.ndarray | No
         # of them far from any object, while acting needs only the top of the order.
         open_moves = open_gripper_moves(candidates, state)
         several = open_moves.sum(1) >= 2
-        best = np.where(open_moves, q, -np.inf)[several].argmax(1)
-        out["move_pick_label"] = float(labels[several][np.arange(several.sum()), best].mean()) if several.any() \
-            else float("nan")
+        picked = labels[several][np.arange(several.sum()), np.where(open_moves, q, -np.inf)[several].argmax(1)]
+        out["move_pick_label"] = float(picked.mean()) if several.any() else float("nan")
+        # whether that move grasps at all: the label also pays for a sooner grasp (a lower move)
+        out["move_pick_grasp"] = float((picked > 0).mean()) if several.any() else float("nan")
     if candidates is not None and state is not None:
         low = (state[:, 0] > 0.5) & (state[:, 1] < CLOSE_AUC_HEIGHT)
         close = (candidates[:, :, CLOSE] > 0.5) & low[:, None]
