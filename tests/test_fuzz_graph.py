@@ -346,15 +346,20 @@ def test_fuzz_the_running_graph(tmp_path, models_64):
             real = real_joint_states(probe, 0.0, time.monotonic())
             sent = driver_trajectories(probe, t_start)
             assert sent, "the driver never published"
+            # The step is measured from a state the driver may have held: a sim reset (which the fuzzer
+            # calls too) teleports the arm, the driver refuses that jump for joint_state_timeout_s (0.5 s),
+            # and a trajectory planned before the driver's reset state arrived can reach this probe after
+            # that state did.  So: some real state of the last 0.6 s, or the last one before them.
             for rec in sent:
                 assert list(rec.msg.joint_names) == NAMES and len(rec.msg.points) == 1
                 q = np.array(rec.msg.points[0].positions)
                 assert q.shape == (7,) and np.all(np.isfinite(q)), q
                 assert np.all(q >= model.lower) and np.all(q <= model.upper), q
                 before = [r for r in real if r.t <= rec.t]
-                if before:
-                    ref = np.array(before[-1].msg.position[:7])
-                    assert np.abs(q - ref).max() <= step_tol, (q, ref)
+                held = [r for r in before if r.t >= rec.t - 0.6] or before[-1:]
+                if held:
+                    steps = [np.abs(q - np.array(r.msg.position[:7])).max() for r in held]
+                    assert min(steps) <= step_tol, (q, [r.msg.position[:7] for r in held[-3:]])
             logs = {name: graph.log_tail(name, 10**7) for name in graph.children}
             graph.shutdown()
     finally:
