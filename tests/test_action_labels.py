@@ -266,8 +266,8 @@ def test_rediscounted_labels_recover_the_steps_to_the_grasp():
 
 
 def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
-    """label_metrics' move_pick_label and move_pick_grasp, and check-labels' move_pick_distance_cm by hand: only pure moves of
-    open-gripper states with two or more of them count, whatever a close or termination scores."""
+    """label_metrics' move_pick_label and move_pick_grasp, and check-labels' move_pick_distance_cm by hand: only
+    pure moves of open-gripper states with two or more of them count, whatever a close or termination scores."""
     from rcan_grasp_policy.label_check import move_pick_distance_cm
     from rcan_grasp_policy.label_train import label_metrics
 

@@ -119,14 +119,10 @@ def move_pick_distance_cm(scores: np.ndarray, distance: np.ndarray, data: dict[s
     """The median distance (cm) from the nearest object's centre at which the best-scored pure move of each
     open-gripper state (with two or more moves) leaves the gripper: how closely the policy aims, next to
     label_metrics' move_pick_label, how often that aim grasps."""
-    from rcan_grasp_policy.labels import open_gripper_moves
+    from rcan_grasp_policy.labels import best_open_moves
 
-    moves = open_gripper_moves(data["candidates"], data["state"])
-    several = moves.sum(1) >= 2
-    if not several.any():
-        return float("nan")
-    best = np.where(moves, scores, -np.inf)[several].argmax(1)
-    return float(100 * np.median(distance[several][np.arange(several.sum()), best]))
+    states, best = best_open_moves(scores, data["candidates"], data["state"])
+    return float(100 * np.median(distance[states][np.arange(len(best)), best])) if len(best) else float("nan")
 
 
 def _report(labels: Path, states: int, metrics: dict[str, float]) -> dict[str, float]:

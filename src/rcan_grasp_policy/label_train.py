@@ -41,8 +41,8 @@ from rcan_grasp_policy.backends import TorchQFunction, generator_digest, load_po
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
-from rcan_grasp_policy.labels import (aux_targets, label_settings, load_labels, nearest_object_scores, open_gripper_moves,
-                                     policy_images)
+from rcan_grasp_policy.labels import (aux_targets, best_open_moves, label_settings, load_labels, nearest_object_scores,
+                                     open_gripper_moves, policy_images)
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 from rcan_grasp_policy.qtopt import shift_with_offsets
 from rcan_sim.env import EnvConfig
@@ -163,8 +163,8 @@ class LabelTrainConfig:
     """NOT in the paper (0 = off: train on the labels as labelled): re-discount every grasping label by this
     factor per step instead of the labelling discount and step reward (rediscounted_labels).  The labels reward
     a grasp that comes sooner: at the labelling gamma 0.9 and -0.05 a step, a move that grasps one step later is
-    worth 0.87 of one that grasps now, so Q trades aim for a faster descent; a discount nearer 1 weighs whether
-    a move grasps over when.  The held-out checks keep the labels as labelled."""
+    worth 0.85 or less of one that grasps now, so Q may trade aim for a faster descent; a discount nearer 1
+    weighs whether a move grasps over when.  The held-out checks keep the labels as labelled."""
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
@@ -238,13 +238,11 @@ def label_metrics(q: np.ndarray, labels: np.ndarray, candidates: np.ndarray | No
     if candidates is not None and state is not None:
         # The move the greedy policy would take among the labelled ones: the AUC counts every pair of moves, most
         # of them far from any object, while acting needs only the top of the order.
-        open_moves = open_gripper_moves(candidates, state)
-        several = open_moves.sum(1) >= 2
-        picked = labels[several][np.arange(several.sum()), np.where(open_moves, q, -np.inf)[several].argmax(1)]
-        out["move_pick_label"] = float(picked.mean()) if several.any() else float("nan")
+        states, best = best_open_moves(q, candidates, state)
+        picked = labels[states][np.arange(len(best)), best]
+        out["move_pick_label"] = float(picked.mean()) if len(best) else float("nan")
         # whether that move grasps at all: the label also pays for a sooner grasp (a lower move)
-        out["move_pick_grasp"] = float((picked > 0).mean()) if several.any() else float("nan")
-    if candidates is not None and state is not None:
+        out["move_pick_grasp"] = float((picked > 0).mean()) if len(best) else float("nan")
         low = (state[:, 0] > 0.5) & (state[:, 1] < CLOSE_AUC_HEIGHT)
         close = (candidates[:, :, CLOSE] > 0.5) & low[:, None]
         out["close_auc"] = auc(q[close], positive[close])
@@ -640,8 +638,8 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
     log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "aim_loss", "label_auc", "within_state_auc",
-                     "move_auc", "close_auc", "pick_label", "behaviour_label", "random_label", "oracle_label", "cem_regret",
-                     "greedy_success", "updates_per_s", "elapsed_s"],
+                     "move_auc", "close_auc", "pick_label", "move_pick_label", "move_pick_grasp", "behaviour_label",
+                     "random_label", "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()

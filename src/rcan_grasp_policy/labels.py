@@ -442,6 +442,15 @@ def open_gripper_moves(candidates: np.ndarray, state: np.ndarray) -> np.ndarray:
     return (candidates[:, :, CLOSE] < 0.5) & (candidates[:, :, TERMINATE] < 0.5) & (state[:, 0] > 0.5)[:, None]
 
 
+def best_open_moves(scores: np.ndarray, candidates: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pure move a greedy policy would take among each state's labelled candidates: (states, index) with
+    `states` (N,) True for the open-gripper states with two or more moves and `index` the best-scored move of
+    each of those."""
+    moves = open_gripper_moves(candidates, state)
+    states = moves.sum(1) >= 2
+    return states, np.where(moves, scores, -np.inf)[states].argmax(1)
+
+
 def nearest_object_scores(data: dict[str, np.ndarray]) -> np.ndarray:
     """(N, K) scores of the labelled candidates: minus the horizontal distance (m) from the TCP target a candidate
     moves to (the state's target plus its dx, dy) to the nearest object's hull centre.  Privileged: it reads the
