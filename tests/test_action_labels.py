@@ -176,6 +176,32 @@ def test_label_run_writes_shards_resumes_and_rerenders(tmp_path):
         L.run(replace(cfg, resume=True, candidates=5), progress=False)
 
 
+def test_a_packed_set_keeps_everything_but_the_images_and_renders_them_again(tmp_path):
+    from dataclasses import replace
+
+    cfg = L.LabelConfig(out_dir=tmp_path / "lab", scenes=3, scenes_per_task=1, split="test", image_size=32,
+                        candidates=4, seed=5)
+    L.run(replace(cfg, scenes=2), progress=False)  # two of the three shards, as a stopped run leaves them
+    data = L.load_labels(cfg.out_dir)
+    assert L.pack_main(["--src", str(cfg.out_dir), "--out", str(tmp_path / "packed")]) == 0
+    packed_shards = sorted((tmp_path / "packed").glob("labels-*.npz"))
+    assert [p.name for p in packed_shards] == [p.name for p in sorted(cfg.out_dir.glob("labels-*.npz"))]
+    assert all("image" not in np.load(p).files for p in packed_shards)
+    assert sum(p.stat().st_size for p in packed_shards) < sum(p.stat().st_size for p in cfg.out_dir.glob("labels-*"))
+    again = L.load_labels(tmp_path / "packed", workers=2)  # rendered from the scene states, then cached
+    assert again.keys() == data.keys()
+    for k in data:
+        np.testing.assert_array_equal(again[k], data[k], err_msg=k)
+    assert len(list((tmp_path / "packed").glob("images-stored-canonical-32-*.npy"))) == 1
+    # a packed set resumes: only the missing shard is labelled, and it holds images until packed again
+    assert L.run(replace(cfg, out_dir=tmp_path / "packed", resume=True), progress=False)["shards"] == 1
+    with pytest.raises(ValueError, match="pack the set again"):
+        L.load_labels(tmp_path / "packed")
+    L.pack_labels(tmp_path / "packed", tmp_path / "packed")  # in place
+    assert len(L.load_labels(tmp_path / "packed")["seed"]) > len(data["seed"])
+    assert L.pack_main(["--src", str(tmp_path / "nothing")]) == 2
+
+
 def test_auc_and_label_metrics_by_hand():
     from rcan_grasp_policy.label_train import auc, label_metrics
 

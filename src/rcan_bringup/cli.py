@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label-states": ("rcan_grasp_policy.labels:main", "label visited states' candidate actions by simulator resets"),
     "label-pairs": ("rcan_grasp_policy.label_pairs:main", "render paired G training frames of labelled scene states"),
     "train-labels": ("rcan_grasp_policy.label_train:main", "train the Q-network on counterfactual action labels"),
+    "pack-labels": ("rcan_grasp_policy.labels:pack_main", "write a label set without its images (a scene-state dataset to commit)"),
     "check-labels": ("rcan_grasp_policy.label_check:main", "label metrics (AUC, move AUC, pick) of a policy on label sets"),
     "eval-policy": ("rcan_grasp_policy.evaluate:main", "evaluate a policy with the paper's protocol"),
     "export-policy": ("rcan_grasp_policy.export:main", "export the Q-network to ONNX with a parity check"),

@@ -426,15 +426,51 @@ def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- reading
-def load_labels(root: str | Path) -> dict[str, np.ndarray]:
-    """All shards of a label directory concatenated (in task order)."""
+def load_labels(root: str | Path, workers: int = 1, progress: bool = False) -> dict[str, np.ndarray]:
+    """All shards of a label directory concatenated (in task order).  The shards of a packed set
+    (`rcan pack-labels`) hold no images: those are rendered from the scene states in the labelling domain and
+    size (its manifest), by `workers` processes, and cached beside the shards, so every reader gets the same
+    "image" as from the set before it was packed."""
     paths = sorted(Path(root).glob("labels-*.npz"))
     if not paths:
         raise FileNotFoundError(f"no label shards (labels-*.npz) in {root}; run `rcan label-states` first")
     parts = [p for p in (dict(np.load(path)) for path in paths) if len(p["seed"])]
     if not parts:
         raise FileNotFoundError(f"the label shards in {root} hold no labelled states")
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        raise ValueError(f"the label shards in {root} mix packed and unpacked shards; pack the set again "
+                         "(`rcan pack-labels`)")
+    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if "image" not in data:
+        settings = label_settings(root)
+        spec = {"size": int(settings["image_size"]), "split": settings["split"], "fov": 0.0,
+                "domain": settings["domain"], "variant": "canonical", "generator": None}
+        cache = Path(root) / f"images-stored-{settings['domain']}-{spec['size']}-{_records_key(data)}.npy"
+        data["image"] = _rendered_cache(cache, spec, data, workers, progress)
+    return data
+
+
+
+def pack_labels(src: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write label directory `src` as a packed set at `out` (which may be `src` itself): every shard without its
+    images, the manifest as it is.  A packed set is a scene-state dataset, about a tenth of the size at 128 px,
+    small enough to commit beside a model card; `load_labels` renders its images again, and `label-states
+    --resume` into it labels only its missing shards.  Each shard is written atomically, so a stopped pack
+    can be run again."""
+    src, out = Path(src), ensure_writable_dir(out)
+    paths = sorted(src.glob("labels-*.npz"))
+    if not paths or not (src / "manifest.json").is_file():
+        raise FileNotFoundError(f"{src} is not a label directory (manifest.json and labels-*.npz)")
+    states, size = 0, 0
+    for path in paths:
+        shard = {k: v for k, v in np.load(path).items() if k != "image"}
+        atomic_write_bytes(out / path.name, _file_bytes(np.savez_compressed, **shard))
+        states += len(shard["seed"])
+        size += (out / path.name).stat().st_size
+    if out.resolve() != src.resolve():
+        atomic_write_bytes(out / "manifest.json", (src / "manifest.json").read_bytes())
+    return {"shards": len(paths), "states": states, "bytes": size}
 
 
 def open_gripper_moves(candidates: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -535,7 +571,7 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     `workers` > 1 renders in that many processes (each state is rendered from its stored scene state alone,
     so the cache is the same whatever the number of workers).  An rcan cache of the same states made with
     another generator lends its randomized renders, so a new G costs only G's own runs."""
-    from rcan_grasp_policy.inputs import InputEncoder, training_domain, variant_channels
+    from rcan_grasp_policy.inputs import InputEncoder, training_domain
 
     settings = label_settings(root)
     domain, size = training_domain(variant), int(image_size or data["image"].shape[1])
@@ -557,6 +593,18 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
         return out
     spec = {"size": size, "split": settings["split"], "fov": camera_fov_deg, "domain": domain, "variant": variant,
             "generator": str(generator) if generator else None}
+    return _rendered_cache(cache, spec, data, workers, progress)
+
+
+def _rendered_cache(cache: Path, spec: dict[str, Any], data: dict[str, np.ndarray], workers: int,
+                    progress: bool) -> np.ndarray:
+    """The inputs `spec` (see _render_inputs) of every stored state: read from `cache`, or rendered by `workers`
+    processes and written there."""
+    from rcan_grasp_policy.inputs import variant_channels
+
+    if cache.exists():
+        return np.load(cache)
+    size, variant = spec["size"], spec["variant"]
     records = {k: data[k] for k in _RECORD_KEYS}
     out = np.zeros((len(data["seed"]), size, size, variant_channels(variant)), np.uint8)
     executor = make_executor(workers)
@@ -669,4 +717,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rcan label-states: error: {exc}", file=sys.stderr)
         return 2
     print(f"[label] done: {summary}")
+    return 0
+
+
+@dataclass
+class PackConfig:
+    """Write a label directory as a packed set: its scene states, candidates and labels without the images."""
+
+    src: Path = Path("data/labels/canonical-64")
+    """Label directory (`rcan label-states --out-dir`)."""
+    out: Path | None = None
+    """Where the packed set goes (default: `src` itself, packed in place)."""
+
+
+def pack_main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_cli(PackConfig, argv)
+        summary = pack_labels(cfg.src, cfg.src if cfg.out is None else cfg.out)
+    except (ConfigError, FileNotFoundError, OSError) as exc:
+        print(f"rcan pack-labels: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[pack] {summary['states']} states in {summary['shards']} shards, {summary['bytes'] / 1e6:.1f} MB")
     return 0
