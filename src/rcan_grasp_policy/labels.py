@@ -279,18 +279,15 @@ class LabelOracle:
 
 
 # --------------------------------------------------------------------------- one task = one shard
-_ENVS: dict[Any, Any] = {}  # per worker process: envs keyed by their settings
-
-
-def _env(cfg: LabelConfig):
+def labelling_env(cfg: LabelConfig):
+    """A new env for one task.  A world reused across tasks carries pybullet's history from one task to the next,
+    which moves objects by up to a centimetre, so a set would depend on which worker ran which task; in a
+    new world per task (about 0.5 s against a shard's minute or more) it does not."""
     from rcan_sim.env import EnvConfig, GraspEnv
     from rcan_sim.world import WorldConfig
 
-    key = (cfg.split, cfg.domain, cfg.image_size, cfg.max_steps)
-    if key not in _ENVS:
-        _ENVS[key] = GraspEnv(EnvConfig(world=WorldConfig(image_size=cfg.image_size, split=cfg.split),
-                                        domain=cfg.domain, max_steps=cfg.max_steps))
-    return _ENVS[key]
+    return GraspEnv(EnvConfig(world=WorldConfig(image_size=cfg.image_size, split=cfg.split), domain=cfg.domain,
+                              max_steps=cfg.max_steps))
 
 
 def _behaviour_policy(path: str, env):
@@ -359,14 +356,24 @@ def _regrasp_proposals(env, cfg: LabelConfig, rng: np.random.Generator) -> np.nd
     return np.concatenate([make_action(terminate=True)[None], aimed])
 
 
-def label_task(args: tuple[LabelConfig, int]) -> dict[str, Any]:
-    """Run the task's behaviour episodes, label their states, write the shard; returns its summary."""
+def label_task(args: tuple[LabelConfig, int], env=None) -> dict[str, Any]:
+    """Run the task's behaviour episodes, label their states, write the shard; returns its summary.  The task runs
+    in a new `labelling_env` unless given `env` (the benchmark's, built before it times the labelling)."""
+    cfg, task = args
+    if env is not None:
+        return _label_task(cfg, task, env)
+    env = labelling_env(cfg)
+    try:
+        return _label_task(cfg, task, env)
+    finally:
+        env.close()
+
+
+def _label_task(cfg: LabelConfig, task: int, env) -> dict[str, Any]:
     from rcan_grasp_policy.cem import random_actions
     from rcan_sim.scripted import DescendGraspPolicy, ScriptedGraspPolicy
 
-    cfg, task = args
     t0 = time.perf_counter()
-    env = _env(cfg)
     completion = ScriptedGraspPolicy() if cfg.completion == "scripted" else DescendGraspPolicy()
     learned = None if cfg.behaviour == "scripted" else _behaviour_policy(cfg.behaviour, env)
     teacher = TeacherLabeller(cfg.teacher, env) if cfg.teacher else None
