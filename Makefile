@@ -97,7 +97,7 @@ policy-rcan: $(STAMP)
 RCAN128_SCENES ?= 2000
 RCAN128_UPDATES ?= 1500
 RCAN128_TEST_SCENES ?= 160
-RCAN128_TEST_LABELS ?= data/labels/descend-aimed-128-test
+RCAN128_TEST_LABELS ?= datasets/labels/descend-aimed-128-test
 RCAN128_LABELS ?= data/labels/teacher-128-make
 RCAN128_RUN ?= runs/policy/rcan128-distill-make
 TEACHER_128 := models/policy_canonical_128

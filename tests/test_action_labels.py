@@ -911,3 +911,20 @@ def test_nearest_object_reference_scores_by_distance_to_the_closest_hull_centre(
     scores = nearest_object_scores({"object_ids": ids, "object_poses": poses, "target": target,
                                     "candidates": candidates})
     np.testing.assert_allclose(scores, [[0.0, -0.02, 0.0]], atol=1e-6)
+
+
+def test_committed_label_sets_are_packed_and_complete():
+    # datasets/labels/ holds packed sets only (images would make them ten times larger) with their manifest
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "datasets" / "labels"
+    sets = sorted(p for p in root.iterdir() if p.is_dir())
+    assert sets, "no committed label sets"
+    for d in sets:
+        settings = L.label_settings(d)
+        shards = sorted(d.glob("labels-*.npz"))
+        assert shards, d
+        for shard in shards:
+            with np.load(shard) as z:
+                assert "image" not in z.files, f"{shard} holds images: run `rcan pack-labels --src {d}`"
+                assert z["candidates"].shape[1:] == (settings["candidates"], 8), shard
