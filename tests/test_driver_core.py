@@ -291,6 +291,33 @@ def test_nothing_is_planned_or_held_from_a_disputed_state(core):
     np.testing.assert_array_equal(hold.positions, HOME)
 
 
+def test_a_spoof_that_comes_first_after_a_gap_is_never_held_at_or_planned_from(core):
+    """Seen in the fuzzed graph: a sim reset left the driver without a validated state for
+    joint_state_timeout_s, the next state it took unchecked was a spoof (A5 1.27 rad off), and a hold at it
+    went out. A state retaken after a gap stays disputed until a second one agrees with it."""
+    assert core.on_joint_state(NAMES, list(HOME), now=10.0) is None
+    t_late = 10.0 + core.cfg.joint_state_timeout_s + 0.01
+    spoof = HOME.copy()
+    spoof[4] += 1.27
+    assert core.on_joint_state(NAMES, list(spoof), now=t_late) is None  # taken, but not trusted
+    res = target(core, stamp=t_late, now=t_late + 0.001)
+    assert res.command is None and cause_of(res.reason) == "joint_states_disputed"
+    core.watchdog.move_end = 10.0
+    assert core.tick(t_late + core.cfg.command_timeout_s) is None
+    assert core.on_estop(True) is None  # no e-stop hold at an unchecked state either
+    assert core.counters.holds == 0
+    core.on_estop(False)
+    assert core.release_estop()[0]
+    # the real stream disagrees with the spoof ...
+    assert "jump implausibly" in core.on_joint_state(NAMES, list(HOME), now=t_late + 0.02)
+    # ... until it is retaken after another gap and a second real state agrees with it
+    t2 = t_late + core.cfg.joint_state_timeout_s + 0.01
+    assert core.on_joint_state(NAMES, list(HOME), now=t2) is None
+    assert target(core, stamp=t2, now=t2 + 0.001).command is None
+    assert core.on_joint_state(NAMES, list(HOME), now=t2 + 0.02) is None
+    assert target(core, stamp=t2 + 0.02, now=t2 + 0.021).status is Status.ACCEPTED
+
+
 def test_every_command_passes_the_same_checks_under_hostile_input():
     """Seeded random mix of good and hostile inputs: every command returned is safe w.r.t. the
     validated state at the time, whatever produced it (target, e-stop hold, watchdog hold)."""

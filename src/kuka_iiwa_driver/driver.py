@@ -120,6 +120,8 @@ class DriverCore:
         # jump was a spoof (a real state follows at once) or the arm really is elsewhere (a sim reset
         # teleports it). Until then self.q may be wrong, so nothing is planned or held from it.
         self.q_disputed = False
+        # Set when self.q was retaken after a gap without being checked against anything (see on_joint_state).
+        self.q_provisional = False
         self.gripper = cfg.initial_gripper_open  # last forwarded gripper command (True open)
         self.counters = Counters()
         self.last_reject_reason = ""
@@ -133,7 +135,8 @@ class DriverCore:
         A state outside the KUKA limits is rejected.  So is one that jumps further from the last
         validated state than the arm can move in the time since (spoofed or glitched); once no
         state has been validated for joint_state_timeout_s (e.g. the sim teleported the arm on a
-        reset), the next in-limit state is taken as the new reference.
+        reset), the next in-limit state is taken as the new reference, disputed until a second state
+        agrees with it.
         """
         if len(names) != len(positions):
             reason = "malformed joint_states: names and positions differ in length"
@@ -148,7 +151,12 @@ class DriverCore:
                 reason = self.safety.check_joint_state(q, self.q if fresh else None,
                                                        now - self.q_time if fresh else None)
                 if reason is None:
-                    self.q, self.q_time, self.q_disputed = q, now, False
+                    # After a gap the first state is taken unchecked, so it may be a spoof that happened to come
+                    # first: it is the reference but stays disputed (nothing planned or held from it, e-stop
+                    # included) until a second state agrees with it.
+                    reanchored = self.q is not None and not fresh
+                    self.q, self.q_time = q, now
+                    self.q_disputed = self.q_provisional = reanchored
                     self.watchdog.joint_state(now)
                     return None
                 self.q_disputed = self.q_disputed or (fresh and cause_of(reason) == "joint_states_jump")
@@ -251,10 +259,11 @@ class DriverCore:
         self.last_hold_reason = reason
         if self.q is None:
             return None  # never validated a state: nothing was ever sent, nothing to stop
-        if self.q_disputed and not self.estop.latched:
+        if self.q_disputed and (self.q_provisional or not self.estop.latched):
             # A watchdog hold at self.q could move an arm that is elsewhere (a sim reset teleports it); the
-            # controller keeps its last point instead. The e-stop still holds at self.q: stopping a move in
-            # flight comes first, and on a real arm a disputed state is a spoof, so self.q is where it is.
+            # controller keeps its last point instead. The e-stop still holds at a checked self.q: stopping a
+            # move in flight comes first, and on a real arm a disputed state is a spoof, so self.q is where it
+            # is. A provisional self.q was never checked against anything, so nothing is held there.
             return None
         blocked = self.check_command(self.q)
         if blocked:  # cannot happen for a validated state; the gate holds regardless
