@@ -68,8 +68,9 @@ class DriverConfig:
     joint_state_max_jump_deg: float = 5.0
     """A joint_states message may move a joint at most 2x its KUKA speed times the time since the
     last validated state, plus this; larger jumps (spoofed or glitched states) are rejected.  After
-    joint_state_timeout_s without a validated state the next in-limit state is the new reference, held
-    disputed (nothing planned or held from it) until a second state agrees with it."""
+    joint_state_timeout_s without a validated state the next in-limit state is the new reference.  Such a
+    state, and one further than this from the last, stays disputed (nothing planned or held from it) until a
+    second state agrees with it."""
 
     ik_max_iterations: int = 200
     ik_position_tolerance_m: float = 0.0005

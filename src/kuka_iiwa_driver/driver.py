@@ -135,8 +135,8 @@ class DriverCore:
         A state outside the KUKA limits is rejected.  So is one that jumps further from the last
         validated state than the arm can move in the time since (spoofed or glitched); once no
         state has been validated for joint_state_timeout_s (e.g. the sim teleported the arm on a
-        reset), the next in-limit state is taken as the new reference, disputed until a second state
-        agrees with it.
+        reset), the next in-limit state is taken as the new reference.  That state, and one further than
+        joint_state_max_jump_deg from the last, is disputed until a second state agrees with it.
         """
         if len(names) != len(positions):
             reason = "malformed joint_states: names and positions differ in length"
@@ -151,12 +151,14 @@ class DriverCore:
                 reason = self.safety.check_joint_state(q, self.q if fresh else None,
                                                        now - self.q_time if fresh else None)
                 if reason is None:
-                    # After a gap the first state is taken unchecked, so it may be a spoof that happened to come
-                    # first: it is the reference but stays disputed (nothing planned or held from it, e-stop
-                    # included) until a second state agrees with it.
-                    reanchored = self.q is not None and not fresh
+                    # A state taken unchecked after a gap, or one that moved further than a real state moves
+                    # between two messages (it passed only because the last one is a while ago), may be a spoof
+                    # that happened to come first: it is the reference but stays disputed (nothing planned or
+                    # held from it, e-stop included) until a second state agrees with it.
+                    moved = self.q is not None and float(np.abs(q - self.q).max()) > self.safety.max_state_jump
+                    provisional = self.q is not None and (not fresh or moved)
                     self.q, self.q_time = q, now
-                    self.q_disputed = self.q_provisional = reanchored
+                    self.q_disputed = self.q_provisional = provisional
                     self.watchdog.joint_state(now)
                     return None
                 self.q_disputed = self.q_disputed or (fresh and cause_of(reason) == "joint_states_jump")
