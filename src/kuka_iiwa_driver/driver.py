@@ -120,7 +120,8 @@ class DriverCore:
         # jump was a spoof (a real state follows at once) or the arm really is elsewhere (a sim reset
         # teleports it). Until then self.q may be wrong, so nothing is planned or held from it.
         self.q_disputed = False
-        # Set when self.q was retaken after a gap without being checked against anything (see on_joint_state).
+        # Set when self.q was taken without a real check (after a gap, or further than a real state moves
+        # between two messages) and no second state has agreed with it yet (see on_joint_state).
         self.q_provisional = False
         self.gripper = cfg.initial_gripper_open  # last forwarded gripper command (True open)
         self.counters = Counters()

@@ -458,7 +458,6 @@ def load_labels(root: str | Path, workers: int = 1, progress: bool = False) -> d
     return data
 
 
-
 def pack_labels(src: str | Path, out: str | Path) -> dict[str, Any]:
     """Write label directory `src` as a packed set at `out` (which may be `src` itself): every shard without its
     images, the manifest as it is.  A packed set is a scene-state dataset, about a tenth of the size at 128 px,
