@@ -199,10 +199,15 @@ def test_a_packed_set_keeps_everything_but_the_images_and_renders_them_again(tmp
     assert [p.name for p in packed_shards] == [p.name for p in sorted(cfg.out_dir.glob("labels-*.npz"))]
     assert all("image" not in np.load(p).files for p in packed_shards)
     assert sum(p.stat().st_size for p in packed_shards) < sum(p.stat().st_size for p in cfg.out_dir.glob("labels-*"))
+    lean = L.load_labels(tmp_path / "packed", images=False)  # a reader of other inputs renders only those
+    assert "image" not in lean
+    assert L.policy_images(tmp_path / "packed", lean, "canonical", image_size=64).shape[1:] == (64, 64, 3)
+    assert not list((tmp_path / "packed").glob("images-stored-*"))
     again = L.load_labels(tmp_path / "packed", workers=2)  # rendered from the scene states, then cached
     assert again.keys() == data.keys()
     for k in data:
         np.testing.assert_array_equal(again[k], data[k], err_msg=k)
+    np.testing.assert_array_equal(L.policy_images(tmp_path / "packed", lean, "canonical"), data["image"])
     assert len(list((tmp_path / "packed").glob("images-stored-canonical-32-*.npy"))) == 1
     # a packed set resumes: only the missing shard is labelled, and it holds images until packed again
     assert L.run(replace(cfg, out_dir=tmp_path / "packed", resume=True), progress=False)["shards"] == 1

@@ -69,7 +69,7 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         features = _feature_nets(cfg, qf, meta, path) if cfg.feature_teacher is not None else None
     out = {}
     for d in cfg.labels:
-        data = load_labels(d, progress=True)
+        data = load_labels(d, progress=True, images=False)
         n = len(data["labels"])
         idx = np.arange(n)
         if cfg.max_states and cfg.max_states < n:

@@ -473,7 +473,7 @@ class LabelTrainer:
               discount: float = 0.0) -> dict[str, np.ndarray]:
         parts = []
         for d in dirs:
-            part = load_labels(d, workers=self.cfg.render_workers, progress=True)
+            part = load_labels(d, workers=self.cfg.render_workers, progress=True, images=False)
             if discount:
                 settings = label_settings(d)
                 if settings.get("teacher"):

@@ -433,11 +433,11 @@ def _label_task(cfg: LabelConfig, task: int, env) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- reading
-def load_labels(root: str | Path, workers: int = 1, progress: bool = False) -> dict[str, np.ndarray]:
+def load_labels(root: str | Path, workers: int = 1, progress: bool = False, images: bool = True) -> dict[str, np.ndarray]:
     """All shards of a label directory concatenated (in task order).  The shards of a packed set
-    (`rcan pack-labels`) hold no images: those are rendered from the scene states in the labelling domain and
-    size (its manifest), by `workers` processes, and cached beside the shards, so every reader gets the same
-    "image" as from the set before it was packed."""
+    (`rcan pack-labels`) hold no images: with `images`, those are rendered from the scene states (`stored_images`),
+    so every reader gets the same "image" as from the set before it was packed.  A reader that needs other
+    inputs (another domain, size or view: `policy_images`) or none passes images=False and renders only those."""
     paths = sorted(Path(root).glob("labels-*.npz"))
     if not paths:
         raise FileNotFoundError(f"no label shards (labels-*.npz) in {root}; run `rcan label-states` first")
@@ -449,13 +449,22 @@ def load_labels(root: str | Path, workers: int = 1, progress: bool = False) -> d
         raise ValueError(f"the label shards in {root} mix packed and unpacked shards; pack the set again "
                          "(`rcan pack-labels`)")
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    if "image" not in data:
-        settings = label_settings(root)
-        spec = {"size": int(settings["image_size"]), "split": settings["split"], "fov": 0.0,
-                "domain": settings["domain"], "variant": "canonical", "generator": None}
-        cache = Path(root) / f"images-stored-{settings['domain']}-{spec['size']}-{_records_key(data)}.npy"
-        data["image"] = _rendered_cache(cache, spec, data, workers, progress)
+    if images:
+        data["image"] = stored_images(root, data, workers, progress)
     return data
+
+
+def stored_images(root: str | Path, data: dict[str, np.ndarray], workers: int = 1,
+                  progress: bool = False) -> np.ndarray:
+    """The images the states of `data` were labelled with: as stored, or, for a packed set, rendered from the scene
+    states in the labelling domain and size (the manifest's) by `workers` processes and cached beside the shards."""
+    if "image" in data:
+        return data["image"]
+    settings = label_settings(root)
+    spec = {"size": int(settings["image_size"]), "split": settings["split"], "fov": 0.0,
+            "domain": settings["domain"], "variant": "canonical", "generator": None}
+    cache = Path(root) / f"images-stored-{settings['domain']}-{spec['size']}-{_records_key(data)}.npy"
+    return _rendered_cache(cache, spec, data, workers, progress)
 
 
 def pack_labels(src: str | Path, out: str | Path) -> dict[str, Any]:
@@ -573,16 +582,18 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     """The policy input (N, S, S, C) uint8 of every stored state for `variant`, rendered from the scene states
     (rcan: the randomized render and G of it through ONNX Runtime) and cached in `root` beside the shards.
     `camera_fov_deg` > 0 renders through that field of view instead of the labelling camera's (a narrower
-    view of the same camera); `image_size` > 0 renders at that size instead of the stored images' size.
+    view of the same camera); `image_size` > 0 renders at that size instead of the labelling size.  `data` need
+    not hold the stored images (load_labels(images=False)): they are rendered only if they are the input.
     `workers` > 1 renders in that many processes (each state is rendered from its stored scene state alone,
     so the cache is the same whatever the number of workers).  An rcan cache of the same states made with
     another generator lends its randomized renders, so a new G costs only G's own runs."""
     from rcan_grasp_policy.inputs import InputEncoder, training_domain
 
     settings = label_settings(root)
-    domain, size = training_domain(variant), int(image_size or data["image"].shape[1])
-    if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg and size == data["image"].shape[1]:
-        return data["image"]
+    stored_size = int(settings["image_size"])
+    domain, size = training_domain(variant), int(image_size or stored_size)
+    if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg and size == stored_size:
+        return stored_images(root, data, workers, progress)
     tag = f"{variant}-{size}" + (f"-fov{camera_fov_deg:g}" if camera_fov_deg else "")
     if variant == "rcan":
         if not generator or not Path(generator).is_file():
