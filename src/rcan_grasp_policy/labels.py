@@ -433,7 +433,8 @@ def _label_task(cfg: LabelConfig, task: int, env) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- reading
-def load_labels(root: str | Path, workers: int = 1, progress: bool = False, images: bool = True) -> dict[str, np.ndarray]:
+def load_labels(root: str | Path, workers: int = 1, progress: bool = False,
+                images: bool = True) -> dict[str, np.ndarray]:
     """All shards of a label directory concatenated (in task order).  The shards of a packed set
     (`rcan pack-labels`) hold no images: with `images`, those are rendered from the scene states (`stored_images`),
     so every reader gets the same "image" as from the set before it was packed.  A reader that needs other
