@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-labels": ("rcan_grasp_policy.label_train:main", "train the Q-network on counterfactual action labels"),
     "pack-labels": ("rcan_grasp_policy.labels:pack_main", "write a label set without its images (a scene-state dataset to commit)"),
     "check-labels": ("rcan_grasp_policy.label_check:main", "label metrics (AUC, move AUC, pick) of a policy on label sets"),
+    "check-aiming": ("rcan_grasp_policy.aim_check:main", "how fast a Q-network learns where to go (privileged target, no label noise)"),
     "eval-policy": ("rcan_grasp_policy.evaluate:main", "evaluate a policy with the paper's protocol"),
     "export-policy": ("rcan_grasp_policy.export:main", "export the Q-network to ONNX with a parity check"),
     "policy-contract": ("rcan_grasp_policy.contract:main", "write an exported policy's contract sidecar from its ONNX metadata"),

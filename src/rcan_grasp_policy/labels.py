@@ -508,12 +508,22 @@ def nearest_object_scores(data: dict[str, np.ndarray]) -> np.ndarray:
     moves to (the state's target plus its dx, dy) to the nearest object's hull centre.  Privileged: it reads the
     object poses stored with each state.  It ignores the gripper, the height and the yaw, so it ranks moves, not
     closes or terminations."""
+    return -nearest_object_distance(object_centres(data), data["target"], data["candidates"])
+
+
+def object_centres(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, O, 2) horizontal hull centres (m) of every stored state's objects, from the poses stored with it."""
     from rcan_sim.scripted import object_centre_xy
 
-    centres = np.array([[object_centre_xy(int(oid), pose[:3], pose[3:]) for oid, pose in zip(ids, poses)]
-                        for ids, poses in zip(data["object_ids"], data["object_poses"])])  # (N, O, 2)
-    ends = data["target"][:, None, :2] + data["candidates"][:, :, :2]  # (N, K, 2)
-    return -np.linalg.norm(ends[:, :, None] - centres[:, None], axis=-1).min(axis=2)
+    return np.array([[object_centre_xy(int(oid), pose[:3], pose[3:]) for oid, pose in zip(ids, poses)]
+                     for ids, poses in zip(data["object_ids"], data["object_poses"])])
+
+
+def nearest_object_distance(centres: np.ndarray, target: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """(N, K) horizontal distance (m) from where each action leaves the TCP (target (N, 3) plus its dx, dy) to the
+    nearest of the state's object centres (N, O, 2)."""
+    ends = target[:, None, :2] + actions[:, :, :2]  # (N, K, 2)
+    return np.linalg.norm(ends[:, :, None] - centres[:, None], axis=-1).min(axis=2)
 
 
 def place_record(env, labels: dict[str, np.ndarray], i: int) -> None:
