@@ -43,29 +43,40 @@ class AimCheckConfig:
     image_size: int = 128
     """Canonical renders of the stored states at this size (cached beside the shards, like train-labels')."""
     width: int = 32
+    """Channels of the network (QNetConfig.width; the defaults of this and the next three are the paper's network)."""
     merge_downsample: int = 16
+    """How far the trunk pools before the action is merged (QNetConfig.merge_downsample: 16 or 8)."""
     stem_pool: bool = True
+    """Pool after the first convolution (QNetConfig.stem_pool)."""
     coord_channels: bool = False
-    """Network options as in train-labels (QNetConfig); the defaults are the paper's network."""
+    """CoordConv pixel-coordinate channels on the input (QNetConfig.coord_channels)."""
     init_from: Path | None = None
     """Start from this canonical policy's weights (.safetensors with its JSON) instead of a random network; its
     own network config then applies."""
     sigma: float = 0.02
     """Length scale (m) of the target exp(-d / sigma)."""
     updates: int = 1500
+    """Training updates of the run."""
     batch_states: int = 64
+    """Stored states per update."""
     moves_per_state: int = 16
     """Random moves drawn afresh for every state of every update."""
     lr: float = 1e-3
+    """AdamW learning rate (train-labels' default)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay (train-labels' default)."""
     random_shift: int = 4
+    """Shift every training image by up to this many pixels, as train-labels does (0 disables)."""
     eval_every: int = 500
+    """Updates between checks (also one at the start and one at the end; 0: none)."""
     eval_states: int = 600
     """Open-gripper states of each set the checks score (the first ones)."""
     eval_moves: int = 32
     """Random moves per checked state (drawn once, the same at every check)."""
     seed: int = 0
+    """Seed of the network's initialisation, the drawn states and moves, and the checks' fixed moves."""
     threads: int = 1
+    """torch threads."""
     out: Path | None = None
     """Write the checks as JSON lines here."""
 
