@@ -59,7 +59,8 @@ def graph(tmp_path_factory):
         codes = procs.shutdown()
     for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    assert all(codes[name] == 0 for name in running), codes  # clean exit on SIGINT
+    assert all(codes[name] == 0 for name in running), (codes, {  # clean exit on SIGINT
+        name: procs.log_tail(name) for name in running if codes[name] != 0})
     assert not [p for p in pgids if group_alive(p)], "stray processes after teardown"
 
 

@@ -102,5 +102,6 @@ def test_three_episodes_through_the_real_graph(ros_env, tmp_path, models):
 
         codes = graph.shutdown()
     # Clean shutdown on SIGINT, and no process of any node's group survives.
-    assert all(code == 0 for code in codes.values()), codes
+    assert all(code == 0 for code in codes.values()), (codes, {
+        name: graph.log_tail(name) for name, code in codes.items() if code != 0})
     assert not [name for name, pgid in pgids.items() if group_alive(pgid)]

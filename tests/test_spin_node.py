@@ -71,3 +71,38 @@ def test_an_error_in_the_nodes_own_close_still_fails_after_the_rest_of_the_teard
         """, ros_env)
     assert done.returncode == 1 and "could not flush the recording" in done.stderr
     assert "destroyed" in done.stdout
+
+
+def test_an_error_seen_before_the_signal_thread_marks_the_context_down_is_a_clean_stop(ros_env):
+    # rcl_shutdown finalises the middleware before it marks the context invalid, so a callback can fail
+    # on the stop while rclpy.ok() is still True; the shutdown completes on another thread moments later.
+    done = _run("""
+        import threading
+        import time
+
+        class Node_(rclpy.node.Node):
+            def __init__(self):
+                super().__init__("failing_on_stop")
+                self.create_timer(0.01, self.fail)
+
+            def fail(self):
+                threading.Thread(target=lambda: (time.sleep(0.2), self.context.try_shutdown())).start()
+                raise RuntimeError("publisher failed mid-shutdown")
+        import rclpy.node
+        """, ros_env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_error_while_the_context_stays_up_is_a_crash(ros_env):
+    done = _run("""
+        import rclpy.node
+
+        class Node_(rclpy.node.Node):
+            def __init__(self):
+                super().__init__("failing")
+                self.create_timer(0.01, self.fail)
+
+            def fail(self):
+                raise RuntimeError("a real bug")
+        """, ros_env)
+    assert done.returncode == 1 and "a real bug" in done.stderr

@@ -54,7 +54,7 @@ class IiwaDriverNode(Node):
             subscription(self, msg_type, topic, lambda m, w=what, h=handle: self._guarded(w, h, m), 10)
         self.create_service(Trigger, "~/release_estop", self._on_release, qos_profile=service_qos())
         self.create_timer(1.0 / cfg.state_rate_hz, lambda: self._guarded("state timer", self._handle_state_timer))
-        self.create_timer(1.0 / cfg.status_rate_hz, self._publish_status)
+        self.create_timer(1.0 / cfg.status_rate_hz, lambda: self._guarded("status timer", self._publish_status))
         self.get_logger().info(f"{self.core.model.description}: joints {self.core.joint_names}, base_frame "
                                f"'{cfg.base_frame}', targets on {cfg.target_topic} -> {cfg.trajectory_topic}")
 

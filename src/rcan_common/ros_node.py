@@ -87,22 +87,46 @@ def spin_node(make_node: Callable[[], object], args=None) -> int:
 
     rclpy.init(args=args)
     node = None
+    stopping = False
     try:
         node = make_node()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        stopping = True
     except StartupError as exc:
         print(f"[FATAL] {exc}", file=sys.stderr, flush=True)
         return 1
     except Exception:
-        # A SIGINT/SIGTERM during start-up shuts the context down under the constructor;
-        # that is a clean stop, not a crash.  Anything else is a real error.
-        if rclpy.ok():
+        # A SIGINT/SIGTERM shuts the context down under whatever runs (the constructor, a callback);
+        # what that breaks is a clean stop, not a crash.  Anything else is a real error.
+        if not _context_goes_down():
             raise
+        stopping = True
     finally:
+        if stopping:
+            # Let rclpy's signal thread finish shutting the context down before anything is destroyed:
+            # destroying entities while rcl_shutdown runs concurrently can fail (CI saw exit 1).
+            _context_goes_down()
         _teardown(node)
     return 0
+
+
+def _context_goes_down(timeout_s: float = 2.0) -> bool:
+    """Whether the rclpy context is (or within `timeout_s` becomes) shut down.
+
+    rclpy's signal handling raises KeyboardInterrupt in the main thread and shuts the context down on a
+    thread of its own, so the main thread can see the effects of a stop before `rclpy.ok()` turns False
+    (rcl_shutdown finalises the middleware before it marks the context invalid)."""
+    import time
+
+    import rclpy
+
+    deadline = time.monotonic() + timeout_s
+    while rclpy.ok():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _teardown(node) -> None:
