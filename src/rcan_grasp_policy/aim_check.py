@@ -43,7 +43,8 @@ class AimCheckConfig:
     image_size: int = 128
     """Canonical renders of the stored states at this size (cached beside the shards, like train-labels')."""
     width: int = 32
-    """Channels of the network (QNetConfig.width; the defaults of this and the next three are the paper's network)."""
+    """Channels of the network (QNetConfig.width).  The defaults of this and the next three are the shipped
+    networks': the paper's layer counts (it gives no widths; QT-Opt, which it follows, uses 64 channels)."""
     merge_downsample: int = 16
     """How far the trunk pools before the action is merged (QNetConfig.merge_downsample: 16 or 8)."""
     stem_pool: bool = True

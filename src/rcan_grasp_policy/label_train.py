@@ -71,15 +71,23 @@ class LabelTrainConfig:
     run_name: str = "labels-canonical-64"
     """Run directory name under out_dir."""
     out_dir: Path = Path("runs/policy")
+    """Parent directory of the runs."""
     resume: bool = False
     """Continue the run in out_dir/run_name from its last checkpoint."""
     seed: int = 0
+    """Seed of the initial weights, the batch order, the augmentation and the held-out checks' CEM draws."""
     image_size: int = 64
+    """Input size in pixels (QNetConfig.image_size); label sets stored at another size are re-rendered from their
+    scene states and cached."""
     width: int = 32
+    """Channels of every convolution (QNetConfig.width).  The paper gives layer counts, not widths; QT-Opt, whose
+    network it follows, uses 64 (docs/policy.md, check-aiming: 64 learns to aim about twice as fast per update)."""
     trunk_width: int = 0
     """NOT in the paper (0: width): see QNetConfig.trunk_width (a wider image trunk for a distilled RCAN student)."""
     fc_width: int = 64
+    """Units of the hidden fully connected layers (QNetConfig.fc_width)."""
     merge_downsample: int = 16
+    """How far the trunk pools before the action is merged (QNetConfig.merge_downsample: 16 or 8)."""
     stem_pool: bool = True
     """NOT in the paper when off: see QNetConfig.stem_pool (finer first-stage features for small images)."""
     coord_channels: bool = False
@@ -91,10 +99,12 @@ class LabelTrainConfig:
     batch_states: int = 64
     """Labelled states per update (each with all its K candidates)."""
     lr: float = 1e-3
+    """AdamW learning rate."""
     lr_decay: bool = False
     """NOT in the paper (off: a constant rate): cosine decay of the learning rate to 0 at total_updates, so the
     last weights are settled ones (with a constant rate, greedy success swings between snapshots)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     ema_decay: float = 0.0
     """NOT in the paper (0 = off): keep a Polyak average of the weights and BatchNorm statistics, with this decay
     per update (ramped up over the first updates); the checks, snapshots and policy.safetensors are then the
@@ -108,6 +118,7 @@ class LabelTrainConfig:
     random_shift: int = 4
     """Shift every training image by up to this many pixels (edge-replicated); 0 disables."""
     total_updates: int = 20000
+    """Updates of the whole run (a resumed run continues to this count)."""
     time_budget_min: float = 0.0
     """Also stop after this many minutes of this invocation (0: no limit)."""
     eval_every: int = 1000
@@ -115,10 +126,13 @@ class LabelTrainConfig:
     eval_episodes: int = 30
     """Greedy episodes per check, on selection seeds (0: skip them)."""
     eval_workers: int = 1
+    """Processes that run the greedy check episodes."""
     render_workers: int = 1
     """Processes that render the policy inputs of label sets that have no image cache yet (once per set)."""
     checkpoint_every: int = 500
+    """Updates between resumable checkpoints (one is also written when the run stops, SIGTERM included)."""
     log_every: int = 100
+    """Updates between rows of metrics.csv (training losses averaged over the rows' updates)."""
     threads: int = 2
     """torch threads of the learner."""
     cem: CEMConfig = field(default_factory=CEMConfig)
