@@ -1,8 +1,9 @@
 """spin_node's teardown: a signal landing in it is a clean stop (exit 0); the node's own errors are not.
 
 Each case runs a node in a fresh interpreter (rclpy's init and signal handlers are per process) and stops
-it the way a SIGINT's races can: a KeyboardInterrupt raised inside destroy_node, or rclpy's signal thread
-shutting the context down between try_shutdown's check and its shutdown."""
+it the way a SIGINT's races can: a KeyboardInterrupt raised inside destroy_node, rclpy's signal thread
+shutting the context down between try_shutdown's check and its shutdown, or a callback failing on the stop
+before that thread has marked the context down."""
 from __future__ import annotations
 
 import subprocess
@@ -80,7 +81,7 @@ def test_an_error_seen_before_the_signal_thread_marks_the_context_down_is_a_clea
         import threading
         import time
 
-        class Node_(rclpy.node.Node):
+        class Node_(Node):
             def __init__(self):
                 super().__init__("failing_on_stop")
                 self.create_timer(0.01, self.fail)
@@ -88,16 +89,13 @@ def test_an_error_seen_before_the_signal_thread_marks_the_context_down_is_a_clea
             def fail(self):
                 threading.Thread(target=lambda: (time.sleep(0.2), self.context.try_shutdown())).start()
                 raise RuntimeError("publisher failed mid-shutdown")
-        import rclpy.node
         """, ros_env)
     assert done.returncode == 0, done.stderr
 
 
 def test_an_error_while_the_context_stays_up_is_a_crash(ros_env):
     done = _run("""
-        import rclpy.node
-
-        class Node_(rclpy.node.Node):
+        class Node_(Node):
             def __init__(self):
                 super().__init__("failing")
                 self.create_timer(0.01, self.fail)
