@@ -1,4 +1,5 @@
-"""Small rclpy helpers shared by the rcan nodes: overridable QoS, log-once, the main() lifecycle."""
+"""Small rclpy helpers shared by the rcan nodes: overridable QoS, log-once, service calls; the main() lifecycle
+is ros_main's, re-exported here."""
 from __future__ import annotations
 
 from typing import Callable
