@@ -17,12 +17,13 @@ def spin_node(make_node: Callable[[], object], args=None) -> int:
 
     rclpy.init(args=args)
     node = None
-    stopping = False
     try:
         node = make_node()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
-        stopping = True
+        # Let rclpy's signal thread finish shutting the context down before anything is destroyed:
+        # destroying entities while rcl_shutdown runs concurrently can fail (CI saw exit 1).
+        _context_goes_down()
     except StartupError as exc:
         print(f"[FATAL] {exc}", file=sys.stderr, flush=True)
         return 1
@@ -31,12 +32,7 @@ def spin_node(make_node: Callable[[], object], args=None) -> int:
         # what that breaks is a clean stop, not a crash.  Anything else is a real error.
         if not _context_goes_down():
             raise
-        stopping = True
     finally:
-        if stopping:
-            # Let rclpy's signal thread finish shutting the context down before anything is destroyed:
-            # destroying entities while rcl_shutdown runs concurrently can fail (CI saw exit 1).
-            _context_goes_down()
         _teardown(node)
     return 0
 
