@@ -657,7 +657,7 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
     QNetwork(dataclasses.replace(coord3, in_channels=6)).load_state_dict(
         start_weights(tmp_path / "cc.safetensors", "rcan", dataclasses.replace(coord3, in_channels=6)))
     with pytest.raises(ConfigError, match="init_from"):
-        start_weights(tmp_path / "c.safetensors", "rcan", dataclasses.replace(cfg3, in_channels=6, width=5))
+        start_weights(tmp_path / "c.safetensors", "rcan", dataclasses.replace(cfg3, in_channels=6, fc_width=9))
     # a wider trunk (trunk_width) starts as the same function: its extra channels feed nothing yet, and learn
     wide = QNetwork(dataclasses.replace(cfg3, in_channels=6, trunk_width=7))
     wide.load_state_dict(start_weights(tmp_path / "c.safetensors", "rcan", wide.cfg))
@@ -677,6 +677,16 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
         torch.testing.assert_close(wide3.eval()(g, state, actions), canonical(g, state, actions))
     with pytest.raises(ConfigError, match="init_from"):  # never narrower
         start_weights(tmp_path / "c.safetensors", "canonical", dataclasses.replace(cfg3, trunk_width=2))
+    # a wider network throughout (width: trunk, action embedding and head) starts as the same function too
+    wider = QNetwork(dataclasses.replace(cfg3, width=9))
+    wider.load_state_dict(start_weights(tmp_path / "c.safetensors", "canonical", wider.cfg))
+    with torch.no_grad():
+        torch.testing.assert_close(wider.eval()(g, state, actions), canonical(g, state, actions))
+    wider.train()
+    wider(g, state, actions).sum().backward()
+    assert wider.head_fc[1].weight.grad[:, 4 * cfg3.head_side ** 2:].abs().sum() > 0  # new channels' links learn
+    with pytest.raises(ConfigError, match="init_from"):  # never narrower
+        start_weights(tmp_path / "c.safetensors", "canonical", dataclasses.replace(cfg3, width=3))
 
 
 def test_yaw_state_network_starts_as_the_one_without_it(tmp_path):

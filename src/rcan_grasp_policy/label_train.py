@@ -114,7 +114,9 @@ class LabelTrainConfig:
     """NOT in the paper (unset: a random initialisation): start from these policy weights (a .safetensors with its
     JSON sidecar, same network config and variant), e.g. to continue the previous DAgger round's network on the
     grown label set instead of training from scratch.  An rcan run may start from a canonical network of the same
-    shape: it then begins as that network applied to G(x), with the weights on x at zero."""
+    shape: it then begins as that network applied to G(x), with the weights on x at zero.  A wider network (`width`
+    or `trunk_width` above the start's) begins as the start too, its new channels with no effect until they train
+    (NOT in the paper; a way to give a trained network more capacity without losing what it knows)."""
     random_shift: int = 4
     """Shift every training image by up to this many pixels (edge-replicated); 0 disables."""
     total_updates: int = 20000
@@ -389,8 +391,8 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
     Same variant and network config: the weights as they are.  A canonical network for an rcan network of the
     same shape: [x, G(x)] starts as that network on G(x); its first convolution reads the G(x) channels and the
     x channels start at zero, so the network computes exactly canonical(G(x)) before its first update.  Either
-    may also start a network with a wider trunk (`trunk_width`) or with the yaw state (`yaw_state`), which computes
-    the same until it trains."""
+    may also start a wider network (`width`, `trunk_width`: never narrower) or one with the yaw state (`yaw_state`),
+    which computes the same until it trains."""
     start, meta = load_policy_net(path)
     weights, start_cfg = start.state_dict(), start.cfg
     if meta.get("variant") == "canonical" and variant == "rcan" and start_cfg.in_channels == 3:
@@ -404,8 +406,9 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
         first = weights["action_state.0.weight"]  # (fc_width, ACTION_DIM + state_dim)
         weights["action_state.0.weight"] = torch.cat([first, torch.zeros_like(first[:, :YAW_STATE_DIM - STATE_DIM])], 1)
         start_cfg = dataclasses.replace(start_cfg, yaw_state=True)
-    if dataclasses.replace(start_cfg, trunk_width=qnet.trunk_width) == qnet \
-            and qnet.trunk_channels > start_cfg.trunk_channels:
+    if dataclasses.replace(start_cfg, width=qnet.width, trunk_width=qnet.trunk_width) == qnet \
+            and qnet.width >= start_cfg.width and qnet.trunk_channels >= start_cfg.trunk_channels \
+            and (qnet.width, qnet.trunk_channels) != (start_cfg.width, start_cfg.trunk_channels):
         weights = _widened(weights, QNetwork(qnet).state_dict())
     elif start_cfg != qnet:
         raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network {start.cfg}, "
@@ -414,14 +417,16 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
 
 
 def _widened(narrow: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`narrow`'s weights inside a wider trunk's freshly initialised ones: each narrow tensor fills the leading
-    block of its wider counterpart, and a convolution's weights from the extra input channels into the narrow
-    output channels are zero, so the wider network computes what the narrow one does until it trains."""
+    """`narrow`'s weights inside a wider network's freshly initialised ones: each narrow tensor fills the leading
+    block of its wider counterpart, and a layer's weights from the extra inputs into the narrow outputs are zero,
+    so the wider network computes what the narrow one does until it trains (the new units learn from the
+    gradient on those zero links).  The head's flattened features are channel-major, so the narrow channels'
+    positions are the leading columns of its first fully connected layer too."""
     out = {}
     for key, small in narrow.items():
         big = fresh[key].clone()
         if big.shape != small.shape:
-            if big.dim() == 4:  # conv (out, in, k, k): nothing flows from the new channels into the old ones
+            if big.dim() >= 2:  # conv (out, in, k, k) or linear (out, in): nothing flows from new units to old
                 big[:small.shape[0], small.shape[1]:] = 0
             big[tuple(slice(0, n) for n in small.shape)] = small
         else:
