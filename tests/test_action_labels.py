@@ -444,7 +444,8 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert label_train.main(init + ["--total-updates", "0", "--run-name", "init"]) == 0
     for k, v in load_file(str(run / "policy.safetensors")).items():
         torch.testing.assert_close(load_file(str(tmp_path / "init" / "policy.safetensors"))[k], v, rtol=0, atol=0)
-    assert label_train.main(init + ["--total-updates", "0", "--run-name", "init-wide", "--width", "5"]) == 2
+    assert label_train.main(init + ["--total-updates", "0", "--run-name", "init-wide", "--width", "5"]) == 0  # widened
+    assert label_train.main(init + ["--total-updates", "0", "--run-name", "init-fc", "--fc-width", "5"]) == 2
     assert "'init_from'" in capsys.readouterr().err
     # a narrower view of the camera: greedy checks render it, the exported contract carries it as a centre crop
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "fov", "--camera-fov-deg", "30",
