@@ -406,14 +406,13 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
         first = weights["action_state.0.weight"]  # (fc_width, ACTION_DIM + state_dim)
         weights["action_state.0.weight"] = torch.cat([first, torch.zeros_like(first[:, :YAW_STATE_DIM - STATE_DIM])], 1)
         start_cfg = dataclasses.replace(start_cfg, yaw_state=True)
+    if start_cfg == qnet:
+        return weights
     if dataclasses.replace(start_cfg, width=qnet.width, trunk_width=qnet.trunk_width) == qnet \
-            and qnet.width >= start_cfg.width and qnet.trunk_channels >= start_cfg.trunk_channels \
-            and (qnet.width, qnet.trunk_channels) != (start_cfg.width, start_cfg.trunk_channels):
-        weights = _widened(weights, QNetwork(qnet).state_dict())
-    elif start_cfg != qnet:
-        raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network {start.cfg}, "
-                          f"this run trains a {variant!r} {qnet}")
-    return weights
+            and qnet.width >= start_cfg.width and qnet.trunk_channels >= start_cfg.trunk_channels:
+        return _widened(weights, QNetwork(qnet).state_dict())
+    raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network {start.cfg}, "
+                      f"this run trains a {variant!r} {qnet}")
 
 
 def _widened(narrow: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
