@@ -7,6 +7,8 @@
 * The cost of `--merge-downsample 8` (the action merged on a grid twice as fine: 16x16 instead of
   8x8 at 128 px): decision latency and learner updates/s of the same network, as ratios to the
   shipped layout.
+* The label learner (rcan train-labels) at 128 px and width 64 in float32 and with --bf16: updates/s of each and
+  their ratio, same run.
 * Collector grasps/s and env steps/s for one worker (scripted and Q-network episodes).
 * CEM regret of the policy (Q of CEM's pick over the best Q of a dense candidate set plus the
   behaviour action) on the states of scripted episodes with unseen test objects, for the paper's
@@ -40,6 +42,10 @@ from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "policy_rcan_128.safetensors"
 OUT = ROOT / "bench" / "results" / "policy.json"
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 2)
 
 
 class NaiveQFunction(TorchQFunction):
@@ -137,7 +143,6 @@ def bench_merge8(cfg: QNetConfig, latency: dict, learner: dict, target_cem: CEMC
     fine = replace(cfg, merge_downsample=8)
     lat = bench_decision(QNetwork(fine).eval(), threads=1, naive=False)
     upd = bench_updates(fine, target_cem)
-    ratio = lambda a, b: round(a / b, 2)  # noqa: E731
     return {"qnet": fine.to_dict(), "decision_latency_1_thread": lat, "learner": upd,
             "latency_ratio_vs_shipped_torch": ratio(lat["torch_batched_trunk_once"]["median_ms"],
                                                     latency["torch_batched_trunk_once"]["median_ms"]),
@@ -164,6 +169,16 @@ def bench_collect(net: QNetwork, episodes: int = 2) -> dict:
                        "episodes": episodes,
                        "input": f"rcan oracle ([x_randomized, canonical render]), {net.cfg.image_size} px"}
     return out
+
+
+def label_updates_per_s(trainer, updates: int = 10) -> float:
+    """Label learner updates/s on one thread, after one warm-up update."""
+    torch.set_num_threads(1)
+    trainer.update()
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        trainer.update()
+    return updates / (time.perf_counter() - t0)
 
 
 def bench_labels(scenes: int = 4, completion: str = "scripted", candidates: int = 6) -> dict:
@@ -200,12 +215,13 @@ def bench_labels(scenes: int = 4, completion: str = "scripted", candidates: int 
         # learner on these labels
         train = LabelTrainer(LabelTrainConfig(labels=(Path(tmp),), eval_labels=Path(tmp), out_dir=Path(tmp) / "runs",
                                               threads=1))
-        torch.set_num_threads(1)
-        train.update()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            train.update()
-        updates_per_s = 10 / (time.perf_counter() - t0)
+        updates_per_s = label_updates_per_s(train)
+        wide = {}
+        if completion == "scripted":  # once per bench run: the 128 px, width-64 learner in float32 and in bfloat16
+            for bf16 in (False, True):
+                wide[bf16] = label_updates_per_s(LabelTrainer(LabelTrainConfig(
+                    labels=(Path(tmp),), eval_labels=Path(tmp), out_dir=Path(tmp) / "runs", run_name=f"wide-{bf16}",
+                    image_size=128, width=64, bf16=bf16, threads=1)), updates=4)
     labels_per_cpu_s = n_labels / label_cpu
     transitions_per_cpu_s = n_transitions / collect_cpu
     return {"labels_per_cpu_s": round(labels_per_cpu_s, 2), "labelled_states_per_cpu_s": round(n_labels / cfg.candidates / label_cpu, 2),
@@ -214,6 +230,10 @@ def bench_labels(scenes: int = 4, completion: str = "scripted", candidates: int 
             "ratio_labels_vs_transitions": round(labels_per_cpu_s / transitions_per_cpu_s, 3),
             "ratio_contrasted_labels_vs_transitions": round(contrast * labels_per_cpu_s / transitions_per_cpu_s, 3),
             "label_learner_updates_per_s_1_thread": round(updates_per_s, 2), "label_batch_states": train.cfg.batch_states,
+            **({"label_learner_128px_width64_updates_per_s_1_thread": {"float32": round(wide[False], 2),
+                                                                        "bf16": round(wide[True], 2),
+                                                                        "ratio_bf16_vs_float32": ratio(wide[True], wide[False])}}
+               if wide else {}),
             "scenes": scenes, "completion": completion,
             "note": "a transition is one (state, action, reward) of a scripted episode (epsilon 0.1), rendered; a label is "
                     "one candidate's outcome at a state (restore, execute, the completion without rendering). "

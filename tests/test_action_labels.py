@@ -417,6 +417,20 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # the rate of the 4th (last) update
+    # bfloat16 autocast: float32 weights, a different result from float32 updates, exact resume, fixed across it
+    bf16 = args + ["--eval-every", "0", "--bf16"]
+    assert label_train.main(bf16 + ["--total-updates", "2", "--run-name", "bf16"]) == 0
+    assert label_train.main(bf16 + ["--total-updates", "4", "--run-name", "bf16", "--resume"]) == 0
+    assert label_train.main(bf16 + ["--total-updates", "4", "--run-name", "bf16-straight"]) == 0
+    assert label_train.main(args + ["--eval-every", "0", "--total-updates", "4", "--run-name", "fp32-straight"]) == 0
+    half = load_file(str(tmp_path / "bf16" / "policy.safetensors"))
+    full = load_file(str(tmp_path / "fp32-straight" / "policy.safetensors"))
+    for k, v in load_file(str(tmp_path / "bf16-straight" / "policy.safetensors")).items():
+        torch.testing.assert_close(half[k], v, rtol=0, atol=0)
+        assert v.dtype == full[k].dtype and (v.dtype != torch.bfloat16)
+    assert any(not torch.equal(half[k], v) for k, v in full.items() if v.is_floating_point())
+    assert label_train.main(args + ["--eval-every", "0", "--total-updates", "6", "--run-name", "bf16", "--resume"]) == 2
+    assert "'bf16'" in capsys.readouterr().err
     # weight averaging: the checks, snapshots and policy.safetensors are the average; resume stays exact
     ema = args + ["--eval-every", "0", "--ema-decay", "0.5"]
     assert label_train.main(ema + ["--total-updates", "2", "--run-name", "ema"]) == 0

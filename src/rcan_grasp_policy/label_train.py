@@ -51,7 +51,7 @@ SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "trunk_width", "fc_width", "merge_downsample", "stem_pool",
                 "coord_channels", "yaw_state", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from",
-                "feature_teacher", "feature_weight", "rank_weight", "aim_weight", "label_discount")
+                "feature_teacher", "feature_weight", "rank_weight", "aim_weight", "label_discount", "bf16")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -137,6 +137,12 @@ class LabelTrainConfig:
     """Updates between rows of metrics.csv (training losses averaged over the rows' updates)."""
     threads: int = 2
     """torch threads of the learner."""
+    bf16: bool = False
+    """NOT in the paper (off: float32 throughout): run each update's forward and backward pass in bfloat16
+    autocast (weights, optimizer state, losses and BatchNorm statistics stay float32; the checks, snapshots and the
+    exported network are float32).  A speed option for CPUs with native bfloat16 (avx512_bf16, AMX) and GPUs: on
+    this project's 2-core CPU a 128 px update at width 64 takes about a third of the float32 time
+    (docs/policy.md, Training, for the speed and learning-curve comparison)."""
     cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM of the greedy checks and the regret measurement (the deployed search)."""
     camera_fov_deg: float = 0.0
@@ -461,6 +467,9 @@ class LabelTrainer:
         self.net = QNetwork(cfg.qnet_config()).train()
         if cfg.init_from is not None and not cfg.resume:  # a resumed run restores its own weights
             self.net.load_state_dict(start_weights(Path(cfg.init_from), cfg.variant, self.net.cfg))
+        # Channels-last is the layout oneDNN's CPU convolutions run fastest in (and the image batch's own, NHWC);
+        # saved weights are made contiguous, so files do not depend on it.
+        self.net = self.net.to(memory_format=torch.channels_last)
         # The average shares no storage with the net; `ema_pairs` pairs every float and integer entry of both.
         self.ema = copy.deepcopy(self.net).eval() if cfg.ema_decay > 0 else None
         self.ema_pairs = list(zip(self.ema.state_dict().values(), self.net.state_dict().values())) if self.ema else []
@@ -537,16 +546,20 @@ class LabelTrainer:
             ([d["object_mask"][idx][..., None]] if self.aux is not None else [])
         images, shift = shift_with_offsets(np.concatenate([d["image"][idx], *extra], axis=3), cfg.random_shift, self.rng)
         c = self.net.cfg.in_channels
-        x = torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., :c])))
-        if self.aux is None:
-            feats = self.net.embed(x)
-        else:
-            feats, tap = AuxHeads.trunk(self.net, x)
-            uv = torch.from_numpy(shift[:, ::-1].astype(np.float32).copy())  # (dy, dx) -> (du, dv)
-            aux_loss = self.aux.loss(feats, tap, torch.from_numpy(images[..., -1]),
-                                     torch.from_numpy(d["gripper_uv"][idx]) + uv,
-                                     torch.from_numpy(d["object_uv"][idx]) + uv)
-        logits = self.net.head_logits(feats, torch.from_numpy(d["state"][idx]), torch.from_numpy(d["candidates"][idx]))
+        x = torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., :c]))).contiguous(
+            memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            if self.aux is None:
+                feats = self.net.embed(x)
+            else:
+                feats, tap = AuxHeads.trunk(self.net, x)
+                uv = torch.from_numpy(shift[:, ::-1].astype(np.float32).copy())  # (dy, dx) -> (du, dv)
+                aux_loss = self.aux.loss(feats, tap, torch.from_numpy(images[..., -1]),
+                                         torch.from_numpy(d["gripper_uv"][idx]) + uv,
+                                         torch.from_numpy(d["object_uv"][idx]) + uv).float()
+            logits = self.net.head_logits(feats, torch.from_numpy(d["state"][idx]),
+                                          torch.from_numpy(d["candidates"][idx])).float()
+        feats = feats.float()
         labels = torch.from_numpy(d["labels"][idx])
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         out = {}
