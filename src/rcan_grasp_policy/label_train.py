@@ -141,7 +141,7 @@ class LabelTrainConfig:
     """NOT in the paper (off: float32 throughout): run each update's forward and backward pass in bfloat16
     autocast (weights, optimizer state, losses and BatchNorm statistics stay float32; the checks, snapshots and the
     exported network are float32).  A speed option for CPUs with native bfloat16 (avx512_bf16, AMX) and GPUs: on
-    this project's 2-core CPU the 128 px, width-64 learner runs about 1.75 times as many updates per second, and
+    this project's 2-core CPU the 128 px, width-64 learner runs 1.75 to 2 times as many updates per second, and
     learns the same per update (docs/policy.md, Training, for the side-by-side comparison)."""
     cem: CEMConfig = field(default_factory=CEMConfig)
     """CEM of the greedy checks and the regret measurement (the deployed search)."""
