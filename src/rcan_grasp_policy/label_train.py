@@ -559,7 +559,6 @@ class LabelTrainer:
                                          torch.from_numpy(d["object_uv"][idx]) + uv).float()
             logits = self.net.head_logits(feats, torch.from_numpy(d["state"][idx]),
                                           torch.from_numpy(d["candidates"][idx])).float()
-        feats = feats.float()
         labels = torch.from_numpy(d["labels"][idx])
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         out = {}
@@ -576,7 +575,7 @@ class LabelTrainer:
         if self.teacher is not None:
             with torch.no_grad():
                 target = self.teacher.embed(torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., c:c + 3]))))
-            feature_loss = F.mse_loss(feats, target)
+            feature_loss = F.mse_loss(feats.float(), target)  # feats are bfloat16 under --bf16
             loss = loss + cfg.feature_weight * feature_loss
             out["feature_loss"] = float(feature_loss.detach())
         self.opt.zero_grad(set_to_none=True)
