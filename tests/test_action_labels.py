@@ -417,6 +417,13 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))  # the rate of the 4th (last) update
+    # the learner's device: a name torch does not know is refused, a GPU torch cannot see too, before any work
+    with pytest.raises(SystemExit):
+        label_train.main(args + ["--device", "gpu", "--run-name", "gpu"])
+    assert "'device'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert label_train.main(args + ["--device", "cuda", "--run-name", "gpu"]) == 2
+        assert "'device'" in capsys.readouterr().err
     # bfloat16 autocast: float32 weights, a different result from float32 updates, exact resume, fixed across it
     bf16 = args + ["--eval-every", "0", "--bf16"]
     assert label_train.main(bf16 + ["--total-updates", "2", "--run-name", "bf16"]) == 0
@@ -494,6 +501,48 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
                           "--cem.samples", "8", "--cem.elites", "2"]) == 0
 
 
+def test_label_train_on_a_gpu_learns_what_the_cpu_learns_and_resumes(tmp_path, monkeypatch):
+    """--device cuda (skipped where torch sees no GPU): the same network as the CPU's up to rounding, a resumed
+    run that continues where it stopped, greedy checks run on the CPU from the GPU's weights, bf16 too."""
+    import json
+
+    import torch
+
+    from rcan_grasp_policy import label_train
+    from rcan_grasp_policy.backends import TorchQFunction, load_policy_net
+
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    torch.set_num_threads(1)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, to compare with the CPU
+    L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=2, scenes_per_task=1, split="test", image_size=32,
+                        candidates=3, max_steps=4), progress=False)
+    args = ["--labels", str(tmp_path / "lab"), "--eval-labels", str(tmp_path / "lab"), "--out-dir", str(tmp_path),
+            "--image-size", "32", "--width", "4", "--fc-width", "8", "--batch-states", "4", "--eval-every", "4",
+            "--eval-episodes", "1", "--checkpoint-every", "2", "--log-every", "2", "--threads", "1",
+            "--cem.samples", "8", "--cem.elites", "2", "--ema-decay", "0.5"]
+    for run, extra in (("init", ["--total-updates", "0"]), ("cpu", ["--total-updates", "8"]),
+                       ("gpu", ["--total-updates", "8", "--device", "cuda"]),
+                       ("resumed", ["--total-updates", "4", "--device", "cuda"]),
+                       ("resumed", ["--total-updates", "8", "--device", "cuda", "--resume"]),
+                       ("bf16", ["--total-updates", "4", "--device", "cuda", "--bf16", "--eval-every", "0"])):
+        assert label_train.main(args + extra + ["--run-name", run]) == 0
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    state, actions = rng.random((6, 2), dtype=np.float32), rng.uniform(-1, 1, (6, 5, 8)).astype(np.float32)
+
+    def q(run: str) -> np.ndarray:
+        qf = TorchQFunction(load_policy_net(tmp_path / run / "policy.safetensors")[0])  # read onto the CPU
+        return qf.score(qf.embed(images, state), actions)
+
+    trained = np.abs(q("cpu") - q("init")).max()
+    assert np.abs(q("gpu") - q("cpu")).max() < 0.05 * trained
+    assert np.abs(q("resumed") - q("gpu")).max() < 0.05 * trained
+    evals = [json.loads(x) for x in (tmp_path / "gpu" / "evals.jsonl").read_text().splitlines()]
+    assert [e["updates"] for e in evals] == [4, 8] and all("greedy_success" in e for e in evals)
+    assert np.isfinite(q("bf16")).all()
+
+
 def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
     """One label set trains every variant: rcan inputs are [randomized render, G(render)] of the stored states."""
     from pathlib import Path
@@ -569,6 +618,30 @@ def test_shift_moves_pixel_targets_with_the_image():
     for k in range(3):
         v, u = np.argwhere(shifted[k, ..., 0] == 255)[0]
         assert (v, u) == (5 + shift[k, 0], 9 + shift[k, 1])
+
+
+def test_shift_replicates_the_edges_and_shifts_a_tensor_where_it_lies_alike():
+    """The clamped-index shift is padding with the edge pixels and cropping; a torch batch (on a GPU: there) gets
+    the same draws and pixels, and network_input gives images_to_nchw's numbers, channels-last."""
+    import torch
+
+    from rcan_grasp_policy.inputs import images_to_nchw
+    from rcan_grasp_policy.label_train import network_input
+    from rcan_grasp_policy.qtopt import shift_with_offsets
+
+    img = np.random.default_rng(0).integers(0, 256, (5, 12, 10, 4), dtype=np.uint8)
+    shifted, shift = shift_with_offsets(img, 3, np.random.default_rng(2))
+    offsets = np.random.default_rng(2).integers(0, 7, size=(5, 2))
+    padded = np.pad(img, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge")
+    np.testing.assert_array_equal(shifted, np.stack([padded[i, dy:dy + 12, dx:dx + 10]
+                                                     for i, (dy, dx) in enumerate(offsets)]))
+    np.testing.assert_array_equal(shift, 3 - offsets)
+    on_torch, torch_shift = shift_with_offsets(torch.from_numpy(img), 3, np.random.default_rng(2))
+    np.testing.assert_array_equal(on_torch.numpy(), shifted)
+    np.testing.assert_array_equal(torch_shift, shift)
+    x = network_input(on_torch[..., :3])
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(x.numpy(), images_to_nchw(shifted[..., :3]))
 
 
 def test_descend_completion_goes_straight_down_closes_and_terminates(env):

@@ -165,7 +165,7 @@ def save_policy(path: str | Path, net: QNetwork, meta: dict[str, Any]) -> None:
     from safetensors.torch import save
 
     path = Path(path)
-    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in net.state_dict().items()}))
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}))
     atomic_write_json(path.with_suffix(".json"), {**meta, "qnet": net.cfg.to_dict()})
 
 

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import sys
 import threading
 import time
@@ -40,7 +41,7 @@ from rcan_common.stats import wilson_interval
 from rcan_grasp_policy.backends import TorchQFunction, generator_digest, load_policy_net, save_policy
 from rcan_grasp_policy.cem import CEMConfig, cem_regret
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
-from rcan_grasp_policy.inputs import VARIANTS, images_to_nchw, training_domain, variant_channels
+from rcan_grasp_policy.inputs import VARIANTS, training_domain, variant_channels
 from rcan_grasp_policy.labels import (aux_targets, best_open_moves, label_settings, load_labels, nearest_object_scores,
                                      open_gripper_moves, policy_images)
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
@@ -137,6 +138,12 @@ class LabelTrainConfig:
     """Updates between rows of metrics.csv (training losses averaged over the rows' updates)."""
     threads: int = 2
     """torch threads of the learner."""
+    device: str = "cpu"
+    """Where the learner's updates and held-out checks run: 'cpu', or 'cuda' / 'cuda:N' for a GPU (the training
+    set stays in host memory; each update's batch is sent as uint8).  Checkpoints, snapshots and the exported
+    network are the same files on either, so a run may be resumed or continued on the other; a GPU's kernels are
+    not bit-reproducible, so there exact resume means the same state, not the same bits from then on.  The greedy
+    check episodes always run on the CPU (`eval_workers`)."""
     bf16: bool = False
     """NOT in the paper (off: float32 throughout): run each update's forward and backward pass in bfloat16
     autocast (weights, optimizer state, losses and BatchNorm statistics stay float32; the checks, snapshots and the
@@ -195,6 +202,8 @@ class LabelTrainConfig:
         require(self.total_updates >= 0 and self.time_budget_min >= 0, "total_updates", "must be >= 0")
         require(self.eval_every >= 0 and self.eval_episodes >= 0, "eval_every", "must be >= 0")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every", "must be >= 1")
+        require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "device",
+                f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         require(self.camera_fov_deg == 0 or 5 <= self.camera_fov_deg <= 120, "camera_fov_deg", "must be 0 or in [5, 120]")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.feature_teacher is None or self.variant == "rcan", "feature_teacher",
@@ -275,7 +284,7 @@ def label_metrics(q: np.ndarray, labels: np.ndarray, candidates: np.ndarray | No
 def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rng: np.random.Generator,
                   chunk: int = 128) -> dict[str, float]:
     net.eval()
-    qf = TorchQFunction(net)
+    qf = TorchQFunction(net, device=next(net.parameters()).device)
     qs, ratios = [], []
     for i in range(0, len(data["labels"]), chunk):
         sl = slice(i, i + chunk)
@@ -451,9 +460,25 @@ def feature_teacher(path: Path, student: QNetConfig) -> QNetwork:
 
 
 # ----------------------------------------------------------------------------- the run
+def network_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> the network input, float32 (B, C, H, W) in [0, 1], channels-last, where the batch
+    lies: the numbers of inputs.images_to_nchw, converted after the four times smaller uint8 batch has moved."""
+    return images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.channels_last).div_(255.0)
+
+
+def learner_device(name: str) -> torch.device:
+    """LabelTrainConfig.device as a torch device; a GPU that torch cannot see is a config error, not a crash."""
+    device = torch.device(name)
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ConfigError(f"invalid config field 'device': {name!r}, but torch sees "
+                          f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA device(s)")
+    return device
+
+
 class LabelTrainer:
     def __init__(self, cfg: LabelTrainConfig):
         self.cfg = cfg
+        self.device = learner_device(cfg.device)  # before the (slow) data load: a missing GPU fails at once
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
         self.generator_sha256 = generator_digest(self.generator)  # the G the cached inputs are rendered through
         self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0, teacher_view=cfg.feature_teacher is not None,
@@ -469,12 +494,13 @@ class LabelTrainer:
             self.net.load_state_dict(start_weights(Path(cfg.init_from), cfg.variant, self.net.cfg))
         # Channels-last is the layout oneDNN's CPU convolutions run fastest in (and the image batch's own, NHWC);
         # saved weights are made contiguous, so files do not depend on it.
-        self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = self.net.to(self.device, memory_format=torch.channels_last)
         # The average shares no storage with the net; `ema_pairs` pairs every float and integer entry of both.
         self.ema = copy.deepcopy(self.net).eval() if cfg.ema_decay > 0 else None
         self.ema_pairs = list(zip(self.ema.state_dict().values(), self.net.state_dict().values())) if self.ema else []
-        self.aux = AuxHeads(cfg.width) if cfg.aux_weight > 0 else None
-        self.teacher = feature_teacher(Path(cfg.feature_teacher), self.net.cfg) if cfg.feature_teacher else None
+        self.aux = AuxHeads(cfg.width).to(self.device) if cfg.aux_weight > 0 else None
+        self.teacher = (feature_teacher(Path(cfg.feature_teacher), self.net.cfg).to(self.device)
+                        if cfg.feature_teacher else None)
         params = list(self.net.parameters()) + (list(self.aux.parameters()) if self.aux else [])
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
@@ -544,22 +570,23 @@ class LabelTrainer:
         # The teacher's canonical view and the aux mask ride along as extra channels, so they shift with the image.
         extra = ([d["canonical"][idx]] if self.teacher is not None else []) + \
             ([d["object_mask"][idx][..., None]] if self.aux is not None else [])
-        images, shift = shift_with_offsets(np.concatenate([d["image"][idx], *extra], axis=3), cfg.random_shift, self.rng)
+        # the uint8 batch moves to the learner's device as it is, and is shifted and converted there
+        images, shift = shift_with_offsets(self._tensor(np.concatenate([d["image"][idx], *extra], axis=3)),
+                                           cfg.random_shift, self.rng)
         c = self.net.cfg.in_channels
-        x = torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., :c]))).contiguous(
-            memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        x = network_input(images[..., :c])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             if self.aux is None:
                 feats = self.net.embed(x)
             else:
                 feats, tap = AuxHeads.trunk(self.net, x)
-                uv = torch.from_numpy(shift[:, ::-1].astype(np.float32).copy())  # (dy, dx) -> (du, dv)
-                aux_loss = self.aux.loss(feats, tap, torch.from_numpy(images[..., -1]),
-                                         torch.from_numpy(d["gripper_uv"][idx]) + uv,
-                                         torch.from_numpy(d["object_uv"][idx]) + uv).float()
-            logits = self.net.head_logits(feats, torch.from_numpy(d["state"][idx]),
-                                          torch.from_numpy(d["candidates"][idx])).float()
-        labels = torch.from_numpy(d["labels"][idx])
+                uv = self._tensor(shift[:, ::-1].astype(np.float32))  # (dy, dx) -> (du, dv)
+                aux_loss = self.aux.loss(feats, tap, images[..., -1],
+                                         self._tensor(d["gripper_uv"][idx]) + uv,
+                                         self._tensor(d["object_uv"][idx]) + uv).float()
+            logits = self.net.head_logits(feats, self._tensor(d["state"][idx]),
+                                          self._tensor(d["candidates"][idx])).float()
+        labels = self._tensor(d["labels"][idx])
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         out = {}
         if cfg.rank_weight > 0:
@@ -567,14 +594,14 @@ class LabelTrainer:
             loss = loss + cfg.rank_weight * rank_loss
             out["rank_loss"] = float(rank_loss.detach())
         if cfg.aim_weight > 0:
-            aim_loss = within_state_aim_loss(logits, torch.from_numpy(d["aim_labels"][idx]))
+            aim_loss = within_state_aim_loss(logits, self._tensor(d["aim_labels"][idx]))
             loss = loss + cfg.aim_weight * aim_loss
             out["aim_loss"] = float(aim_loss.detach())
         if self.aux is not None:
             loss = loss + cfg.aux_weight * aux_loss
         if self.teacher is not None:
             with torch.no_grad():
-                target = self.teacher.embed(torch.from_numpy(images_to_nchw(np.ascontiguousarray(images[..., c:c + 3]))))
+                target = self.teacher.embed(network_input(images[..., c:c + 3]))
             feature_loss = F.mse_loss(feats.float(), target)  # feats are bfloat16 under --bf16
             loss = loss + cfg.feature_weight * feature_loss
             out["feature_loss"] = float(feature_loss.detach())
@@ -586,11 +613,14 @@ class LabelTrainer:
             self._average()
         return {"loss": float(loss.detach()), **out}
 
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
     def greedy_check(self, executor) -> dict:
         from safetensors.torch import save
 
         cfg = self.cfg
-        weights = save({k: v.detach().contiguous() for k, v in self.deployed.state_dict().items()})
+        weights = save({k: v.detach().cpu().contiguous() for k, v in self.deployed.state_dict().items()})
         tasks = [CollectTask(seeds=(SELECTION_SEED_BASE + i,), variant=cfg.variant, domain=self.domain,
                              image_size=cfg.image_size, camera_fov_deg=cfg.camera_fov_deg, split="test",
                              generator=self.generator, policy="qnet",
@@ -612,14 +642,14 @@ class LabelTrainer:
     def checkpoint(self) -> None:
         from safetensors.torch import save_file
 
-        tensors = {f"net.{k}": v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
+        tensors = {f"net.{k}": v.detach().cpu().clone().contiguous() for k, v in self.net.state_dict().items()}
         for prefix, module in (("aux", self.aux), ("ema", self.ema)):
             if module is not None:
-                tensors.update({f"{prefix}.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()})
+                tensors.update({f"{prefix}.{k}": v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()})
         opt = self.opt.state_dict()
         for pid, st in opt["state"].items():
             for k, v in st.items():
-                tensors[f"optim.{pid}.{k}"] = torch.as_tensor(v).clone().contiguous()
+                tensors[f"optim.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().clone().contiguous()
         tensors["torch_rng"] = torch.get_rng_state()
         tmp = self.run_dir / ".checkpoint.safetensors.tmp"
         save_file(tensors, str(tmp))

@@ -85,16 +85,23 @@ def bellman_target(reward: torch.Tensor, done: torch.Tensor, q1_next: torch.Tens
     return (reward + gamma * (1.0 - done.float()) * v).clamp(0.0, 1.0)
 
 
-def shift_with_offsets(images: np.ndarray, pad: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def shift_with_offsets(images: np.ndarray | torch.Tensor, pad: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
     """Each (H, W, ...) image of `images` translated by its own random offset in [-pad, pad], edges replicated;
-    also each image's content shift (dy, dx) in pixels, so pixel targets can follow their image."""
+    also each image's content shift (dy, dx) in pixels, so pixel targets can follow their image.  A torch tensor
+    is shifted where it lies (a GPU batch on the GPU), with the same draws from `rng` and the same pixels."""
     n, h, w = images.shape[:3]
     if pad == 0:
         return images, np.zeros((n, 2), np.int64)
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (images.ndim - 3), mode="edge")
     offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
-    shifted = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
-    return shifted, pad - offsets
+    # Output pixel (r, c) of image i is input pixel (r + dy - pad, c + dx - pad), clamped to the image: the
+    # edge-replicated padding, without building the padded batch.
+    rows = np.clip(np.arange(h) + offsets[:, :1] - pad, 0, h - 1)
+    cols = np.clip(np.arange(w) + offsets[:, 1:] - pad, 0, w - 1)
+    index = (np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :])
+    if isinstance(images, torch.Tensor):
+        index = tuple(torch.from_numpy(i).to(images.device) for i in index)
+    return images[index], pad - offsets
 
 
 def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
