@@ -328,6 +328,16 @@ def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
 
 
 @pytest.mark.timeout(300)
+def _tiny_label_run(tmp_path) -> list[str]:
+    """Label two scenes at 32 px into tmp_path/lab; the train-labels arguments of a tiny network on them."""
+    L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=2, scenes_per_task=1, split="test", image_size=32,
+                        candidates=3, max_steps=4), progress=False)
+    return ["--labels", str(tmp_path / "lab"), "--eval-labels", str(tmp_path / "lab"), "--out-dir", str(tmp_path),
+            "--image-size", "32", "--width", "4", "--fc-width", "8", "--batch-states", "4", "--eval-every", "4",
+            "--eval-episodes", "1", "--checkpoint-every", "2", "--log-every", "2", "--threads", "1",
+            "--cem.samples", "8", "--cem.elites", "2"]
+
+
 def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     """Tiny label -> train -> resume (exact) -> greedy check -> export -> eval-policy run."""
     import json
@@ -338,12 +348,7 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     from rcan_grasp_policy import evaluate, export, label_train
 
     torch.set_num_threads(1)
-    L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=2, scenes_per_task=1, split="test", image_size=32,
-                        candidates=3, max_steps=4), progress=False)
-    args = ["--labels", str(tmp_path / "lab"), "--eval-labels", str(tmp_path / "lab"), "--out-dir", str(tmp_path),
-            "--image-size", "32", "--width", "4", "--fc-width", "8", "--batch-states", "4", "--eval-every", "4",
-            "--eval-episodes", "1", "--checkpoint-every", "2", "--log-every", "2", "--threads", "1",
-            "--cem.samples", "8", "--cem.elites", "2"]
+    args = _tiny_label_run(tmp_path)
     assert label_train.main(args + ["--total-updates", "4"]) == 0
     run = tmp_path / "labels-canonical-64"
     assert label_train.main(args + ["--total-updates", "6"]) == 2
@@ -515,12 +520,7 @@ def test_label_train_on_a_gpu_learns_what_the_cpu_learns_and_resumes(tmp_path, m
         pytest.skip("torch sees no CUDA device")
     torch.set_num_threads(1)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, to compare with the CPU
-    L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=2, scenes_per_task=1, split="test", image_size=32,
-                        candidates=3, max_steps=4), progress=False)
-    args = ["--labels", str(tmp_path / "lab"), "--eval-labels", str(tmp_path / "lab"), "--out-dir", str(tmp_path),
-            "--image-size", "32", "--width", "4", "--fc-width", "8", "--batch-states", "4", "--eval-every", "4",
-            "--eval-episodes", "1", "--checkpoint-every", "2", "--log-every", "2", "--threads", "1",
-            "--cem.samples", "8", "--cem.elites", "2", "--ema-decay", "0.5"]
+    args = _tiny_label_run(tmp_path) + ["--ema-decay", "0.5"]
     for run, extra in (("init", ["--total-updates", "0"]), ("cpu", ["--total-updates", "8"]),
                        ("gpu", ["--total-updates", "8", "--device", "cuda"]),
                        ("resumed", ["--total-updates", "4", "--device", "cuda"]),
