@@ -387,7 +387,7 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     reference = json.loads((tmp_path / "reference.json").read_text())["labels"][str(tmp_path / "lab")]
     assert reference["states"] == checked["states"] and 0.0 <= reference["pick_label"] <= 1.0 and "move_auc" in reference
     assert {"grasp_rate_0-1cm", "grasp_rate_10+cm", "move_pick_distance_cm", "move_pick_label"} <= set(reference)
-    assert {"move_pick_distance_cm", "move_pick_label"} <= set(checked)
+    assert {"move_pick_distance_cm", "move_pick_label"} <= set(checked) and 0.0 <= checked["cem_regret"] <= 1.0
     assert label_check.main(["--policy", "nearest-object", "--feature-teacher", "x.safetensors"]) == 2
     # training-only auxiliary heads: resumable like the rest, dropped from the exported policy
     assert label_train.main(args + ["--total-updates", "2", "--run-name", "aux", "--aux-weight", "0.5",

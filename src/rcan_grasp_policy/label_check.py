@@ -1,6 +1,6 @@
 """`rcan check-labels`: the held-out checks of `rcan train-labels` for any policy on any label sets.
 
-The same figures a run logs every `--eval-every` updates (label AUC, move AUC, pick label, ...), for a
+The same figures a run logs every `--eval-every` updates (label AUC, move AUC, pick label, CEM regret, ...), for a
 snapshot or an exported policy, on training sets as well as held-out ones: a policy that scores the
 same on the states it was trained on as on new ones is underfitting, not short of data.
 
@@ -20,6 +20,7 @@ import numpy as np
 from rcan_common.action import YAW_STATE_DIM, with_yaw
 from rcan_common.config import ConfigError, parse_cli, require
 from rcan_common.io import atomic_write_json
+from rcan_grasp_policy.cem import CEMConfig
 
 NEAREST_OBJECT = "nearest-object"
 """The privileged reference scorer's name for --policy (sim only: it reads the labelled scene's object poses)."""
@@ -37,7 +38,11 @@ class LabelCheckConfig:
     max_states: int = 0
     """Score this many states of each directory, drawn at random with `seed` (0: all)."""
     seed: int = 0
+    """Seed of the --max-states draw and of CEM's draws for the regret."""
     threads: int = 1
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    """The search whose regret is reported (`cem_regret`: 1 - Q of CEM's pick / the best Q over a dense set of 256
+    actions and the labelled ones, as train-labels logs it); the deployed search by default."""
     feature_teacher: Path | None = None
     """Also report `feature_mse`: the mean squared error between the policy's trunk features on its inputs and
     this canonical network's on each state's canonical render (the --feature-teacher loss of train-labels, without
@@ -53,6 +58,7 @@ class LabelCheckConfig:
 
 def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
     from rcan_grasp_policy.backends import load_qfunction
+    from rcan_grasp_policy.cem import cem_regret
     from rcan_grasp_policy.label_train import label_metrics
     from rcan_grasp_policy.labels import load_labels, nearest_object_scores, policy_images
 
@@ -84,9 +90,14 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=contract.view_fov_deg(),
                                image_size=contract.image_size)
         state = with_yaw(data["state"], data["yaw"]) if qf.state_dim == YAW_STATE_DIM else data["state"]
-        q = np.concatenate([qf.score(qf.embed(images[i:i + 128], state[i:i + 128]),
-                                     data["candidates"][i:i + 128]) for i in range(0, len(idx), 128)])
+        rng, qs, ratios = np.random.default_rng(cfg.seed), [], []
+        for i in range(0, len(idx), 128):
+            context, candidates = qf.embed(images[i:i + 128], state[i:i + 128]), data["candidates"][i:i + 128]
+            qs.append(qf.score(context, candidates))
+            ratios.append(cem_regret(qf, context, len(candidates), candidates, rng, cfg.cem, dense=256).ratio)
+        q = np.concatenate(qs)
         m = label_metrics(q, data["labels"], data["candidates"], data["state"])
+        m["cem_regret"] = float(1.0 - np.concatenate(ratios).mean())  # 0: CEM always finds the best candidate
         m["move_pick_distance_cm"] = move_pick_distance_cm(q, distance, data)
         if features is not None:
             canonical = policy_images(d, data, "canonical", camera_fov_deg=contract.view_fov_deg(),
