@@ -58,8 +58,7 @@ class LabelCheckConfig:
 
 def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
     from rcan_grasp_policy.backends import load_qfunction
-    from rcan_grasp_policy.cem import cem_regret
-    from rcan_grasp_policy.label_train import label_metrics
+    from rcan_grasp_policy.label_train import label_metrics, scores_and_regret
     from rcan_grasp_policy.labels import load_labels, nearest_object_scores, policy_images
 
     reference = cfg.policy == NEAREST_OBJECT
@@ -90,14 +89,8 @@ def check(cfg: LabelCheckConfig) -> dict[str, dict[str, float]]:
         images = policy_images(d, data, meta["variant"], meta.get("generator"), camera_fov_deg=contract.view_fov_deg(),
                                image_size=contract.image_size)
         state = with_yaw(data["state"], data["yaw"]) if qf.state_dim == YAW_STATE_DIM else data["state"]
-        rng, qs, ratios = np.random.default_rng(cfg.seed), [], []
-        for i in range(0, len(idx), 128):
-            context, candidates = qf.embed(images[i:i + 128], state[i:i + 128]), data["candidates"][i:i + 128]
-            qs.append(qf.score(context, candidates))
-            ratios.append(cem_regret(qf, context, len(candidates), candidates, rng, cfg.cem, dense=256).ratio)
-        q = np.concatenate(qs)
-        m = label_metrics(q, data["labels"], data["candidates"], data["state"])
-        m["cem_regret"] = float(1.0 - np.concatenate(ratios).mean())  # 0: CEM always finds the best candidate
+        q, regret = scores_and_regret(qf, images, state, data["candidates"], np.random.default_rng(cfg.seed), cfg.cem)
+        m = label_metrics(q, data["labels"], data["candidates"], data["state"]) | {"cem_regret": regret}
         m["move_pick_distance_cm"] = move_pick_distance_cm(q, distance, data)
         if features is not None:
             canonical = policy_images(d, data, "canonical", camera_fov_deg=contract.view_fov_deg(),

@@ -285,16 +285,21 @@ def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rn
                   chunk: int = 128) -> dict[str, float]:
     net.eval()
     qf = TorchQFunction(net, device=next(net.parameters()).device)
-    qs, ratios = [], []
-    for i in range(0, len(data["labels"]), chunk):
-        sl = slice(i, i + chunk)
-        ctx = qf.embed(data["image"][sl], data["state"][sl])
-        qs.append(qf.score(ctx, data["candidates"][sl]))
-        ratios.append(cem_regret(qf, ctx, len(data["labels"][sl]), data["candidates"][sl], rng, cem, dense=256).ratio)
+    q, regret = scores_and_regret(qf, data["image"], data["state"], data["candidates"], rng, cem, chunk)
     net.train()
-    out = label_metrics(np.concatenate(qs), data["labels"], data["candidates"], data["state"])
-    out["cem_regret"] = float(1.0 - np.concatenate(ratios).mean())  # 0: CEM always finds the best candidate
-    return out
+    return label_metrics(q, data["labels"], data["candidates"], data["state"]) | {"cem_regret": regret}
+
+
+def scores_and_regret(qf, images: np.ndarray, state: np.ndarray, candidates: np.ndarray, rng: np.random.Generator,
+                      cem: CEMConfig, chunk: int = 128) -> tuple[np.ndarray, float]:
+    """Q of every labelled candidate (N, K), and the CEM regret over the N states: 1 - the mean of Q of CEM's pick
+    over the best Q among a dense set of 256 actions and the labelled ones (0: CEM always finds the best)."""
+    qs, ratios = [], []
+    for i in range(0, len(candidates), chunk):
+        context, chunk_candidates = qf.embed(images[i:i + chunk], state[i:i + chunk]), candidates[i:i + chunk]
+        qs.append(qf.score(context, chunk_candidates))
+        ratios.append(cem_regret(qf, context, len(chunk_candidates), chunk_candidates, rng, cem, dense=256).ratio)
+    return np.concatenate(qs), float(1.0 - np.concatenate(ratios).mean())
 
 
 def within_state_rank_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
