@@ -10,7 +10,7 @@ STAMP := $(VENV)/.setup-done
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
-.PHONY: setup demo test bench policy policy-rcan policy-rcan-128 clean
+.PHONY: setup demo test bench policy policy-rcan policy-128 policy-rcan-128 clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,24 @@ policy-rcan: $(STAMP)
 	$(TRAIN_LABELS) --variant rcan --labels $(SETS_4) --run-name $(notdir $(POLICY_RUN))-rcan \
 		$(WARM) --total-updates $(POLICY_RCAN_UPDATES) $(call RESUME_IF,$(POLICY_RUN)-rcan)
 	$(VENV)/bin/rcan eval-policy --policy $(POLICY_RUN)-rcan --episodes 102 --domain randomized --workers 2
+
+# The canonical policy at 128 px from scratch on the committed label sets (datasets/README.md): width 64 with the
+# action merged at 16x16 (--merge-downsample 8, not in the paper), batches of 64 states, the rate decayed to 0,
+# weight average (docs/policy.md, Results, thirteenth session: 64-70 of 102 on four selection sets after 15,000
+# updates).  On the 2 cores: about 16 min to render the sets, then about 2.4 updates/s (about 2 h in all);
+# POLICY128_DEVICE=cuda trains on a GPU (52 updates/s on an H200).  Rerunning resumes.
+POLICY128_SETS := $(addprefix datasets/labels/descend-aimed-128-,scripted dagger12 dagger13 dagger14)
+POLICY128_RUN ?= runs/policy/canonical-128-make
+POLICY128_UPDATES ?= 15000
+POLICY128_DEVICE ?= cpu
+
+policy-128: $(STAMP)
+	$(VENV)/bin/rcan train-labels --image-size 128 --width 64 --merge-downsample 8 --bf16 --device $(POLICY128_DEVICE) \
+		--labels $(POLICY128_SETS) --eval-labels datasets/labels/descend-aimed-128-test --ema-decay 0.999 --lr-decay \
+		--total-updates $(POLICY128_UPDATES) --batch-states 64 --eval-every 2500 --eval-episodes 30 --threads 2 \
+		--render-workers 2 --log-every 250 --out-dir $(dir $(POLICY128_RUN)) --run-name $(notdir $(POLICY128_RUN)) \
+		$(call RESUME_IF,$(POLICY128_RUN))
+	$(VENV)/bin/rcan eval-policy --policy $(POLICY128_RUN) --episodes 102 --seed 1000 --domain canonical --workers 2
 
 # The RCAN policy at 128 px by distillation from the shipped canonical network (docs/policy.md, "Distilling the
 # canonical policy"): held-out executed labels for the early checks, then rounds of teacher labels on the states
