@@ -92,7 +92,8 @@ policy-rcan: $(STAMP)
 # The canonical policy at 128 px from scratch on the committed label sets (datasets/README.md): width 64 with the
 # action merged at 16x16 (--merge-downsample 8, not in the paper), batches of 64 states, the rate decayed to 0,
 # weight average (docs/policy.md, Results, thirteenth session: 64-70 of 102 on four selection sets after 15,000
-# updates on a GPU, when the scripted set had 193 of its shards).  On the 2 cores: about 16 min to render the sets, then about 2.4 updates/s (about 2 h in all);
+# updates on a GPU, when the scripted set had 193 of its shards).  On the 2 cores, estimated from measured rates:
+# about 16 min to render the sets, 2.45 updates/s, about 3 min per held-out check, so about 2.5 h in all;
 # POLICY128_DEVICE=cuda trains on a GPU (52 updates/s on an H200).  Rerunning resumes.
 POLICY128_SETS := $(addprefix datasets/labels/descend-aimed-128-,scripted dagger12 dagger13 dagger14)
 POLICY128_RUN ?= runs/policy/canonical-128-make
