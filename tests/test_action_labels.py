@@ -327,7 +327,6 @@ def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
     assert np.isnan(move_pick_distance_cm(q, distance, {"candidates": candidates, "state": state * 0}))
 
 
-@pytest.mark.timeout(300)
 def _tiny_label_run(tmp_path) -> list[str]:
     """Label two scenes at 32 px into tmp_path/lab; the train-labels arguments of a tiny network on them."""
     L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=2, scenes_per_task=1, split="test", image_size=32,
@@ -338,6 +337,7 @@ def _tiny_label_run(tmp_path) -> list[str]:
             "--cem.samples", "8", "--cem.elites", "2"]
 
 
+@pytest.mark.timeout(300)
 def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     """Tiny label -> train -> resume (exact) -> greedy check -> export -> eval-policy run."""
     import json
