@@ -219,3 +219,39 @@ def test_cem_regret_against_a_dense_candidate_set():
     exact = build_actions(centres[:, None], 1 - np.arange(20)[:, None] % 2, (np.arange(20) % 2 == 1)[:, None])
     with_labels = cem_regret(qf, None, 20, exact, np.random.default_rng(0), CEMConfig(), BOUNDS)
     np.testing.assert_allclose(with_labels.q_best, 0.9, atol=1e-6)
+
+
+class CloseOrMoveQ:
+    """Q = `close_q` for any close (the peak of a sure grasp is elsewhere), 0.3 for every other action."""
+
+    def __init__(self, close_q):
+        self.close_q = np.asarray(close_q, dtype=float)  # (B,)
+
+    def embed(self, images, state):
+        return None
+
+    def score(self, ctx, actions):
+        return np.where(actions[..., CLOSE] == 1, self.close_q[:, None], 0.3)
+
+
+def test_close_gate_holds_back_low_q_closes_of_an_open_gripper_only():
+    """close_threshold 0.5: a close at Q 0.4 loses to a move at 0.3 while the gripper is open, and is taken when
+    the gripper is closed (the gate is for opening a grasp, not for a no-op); a close at 0.6 passes.  The Q
+    reported is the network's, not the gated rank."""
+    qf = CloseOrMoveQ([0.4, 0.4, 0.6])
+    gripper_open = np.array([True, False, True])
+    gated = CEMConfig(close_threshold=0.5)
+    actions, q = cem_search(qf, None, 3, np.random.default_rng(0), gated, BOUNDS, gripper_open=gripper_open)
+    assert actions[:, CLOSE].tolist() == [0.0, 1.0, 1.0]
+    np.testing.assert_allclose(q, [0.3, 0.4, 0.6])
+    ungated, _ = cem_search(qf, None, 3, np.random.default_rng(0), CEMConfig(), BOUNDS, gripper_open=gripper_open)
+    assert ungated[:, CLOSE].tolist() == [1.0, 1.0, 1.0]
+    # Without the gripper state there is no gate, and off (0) it is the search without it, bit for bit.
+    blind, _ = cem_search(qf, None, 3, np.random.default_rng(0), gated, BOUNDS)
+    np.testing.assert_array_equal(blind, ungated)
+    # CEMPolicy reads the gripper from the state vector (gripper_open, gripper_height).
+    policy = CEMPolicy(qf, gated, BOUNDS, seed=0)
+    acted, _ = policy.act(np.zeros((3, 8, 8, 3), np.uint8), np.array([[1.0, 0.1], [0.0, 0.1], [1.0, 0.1]], np.float32))
+    assert acted[:, CLOSE].tolist() == [0.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="close_threshold"):
+        CEMConfig(close_threshold=1.5)

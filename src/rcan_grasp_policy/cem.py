@@ -29,6 +29,9 @@ std equal to the bounds puts almost no mass):
 * a floor `min_discrete_prob` on every gripper class and on both terminate outcomes in the
   refit, so one refit cannot remove an option from the next iteration.
 
+A third addition is off by default: the close gate `close_threshold` (acting only) ranks a close of the
+open gripper below every other candidate unless its Q reaches the threshold.
+
 `CEMConfig(min_discrete_prob=0, shrunk_fraction=0)` is the paper's CEM, bit for bit.
 `cem_regret` measures how far a search falls short: Q of its pick over the best Q of a dense
 candidate set.
@@ -78,6 +81,12 @@ class CEMConfig:
     the discrete options cycled, so zero-motion close and terminate are always scored (0: none)."""
     shrunk_scale: float = 0.1
     """Largest shrink factor of those candidates; the factors step from 0 (exactly zero motion) up to it."""
+    close_threshold: float = 0.0
+    """Close gate (NOT in the paper; 0: off, the paper's argmax).  While the gripper is open, a candidate that
+    closes it ranks below every other candidate unless its Q reaches this value, so the policy moves on
+    instead of closing where its own network gives the grasp a low chance.  Acting only (CEMPolicy); the Q it
+    reports is the network's.  A property of one network's calibration: its card names the value selected on
+    selection seeds (docs/policy.md, "The close gate")."""
 
     def __post_init__(self) -> None:
         require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
@@ -89,6 +98,7 @@ class CEMConfig:
                 f"must be in [0, 1/3], got {self.min_discrete_prob}")
         require(0 <= self.shrunk_fraction <= 1, "shrunk_fraction", f"must be in [0, 1], got {self.shrunk_fraction}")
         require(0 <= self.shrunk_scale <= 1, "shrunk_scale", f"must be in [0, 1], got {self.shrunk_scale}")
+        require(0 <= self.close_threshold <= 1, "close_threshold", f"must be in [0, 1], got {self.close_threshold}")
 
     @property
     def shrunk_samples(self) -> int:
@@ -177,10 +187,15 @@ RANK_DECIMALS = 6
 
 
 def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator, cfg: CEMConfig = CEMConfig(),
-               bounds: ActionBounds = ActionBounds()) -> tuple[np.ndarray, np.ndarray]:
-    """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`."""
+               bounds: ActionBounds = ActionBounds(), gripper_open: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`.  `gripper_open` (B,)
+    bool enables `cfg.close_threshold` for the states whose gripper is open (None: no close gate)."""
     dist = SearchDistribution.initial(batch, cfg, bounds)
+    gate = None
+    if cfg.close_threshold > 0 and gripper_open is not None:
+        gate = np.asarray(gripper_open, dtype=bool).reshape(batch, 1)
     best_q = np.full(batch, -np.inf)
+    best_rank = np.full(batch, -np.inf)
     best_a = np.zeros((batch, ACTION_DIM), dtype=np.float32)
     rows = np.arange(batch)
     for it in range(cfg.iterations):
@@ -195,9 +210,12 @@ def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator
         # reorder near-tied candidates (a saturated sigmoid gives many) and send the two backends' searches
         # apart; ties then go to the earlier sample on both.
         rank = np.round(q, RANK_DECIMALS)
+        if gate is not None:  # a gated close ranks below any other candidate (Q is in [0, 1])
+            rank = np.where(gate & (actions[..., CLOSE] > 0.5) & (q < cfg.close_threshold), rank - 2.0, rank)
         order = np.argsort(-rank, axis=1, kind="stable")
         top = order[:, 0]
-        better = rank[rows, top] > np.round(best_q, RANK_DECIMALS)
+        better = rank[rows, top] > best_rank
+        best_rank = np.where(better, rank[rows, top], best_rank)
         best_q = np.where(better, q[rows, top], best_q)
         best_a[better] = actions[rows[better], top[better]]
         if it + 1 < cfg.iterations:
@@ -285,7 +303,8 @@ class CEMPolicy:
         if state.shape != (images.shape[0], d):
             raise ValueError(f"state must have shape ({images.shape[0]}, {d}), got {state.shape}")
         ctx = self.qf.embed(images, state)
-        actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds)
+        actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds,
+                                gripper_open=state[:, 0] > 0.5)  # STATE_NAMES[0]: gripper_open (1/0)
         if self.epsilon > 0:
             explore = self.rng.random(images.shape[0]) < self.epsilon
             if explore.any():

@@ -124,6 +124,11 @@ def parity(net: QNetwork, onnx_path: Path, cem: CEMConfig, states: int, seed: in
             "states": states, "cem": to_dict(cem), "seed": seed}
 
 
+def close_threshold(report: dict) -> float:
+    """The close gate (CEMConfig.close_threshold) an eval-policy report ran with; 0 (off) in reports before it."""
+    return float(((report.get("config") or {}).get("cem") or {}).get("close_threshold", 0.0))
+
+
 def _card_md(card: dict) -> str:
     m, p = card["model"], card["parity"]
     lines = [f"# {card['name']}", "", card["summary"], "",
@@ -137,10 +142,11 @@ def _card_md(card: dict) -> str:
              f"- parity: max |q_torch - q_ort| = {p['q_max_abs_diff']:.2e}; CEM picks the same actions: "
              f"{p['cem_same_actions']}", "", "## Evaluation (unseen test objects)", ""]
     if card["evaluations"]:
-        lines += ["| domain | policy | episodes | success | 95% Wilson |", "|---|---|---|---|---|"]
+        lines += ["| domain | policy | CEM close gate | episodes | success | 95% Wilson |", "|---|---|---|---|---|---|"]
         for e in card["evaluations"]:
-            lines.append(f"| {e['domain']} | {e['policy']} | {e['episodes']} | {e['success_rate']:.3f} | "
-                         f"{e['wilson95'][0]:.3f}-{e['wilson95'][1]:.3f} |")
+            gate = e.get("close_threshold", 0.0)  # cards written before the gate have none: it was off
+            lines.append(f"| {e['domain']} | {e['policy']} | {f'{gate:g}' if gate else 'off'} | {e['episodes']} | "
+                         f"{e['success_rate']:.3f} | {e['wilson95'][0]:.3f}-{e['wilson95'][1]:.3f} |")
     else:
         lines.append("No evaluation reports were attached.")
     if card["notes"]:
@@ -173,7 +179,8 @@ def export(cfg: ExportConfig, command: str = "") -> dict:
     for path in cfg.evals:
         e = json.loads(Path(path).read_text())
         evaluations.append({k: e[k] for k in ("domain", "split", "episodes", "successes", "success_rate", "wilson95",
-                                              "mean_steps", "variant", "generator", "policy")} | {"report": str(path)})
+                                              "mean_steps", "variant", "generator", "policy")}
+                           | {"close_threshold": close_threshold(e), "report": str(path)})
     import onnxruntime
     card = {"name": out.stem, "summary": "QT-Opt grasping Q-function (RCAN paper Appendix B) for CEM action selection.",
             "files": {"onnx": str(out), "weights": str(out.with_suffix(".safetensors")),

@@ -29,6 +29,9 @@ class PolicyNodeParams:
     cem_samples: int = 64
     cem_elites: int = 6
     cem_iterations: int = 2
+    cem_close_threshold: float = 0.0
+    """CEMConfig.close_threshold (NOT in the paper; 0: off): the value the policy's card names, e.g. 0.55 for
+    policy_canonical_128; the shipped RCAN policies use 0."""
     seed: int = 0
     max_translation: float = 0.05
     max_rotation: float = 0.5
@@ -76,7 +79,8 @@ class PolicyNodeParams:
                              inter_op_threads=self.inter_op_threads, fp16=self.fp16, warmup_runs=self.warmup_runs)
 
     def cem_config(self) -> CEMConfig:
-        return CEMConfig(samples=self.cem_samples, elites=self.cem_elites, iterations=self.cem_iterations)
+        return CEMConfig(samples=self.cem_samples, elites=self.cem_elites, iterations=self.cem_iterations,
+                         close_threshold=self.cem_close_threshold)
 
     def bounds(self) -> ActionBounds:
         return ActionBounds(max_translation=self.max_translation, max_rotation=self.max_rotation)
