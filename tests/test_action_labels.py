@@ -825,7 +825,7 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
 
     from rcan_common.config import ConfigError
     from rcan_grasp_policy.backends import load_qfunction, save_policy
-    from rcan_grasp_policy.cem import CEMPolicy
+    from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
     from rcan_grasp_policy.inputs import InputEncoder, state_vector
     from rcan_grasp_policy.qnet import QNetConfig, QNetwork
 
@@ -844,6 +844,13 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
         expected = CEMPolicy(qf, seed=0).act(InputEncoder("rcan", gen)({"image": randomized})[None],
                                              state_vector(obs)[None])[0][0]
         np.testing.assert_array_equal(act(obs, world), expected)
+        # --behaviour-close-threshold: the behaviour's CEM carries the card's close gate.
+        gated = L._behaviour_policy(str(policy), world, close_threshold=0.5)
+        expected = CEMPolicy(qf, CEMConfig(close_threshold=0.5), seed=0).act(
+            InputEncoder("rcan", gen)({"image": randomized})[None], state_vector(obs)[None])[0][0]
+        np.testing.assert_array_equal(gated(obs, world), expected)
+        with pytest.raises(ConfigError, match="behaviour_close_threshold"):
+            L.LabelConfig(behaviour_close_threshold=0.5)  # the scripted behaviour has no CEM
         meta = json.loads(policy.with_suffix(".json").read_text())
         policy.with_suffix(".json").write_text(json.dumps({**meta, "generator": str(tmp_path / "gone.onnx")}))
         with pytest.raises(ConfigError, match="gone.onnx"):

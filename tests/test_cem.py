@@ -255,3 +255,13 @@ def test_close_gate_holds_back_low_q_closes_of_an_open_gripper_only():
     assert acted[:, CLOSE].tolist() == [0.0, 1.0, 1.0]
     with pytest.raises(ConfigError, match="close_threshold"):
         CEMConfig(close_threshold=1.5)
+
+
+def test_policy_node_parameter_sets_the_close_gate():
+    from rcan_grasp_policy.policy_params import PolicyNodeParams
+
+    assert PolicyNodeParams().cem_config().close_threshold == 0.0  # off unless the card's value is configured
+    assert PolicyNodeParams(cem_close_threshold=0.55).cem_config().close_threshold == 0.55
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="close_threshold"):
+            PolicyNodeParams(cem_close_threshold=bad)

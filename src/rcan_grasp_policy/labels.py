@@ -79,6 +79,9 @@ class LabelConfig:
     generator's G of it) (DAgger-style: the data follows the policy)."""
     behaviour_epsilon: float = 0.3
     """Probability of a uniformly random behaviour action (spreads the visited states)."""
+    behaviour_close_threshold: float = 0.0
+    """The close gate of a learned behaviour's CEM (CEMConfig.close_threshold, NOT in the paper; 0: off), e.g. the
+    value its card names, so the states are the ones the policy visits as it is deployed."""
     aim_offset: float = 0.03
     """Behaviour policy aims up to this far (m) from the object's centre (near-miss states)."""
     jitter_translation: float = 0.01
@@ -142,6 +145,9 @@ class LabelConfig:
         require(self.aimed_noise >= 0 and self.aimed_yaw_noise >= 0, "aimed_noise", "must be >= 0")
         require(0.0 < self.label_prob <= 1.0, "label_prob", f"must be in (0, 1], got {self.label_prob}")
         require(0.0 <= self.behaviour_epsilon <= 1.0, "behaviour_epsilon", "must be in [0, 1]")
+        require(0.0 <= self.behaviour_close_threshold <= 1.0, "behaviour_close_threshold", "must be in [0, 1]")
+        require(self.behaviour_close_threshold == 0 or self.behaviour != "scripted", "behaviour_close_threshold",
+                "is a learned behaviour's CEM setting; the scripted behaviour has none")
         require(self.aim_offset >= 0, "aim_offset", "must be >= 0")
         require(self.jitter_translation >= 0 and self.jitter_rotation >= 0, "jitter_translation", "must be >= 0")
         require(self.completion in COMPLETIONS, "completion",
@@ -290,13 +296,13 @@ def labelling_env(cfg: LabelConfig):
                               max_steps=cfg.max_steps))
 
 
-def _behaviour_policy(path: str, env):
+def _behaviour_policy(path: str, env, close_threshold: float = 0.0):
     """A learned policy as `policy(obs, env) -> action`: greedy CEM on its Q-function, fed what it was trained
     on.  A policy of another domain than the labelling env's (rcan: the randomized domain, through the
     generator named in its metadata) or of a narrower view sees its own render of the same state, as
     `rcan eval-policy` gives it; the stored images stay the labelling domain's."""
     from rcan_grasp_policy.backends import load_qfunction
-    from rcan_grasp_policy.cem import CEMPolicy
+    from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
     from rcan_grasp_policy.inputs import InputEncoder, state_vector, training_domain
 
     qf, meta = load_qfunction(path, threads=1)
@@ -308,7 +314,7 @@ def _behaviour_policy(path: str, env):
     if size != env_size:  # an image resized to the policy's size is not the render it was trained on
         raise ConfigError(f"behaviour policy {path} takes {size} px images and the labelling env renders "
                           f"{env_size} px; label with --image-size {size}")
-    policy = CEMPolicy(qf, seed=0)
+    policy = CEMPolicy(qf, CEMConfig(close_threshold=close_threshold), seed=0)
     domain, fov = training_domain(variant), qf.contract.view_fov_deg()
     yaw_state = qf.state_dim == YAW_STATE_DIM
     if domain == env.cfg.domain and not fov:
@@ -375,7 +381,7 @@ def _label_task(cfg: LabelConfig, task: int, env) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     completion = ScriptedGraspPolicy() if cfg.completion == "scripted" else DescendGraspPolicy()
-    learned = None if cfg.behaviour == "scripted" else _behaviour_policy(cfg.behaviour, env)
+    learned = None if cfg.behaviour == "scripted" else _behaviour_policy(cfg.behaviour, env, cfg.behaviour_close_threshold)
     teacher = TeacherLabeller(cfg.teacher, env) if cfg.teacher else None
     drawn = cfg.candidates - cfg.aimed_candidates - bool(teacher)  # behaviour, close, terminate and CEM draws
     rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
