@@ -187,7 +187,8 @@ RANK_DECIMALS = 6
 
 
 def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator, cfg: CEMConfig = CEMConfig(),
-               bounds: ActionBounds = ActionBounds(), gripper_open: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               bounds: ActionBounds = ActionBounds(),
+               gripper_open: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`.  `gripper_open` (B,)
     bool enables `cfg.close_threshold` for the states whose gripper is open (None: no close gate)."""
     dist = SearchDistribution.initial(batch, cfg, bounds)

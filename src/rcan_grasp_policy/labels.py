@@ -381,7 +381,8 @@ def _label_task(cfg: LabelConfig, task: int, env) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     completion = ScriptedGraspPolicy() if cfg.completion == "scripted" else DescendGraspPolicy()
-    learned = None if cfg.behaviour == "scripted" else _behaviour_policy(cfg.behaviour, env, cfg.behaviour_close_threshold)
+    learned = (None if cfg.behaviour == "scripted"
+               else _behaviour_policy(cfg.behaviour, env, cfg.behaviour_close_threshold))
     teacher = TeacherLabeller(cfg.teacher, env) if cfg.teacher else None
     drawn = cfg.candidates - cfg.aimed_candidates - bool(teacher)  # behaviour, close, terminate and CEM draws
     rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
