@@ -815,7 +815,7 @@ def test_yaw_state_network_starts_as_the_one_without_it(tmp_path):
         policy.act(uint8, state.numpy())
 
 
-def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
+def test_rcan_behaviour_sees_its_own_inputs(tmp_path, monkeypatch):
     """DAgger along an rcan policy: it acts on [randomized render, G(render)] of the labelling env's state, as
     `rcan eval-policy` shows it; without its generator it is refused by name."""
     import json
@@ -844,8 +844,21 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path):
         expected = CEMPolicy(qf, seed=0).act(InputEncoder("rcan", gen)({"image": randomized})[None],
                                              state_vector(obs)[None])[0][0]
         np.testing.assert_array_equal(act(obs, world), expected)
-        # --behaviour-close-threshold: the behaviour's CEM carries the card's close gate.
+        # --behaviour-close-threshold: the behaviour's CEM carries the card's close gate (a tiny network need not
+        # close here, so the search's config is recorded as well as its decision compared).
+        import rcan_grasp_policy.cem as cem
+
+        thresholds = []
+
+        class RecordingCEMPolicy(CEMPolicy):
+            def __init__(self, qf, cfg=CEMConfig(), *args, **kwargs):
+                thresholds.append(cfg.close_threshold)
+                super().__init__(qf, cfg, *args, **kwargs)
+
+        monkeypatch.setattr(cem, "CEMPolicy", RecordingCEMPolicy)
         gated = L._behaviour_policy(str(policy), world, close_threshold=0.5)
+        monkeypatch.undo()
+        assert thresholds == [0.5]
         expected = CEMPolicy(qf, CEMConfig(close_threshold=0.5), seed=0).act(
             InputEncoder("rcan", gen)({"image": randomized})[None], state_vector(obs)[None])[0][0]
         np.testing.assert_array_equal(gated(obs, world), expected)

@@ -44,7 +44,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from rcan_common.config import require
-from rcan_common.action import ACTION_DIM, CLOSE, COS, OPEN, SIN, STATE_DIM, TERMINATE, ActionBounds
+from rcan_common.action import ACTION_DIM, CLOSE, COS, OPEN, SIN, STATE_DIM, STATE_NAMES, TERMINATE, ActionBounds
+
+GRIPPER_OPEN_STATE = STATE_NAMES.index("gripper_open")
+"""Column of the state vector that holds the gripper's state (1 open, 0 closed): what the close gate reads."""
 
 # Gripper classes of the categorical part, in this order.
 GRIPPER_CLASSES = ("none", "close", "open")
@@ -305,7 +308,7 @@ class CEMPolicy:
             raise ValueError(f"state must have shape ({images.shape[0]}, {d}), got {state.shape}")
         ctx = self.qf.embed(images, state)
         actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds,
-                                gripper_open=state[:, 0] > 0.5)  # STATE_NAMES[0]: gripper_open (1/0)
+                                gripper_open=state[:, GRIPPER_OPEN_STATE] > 0.5)
         if self.epsilon > 0:
             explore = self.rng.random(images.shape[0]) < self.epsilon
             if explore.any():
