@@ -703,6 +703,7 @@ def test_aimed_candidates_label_more_grasps_than_cem_draws(env):
 
     rng = np.random.default_rng(3)
     aimed, drawn = [], []
+    env.world.rebuild()  # a fresh pybullet client: the outcomes must not depend on which tests used `env` before
     for seed in range(16):
         env.reset(20 + seed)  # then a random step, so the gripper is not where the script would put it
         env.step(make_action([*rng.uniform(-0.05, 0.05, 2), -0.05]), render=False)
