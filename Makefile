@@ -96,7 +96,7 @@ policy-rcan: $(STAMP)
 # about 16 min to render the sets, 2.45 updates/s, about 3 min per held-out check, so about 2.5 h in all;
 # POLICY128_DEVICE=cuda trains on a GPU (52 updates/s on an H200).  Rerunning resumes.  The decay is what the
 # measured run used; for the paper's layout a constant rate grasped far more (docs/policy.md, fifteenth session),
-# for this one it did not (sixteenth session, on the 2 cores: 119 against 128 of 204 on two selection sets).
+# for this one it did not (sixteenth session, on the 2 cores: 251 against 264 of 408 on four selection sets).
 POLICY128_SETS := $(addprefix datasets/labels/descend-aimed-128-,scripted dagger12 dagger13 dagger14)
 POLICY128_RUN ?= runs/policy/canonical-128-make
 POLICY128_UPDATES ?= 15000
