@@ -284,11 +284,9 @@ def label_metrics(q: np.ndarray, labels: np.ndarray, candidates: np.ndarray | No
 def heldout_check(net: QNetwork, data: dict[str, np.ndarray], cem: CEMConfig, rng: np.random.Generator,
                   chunk: int = 128) -> dict[str, float]:
     net.eval()
-    try:
-        qf = TorchQFunction(net, device=next(net.parameters()).device)
-        q, regret = scores_and_regret(qf, data["image"], data["state"], data["candidates"], rng, cem, chunk)
-    finally:  # an interrupted check must not leave the training network in eval mode (frozen BatchNorm)
-        net.train()
+    qf = TorchQFunction(net, device=next(net.parameters()).device)
+    q, regret = scores_and_regret(qf, data["image"], data["state"], data["candidates"], rng, cem, chunk)
+    net.train()
     return label_metrics(q, data["labels"], data["candidates"], data["state"]) | {"cem_regret": regret}
 
 
