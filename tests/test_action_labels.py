@@ -327,6 +327,34 @@ def test_move_pick_scores_the_best_scored_move_of_each_open_gripper_state():
     assert np.isnan(move_pick_distance_cm(q, distance, {"candidates": candidates, "state": state * 0}))
 
 
+def test_behaviour_successors_follow_each_episode_one_step_on():
+    from rcan_common.action import make_action
+    from rcan_grasp_policy.label_train import behaviour_successors
+
+    seed = np.array([7, 7, 7, 9, 9, 7])
+    step = np.array([0, 1, 3, 1, 2, 4])  # episode 7's step 2 was not labelled
+    move, stop = make_action([0.01, 0.0, -0.02]), make_action(terminate=True)
+    candidates = np.stack([np.stack([a, move]) for a in (move, move, move, move, stop, stop)])
+    # 0 -> 1; 1's next state (step 2) is missing; 2 -> 5; 3 -> 4; 4 and 5 terminate (5 would have no successor anyway)
+    assert behaviour_successors(seed, step, candidates).tolist() == [1, -1, 5, 4, -1, -1]
+
+
+def test_bellman_labels_raise_only_the_behaviour_action_and_its_copies():
+    from rcan_grasp_policy.label_train import bellman_labels
+
+    labels = np.array([[0.0, 0.3, 0.0], [0.6, 0.0, 0.6], [0.2, 0.9, 0.0]], np.float32)
+    candidates = np.zeros((3, 3, 8), np.float32)
+    candidates[:, 1, 0] = 0.01  # candidate 1 differs from the behaviour action; candidate 2 is a copy of it
+    candidates[2, 2, 1] = 0.02  # ... except in row 2
+    out = bellman_labels(labels, candidates, np.array([0, 1, 2]), q1_next=np.array([0.5, 0.5, 1.0]),
+                         q2_next=np.array([0.8, 0.2, 1.0]), gamma=0.9, step_reward=-0.05)
+    # row 0: min(0.5, 0.8) -> -0.05 + 0.45 = 0.4 raises the behaviour and its copy; row 1: 0.13 < 0.6, kept;
+    # row 2: clipped at 0.85, the other candidates keep their labels
+    np.testing.assert_allclose(out, [[0.4, 0.3, 0.4], [0.6, 0.0, 0.6], [0.85, 0.9, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(bellman_labels(labels, candidates, np.array([1]), np.array([1.0]), np.array([1.0]),
+                                              0.9)[[0, 2]], labels[[0, 2]])  # rows without a successor: unchanged
+
+
 def _tiny_label_run(tmp_path) -> list[str]:
     """Label two scenes at 32 px into tmp_path/lab; the train-labels arguments of a tiny network on them."""
     L.run(L.LabelConfig(out_dir=tmp_path / "lab", scenes=2, scenes_per_task=1, split="test", image_size=32,
@@ -418,6 +446,24 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     with pytest.raises(SystemExit):
         label_train.main(args + ["--run-name", "disc2", "--label-discount", "1.5"])
     assert "'label_discount'" in capsys.readouterr().err
+    # QT-Opt's Bellman targets beside the labels: the target networks are checkpointed, resume stays exact
+    bellman = args + ["--eval-every", "0", "--bellman", "--bellman-target2-lag", "3", "--log-every", "1"]
+    assert label_train.main(bellman + ["--total-updates", "2", "--run-name", "bellman"]) == 0
+    assert label_train.main(bellman + ["--total-updates", "4", "--run-name", "bellman", "--resume"]) == 0
+    assert label_train.main(bellman + ["--total-updates", "4", "--run-name", "bellman-straight"]) == 0
+    resumed, straight_ckpt = (load_file(str(tmp_path / r / "checkpoint.safetensors"))
+                              for r in ("bellman", "bellman-straight"))
+    assert any(k.startswith("target2.") for k in straight_ckpt)
+    for k, v in straight_ckpt.items():
+        torch.testing.assert_close(resumed[k], v, rtol=0, atol=0)
+    assert any(not torch.equal(straight_ckpt[f"target1.{k}"], v) for k, v in load_file(
+        str(tmp_path / "bellman-straight" / "policy.safetensors")).items() if v.is_floating_point())  # Polyak, lagging
+    bellman_log = (tmp_path / "bellman" / "metrics.csv").read_text().splitlines()
+    raises = [float(r.split(",")[bellman_log[0].split(",").index("bellman_raise")]) for r in bellman_log[1:]]
+    assert len(raises) == 4 and all(r >= 0 for r in raises) and max(raises) > 0
+    assert label_train.main(args + ["--total-updates", "6", "--run-name", "bellman", "--eval-every", "0",
+                                    "--resume"]) == 2
+    assert "'bellman'" in capsys.readouterr().err
     # cosine learning-rate decay: the rate is a function of the update counter (so resume stays exact)
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]

@@ -39,20 +39,21 @@ from rcan_common.io import atomic_write_json, ensure_writable_dir
 from rcan_common.runlog import RunLog
 from rcan_common.stats import wilson_interval
 from rcan_grasp_policy.backends import TorchQFunction, generator_digest, load_policy_net, save_policy
-from rcan_grasp_policy.cem import CEMConfig, cem_regret
+from rcan_grasp_policy.cem import CEMConfig, cem_regret, cem_search
 from rcan_grasp_policy.collect import CollectTask, collect_episodes
 from rcan_grasp_policy.inputs import VARIANTS, training_domain, variant_channels
 from rcan_grasp_policy.labels import (aux_targets, best_open_moves, label_settings, load_labels, nearest_object_scores,
                                      open_gripper_moves, policy_images)
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-from rcan_grasp_policy.qtopt import shift_with_offsets
+from rcan_grasp_policy.qtopt import polyak_update, shift_with_offsets
 from rcan_sim.env import EnvConfig
 
 SELECTION_SEED_BASE = 1000
 """Greedy checks run on test objects with seeds from here: outside the evaluation protocol's 0..101."""
 _ARCH_FIELDS = ("variant", "image_size", "width", "trunk_width", "fc_width", "merge_downsample", "stem_pool",
                 "coord_channels", "yaw_state", "aux_weight", "blank_images", "camera_fov_deg", "ema_decay", "init_from",
-                "feature_teacher", "feature_weight", "rank_weight", "aim_weight", "label_discount", "bf16")
+                "feature_teacher", "feature_weight", "rank_weight", "aim_weight", "label_discount", "bf16", "bellman",
+                "bellman_tau", "bellman_target2_lag")
 AUX_KEYS = ("object_mask", "gripper_uv", "object_uv")
 
 
@@ -194,6 +195,20 @@ class LabelTrainConfig:
     a grasp that comes sooner: at the labelling gamma 0.9 and -0.05 a step, a move that grasps one step later is
     worth 0.85 or less of one that grasps now, so Q may trade aim for a faster descent; a discount nearer 1
     weighs whether a move grasps over when.  The held-out checks keep the labels as labelled."""
+    bellman: bool = False
+    """QT-Opt's clipped double-Q Bellman target beside the labels (off: the labels alone).  A labelled state's
+    behaviour action (candidate 0, the action its episode went on with) whose next state is labelled too is a
+    replay transition (s, a, r, s'); its training target becomes max(label, clip(r + gamma * min_i Q_target_i(s',
+    a*), 0, 1)), a* = CEM's argmax of target network 1 at s' (the deployed search, without the close gate).  The
+    label is a lower bound: after a move the blind completion cannot re-aim, the policy can, and the Bellman target
+    says what that is worth by the network's own estimate.  Only behaviour transitions have a stored next state (a
+    fraction `label_prob` of them), so the other candidates keep their labels.  Target network 1 follows the
+    learner by Polyak averaging (`bellman_tau`), network 2 is a copy of it lagged by `bellman_target2_lag` updates,
+    as in `rcan train-policy` (qtopt.py)."""
+    bellman_tau: float = 0.01
+    """Polyak rate of Bellman target network 1 per update (QTOptConfig.tau)."""
+    bellman_target2_lag: int = 200
+    """Updates between copies of target network 1 into the lagged target network 2 (QTOptConfig.target2_lag)."""
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
@@ -213,6 +228,10 @@ class LabelTrainConfig:
         require(self.aim_weight >= 0, "aim_weight", f"must be >= 0, got {self.aim_weight}")
         require(self.label_discount == 0 or 0 < self.label_discount <= 1, "label_discount",
                 f"must be 0 (off) or in (0, 1], got {self.label_discount}")
+        require(0 < self.bellman_tau <= 1, "bellman_tau", f"must be in (0, 1], got {self.bellman_tau}")
+        require(self.bellman_target2_lag >= 1, "bellman_target2_lag", f"must be >= 1, got {self.bellman_target2_lag}")
+        require(not (self.bellman and self.label_discount), "bellman",
+                "the Bellman target discounts by the labels' gamma: use it or label_discount, not both")
         require(not (self.trunk_width and self.aux_weight), "trunk_width",
                 "the auxiliary heads read the trunk at `width` channels: use one or the other")
 
@@ -369,6 +388,52 @@ def aim_labels(data: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
+# ----------------------------------------------------------------------------- Bellman targets (LabelTrainConfig.bellman)
+def behaviour_successors(seed: np.ndarray, step: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """For each record of one label set, the index of the record of the state its behaviour action (candidate 0)
+    led to: the same episode (seed), one step later; -1 where that action ended the episode or the next state was
+    not labelled (label_prob)."""
+    index = {(int(s), int(t)): i for i, (s, t) in enumerate(zip(seed, step))}
+    successors = np.array([index.get((int(s), int(t) + 1), -1) for s, t in zip(seed, step)], dtype=np.int64)
+    successors[candidates[:, 0, TERMINATE] > 0.5] = -1
+    return successors
+
+
+def bellman_labels(labels: np.ndarray, candidates: np.ndarray, live: np.ndarray, q1_next: np.ndarray,
+                   q2_next: np.ndarray, gamma: float, step_reward: float = EnvConfig.step_reward) -> np.ndarray:
+    """labels (B, K) with the behaviour candidate of the rows `live` raised to the clipped double-Q target
+    clip(step_reward + gamma * min(q1', q2'), 0, 1) where that is above its label (a move's reward is the step
+    reward, as in the labels).  Copies of the behaviour candidate (the padding of a set labelled with fewer
+    candidates) are raised with it, so one action never has two targets."""
+    out = labels.copy()
+    target = np.clip(step_reward + gamma * np.minimum(q1_next, q2_next), 0.0, 1.0).astype(labels.dtype)
+    behaviour = np.all(candidates[live] == candidates[live, :1], axis=2)  # (live, K): candidate 0 and its copies
+    out[live] = np.where(behaviour, np.maximum(out[live], target[:, None]), out[live])
+    return out
+
+
+class _TargetQ:
+    """A Bellman target network as cem_search's QFunction, in the learner's precision (bfloat16 autocast under
+    --bf16) and on its device; the inputs are already network inputs there."""
+
+    def __init__(self, net: QNetwork, bf16: bool):
+        self.net, self.bf16 = net, bf16
+        self.device = next(net.parameters()).device
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.net.embed(x), state
+
+    @torch.no_grad()
+    def score(self, context: tuple[torch.Tensor, torch.Tensor], actions: np.ndarray) -> np.ndarray:
+        feats, state = context
+        a = torch.from_numpy(np.ascontiguousarray(actions, dtype=np.float32)).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.net.head_logits(feats, state, a)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
 # ----------------------------------------------------------------------------- auxiliary heads (training only)
 class AuxHeads(torch.nn.Module):
     """Dense supervision for the Q-network's image trunk; not part of the exported policy."""
@@ -486,10 +551,13 @@ class LabelTrainer:
         self.device = learner_device(cfg.device)  # before the (slow) data load: a missing GPU fails at once
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
         self.generator_sha256 = generator_digest(self.generator)  # the G the cached inputs are rendered through
+        self.gamma = 0.0  # the training sets' labelling discount (read with them; the Bellman targets use it)
         self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0, teacher_view=cfg.feature_teacher is not None,
-                                aim=cfg.aim_weight > 0, discount=cfg.label_discount)
+                                aim=cfg.aim_weight > 0, discount=cfg.label_discount, successors=cfg.bellman)
         if cfg.max_states:
             self.train = {k: v[:cfg.max_states] for k, v in self.train.items()}
+            if cfg.bellman:
+                self.train["successor"][self.train["successor"] >= cfg.max_states] = -1
         if cfg.aim_weight > 0:
             self.train["aim_labels"] = aim_labels(self.train)
         self.heldout = self._load((cfg.eval_labels,))
@@ -503,6 +571,9 @@ class LabelTrainer:
         # The average shares no storage with the net; `ema_pairs` pairs every float and integer entry of both.
         self.ema = copy.deepcopy(self.net).eval() if cfg.ema_decay > 0 else None
         self.ema_pairs = list(zip(self.ema.state_dict().values(), self.net.state_dict().values())) if self.ema else []
+        # QT-Opt's target networks of the Bellman targets; they start as the learner (so as init_from's network)
+        self.targets = ([copy.deepcopy(self.net).eval().requires_grad_(False) for _ in range(2)] if cfg.bellman
+                        else [])
         self.aux = AuxHeads(cfg.width).to(self.device) if cfg.aux_weight > 0 else None
         self.teacher = (feature_teacher(Path(cfg.feature_teacher), self.net.cfg).to(self.device)
                         if cfg.feature_teacher else None)
@@ -528,7 +599,7 @@ class LabelTrainer:
                 avg.copy_(cur)
 
     def _load(self, dirs, aux: bool = False, teacher_view: bool = False, aim: bool = False,
-              discount: float = 0.0) -> dict[str, np.ndarray]:
+              discount: float = 0.0, successors: bool = False) -> dict[str, np.ndarray]:
         parts = []
         for d in dirs:
             part = load_labels(d, workers=self.cfg.render_workers, progress=True, images=False)
@@ -549,9 +620,21 @@ class LabelTrainer:
                 part.update(aux_targets(d, part, progress=True, camera_fov_deg=self.cfg.camera_fov_deg))
             if aim:
                 part["aim"] = -nearest_object_scores(part).astype(np.float32)  # distance (m)
+            if successors:
+                settings = label_settings(d)
+                if settings.get("teacher"):
+                    raise ConfigError(f"invalid config field 'bellman': {d} holds a teacher's Q, not discounted returns")
+                if parts and settings["gamma"] != self.gamma:
+                    raise ConfigError(f"invalid config field 'bellman': {d} was labelled with gamma {settings['gamma']}, "
+                                      f"the sets before it with {self.gamma}")
+                self.gamma = float(settings["gamma"])
+                offset = sum(len(p["labels"]) for p in parts)
+                successor = behaviour_successors(part["seed"], part["step"], part["candidates"])
+                part["successor"] = np.where(successor >= 0, successor + offset, -1)
             parts.append(part)
         keys = (("image", "state", "candidates", "labels", "seed") + (AUX_KEYS if aux else ())
-                + (("canonical",) if teacher_view else ()) + (("aim",) if aim else ()))
+                + (("canonical",) if teacher_view else ()) + (("aim",) if aim else ())
+                + (("successor",) if successors else ()))
         k_max = max(p["labels"].shape[1] for p in parts)
         for p in parts:  # sets labelled with fewer candidates repeat their behaviour one (same action, same label)
             pad = k_max - p["labels"].shape[1]
@@ -589,9 +672,14 @@ class LabelTrainer:
                                          self._tensor(d["object_uv"][idx]) + uv).float()
             logits = self.net.head_logits(feats, self._tensor(d["state"][idx]),
                                           self._tensor(d["candidates"][idx])).float()
-        labels = self._tensor(d["labels"][idx])
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
         out = {}
+        if self.targets:
+            labels = self._bellman(idx)
+            out["bellman_raise"] = float((labels[:, 0] - d["labels"][idx, 0]).mean())
+            labels = self._tensor(labels)
+        else:
+            labels = self._tensor(d["labels"][idx])
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
         if cfg.rank_weight > 0:
             rank_loss = within_state_rank_loss(logits, labels)
             loss = loss + cfg.rank_weight * rank_loss
@@ -614,7 +702,28 @@ class LabelTrainer:
         self.updates += 1
         if self.ema is not None:
             self._average()
+        if self.targets:
+            polyak_update(self.targets[0], self.net, cfg.bellman_tau)
+            if self.updates % cfg.bellman_target2_lag == 0:
+                self.targets[1].load_state_dict(self.targets[0].state_dict())
         return {"loss": float(loss.detach()), **out}
+
+    def _bellman(self, idx: np.ndarray) -> np.ndarray:
+        """The batch's labels with its behaviour transitions' Bellman targets (LabelTrainConfig.bellman): the next
+        states shifted like the batch's images, CEM over target network 1, Q of its pick under both."""
+        d = self.train
+        live = np.flatnonzero(d["successor"][idx] >= 0)
+        if live.size == 0:
+            return d["labels"][idx]
+        nxt = d["successor"][idx[live]]
+        images, _ = self._shifted(d["image"][nxt])
+        x, state = network_input(images[..., :self.net.cfg.in_channels]), self._tensor(d["state"][nxt])
+        t1, t2 = (_TargetQ(t, self.cfg.bf16) for t in self.targets)
+        best, q1 = cem_search(t1, t1.embed(x, state), live.size, self.rng, dataclasses.replace(self.cfg.cem,
+                                                                                              close_threshold=0.0),
+                              EnvConfig().bounds)
+        q2 = t2.score(t2.embed(x, state), best[:, None, :])[:, 0]
+        return bellman_labels(d["labels"][idx], d["candidates"][idx], live, q1, q2, self.gamma)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -654,7 +763,7 @@ class LabelTrainer:
         from safetensors.torch import save_file
 
         tensors = {f"net.{k}": v.detach().cpu().clone().contiguous() for k, v in self.net.state_dict().items()}
-        for prefix, module in (("aux", self.aux), ("ema", self.ema)):
+        for prefix, module in (("aux", self.aux), ("ema", self.ema), *zip(("target1", "target2"), self.targets)):
             if module is not None:
                 tensors.update({f"{prefix}.{k}": v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()})
         opt = self.opt.state_dict()
@@ -690,9 +799,9 @@ class LabelTrainer:
         tensors = load_file(str(d / "checkpoint.safetensors"))
         torch.set_rng_state(tensors.pop("torch_rng"))
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        for prefix, module in (("aux.", self.aux), ("ema.", self.ema)):
+        for prefix, module in (("aux.", self.aux), ("ema.", self.ema), *zip(("target1.", "target2."), self.targets)):
             if module is not None:
-                module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith(prefix)})
+                module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         state: dict[int, dict] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
@@ -708,8 +817,8 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     tr = LabelTrainer(cfg)
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
-    log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "aim_loss", "label_auc", "within_state_auc",
-                     "move_auc", "close_auc", "pick_label", "move_pick_label", "move_pick_grasp", "behaviour_label",
+    log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "aim_loss", "bellman_raise", "label_auc",
+                     "within_state_auc", "move_auc", "close_auc", "pick_label", "move_pick_label", "move_pick_grasp", "behaviour_label",
                      "random_label", "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
