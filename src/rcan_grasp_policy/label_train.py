@@ -196,7 +196,8 @@ class LabelTrainConfig:
     worth 0.85 or less of one that grasps now, so Q may trade aim for a faster descent; a discount nearer 1
     weighs whether a move grasps over when.  The held-out checks keep the labels as labelled."""
     bellman: bool = False
-    """QT-Opt's clipped double-Q Bellman target beside the labels (off: the labels alone).  A labelled state's
+    """QT-Opt's clipped double-Q Bellman target beside the labels (off: the labels alone; the max of the two is NOT
+    in the paper, whose rule is the Bellman target alone: `rcan train-policy`).  A labelled state's
     behaviour action (candidate 0, the action its episode went on with) whose next state is labelled too is a
     replay transition (s, a, r, s'); its training target becomes max(label, clip(r + gamma * min_i Q_target_i(s',
     a*), 0, 1)), a* = CEM's argmax of target network 1 at s' (the deployed search, without the close gate).  The
