@@ -43,6 +43,15 @@ def test_evaluation_records_do_not_depend_on_the_number_of_workers():
     assert one["records"] == two["records"] and one["seeds"] == [40, 41, 42, 43]
 
 
+def test_search_seed_zero_keeps_the_protocols_draws_and_others_change_them():
+    protocol = [evaluate.episode_search_seed(0, i) for i in range(3)]
+    # the draws every earlier evaluation used (seeded by the scene seed and the episode's index alone)
+    assert protocol == [int(np.random.SeedSequence([0, i]).generate_state(1)[0]) for i in range(3)]
+    other = [evaluate.episode_search_seed(0, i, search_seed=1) for i in range(3)]
+    assert len(set(protocol + other)) == 6
+    assert evaluate.EvalConfig(search_seed=1).search_seed == 1
+
+
 def test_privileged_baselines_blind_descent_and_label_oracle():
     """Protocol seed 0: a blind straight-down grasp misses, greedy on the true descend labels grasps (the
     ceiling of that label design; docs/policy.md)."""

@@ -49,6 +49,9 @@ class EvalConfig:
     """Grasp attempts (paper: 102)."""
     seed: int = 0
     """Episode i uses scene seed seed + i."""
+    search_seed: int = 0
+    """CEM's random draws (0: the protocol's, seeded by seed and the episode's index alone).  Another value runs
+    the same scenes under other draws of the search, which tells how much of a policy's outcome is chance."""
     split: Literal["train", "test"] = "test"
     """Object split (test = objects never seen in training)."""
     max_steps: int = 20
@@ -74,6 +77,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", "must be >= 1")
         require(self.seed >= 0, "seed", "must be >= 0")
+        require(self.search_seed >= 0, "search_seed", "must be >= 0")
         require(1 <= self.max_steps <= 1000, "max_steps", "must be in 1..1000")
         require(self.workers >= 1, "workers", "must be >= 1")
         require(self.threads >= 1, "threads", "must be >= 1")
@@ -121,6 +125,12 @@ def resolve_policy(cfg: EvalConfig) -> dict:
             "camera_fov_deg": contract.view_fov_deg()}  # a policy trained on a narrower view sees renders at it
 
 
+def episode_search_seed(seed: int, episode: int, search_seed: int = 0) -> int:
+    """The seed of CEM's draws in episode `episode` of a run from scene seed `seed` (EvalConfig.search_seed)."""
+    entropy = [seed, episode] + ([search_seed] if search_seed else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
 def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
     pol = resolve_policy(cfg)
     weights = qnet = onnx_path = None
@@ -133,7 +143,7 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
                          max_steps=cfg.max_steps,
                          generator=pol["generator"], policy=pol["kind"] if pol["kind"] in PRIVILEGED else "qnet",
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
-                         cem_seed=int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]),
+                         cem_seed=episode_search_seed(cfg.seed, i, cfg.search_seed),
                          record=False, threads=cfg.threads, fresh_world=True, review_closes=cfg.review_closes)
              for i in range(cfg.episodes)]
     t0 = time.perf_counter()
