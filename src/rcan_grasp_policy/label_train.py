@@ -624,10 +624,11 @@ class LabelTrainer:
             if successors:
                 settings = label_settings(d)
                 if settings.get("teacher"):
-                    raise ConfigError(f"invalid config field 'bellman': {d} holds a teacher's Q, not discounted returns")
+                    raise ConfigError(f"invalid config field 'bellman': {d} holds a teacher's Q, not discounted "
+                                      "returns")
                 if parts and settings["gamma"] != self.gamma:
-                    raise ConfigError(f"invalid config field 'bellman': {d} was labelled with gamma {settings['gamma']}, "
-                                      f"the sets before it with {self.gamma}")
+                    raise ConfigError(f"invalid config field 'bellman': {d} was labelled with gamma "
+                                      f"{settings['gamma']}, the sets before it with {self.gamma}")
                 self.gamma = float(settings["gamma"])
                 offset = sum(len(p["labels"]) for p in parts)
                 successor = behaviour_successors(part["seed"], part["step"], part["candidates"])
@@ -819,8 +820,9 @@ def train(cfg: LabelTrainConfig, progress: bool = True) -> Path:
     d = tr.run_dir
     start_or_resume(tr, cfg, d)
     log = RunLog(d, ["updates", "loss", "feature_loss", "rank_loss", "aim_loss", "bellman_raise", "label_auc",
-                     "within_state_auc", "move_auc", "close_auc", "pick_label", "move_pick_label", "move_pick_grasp", "behaviour_label",
-                     "random_label", "oracle_label", "cem_regret", "greedy_success", "updates_per_s", "elapsed_s"],
+                     "within_state_auc", "move_auc", "close_auc", "pick_label", "move_pick_label", "move_pick_grasp",
+                     "behaviour_label", "random_label", "oracle_label", "cem_regret", "greedy_success", "updates_per_s",
+                     "elapsed_s"],
                  purge_step=tr.updates or None)
     executor = make_executor(cfg.eval_workers)
     t0 = time.perf_counter()
