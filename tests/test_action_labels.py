@@ -464,6 +464,12 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
     assert label_train.main(args + ["--total-updates", "6", "--run-name", "bellman", "--eval-every", "0",
                                     "--resume"]) == 2
     assert "'bellman'" in capsys.readouterr().err
+    # one discount for all the sets it bootstraps through
+    L.run(L.LabelConfig(out_dir=tmp_path / "gamma", scenes=1, split="test", image_size=32, candidates=3, max_steps=3,
+                        gamma=0.8), progress=False)
+    assert label_train.main(bellman + ["--total-updates", "1", "--run-name", "bellman-gamma", "--labels",
+                                       str(tmp_path / "lab"), str(tmp_path / "gamma")]) == 2
+    assert "gamma 0.8" in capsys.readouterr().err
     # cosine learning-rate decay: the rate is a function of the update counter (so resume stays exact)
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]
