@@ -469,7 +469,7 @@ def test_label_train_resume_eval_export_smoke(tmp_path, capsys):
                         gamma=0.8), progress=False)
     assert label_train.main(bellman + ["--total-updates", "1", "--run-name", "bellman-gamma", "--labels",
                                        str(tmp_path / "lab"), str(tmp_path / "gamma")]) == 2
-    assert "gamma 0.8" in capsys.readouterr().err
+    assert "gamma [0.8, 0.9]" in capsys.readouterr().err
     # cosine learning-rate decay: the rate is a function of the update counter (so resume stays exact)
     assert label_train.main(args + ["--total-updates", "4", "--run-name", "cos", "--lr-decay", "--eval-every", "0"]) == 0
     lr = json.loads((tmp_path / "cos" / "checkpoint.json").read_text())["optim_param_groups"][0]["lr"]

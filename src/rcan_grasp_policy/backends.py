@@ -78,11 +78,14 @@ def resolve_contract(path: str | Path, meta: dict[str, Any], embedded: str | Non
 class TorchQFunction:
     """QFunction over a torch QNetwork (switched to eval mode: BatchNorm uses running statistics)."""
 
-    def __init__(self, net: QNetwork, device: str | torch.device = "cpu", contract: PolicyContract | None = None):
+    def __init__(self, net: QNetwork, device: str | torch.device = "cpu", contract: PolicyContract | None = None,
+                 bf16: bool = False):
         import torch
 
         self.net = net.eval().to(device)
         self.device = torch.device(device)
+        self.bf16 = bf16
+        """Run under bfloat16 autocast (a learner's --bf16: its Bellman targets); Q is returned as float32."""
         self.contract = contract
         """The policy's PolicyContract where known (load_qfunction sets it)."""
         self.state_dim = net.cfg.state_dim
@@ -95,17 +98,17 @@ class TorchQFunction:
     def embed(self, images: np.ndarray, state: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             x = torch.from_numpy(images_to_nchw(images)).to(self.device)
             return self.net.embed(x), torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
 
     def score(self, context: tuple[torch.Tensor, torch.Tensor], actions: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             feats, state = context
             a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
-            return torch.sigmoid(self.net.head_logits(feats, state, a)).cpu().numpy()
+            return torch.sigmoid(self.net.head_logits(feats, state, a).float()).cpu().numpy()
 
 
 class OrtQFunction:

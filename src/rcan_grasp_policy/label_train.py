@@ -45,7 +45,7 @@ from rcan_grasp_policy.inputs import VARIANTS, training_domain, variant_channels
 from rcan_grasp_policy.labels import (aux_targets, best_open_moves, label_settings, load_labels, nearest_object_scores,
                                      open_gripper_moves, policy_images)
 from rcan_grasp_policy.qnet import QNetConfig, QNetwork
-from rcan_grasp_policy.qtopt import polyak_update, shift_with_offsets
+from rcan_grasp_policy.qtopt import bellman_target, polyak_update, shift_with_offsets
 from rcan_sim.env import EnvConfig
 
 SELECTION_SEED_BASE = 1000
@@ -400,6 +400,21 @@ def behaviour_successors(seed: np.ndarray, step: np.ndarray, candidates: np.ndar
     return successors
 
 
+def bellman_gamma(dirs) -> float:
+    """The one labelling discount of the label sets `dirs`, which the Bellman targets bootstrap with; a set of a
+    teacher's Q (no returns) or sets labelled with different discounts are a ConfigError."""
+    gammas = set()
+    for d in dirs:
+        settings = label_settings(d)
+        if settings.get("teacher"):
+            raise ConfigError(f"invalid config field 'bellman': {d} holds a teacher's Q, not discounted returns")
+        gammas.add(float(settings["gamma"]))
+    if len(gammas) != 1:
+        raise ConfigError(f"invalid config field 'bellman': the sets were labelled with different discounts "
+                          f"(gamma {sorted(gammas)})")
+    return gammas.pop()
+
+
 def bellman_labels(labels: np.ndarray, candidates: np.ndarray, live: np.ndarray, q1_next: np.ndarray,
                    q2_next: np.ndarray, gamma: float, step_reward: float = EnvConfig.step_reward) -> np.ndarray:
     """labels (B, K) with the behaviour candidate of the rows `live` raised to the clipped double-Q target
@@ -407,32 +422,12 @@ def bellman_labels(labels: np.ndarray, candidates: np.ndarray, live: np.ndarray,
     reward, as in the labels).  Copies of the behaviour candidate (the padding of a set labelled with fewer
     candidates) are raised with it, so one action never has two targets."""
     out = labels.copy()
-    target = np.clip(step_reward + gamma * np.minimum(q1_next, q2_next), 0.0, 1.0).astype(labels.dtype)
+    n = len(q1_next)  # every live transition is a move: the step reward, not terminal
+    target = bellman_target(torch.full((n,), step_reward), torch.zeros(n, dtype=torch.bool),
+                            torch.as_tensor(q1_next), torch.as_tensor(q2_next), gamma).numpy().astype(labels.dtype)
     behaviour = np.all(candidates[live] == candidates[live, :1], axis=2)  # (live, K): candidate 0 and its copies
     out[live] = np.where(behaviour, np.maximum(out[live], target[:, None]), out[live])
     return out
-
-
-class _TargetQ:
-    """A Bellman target network as cem_search's QFunction, in the learner's precision (bfloat16 autocast under
-    --bf16) and on its device; the inputs are already network inputs there."""
-
-    def __init__(self, net: QNetwork, bf16: bool):
-        self.net, self.bf16 = net, bf16
-        self.device = next(net.parameters()).device
-
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.net.embed(x), state
-
-    @torch.no_grad()
-    def score(self, context: tuple[torch.Tensor, torch.Tensor], actions: np.ndarray) -> np.ndarray:
-        feats, state = context
-        a = torch.from_numpy(np.ascontiguousarray(actions, dtype=np.float32)).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.net.head_logits(feats, state, a)
-        return torch.sigmoid(logits.float()).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- auxiliary heads (training only)
@@ -552,7 +547,7 @@ class LabelTrainer:
         self.device = learner_device(cfg.device)  # before the (slow) data load: a missing GPU fails at once
         self.run_dir = ensure_writable_dir(Path(cfg.out_dir) / cfg.run_name)
         self.generator_sha256 = generator_digest(self.generator)  # the G the cached inputs are rendered through
-        self.gamma = 0.0  # the training sets' labelling discount (read with them; the Bellman targets use it)
+        self.gamma = bellman_gamma(cfg.labels) if cfg.bellman else 0.0  # before the (slow) data load
         self.train = self._load(cfg.labels, aux=cfg.aux_weight > 0, teacher_view=cfg.feature_teacher is not None,
                                 aim=cfg.aim_weight > 0, discount=cfg.label_discount, successors=cfg.bellman)
         if cfg.max_states:
@@ -622,14 +617,6 @@ class LabelTrainer:
             if aim:
                 part["aim"] = -nearest_object_scores(part).astype(np.float32)  # distance (m)
             if successors:
-                settings = label_settings(d)
-                if settings.get("teacher"):
-                    raise ConfigError(f"invalid config field 'bellman': {d} holds a teacher's Q, not discounted "
-                                      "returns")
-                if parts and settings["gamma"] != self.gamma:
-                    raise ConfigError(f"invalid config field 'bellman': {d} was labelled with gamma "
-                                      f"{settings['gamma']}, the sets before it with {self.gamma}")
-                self.gamma = float(settings["gamma"])
                 offset = sum(len(p["labels"]) for p in parts)
                 successor = behaviour_successors(part["seed"], part["step"], part["candidates"])
                 part["successor"] = np.where(successor >= 0, successor + offset, -1)
@@ -718,13 +705,11 @@ class LabelTrainer:
         if live.size == 0:
             return d["labels"][idx]
         nxt = d["successor"][idx[live]]
-        images, _ = self._shifted(d["image"][nxt])
-        x, state = network_input(images[..., :self.net.cfg.in_channels]), self._tensor(d["state"][nxt])
-        t1, t2 = (_TargetQ(t, self.cfg.bf16) for t in self.targets)
-        best, q1 = cem_search(t1, t1.embed(x, state), live.size, self.rng, dataclasses.replace(self.cfg.cem,
-                                                                                              close_threshold=0.0),
-                              EnvConfig().bounds)
-        q2 = t2.score(t2.embed(x, state), best[:, None, :])[:, 0]
+        images, _ = shift_with_offsets(d["image"][nxt], self.cfg.random_shift, self.rng)
+        t1, t2 = (TorchQFunction(t, self.device, bf16=self.cfg.bf16) for t in self.targets)
+        search = dataclasses.replace(self.cfg.cem, close_threshold=0.0)
+        best, q1 = cem_search(t1, t1.embed(images, d["state"][nxt]), live.size, self.rng, search, EnvConfig().bounds)
+        q2 = t2.score(t2.embed(images, d["state"][nxt]), best[:, None, :])[:, 0]
         return bellman_labels(d["labels"][idx], d["candidates"][idx], live, q1, q2, self.gamma)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
