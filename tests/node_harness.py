@@ -25,6 +25,21 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     return bool(predicate())
 
 
+def call_idempotent(client, executor, request, timeout: float = 20.0, resend_after: float = 3.0):
+    """The response to `request` on a service `client`, sending it again every `resend_after` s until
+    one comes or `timeout` s pass; None if none came.  Only for requests that are safe to repeat
+    (parameter get/set).  wait_for_service() says the server's request reader has matched, not that its
+    response writer has matched our reader: the first response can be lost in that discovery window."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        future = client.call_async(request)
+        executor.spin_until_future_complete(future, timeout_sec=min(resend_after, deadline - time.monotonic()))
+        if future.done():
+            return future.result()
+        client.remove_pending_request(future)
+    return None
+
+
 class LineReader:
     """Collects a text stream's lines on a thread, so a test waits for a line with a timeout
     instead of blocking in readline() on a process that may print nothing."""

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
+from node_harness import call_idempotent
 
 pytestmark = pytest.mark.ros
 
@@ -69,10 +70,8 @@ def call_set_parameters(client_node, executor, node_fqn: str, values: dict, time
         ready = client.wait_for_service(timeout_sec=timeout)
         assert ready, f"{node_fqn}/{name} not available"
         request = srv.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        future = client.call_async(request)
-        executor.spin_until_future_complete(future, timeout_sec=timeout)
-        assert future.done(), f"no answer from {node_fqn}/{name}"
-        response = future.result()
+        response = call_idempotent(client, executor, request, timeout)
+        assert response is not None, f"no answer from {node_fqn}/{name}"
         return [response.result] if atomic else list(response.results)
     finally:
         client_node.destroy_client(client)
@@ -245,10 +244,10 @@ def test_driver_process_refuses_nan_max_step_over_dds(tmp_path, ros_env, harness
         client = harness.node.create_client(GetParameters, "/iiwa_driver_node/get_parameters")
         # a request sent before the client has discovered the service can be lost
         assert client.wait_for_service(timeout_sec=20.0), proc.output
-        future = client.call_async(GetParameters.Request(names=["max_step_m", "ik_position_tolerance_m"]))
-        harness.executor.spin_until_future_complete(future, timeout_sec=20.0)
-        assert future.done()
-        assert [v.double_value for v in future.result().values] == [0.05, 0.0005]
+        response = call_idempotent(client, harness.executor,
+                                   GetParameters.Request(names=["max_step_m", "ik_position_tolerance_m"]))
+        assert response is not None, proc.output
+        assert [v.double_value for v in response.values] == [0.05, 0.0005]
         assert proc.alive(), proc.output
     finally:
         assert proc.stop() == 0, proc.output
