@@ -84,3 +84,36 @@ def test_close_review_leaves_the_episodes_as_they_were():
     # `descended` is read off the grid's middle move, which must be no move at all
     grid = nearby_moves()
     np.testing.assert_array_equal(grid[len(grid) // 2], make_action([0.0, 0.0, 0.0], 0.0))
+
+
+def test_a_hold_check_reopens_an_empty_close_and_lets_a_held_one_terminate():
+    from rcan_grasp_policy.grasp_review import HOLD_CHECK_STEPS, hold_checked_step
+
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test")))
+    try:
+        obs, _ = env.reset(40)
+        # a terminate with the gripper left open is no hold check: it ends the episode as always
+        (_, _, terminated, _, _), held = hold_checked_step(env, make_action(terminate=True))
+        assert held is None and terminated and env.steps == 1
+        # closing on nothing high above the tray: the check finds it empty, reopens, and the episode goes on
+        env.reset(40)
+        (obs, reward, terminated, truncated, _), held = hold_checked_step(env, make_action(gripper="close", terminate=True))
+        assert held is False and not (terminated or truncated) and obs["gripper_open"] == 1.0
+        assert env.steps == HOLD_CHECK_STEPS and reward == env.cfg.step_reward
+    finally:
+        env.close()
+
+
+def test_hold_checks_add_their_steps_to_held_grasps_and_are_summarised():
+    args = ["--policy", "scripted", "--episodes", "3", "--image-size", "32", "--seed", "40"]
+    plain = evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, args))
+    checked = evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, args + ["--hold-checks", "1"]))
+    assert "hold_checks" not in plain["records"][0] and "hold_checks" not in plain
+    for before, after in zip(plain["records"], checked["records"]):
+        assert len(after["hold_checks"]) <= 1
+        if after["hold_checks"] == [True]:  # the same episode, with the lift and the held-back terminate
+            assert after["steps"] == before["steps"] + 2 and after["success"] == before["success"]
+    summary = checked["hold_checks"]
+    found = [c for r in checked["records"] for c in r["hold_checks"]]
+    assert summary["checks"] == len(found) >= 1 and summary["found_empty"] == found.count(False)
+    assert summary["grasped_after_found_empty"] <= summary["episodes_found_empty"] == found.count(False)

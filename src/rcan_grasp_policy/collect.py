@@ -16,7 +16,7 @@ import numpy as np
 
 from rcan_common.action import STATE_DIM, YAW_STATE_DIM, decode_action
 from rcan_grasp_policy.cem import CEMConfig, CEMPolicy, random_actions
-from rcan_grasp_policy.grasp_review import review_close
+from rcan_grasp_policy.grasp_review import hold_checked_step, review_close
 from rcan_grasp_policy.inputs import InputEncoder, state_vector
 from rcan_grasp_policy.replay import SOURCES, Transitions, returns_to_go
 
@@ -74,6 +74,9 @@ class CollectTask:
     review_closes: bool = False
     """Add to each episode record a review of every close commanded with the gripper open
     (rcan_grasp_policy.grasp_review: privileged, costs 75 short rollouts a close)."""
+    hold_checks: int = 0
+    """Up to this many privileged hold checks per episode (grasp_review.hold_checked_step; they change the
+    episode), their findings added to each episode record; evaluation only."""
 
 
 @dataclass
@@ -166,7 +169,7 @@ def collect_episodes(task: CollectTask) -> CollectResult:
         obs, info = env.reset(int(seed))
         image, state = encoder(obs, env), state_vector(obs)
         buf: dict[str, list] = {f: [] for f in Transitions.FIELDS}
-        done, ret, closes = False, 0.0, []
+        done, ret, closes, checks = False, 0.0, [], []
         while not done:
             if task.epsilon > 0 and rng.random() < task.epsilon:
                 action = random_actions(1, env.cfg.bounds, rng, task.cem.terminate_prob)[0]
@@ -174,7 +177,11 @@ def collect_episodes(task: CollectTask) -> CollectResult:
                 action = np.asarray(act(obs, image, state), dtype=np.float32)
             if task.review_closes and decode_action(action).gripper == "close" and obs["gripper_open"]:
                 closes.append(review_close(env, task.gamma))
-            obs, reward, terminated, truncated, step_info = env.step(action)
+            if len(checks) < task.hold_checks:
+                (obs, reward, terminated, truncated, step_info), held = hold_checked_step(env, action)
+                checks += [] if held is None else [held]
+            else:
+                obs, reward, terminated, truncated, step_info = env.step(action)
             action = step_info["executed_action"]  # the replay holds what ran: clipped to step bounds and workspace
             done = terminated or truncated
             next_image, next_state = encoder(obs, env), state_vector(obs)
@@ -187,7 +194,8 @@ def collect_episodes(task: CollectTask) -> CollectResult:
             env_steps += 1
         episodes.append({"seed": int(seed), "success": bool(step_info["success"]), "steps": int(step_info["steps"]),
                          "return": float(ret), "object_ids": [int(i) for i in info["object_ids"]]}
-                        | ({"closes": closes} if task.review_closes else {}))
+                        | ({"closes": closes} if task.review_closes else {})
+                        | ({"hold_checks": checks} if task.hold_checks else {}))
         if task.record:
             buf["mc_return"] = list(returns_to_go(np.asarray(buf["reward"]), np.asarray(buf["done"]), task.gamma))
             parts.append(buf)

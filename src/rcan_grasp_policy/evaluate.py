@@ -27,7 +27,7 @@ from rcan_common.provenance import file_sha256, git_commit, package_versions
 from rcan_grasp_policy.cem import CEMConfig
 from rcan_grasp_policy.collect import PRIVILEGED, CollectTask, collect_episodes
 from rcan_grasp_policy.contract import PolicyContract
-from rcan_grasp_policy.grasp_review import summarise
+from rcan_grasp_policy.grasp_review import summarise, summarise_hold_checks
 from rcan_grasp_policy.inputs import ORACLE
 from rcan_common.stats import wilson_interval
 
@@ -73,11 +73,17 @@ class EvalConfig:
     nearest object's distance and yaw error, how many of 75 nearby moves would have grasped, and whether a close
     straight down from there, centred on that object, turned onto its grasp yaw, or both would have) and summarise
     them for grasped and failed episodes.  The episodes and their outcomes stay the same."""
+    hold_checks: int = 0
+    """Privileged diagnosis (sim only; grasp_review.hold_checked_step; 0: off): up to this many times per episode,
+    a terminate that leaves the gripper closed is held back, the gripper lifted 5 cm, and if the simulator finds
+    nothing held it reopens and the policy goes on.  What regrasping would win with a perfect detector and this
+    policy's own regrasps.  It changes the episodes: never for a reported success rate."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", "must be >= 1")
         require(self.seed >= 0, "seed", "must be >= 0")
         require(self.search_seed >= 0, "search_seed", "must be >= 0")
+        require(self.hold_checks >= 0, "hold_checks", "must be >= 0")
         require(1 <= self.max_steps <= 1000, "max_steps", "must be in 1..1000")
         require(self.workers >= 1, "workers", "must be >= 1")
         require(self.threads >= 1, "threads", "must be >= 1")
@@ -144,7 +150,8 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
                          generator=pol["generator"], policy=pol["kind"] if pol["kind"] in PRIVILEGED else "qnet",
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
                          cem_seed=episode_search_seed(cfg.seed, i, cfg.search_seed),
-                         record=False, threads=cfg.threads, fresh_world=True, review_closes=cfg.review_closes)
+                         record=False, threads=cfg.threads, fresh_world=True, review_closes=cfg.review_closes,
+                         hold_checks=cfg.hold_checks)
              for i in range(cfg.episodes)]
     t0 = time.perf_counter()
     records, env_steps = [], 0
@@ -169,7 +176,8 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
             "domain": cfg.domain, "split": cfg.split, "variant": pol["variant"], "policy": cfg.policy,
             "generator": pol["generator"], "files": pol["files"], "seeds": [r["seed"] for r in records],
             "records": records, "seconds": round(seconds, 1), "env_steps_per_s": round(env_steps / seconds, 2),
-            "versions": _versions(), "config": to_dict(cfg)} | ({"close_review": summarise(records)} if cfg.review_closes else {})
+            "versions": _versions(), "config": to_dict(cfg)} | ({"close_review": summarise(records)} if cfg.review_closes else {}) \
+        | ({"hold_checks": summarise_hold_checks(records)} if cfg.hold_checks else {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"closes of {group} episodes: " + "  ".join(f"{k} {v}" for k, v in review[group].items()))
         print("episodes a corrected last close would have grasped: "
               + "  ".join(f"{k} {v}" for k, v in review["corrected_last_close"].items()))
+    if cfg.hold_checks:
+        print("hold checks: " + "  ".join(f"{k} {v}" for k, v in result["hold_checks"].items()))
     if cfg.out is not None:
         atomic_write_json(cfg.out, result)
         print(f"wrote {cfg.out}")

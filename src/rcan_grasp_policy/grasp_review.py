@@ -17,6 +17,11 @@ turned onto its grasp yaw (`turned`), and both (`centred_turned`).
 from a grasp that the grid finds is short of precision; one whose failures have no grasp within reach
 chose the wrong place, or the wrong object.  It also counts the episodes that a corrected last close would
 have grasped.
+
+`hold_checked_step` (`rcan eval-policy --hold-checks N`) measures what regrasping could win, with a perfect
+detector: when the policy terminates with the gripper closed, the terminate is held back, the gripper lifted by
+REGRASP_LIFT, and if the simulator finds nothing held the gripper reopens and the policy goes on.  Unlike the
+review, it changes the episodes.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from rcan_common.action import make_action
+from rcan_common.action import decode_action, make_action
 
 GRID_STEP = 0.01
 """Spacing of the reviewed moves' dx, dy (m)."""
@@ -91,3 +96,36 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     out["corrected_last_close"] = {"episodes": len(records), "as_run": sum(r["success"] for r in records)} | \
         {name: sum(c[name] for c in last) for name in CORRECTIONS}
     return out
+
+
+HOLD_CHECK_STEPS = 3
+"""Steps a hold check takes: the policy's action without its terminate, the lift, then terminate or reopen."""
+
+
+def hold_checked_step(env, action: np.ndarray, render: bool = True) -> tuple[tuple, bool | None]:
+    """`env.step(action)`, except that a terminate which leaves the gripper closed, with HOLD_CHECK_STEPS steps
+    left, is held back: the rest of the action runs, the gripper lifts by REGRASP_LIFT, and the terminate runs
+    only if the simulator finds an object held (World.held_objects); otherwise the gripper reopens and the
+    episode goes on.  Returns the last step's result and the check's finding (None: no check)."""
+    from rcan_grasp_policy.labels import REGRASP_LIFT
+
+    cmd = decode_action(action, env.cfg.bounds)
+    closed_after = cmd.gripper == "close" or (cmd.gripper is None and not env.world.gripper_is_open())
+    if not (cmd.terminate and closed_after) or env.steps + HOLD_CHECK_STEPS > env.cfg.max_steps:
+        return env.step(action, render), None
+    env.step(make_action(cmd.translation, cmd.dtheta, cmd.gripper), render=False)
+    env.step(make_action([0.0, 0.0, REGRASP_LIFT]), render=False)
+    held = bool(env.world.held_objects())
+    return env.step(make_action(terminate=True) if held else make_action(gripper="open"), render), held
+
+
+def summarise_hold_checks(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over episodes with hold checks: checks, those that found nothing held, and the episodes with such
+    a check that ended grasped all the same (the regrasps that worked)."""
+    from rcan_grasp_policy.labels import REGRASP_LIFT
+
+    checks = [c for r in records for c in r["hold_checks"]]
+    empty = [r for r in records if False in r["hold_checks"]]
+    return {"lift_m": REGRASP_LIFT,
+            "checks": len(checks), "found_empty": checks.count(False),
+            "episodes_found_empty": len(empty), "grasped_after_found_empty": sum(r["success"] for r in empty)}
