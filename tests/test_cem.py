@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from rcan_common.config import ConfigError
-from rcan_grasp_policy.cem import (CEMConfig, CEMPolicy, SearchDistribution, build_actions, cem_regret, cem_search,
-                                  dense_candidates, refit, sample)
+from rcan_grasp_policy.cem import (CHECK_LIFT, HOLD_CHECK_LIFT, LIFT_NOW, REOPEN, CEMConfig, CEMPolicy,
+                                  SearchDistribution, build_actions, cem_regret, cem_search, dense_candidates, refit,
+                                  sample)
 from rcan_common.action import CLOSE, COS, OPEN, SIN, TERMINATE, ActionBounds
 
 BOUNDS = ActionBounds(max_translation=0.05, max_rotation=0.5)
@@ -257,11 +258,70 @@ def test_close_gate_holds_back_low_q_closes_of_an_open_gripper_only():
         CEMConfig(close_threshold=1.5)
 
 
+class TerminateQ:
+    """Q = `terminate_q` (B,) for a terminate that leaves the gripper as it is, 0.2 for every other action: CEM's
+    pick is such a terminate."""
+
+    def __init__(self, terminate_q):
+        self.terminate_q = np.asarray(terminate_q, dtype=float)
+
+    def embed(self, images, state):
+        return None
+
+    def score(self, ctx, actions):
+        plain = (actions[..., TERMINATE] == 1) & (actions[..., CLOSE] == 0) & (actions[..., OPEN] == 0)
+        return np.where(plain, self.terminate_q[:, None], 0.2)
+
+
+def test_hold_check_lifts_before_terminating_and_reopens_what_the_network_judges_empty():
+    """hold_check_threshold 0.5: with the gripper closed, CEM's terminate becomes a 5 cm lift; on the next state
+    Q(terminate, zero motion) decides: 0.8 terminates, 0.3 reopens where it is.  An open gripper (a new episode,
+    or reopened) starts over; off (0), the picks are CEM's."""
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    closed = np.array([[0.0, 0.02], [0.0, 0.02]], np.float32)
+    qf = TerminateQ([0.8, 0.3])
+    policy = CEMPolicy(qf, CEMConfig(hold_check_threshold=0.5), BOUNDS, seed=0)
+    lift, q = policy.act(images, closed)
+    np.testing.assert_array_equal(lift, np.stack([CHECK_LIFT, CHECK_LIFT]))
+    assert lift[0, 2] == HOLD_CHECK_LIFT and q.tolist() == pytest.approx([0.2, 0.2])  # the Q of what is sent
+    decided, q = policy.act(images, closed)
+    np.testing.assert_array_equal(decided, np.stack([LIFT_NOW, REOPEN]))
+    np.testing.assert_allclose(q, [0.8, 0.2])
+    # the reopened state (gripper open) and a new episode start without a pending check
+    again, _ = policy.act(images, np.array([[1.0, 0.07], [0.0, 0.02]], np.float32))
+    assert again[0, TERMINATE] == 1  # open gripper: a terminate is not checked
+    np.testing.assert_array_equal(again[1], CHECK_LIFT)  # closed, no pending check: check again
+    off, _ = CEMPolicy(qf, CEMConfig(), BOUNDS, seed=0).act(images, closed)
+    assert off[:, TERMINATE].tolist() == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="hold_check_threshold"):
+        CEMConfig(hold_check_threshold=-0.1)
+
+
+def test_hold_check_closes_first_when_a_pick_closes_and_terminates_at_once():
+    class CloseTerminateQ:
+        def embed(self, images, state):
+            return None
+
+        def score(self, ctx, actions):
+            return np.where((actions[..., CLOSE] == 1) & (actions[..., TERMINATE] == 1), 0.9, 0.1)
+
+    policy = CEMPolicy(CloseTerminateQ(), CEMConfig(hold_check_threshold=0.5), BOUNDS, seed=0)
+    images = np.zeros((1, 8, 8, 3), np.uint8)
+    closing, _ = policy.act(images, np.array([[1.0, 0.02]], np.float32))
+    assert closing[0, CLOSE] == 1 and closing[0, TERMINATE] == 0
+    lift, _ = policy.act(images, np.array([[0.0, 0.02]], np.float32))  # lifted next, whatever CEM picks
+    np.testing.assert_array_equal(lift[0], CHECK_LIFT)
+    decided, _ = policy.act(images, np.array([[0.0, 0.07]], np.float32))  # Q(terminate alone) 0.1: reopen
+    np.testing.assert_array_equal(decided[0], REOPEN)
+
+
 def test_policy_node_parameter_sets_the_close_gate():
     from rcan_grasp_policy.policy_params import PolicyNodeParams
 
     assert PolicyNodeParams().cem_config().close_threshold == 0.0  # off unless the card's value is configured
     assert PolicyNodeParams(cem_close_threshold=0.55).cem_config().close_threshold == 0.55
+    assert PolicyNodeParams().cem_config().hold_check_threshold == 0.0
+    assert PolicyNodeParams(cem_hold_check_threshold=0.1).cem_config().hold_check_threshold == 0.1
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="close_threshold"):
             PolicyNodeParams(cem_close_threshold=bad)

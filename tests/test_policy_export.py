@@ -92,3 +92,11 @@ def test_card_command_is_quoted_and_elides_the_notes():
     cmd = command_line(["--checkpoint", "runs/a b", "--notes", "long\ntext", "--out", "m.onnx"])
     assert cmd == "rcan export-policy --checkpoint 'runs/a b' --notes '<the Notes section above>' --out m.onnx"
     assert command_line(["--notes=x y"]) == "rcan export-policy '--notes=<the Notes section above>'"
+
+
+def test_cards_name_the_acting_options_their_evaluations_ran_with():
+    from rcan_grasp_policy.export import acting_options
+
+    assert acting_options({"config": {"cem": {"samples": 64}}}) == {"close_threshold": 0.0, "hold_check_threshold": 0.0}
+    ran = {"config": {"cem": {"close_threshold": 0.55, "hold_check_threshold": 0.1}}}
+    assert acting_options(ran) == {"close_threshold": 0.55, "hold_check_threshold": 0.1}

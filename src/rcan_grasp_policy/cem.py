@@ -29,8 +29,10 @@ std equal to the bounds puts almost no mass):
 * a floor `min_discrete_prob` on every gripper class and on both terminate outcomes in the
   refit, so one refit cannot remove an option from the next iteration.
 
-A third addition is off by default: the close gate `close_threshold` (acting only) ranks a close of the
-open gripper below every other candidate unless its Q reaches the threshold.
+Two more additions are off by default, both acting only: the close gate `close_threshold` ranks a close of the
+open gripper below every other candidate unless its Q reaches the threshold, and the hold check
+`hold_check_threshold` lifts a closed gripper a little before terminating and reopens it if the network then
+judges it empty.
 
 `CEMConfig(min_discrete_prob=0, shrunk_fraction=0)` is the paper's CEM, bit for bit.
 `cem_regret` measures how far a search falls short: Q of its pick over the best Q of a dense
@@ -90,6 +92,12 @@ class CEMConfig:
     instead of closing where its own network gives the grasp a low chance.  Acting only (CEMPolicy); the Q it
     reports is the network's.  A property of one network's calibration: its card names the value selected on
     selection seeds (docs/policy.md, "The close gate")."""
+    hold_check_threshold: float = 0.0
+    """Hold check (NOT in the paper; 0: off).  A pick that terminates with the gripper closed becomes a lift of
+    HOLD_CHECK_LIFT instead (a pick that closes and terminates at once loses its terminate: close first); on the
+    next state the network's Q of lifting from there (terminate, zero motion) decides: at least this value,
+    terminate; below it, reopen where it is and go on, so an empty or slipping close is retried instead of ending
+    the episode.  Acting only (CEMPolicy, which remembers its check lifts); docs/policy.md, "The hold check"."""
 
     def __post_init__(self) -> None:
         require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
@@ -102,6 +110,8 @@ class CEMConfig:
         require(0 <= self.shrunk_fraction <= 1, "shrunk_fraction", f"must be in [0, 1], got {self.shrunk_fraction}")
         require(0 <= self.shrunk_scale <= 1, "shrunk_scale", f"must be in [0, 1], got {self.shrunk_scale}")
         require(0 <= self.close_threshold <= 1, "close_threshold", f"must be in [0, 1], got {self.close_threshold}")
+        require(0 <= self.hold_check_threshold <= 1, "hold_check_threshold",
+                f"must be in [0, 1], got {self.hold_check_threshold}")
 
     @property
     def shrunk_samples(self) -> int:
@@ -141,6 +151,18 @@ def build_actions(continuous: np.ndarray, gripper: np.ndarray, terminate: np.nda
     out[..., TERMINATE] = terminate
     return out
 
+
+LIFT_NOW = build_actions(np.zeros(4), np.array(0), np.array(True))
+"""Terminate with zero motion: the hold check's terminate; its Q is the network's estimate that the closed gripper
+holds an object."""
+HOLD_CHECK_LIFT = 0.05
+"""How far the hold check lifts the closed gripper before it looks (m): far enough that an object the fingers
+lost stays behind on the tray."""
+CHECK_LIFT = build_actions(np.array([0.0, 0.0, HOLD_CHECK_LIFT, 0.0]), np.array(0), np.array(False))
+REOPEN = build_actions(np.zeros(4), np.array(2), np.array(False))
+CHECK_NONE, CHECK_CLOSED, CHECK_LIFTED = 0, 1, 2
+"""Hold check stages of a state, from the policy's last action: none; it closed (a pick that closed and
+terminated at once), so lift next; it lifted, so decide."""
 
 # Discrete options (gripper class, terminate) the shrunk candidates cycle through, most useful first:
 # close, terminate (lift), close and lift in one step, open, wait, open and lift.
@@ -295,6 +317,7 @@ class CEMPolicy:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.qf, self.cfg, self.bounds, self.epsilon = qf, cfg, bounds, epsilon
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._check_stage: np.ndarray | None = None  # (B,) where each state's hold check is (CHECK_*)
 
     def act(self, images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Actions (B, 8) and the Q estimate (B,) of the greedy choice for uint8 images (B, H, W, C), state (B, D)
@@ -307,10 +330,39 @@ class CEMPolicy:
         if state.shape != (images.shape[0], d):
             raise ValueError(f"state must have shape ({images.shape[0]}, {d}), got {state.shape}")
         ctx = self.qf.embed(images, state)
+        gripper_open = state[:, GRIPPER_OPEN_STATE] > 0.5
         actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds,
-                                gripper_open=state[:, GRIPPER_OPEN_STATE] > 0.5)
+                                gripper_open=gripper_open)
+        if self.cfg.hold_check_threshold > 0:
+            actions, q = self._hold_check(ctx, gripper_open, actions, q)
         if self.epsilon > 0:
             explore = self.rng.random(images.shape[0]) < self.epsilon
             if explore.any():
                 actions[explore] = random_actions(int(explore.sum()), self.bounds, self.rng, self.cfg.terminate_prob)
+                if self._check_stage is not None:
+                    self._check_stage[explore] = CHECK_NONE
+        return actions, q
+
+    def _hold_check(self, ctx: Any, gripper_open: np.ndarray, actions: np.ndarray,
+                    q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CEMConfig.hold_check_threshold applied to CEM's picks (B, 8) and their Q (B,)."""
+        b = actions.shape[0]
+        stage = self._check_stage if self._check_stage is not None and len(self._check_stage) == b \
+            else np.zeros(b, dtype=np.int8)
+        stage = np.where(gripper_open, CHECK_NONE, stage)  # an open gripper: a new episode, or reopened since
+        terminates = actions[:, TERMINATE] > 0.5
+        closes_now = terminates & gripper_open & (actions[:, CLOSE] > 0.5) & (actions[:, OPEN] < 0.5)
+        lift = (terminates & ~gripper_open & (actions[:, OPEN] < 0.5) & (stage == CHECK_NONE)) | (stage == CHECK_CLOSED)
+        checking = stage == CHECK_LIFTED
+        actions, q = actions.copy(), q.copy()
+        actions[closes_now, TERMINATE] = 0.0  # close first, lift next, then decide
+        if checking.any():
+            q_hold = np.asarray(self.qf.score(ctx, np.broadcast_to(LIFT_NOW, (b, 1, ACTION_DIM)).copy()))[:, 0]
+            hold = np.round(q_hold, RANK_DECIMALS) >= self.cfg.hold_check_threshold
+            actions[checking] = np.where(hold[checking, None], LIFT_NOW, REOPEN)
+        actions[lift] = CHECK_LIFT
+        changed = closes_now | checking | lift
+        if changed.any():  # the Q reported is the network's, of the action sent
+            q[changed] = np.asarray(self.qf.score(ctx, actions[:, None, :].copy()))[changed, 0]
+        self._check_stage = np.select([closes_now, lift], [CHECK_CLOSED, CHECK_LIFTED], CHECK_NONE).astype(np.int8)
         return actions, q

@@ -124,9 +124,14 @@ def parity(net: QNetwork, onnx_path: Path, cem: CEMConfig, states: int, seed: in
             "states": states, "cem": to_dict(cem), "seed": seed}
 
 
-def close_threshold(report: dict) -> float:
-    """The close gate (CEMConfig.close_threshold) an eval-policy report ran with; 0 (off) in reports before it."""
-    return float(((report.get("config") or {}).get("cem") or {}).get("close_threshold", 0.0))
+ACTING_OPTIONS = ("close_threshold", "hold_check_threshold")
+"""The CEMConfig options that change how a network acts (NOT in the paper) and that a card's evaluations name."""
+
+
+def acting_options(report: dict) -> dict[str, float]:
+    """The ACTING_OPTIONS an eval-policy report ran with; 0 (off) for those it predates."""
+    cem = (report.get("config") or {}).get("cem") or {}
+    return {name: float(cem.get(name, 0.0)) for name in ACTING_OPTIONS}
 
 
 def _card_md(card: dict) -> str:
@@ -142,10 +147,13 @@ def _card_md(card: dict) -> str:
              f"- parity: max |q_torch - q_ort| = {p['q_max_abs_diff']:.2e}; CEM picks the same actions: "
              f"{p['cem_same_actions']}", "", "## Evaluation (unseen test objects)", ""]
     if card["evaluations"]:
-        lines += ["| domain | policy | CEM close gate | episodes | success | 95% Wilson |", "|---|---|---|---|---|---|"]
+        lines += ["| domain | policy | CEM close gate | hold check | episodes | success | 95% Wilson |",
+                  "|---|---|---|---|---|---|---|"]
         for e in card["evaluations"]:
-            gate = e.get("close_threshold", 0.0)  # cards written before the gate have none: it was off
-            lines.append(f"| {e['domain']} | {e['policy']} | {f'{gate:g}' if gate else 'off'} | {e['episodes']} | "
+            # cards written before an option have none: it was off
+            gate, hold = (e.get(name, 0.0) for name in ACTING_OPTIONS)
+            lines.append(f"| {e['domain']} | {e['policy']} | {f'{gate:g}' if gate else 'off'} | "
+                         f"{f'{hold:g}' if hold else 'off'} | {e['episodes']} | "
                          f"{e['success_rate']:.3f} | {e['wilson95'][0]:.3f}-{e['wilson95'][1]:.3f} |")
     else:
         lines.append("No evaluation reports were attached.")
@@ -180,7 +188,7 @@ def export(cfg: ExportConfig, command: str = "") -> dict:
         e = json.loads(Path(path).read_text())
         evaluations.append({k: e[k] for k in ("domain", "split", "episodes", "successes", "success_rate", "wilson95",
                                               "mean_steps", "variant", "generator", "policy")}
-                           | {"close_threshold": close_threshold(e), "report": str(path)})
+                           | acting_options(e) | {"report": str(path)})
     import onnxruntime
     card = {"name": out.stem, "summary": "QT-Opt grasping Q-function (RCAN paper Appendix B) for CEM action selection.",
             "files": {"onnx": str(out), "weights": str(out.with_suffix(".safetensors")),

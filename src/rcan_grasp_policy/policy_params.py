@@ -32,6 +32,10 @@ class PolicyNodeParams:
     cem_close_threshold: float = 0.0
     """CEMConfig.close_threshold (NOT in the paper; 0: off): the value the policy's card names, e.g. 0.55 for
     policy_canonical_128; the shipped RCAN policies use 0."""
+    cem_hold_check_threshold: float = 0.0
+    """CEMConfig.hold_check_threshold (NOT in the paper; 0: off): lift a closed gripper 5 cm before terminating and
+    reopen it if the network then gives terminating a Q below this; the card names the value, e.g. 0.1 for
+    policy_canonical_128; the shipped RCAN policies use 0."""
     seed: int = 0
     max_translation: float = 0.05
     max_rotation: float = 0.5
@@ -80,7 +84,8 @@ class PolicyNodeParams:
 
     def cem_config(self) -> CEMConfig:
         return CEMConfig(samples=self.cem_samples, elites=self.cem_elites, iterations=self.cem_iterations,
-                         close_threshold=self.cem_close_threshold)
+                         close_threshold=self.cem_close_threshold,
+                         hold_check_threshold=self.cem_hold_check_threshold)
 
     def bounds(self) -> ActionBounds:
         return ActionBounds(max_translation=self.max_translation, max_rotation=self.max_rotation)
