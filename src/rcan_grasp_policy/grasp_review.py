@@ -20,8 +20,8 @@ have grasped.
 
 `hold_checked_step` (`rcan eval-policy --hold-checks N`) measures what regrasping could win, with a perfect
 detector: when the policy terminates with the gripper closed, the terminate is held back, the gripper lifted by
-REGRASP_LIFT, and if the simulator finds nothing held the gripper reopens and the policy goes on.  Unlike the
-review, it changes the episodes.
+HOLD_CHECK_LIFT (the CEM hold check's lift), and if the simulator finds nothing held the gripper reopens and the
+policy goes on.  Unlike the review, it changes the episodes.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from rcan_common.action import decode_action, make_action
+from rcan_grasp_policy.cem import HOLD_CHECK_LIFT
 
 GRID_STEP = 0.01
 """Spacing of the reviewed moves' dx, dy (m)."""
@@ -104,17 +105,15 @@ HOLD_CHECK_STEPS = 3
 
 def hold_checked_step(env, action: np.ndarray, render: bool = True) -> tuple[tuple, bool | None]:
     """`env.step(action)`, except that a terminate which leaves the gripper closed, with HOLD_CHECK_STEPS steps
-    left, is held back: the rest of the action runs, the gripper lifts by REGRASP_LIFT, and the terminate runs
+    left, is held back: the rest of the action runs, the gripper lifts by HOLD_CHECK_LIFT, and the terminate runs
     only if the simulator finds an object held (World.held_objects); otherwise the gripper reopens and the
     episode goes on.  Returns the last step's result and the check's finding (None: no check)."""
-    from rcan_grasp_policy.labels import REGRASP_LIFT
-
     cmd = decode_action(action, env.cfg.bounds)
     closed_after = cmd.gripper == "close" or (cmd.gripper is None and not env.world.gripper_is_open())
     if not (cmd.terminate and closed_after) or env.steps + HOLD_CHECK_STEPS > env.cfg.max_steps:
         return env.step(action, render), None
     env.step(make_action(cmd.translation, cmd.dtheta, cmd.gripper), render=False)
-    env.step(make_action([0.0, 0.0, REGRASP_LIFT]), render=False)
+    env.step(make_action([0.0, 0.0, HOLD_CHECK_LIFT]), render=False)
     held = bool(env.world.held_objects())
     return env.step(make_action(terminate=True) if held else make_action(gripper="open"), render), held
 
@@ -122,10 +121,8 @@ def hold_checked_step(env, action: np.ndarray, render: bool = True) -> tuple[tup
 def summarise_hold_checks(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts over episodes with hold checks: checks, those that found nothing held, and the episodes with such
     a check that ended grasped all the same (the regrasps that worked)."""
-    from rcan_grasp_policy.labels import REGRASP_LIFT
-
     checks = [c for r in records for c in r["hold_checks"]]
     empty = [r for r in records if False in r["hold_checks"]]
-    return {"lift_m": REGRASP_LIFT,
+    return {"lift_m": HOLD_CHECK_LIFT,
             "checks": len(checks), "found_empty": checks.count(False),
             "episodes_found_empty": len(empty), "grasped_after_found_empty": sum(r["success"] for r in empty)}
