@@ -291,6 +291,8 @@ def test_hold_check_lifts_before_terminating_and_reopens_what_the_network_judges
     again, _ = policy.act(images, np.array([[1.0, 0.07], [0.0, 0.02]], np.float32))
     assert again[0, TERMINATE] == 1  # open gripper: a terminate is not checked
     np.testing.assert_array_equal(again[1], CHECK_LIFT)  # closed, no pending check: check again
+    assert CEMConfig(close_threshold=0.55, hold_check_threshold=0.1).acting_summary() == ", close gate 0.55, hold check 0.1"
+    assert CEMConfig().acting_summary() == ""
     off, _ = CEMPolicy(qf, CEMConfig(), BOUNDS, seed=0).act(images, closed)
     assert off[:, TERMINATE].tolist() == [1.0, 1.0]
     with pytest.raises(ConfigError, match="hold_check_threshold"):

@@ -113,6 +113,11 @@ class CEMConfig:
         require(0 <= self.hold_check_threshold <= 1, "hold_check_threshold",
                 f"must be in [0, 1], got {self.hold_check_threshold}")
 
+    def acting_summary(self) -> str:
+        """The acting-only options that are on, for a log line: ", close gate 0.55, hold check 0.1" ("" for none)."""
+        on = (("close gate", self.close_threshold), ("hold check", self.hold_check_threshold))
+        return "".join(f", {name} {value:g}" for name, value in on if value > 0)
+
     @property
     def shrunk_samples(self) -> int:
         """How many of the first iteration's samples are shrunk candidates."""

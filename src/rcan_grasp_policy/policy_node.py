@@ -63,7 +63,7 @@ class PolicyNode(Node):
         self.create_timer(1.0 / cfg.control_rate_hz, self._tick)
         self.create_timer(1.0, self._publish_status)
         self.get_logger().info(f"policy {cfg.model_path} ({self.planner.provider}, inputs {inputs}, {self.planner.image_size}"
-                               f"px, CEM {cem.samples}/{cem.elites}/{cem.iterations}) at {cfg.control_rate_hz:g} Hz, "
+                               f"px, CEM {cem.samples}/{cem.elites}/{cem.iterations}{cem.acting_summary()}) at {cfg.control_rate_hz:g} Hz, "
                                f"{'episode 1 started' if cfg.autostart else 'waiting for start_episode'}")
 
     def _on_image(self, stream: str, msg: Image) -> None:
