@@ -104,7 +104,7 @@ def test_sim_node_serves_the_robot_interfaces(ros_env, tmp_path):
         probe.publish("/gripper/command", Bool(data=False))
         assert probe.wait_for(lambda: probe.last("/sim_node/gripper_open").msg.data is False, 5)
 
-        ok, message = probe.trigger("/sim_node/grasp_success")
+        ok, message = probe.trigger("/sim_node/grasp_success", resend_after=3.0)  # a query: safe to resend
         assert ok is False and json.loads(message)["held"] == []
         ok, message = probe.trigger("/sim_node/reset")
         info = json.loads(message)

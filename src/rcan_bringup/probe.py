@@ -118,20 +118,28 @@ class Probe:
             pub = self._publishers[topic] = self.node.create_publisher(type(msg), topic, qos)
         pub.publish(msg)
 
-    def trigger(self, service: str, timeout: float = 10.0) -> tuple[bool, str]:
-        """Call a std_srvs/Trigger service; raises TimeoutError if it is not there or not answering."""
+    def trigger(self, service: str, timeout: float = 10.0, resend_after: float | None = None) -> tuple[bool, str]:
+        """Call a std_srvs/Trigger service; raises TimeoutError if it is not there or not answering.
+
+        `resend_after` (s), for a service that is safe to call twice (a query): send the request again at this
+        interval until an answer comes.  wait_for_service() means the server reads requests, not that its
+        answers reach this client yet: the first answer after discovery can be lost."""
         from std_srvs.srv import Trigger
 
         client = self.node.create_client(Trigger, service)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {service} not available after {timeout:.0f} s")
-            future = client.call_async(Trigger.Request())
-            done = threading.Event()
-            future.add_done_callback(lambda _f: done.set())
-            if not done.wait(timeout):
-                raise TimeoutError(f"service {service} did not answer within {timeout:.0f} s")
-            result = future.result()
+            deadline = time.monotonic() + timeout
+            done, futures = threading.Event(), []
+            while not done.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"service {service} did not answer within {timeout:.0f} s")
+                futures.append(client.call_async(Trigger.Request()))
+                futures[-1].add_done_callback(lambda _f: done.set())
+                done.wait(min(left, resend_after) if resend_after else left)
+            result = next(f for f in futures if f.done()).result()  # whichever answer came first
             return bool(result.success), str(result.message)
         finally:
             self.node.destroy_client(client)
