@@ -905,18 +905,21 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path, monkeypatch):
 
         class RecordingCEMPolicy(CEMPolicy):
             def __init__(self, qf, cfg=CEMConfig(), *args, **kwargs):
-                thresholds.append(cfg.close_threshold)
+                thresholds.append((cfg.close_threshold, cfg.hold_check_threshold))
                 super().__init__(qf, cfg, *args, **kwargs)
 
         monkeypatch.setattr(cem, "CEMPolicy", RecordingCEMPolicy)
         gated = L._behaviour_policy(str(policy), world, close_threshold=0.5)
+        L._behaviour_policy(str(policy), world, close_threshold=0.5, hold_check_threshold=0.1)
         monkeypatch.undo()
-        assert thresholds == [0.5]
+        assert thresholds == [(0.5, 0.0), (0.5, 0.1)]
         expected = CEMPolicy(qf, CEMConfig(close_threshold=0.5), seed=0).act(
             InputEncoder("rcan", gen)({"image": randomized})[None], state_vector(obs)[None])[0][0]
         np.testing.assert_array_equal(gated(obs, world), expected)
         with pytest.raises(ConfigError, match="behaviour_close_threshold"):
             L.LabelConfig(behaviour_close_threshold=0.5)  # the scripted behaviour has no CEM
+        with pytest.raises(ConfigError, match="behaviour_hold_check_threshold"):
+            L.LabelConfig(behaviour_hold_check_threshold=0.1)
         meta = json.loads(policy.with_suffix(".json").read_text())
         policy.with_suffix(".json").write_text(json.dumps({**meta, "generator": str(tmp_path / "gone.onnx")}))
         with pytest.raises(ConfigError, match="gone.onnx"):

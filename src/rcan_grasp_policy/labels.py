@@ -82,6 +82,10 @@ class LabelConfig:
     behaviour_close_threshold: float = 0.0
     """The close gate of a learned behaviour's CEM (CEMConfig.close_threshold, NOT in the paper; 0: off), e.g. the
     value its card names, so the states are the ones the policy visits as it is deployed."""
+    behaviour_hold_check_threshold: float = 0.0
+    """The hold check of a learned behaviour's CEM (CEMConfig.hold_check_threshold, NOT in the paper; 0: off), e.g.
+    the value its card names: the behaviour lifts before it terminates and reopens what it judges empty, so the
+    lifted closed states it is judged on are visited (and, with `regrasp`, all labelled)."""
     aim_offset: float = 0.03
     """Behaviour policy aims up to this far (m) from the object's centre (near-miss states)."""
     jitter_translation: float = 0.01
@@ -148,6 +152,10 @@ class LabelConfig:
         require(0.0 <= self.behaviour_close_threshold <= 1.0, "behaviour_close_threshold", "must be in [0, 1]")
         require(self.behaviour_close_threshold == 0 or self.behaviour != "scripted", "behaviour_close_threshold",
                 "is a learned behaviour's CEM setting; the scripted behaviour has none")
+        require(0.0 <= self.behaviour_hold_check_threshold <= 1.0, "behaviour_hold_check_threshold",
+                "must be in [0, 1]")
+        require(self.behaviour_hold_check_threshold == 0 or self.behaviour != "scripted",
+                "behaviour_hold_check_threshold", "is a learned behaviour's CEM setting; the scripted behaviour has none")
         require(self.aim_offset >= 0, "aim_offset", "must be >= 0")
         require(self.jitter_translation >= 0 and self.jitter_rotation >= 0, "jitter_translation", "must be >= 0")
         require(self.completion in COMPLETIONS, "completion",
@@ -296,7 +304,7 @@ def labelling_env(cfg: LabelConfig):
                               max_steps=cfg.max_steps))
 
 
-def _behaviour_policy(path: str, env, close_threshold: float = 0.0):
+def _behaviour_policy(path: str, env, close_threshold: float = 0.0, hold_check_threshold: float = 0.0):
     """A learned policy as `policy(obs, env) -> action`: greedy CEM on its Q-function, fed what it was trained
     on.  A policy of another domain than the labelling env's (rcan: the randomized domain, through the
     generator named in its metadata) or of a narrower view sees its own render of the same state, as
@@ -314,7 +322,7 @@ def _behaviour_policy(path: str, env, close_threshold: float = 0.0):
     if size != env_size:  # an image resized to the policy's size is not the render it was trained on
         raise ConfigError(f"behaviour policy {path} takes {size} px images and the labelling env renders "
                           f"{env_size} px; label with --image-size {size}")
-    policy = CEMPolicy(qf, CEMConfig(close_threshold=close_threshold), seed=0)
+    policy = CEMPolicy(qf, CEMConfig(close_threshold=close_threshold, hold_check_threshold=hold_check_threshold), seed=0)
     domain, fov = training_domain(variant), qf.contract.view_fov_deg()
     yaw_state = qf.state_dim == YAW_STATE_DIM
     if domain == env.cfg.domain and not fov:
@@ -382,7 +390,8 @@ def _label_task(cfg: LabelConfig, task: int, env) -> dict[str, Any]:
     t0 = time.perf_counter()
     completion = ScriptedGraspPolicy() if cfg.completion == "scripted" else DescendGraspPolicy()
     learned = (None if cfg.behaviour == "scripted"
-               else _behaviour_policy(cfg.behaviour, env, cfg.behaviour_close_threshold))
+               else _behaviour_policy(cfg.behaviour, env, cfg.behaviour_close_threshold,
+                                      cfg.behaviour_hold_check_threshold))
     teacher = TeacherLabeller(cfg.teacher, env) if cfg.teacher else None
     drawn = cfg.candidates - cfg.aimed_candidates - bool(teacher)  # behaviour, close, terminate and CEM draws
     rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
