@@ -26,18 +26,13 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 
 
 def call_idempotent(client, executor, request, timeout: float = 20.0, resend_after: float = 3.0):
-    """The response to `request` on a service `client`, sending it again every `resend_after` s until
-    one comes or `timeout` s pass; None if none came.  Only for requests that are safe to repeat
-    (parameter get/set).  wait_for_service() says the server's request reader has matched, not that its
-    response writer has matched our reader: the first response can be lost in that discovery window."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        future = client.call_async(request)
-        executor.spin_until_future_complete(future, timeout_sec=min(resend_after, deadline - time.monotonic()))
-        if future.done():
-            return future.result()
-        client.remove_pending_request(future)
-    return None
+    """The response to `request` on a service `client`, spun by `executor` and resent every `resend_after` s until
+    one comes or `timeout` s pass (rcan_common.ros_node.call_resending); None if none came.  Only for requests that
+    are safe to repeat (parameter get/set, a refused command)."""
+    from rcan_common.ros_node import call_resending
+
+    return call_resending(client, request, lambda f, t: executor.spin_until_future_complete(f, timeout_sec=t),
+                          timeout, resend_after)
 
 
 class LineReader:

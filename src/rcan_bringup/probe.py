@@ -14,12 +14,21 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from rcan_common.ros_node import call_resending
+
 
 @dataclass
 class Received:
     msg: Any
     t: float  # time.monotonic() at receipt
     wall: float  # time.time() at receipt (compare with header stamps of other processes)
+
+
+def _wait_on_event(future, seconds: float) -> None:
+    """Block until `future` is done (the probe's executor thread completes it) or `seconds` pass."""
+    done = threading.Event()
+    future.add_done_callback(lambda _f: done.set())
+    done.wait(seconds)
 
 
 def best_effort(depth: int = 10) -> QoSProfile:
@@ -120,26 +129,16 @@ class Probe:
 
     def trigger(self, service: str, timeout: float = 10.0, resend_after: float | None = None) -> tuple[bool, str]:
         """Call a std_srvs/Trigger service; raises TimeoutError if it is not there or not answering.
-
-        `resend_after` (s), for a service that is safe to call twice (a query): send the request again at this
-        interval until an answer comes.  wait_for_service() means the server reads requests, not that its
-        answers reach this client yet: the first answer after discovery can be lost."""
+        `resend_after` (s): resend until answered, for a service that is safe to call twice (call_resending)."""
         from std_srvs.srv import Trigger
 
         client = self.node.create_client(Trigger, service)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {service} not available after {timeout:.0f} s")
-            deadline = time.monotonic() + timeout
-            done, futures = threading.Event(), []
-            while not done.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"service {service} did not answer within {timeout:.0f} s")
-                futures.append(client.call_async(Trigger.Request()))
-                futures[-1].add_done_callback(lambda _f: done.set())
-                done.wait(min(left, resend_after) if resend_after else left)
-            result = next(f for f in futures if f.done()).result()  # whichever answer came first
+            result = call_resending(client, Trigger.Request(), _wait_on_event, timeout, resend_after)
+            if result is None:
+                raise TimeoutError(f"service {service} did not answer within {timeout:.0f} s")
             return bool(result.success), str(result.message)
         finally:
             self.node.destroy_client(client)

@@ -2,7 +2,8 @@
 is ros_main's, re-exported here."""
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -75,3 +76,20 @@ def call_trigger(client, on_done: Callable[[bool | None, str], None]) -> None:
         on_done(ok, message)
 
     future.add_done_callback(done)
+
+
+def call_resending(client, request, wait: Callable[[Any, float], None], timeout: float,
+                   resend_after: float | None = None):
+    """The first response to `request` on a service `client` within `timeout` s (None if none came).  `wait(future,
+    seconds)` blocks until the future is done or the seconds pass (spinning an executor, or on an event).  With
+    `resend_after`, for a request that is safe to repeat (a query, a parameter get/set, a refused command), the
+    request is sent again at that interval: wait_for_service() says the server reads requests, not that its answers
+    reach this client yet, so the first answer after discovery can be lost."""
+    deadline, futures = time.monotonic() + timeout, []
+    while (left := deadline - time.monotonic()) > 0:
+        futures.append(client.call_async(request))
+        wait(futures[-1], min(left, resend_after) if resend_after else left)
+        answered = next((f for f in futures if f.done()), None)  # a late answer to an earlier send counts too
+        if answered is not None:
+            return answered.result()
+    return None

@@ -66,6 +66,11 @@ class QFunction(Protocol):
         """Q values (B, N) in [0, 1] of candidate actions (B, N, 8) for the embedded states."""
 
 
+ACTING_OPTIONS = {"close_threshold": "close gate", "hold_check_threshold": "hold check"}
+"""The CEMConfig fields that change only how a network acts (NOT in the paper; 0: off), with their short names: a
+card's evaluations and the policy node's start-up line name them."""
+
+
 @dataclass(frozen=True)
 class CEMConfig:
     samples: int = 64
@@ -115,7 +120,7 @@ class CEMConfig:
 
     def acting_summary(self) -> str:
         """The acting-only options that are on, for a log line: ", close gate 0.55, hold check 0.1" ("" for none)."""
-        on = (("close gate", self.close_threshold), ("hold check", self.hold_check_threshold))
+        on = ((name, getattr(self, field)) for field, name in ACTING_OPTIONS.items())
         return "".join(f", {name} {value:g}" for name, value in on if value > 0)
 
     @property

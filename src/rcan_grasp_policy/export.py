@@ -31,7 +31,7 @@ from rcan_common.action import with_yaw
 from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from rcan_grasp_policy.backends import TorchQFunction, load_policy_net, load_qfunction, save_policy
-from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
+from rcan_grasp_policy.cem import ACTING_OPTIONS, CEMConfig, CEMPolicy
 from rcan_grasp_policy.contract import ONNX_CONTRACT_KEY, PolicyContract, contract_path
 from rcan_grasp_policy.inputs import ONNX_METADATA_KEY
 from rcan_grasp_policy.qnet import QNetwork
@@ -122,10 +122,6 @@ def parity(net: QNetwork, onnx_path: Path, cem: CEMConfig, states: int, seed: in
             "cem_same_actions": bool(np.allclose(a_torch, a_ort, atol=1e-5)),
             "cem_action_max_abs_diff": float(np.abs(a_torch - a_ort).max()),
             "states": states, "cem": to_dict(cem), "seed": seed}
-
-
-ACTING_OPTIONS = ("close_threshold", "hold_check_threshold")
-"""The CEMConfig options that change how a network acts (NOT in the paper) and that a card's evaluations name."""
 
 
 def acting_options(report: dict) -> dict[str, float]:
