@@ -242,10 +242,10 @@ def test_close_gate_holds_back_low_q_closes_of_an_open_gripper_only():
     qf = CloseOrMoveQ([0.4, 0.4, 0.6])
     gripper_open = np.array([True, False, True])
     gated = CEMConfig(close_threshold=0.5)
-    actions, q = cem_search(qf, None, 3, np.random.default_rng(0), gated, BOUNDS, gripper_open=gripper_open)
+    actions, q = cem_search(qf, None, 3, np.random.default_rng(0), gated, BOUNDS, gated=gripper_open)
     assert actions[:, CLOSE].tolist() == [0.0, 1.0, 1.0]
     np.testing.assert_allclose(q, [0.3, 0.4, 0.6])
-    ungated, _ = cem_search(qf, None, 3, np.random.default_rng(0), CEMConfig(), BOUNDS, gripper_open=gripper_open)
+    ungated, _ = cem_search(qf, None, 3, np.random.default_rng(0), CEMConfig(), BOUNDS, gated=gripper_open)
     assert ungated[:, CLOSE].tolist() == [1.0, 1.0, 1.0]
     # Without the gripper state there is no gate, and off (0) it is the search without it, bit for bit.
     blind, _ = cem_search(qf, None, 3, np.random.default_rng(0), gated, BOUNDS)
@@ -256,6 +256,24 @@ def test_close_gate_holds_back_low_q_closes_of_an_open_gripper_only():
     assert acted[:, CLOSE].tolist() == [0.0, 1.0, 1.0]
     with pytest.raises(ConfigError, match="close_threshold"):
         CEMConfig(close_threshold=1.5)
+
+
+def test_close_gate_stands_down_in_the_last_steps():
+    """close_gate_last_steps 3: the gated close at Q 0.4 loses to the move with 4 steps left and is taken with 3 or
+    fewer; without the steps left the option refuses to act rather than act as if the gate held."""
+    qf = CloseOrMoveQ([0.4, 0.4, 0.4])
+    images, opened = np.zeros((3, 8, 8, 3), np.uint8), np.array([[1.0, 0.1]] * 3, np.float32)
+    policy = CEMPolicy(qf, CEMConfig(close_threshold=0.5, close_gate_last_steps=3), BOUNDS, seed=0)
+    acted, q = policy.act(images, opened, steps_left=np.array([4, 3, 1]))
+    assert acted[:, CLOSE].tolist() == [0.0, 1.0, 1.0]
+    np.testing.assert_allclose(q, [0.3, 0.4, 0.4])
+    assert policy.act(images, opened, steps_left=5)[0][:, CLOSE].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="steps left"):
+        policy.act(images, opened)
+    assert CEMConfig(close_threshold=0.55, close_gate_last_steps=6).acting_summary() == \
+        ", close gate 0.55, ungated last steps 6"
+    with pytest.raises(ConfigError, match="close_gate_last_steps"):
+        CEMConfig(close_gate_last_steps=-1)
 
 
 class TerminateQ:
@@ -324,6 +342,9 @@ def test_policy_node_parameter_sets_the_close_gate():
     assert PolicyNodeParams(cem_close_threshold=0.55).cem_config().close_threshold == 0.55
     assert PolicyNodeParams().cem_config().hold_check_threshold == 0.0
     assert PolicyNodeParams(cem_hold_check_threshold=0.1).cem_config().hold_check_threshold == 0.1
+    assert PolicyNodeParams(cem_close_gate_last_steps=6).cem_config().close_gate_last_steps == 6
+    with pytest.raises(ConfigError, match="close_gate_last_steps"):
+        PolicyNodeParams(cem_close_gate_last_steps=-2)
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="close_threshold"):
             PolicyNodeParams(cem_close_threshold=bad)

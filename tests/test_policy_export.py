@@ -97,6 +97,7 @@ def test_card_command_is_quoted_and_elides_the_notes():
 def test_cards_name_the_acting_options_their_evaluations_ran_with():
     from rcan_grasp_policy.export import acting_options
 
-    assert acting_options({"config": {"cem": {"samples": 64}}}) == {"close_threshold": 0.0, "hold_check_threshold": 0.0}
-    ran = {"config": {"cem": {"close_threshold": 0.55, "hold_check_threshold": 0.1}}}
-    assert acting_options(ran) == {"close_threshold": 0.55, "hold_check_threshold": 0.1}
+    assert acting_options({"config": {"cem": {"samples": 64}}}) == \
+        {"close_threshold": 0.0, "close_gate_last_steps": 0.0, "hold_check_threshold": 0.0}
+    ran = {"config": {"cem": {"close_threshold": 0.55, "close_gate_last_steps": 6, "hold_check_threshold": 0.1}}}
+    assert acting_options(ran) == {"close_threshold": 0.55, "close_gate_last_steps": 6.0, "hold_check_threshold": 0.1}

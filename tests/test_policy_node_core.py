@@ -115,10 +115,10 @@ class Script:
 
     def __init__(self, *actions):
         self.actions = list(actions)
-        self.seen: list[tuple[np.ndarray, np.ndarray]] = []
+        self.seen: list[tuple[np.ndarray, np.ndarray, int]] = []
 
-    def __call__(self, images, state):
-        self.seen.append((images, state))
+    def __call__(self, images, state, steps_left):
+        self.seen.append((images, state, steps_left))
         return self.actions.pop(0), 0.5
 
 
@@ -162,7 +162,7 @@ def test_no_command_is_computed_from_a_pair_older_than_max_input_age():
     now = [0.0]
     pair_t = [0.0]
 
-    def act(images, state):
+    def act(images, state, steps_left):
         seen_ages.append(abs(now[0] - pair_t[0]))
         return make_action((0.0, 0.0, 0.0)), 0.5
 
@@ -203,7 +203,7 @@ def test_step_uses_only_images_after_settle_and_builds_state():
     pos, quat = d.target
     np.testing.assert_allclose(pos, [0.56, 0.0, 0.115 - 0.05])  # dz clipped to max_translation
     np.testing.assert_allclose(quat, DOWN)
-    images, state = script.seen[0]
+    images, state, _ = script.seen[0]
     assert images.shape == (8, 8, 6) and (images[..., 3:] == 255).all()
     np.testing.assert_allclose(state, [1.0, 0.3], atol=1e-6)  # open, height above the tray bottom
     # Not arrived yet (EE far from target, no timeout): nothing happens.
@@ -279,7 +279,8 @@ def test_terminate_lifts_then_reports_the_episode_end_and_waits_for_the_next_sta
 
 
 def test_without_autostart_it_waits_for_start_and_max_steps_ends_the_episode():
-    core = make_core(Script(*[make_action((0.0, 0.0, 0.0))] * 2), autostart=False, max_steps=2)
+    script = Script(*[make_action((0.0, 0.0, 0.0))] * 2)
+    core = make_core(script, autostart=False, max_steps=2)
     g = GripperState(True, 0.0)
     assert core.phase is Phase.IDLE and core.tick(0.0, ee(0.0), g, pair(0.0)) == Decision()
     ok, message = core.start_episode(0.1)
@@ -292,6 +293,7 @@ def test_without_autostart_it_waits_for_start_and_max_steps_ends_the_episode():
         core.tick(t + 0.01, ee(t + 0.01, target), g._replace(stamp=t), pair(t))
         t += 0.1
     assert core.phase is Phase.LIFT and core.step == 2
+    assert [steps_left for _, _, steps_left in script.seen] == [2, 1]  # what CEMConfig.close_gate_last_steps reads
     for k in (1, 2, 3):  # each 5 cm lift increment reached -> the next one
         d = core.tick(t, ee(t, target + [0, 0, 0.05 * k]), g._replace(stamp=t), pair(t))
         np.testing.assert_allclose(d.target[0], target + [0, 0, 0.05 * (k + 1)])
@@ -327,7 +329,7 @@ def test_planner_uses_the_one_ort_qfunction(tmp_path):
     planner = load_planner(path, RuntimeConfig(), CEMConfig(samples=8, elites=2), ActionBounds(), seed=3)
     assert (planner.in_channels, planner.image_size, planner.meta) == (6, 32, meta)
     assert planner.provider == "CPUExecutionProvider"
-    action, q = planner.act(images[0], state[0])
+    action, q = planner.act(images[0], state[0], 20)
     # The same decision as CEM over the loader's Q-function with the same seed.
     actions, qs = CEMPolicy(qf, CEMConfig(samples=8, elites=2), ActionBounds(), seed=3).act(images[:1], state[:1])
     assert np.array_equal(action, actions[0]) and q == float(qs[0])

@@ -81,7 +81,7 @@ from rcan_grasp_policy.planner import load_planner
 from rcan_perception.runtime import RuntimeConfig
 p = load_planner({str(model)!r}, RuntimeConfig(warmup_runs=0), CEMConfig(), ActionBounds(), seed=0)
 images = np.zeros((p.image_size, p.image_size, p.in_channels), np.uint8)
-action, q = p.act(images, np.array([1.0, 0.2], np.float32))
+action, q = p.act(images, np.array([1.0, 0.2], np.float32), 20)
 decode_action(action)
 assert 0.0 <= q <= 1.0
 assert 'torch' not in sys.modules  # the ONNX path starts without torch

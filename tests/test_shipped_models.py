@@ -217,7 +217,7 @@ def test_policy_loads_through_the_demo_path_and_matches_its_card(name):
     frame = rng.integers(0, 256, (2 * s, 2 * s, 3), dtype=np.uint8)
     image = contract.prepare(frame, 255 - frame)
     assert image.shape == (s, s, ch) and image.dtype == np.uint8
-    action, q = planner.act(image, np.array([1.0, 0.3], np.float32))
+    action, q = planner.act(image, np.array([1.0, 0.3], np.float32), 20)
     assert action.shape == (8,) and np.isfinite(action).all() and 0.0 <= q <= 1.0
     assert np.abs(action[:3]).max() <= bounds.max_translation + 1e-6
     assert abs(np.arctan2(action[3], action[4])) <= bounds.max_rotation + 1e-6

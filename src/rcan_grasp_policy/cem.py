@@ -29,10 +29,10 @@ std equal to the bounds puts almost no mass):
 * a floor `min_discrete_prob` on every gripper class and on both terminate outcomes in the
   refit, so one refit cannot remove an option from the next iteration.
 
-Two more additions are off by default, both acting only: the close gate `close_threshold` ranks a close of the
-open gripper below every other candidate unless its Q reaches the threshold, and the hold check
-`hold_check_threshold` lifts a closed gripper a little before terminating and reopens it if the network then
-judges it empty.
+More additions are off by default, all acting only: the close gate `close_threshold` ranks a close of the
+open gripper below every other candidate unless its Q reaches the threshold (`close_gate_last_steps` stands it
+down at the end of an episode), and the hold check `hold_check_threshold` lifts a closed gripper a little before
+terminating and reopens it if the network then judges it empty.
 
 `CEMConfig(min_discrete_prob=0, shrunk_fraction=0)` is the paper's CEM, bit for bit.
 `cem_regret` measures how far a search falls short: Q of its pick over the best Q of a dense
@@ -66,7 +66,8 @@ class QFunction(Protocol):
         """Q values (B, N) in [0, 1] of candidate actions (B, N, 8) for the embedded states."""
 
 
-ACTING_OPTIONS = {"close_threshold": "close gate", "hold_check_threshold": "hold check"}
+ACTING_OPTIONS = {"close_threshold": "close gate", "close_gate_last_steps": "ungated last steps",
+                  "hold_check_threshold": "hold check"}
 """The CEMConfig fields that change only how a network acts (NOT in the paper; 0: off), with their short names: a
 card's evaluations and the policy node's start-up line name them."""
 
@@ -97,6 +98,11 @@ class CEMConfig:
     instead of closing where its own network gives the grasp a low chance.  Acting only (CEMPolicy); the Q it
     reports is the network's.  A property of one network's calibration: its card names the value selected on
     selection seeds (docs/policy.md, "The close gate")."""
+    close_gate_last_steps: int = 0
+    """NOT in the paper (0: the gate holds to the end).  The close gate stands down in an episode's last this many
+    steps (the current one included): the paper's state has no clock, so the network's Q of a close is the same
+    at step 3 and step 19, but a doubtful close late beats searching on until the step limit lifts an open
+    gripper.  Needs the steps left (CEMPolicy.act's `steps_left`); docs/policy.md, "The close gate"."""
     hold_check_threshold: float = 0.0
     """Hold check (NOT in the paper; 0: off).  A pick that terminates with the gripper closed becomes a lift of
     HOLD_CHECK_LIFT instead (a pick that closes and terminates at once loses its terminate: close first); on the
@@ -115,6 +121,8 @@ class CEMConfig:
         require(0 <= self.shrunk_fraction <= 1, "shrunk_fraction", f"must be in [0, 1], got {self.shrunk_fraction}")
         require(0 <= self.shrunk_scale <= 1, "shrunk_scale", f"must be in [0, 1], got {self.shrunk_scale}")
         require(0 <= self.close_threshold <= 1, "close_threshold", f"must be in [0, 1], got {self.close_threshold}")
+        require(self.close_gate_last_steps >= 0, "close_gate_last_steps",
+                f"must be >= 0, got {self.close_gate_last_steps}")
         require(0 <= self.hold_check_threshold <= 1, "hold_check_threshold",
                 f"must be in [0, 1], got {self.hold_check_threshold}")
 
@@ -223,13 +231,14 @@ RANK_DECIMALS = 6
 
 def cem_search(qf: QFunction, context: Any, batch: int, rng: np.random.Generator, cfg: CEMConfig = CEMConfig(),
                bounds: ActionBounds = ActionBounds(),
-               gripper_open: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`.  `gripper_open` (B,)
-    bool enables `cfg.close_threshold` for the states whose gripper is open (None: no close gate)."""
+               gated: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best actions (B, 8) and their Q (B,) for `batch` states already embedded in `context`.  `gated` (B,) bool
+    enables `cfg.close_threshold` for those states: the ones whose gripper is open, outside the ungated last steps
+    (None: no close gate)."""
     dist = SearchDistribution.initial(batch, cfg, bounds)
     gate = None
-    if cfg.close_threshold > 0 and gripper_open is not None:
-        gate = np.asarray(gripper_open, dtype=bool).reshape(batch, 1)
+    if cfg.close_threshold > 0 and gated is not None:
+        gate = np.asarray(gated, dtype=bool).reshape(batch, 1)
     best_q = np.full(batch, -np.inf)
     best_rank = np.full(batch, -np.inf)
     best_a = np.zeros((batch, ACTION_DIM), dtype=np.float32)
@@ -329,9 +338,11 @@ class CEMPolicy:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self._check_stage: np.ndarray | None = None  # (B,) where each state's hold check is (CHECK_*)
 
-    def act(self, images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def act(self, images: np.ndarray, state: np.ndarray,
+            steps_left: np.ndarray | int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Actions (B, 8) and the Q estimate (B,) of the greedy choice for uint8 images (B, H, W, C), state (B, D)
-        (D: the Q-function's `state_dim`, see QFunction.embed)."""
+        (D: the Q-function's `state_dim`, see QFunction.embed).  `steps_left` (B,) or one int: the episode's steps
+        left, this one included; only CEMConfig.close_gate_last_steps reads it, and needs it."""
         images = np.asarray(images)
         state = np.asarray(state, dtype=np.float32)
         if images.ndim != 4 or images.dtype != np.uint8:
@@ -341,8 +352,12 @@ class CEMPolicy:
             raise ValueError(f"state must have shape ({images.shape[0]}, {d}), got {state.shape}")
         ctx = self.qf.embed(images, state)
         gripper_open = state[:, GRIPPER_OPEN_STATE] > 0.5
-        actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds,
-                                gripper_open=gripper_open)
+        gated = gripper_open
+        if self.cfg.close_gate_last_steps > 0:
+            if steps_left is None:
+                raise ValueError("CEMConfig.close_gate_last_steps needs the episode's steps left (act's steps_left)")
+            gated = gripper_open & (np.broadcast_to(steps_left, gripper_open.shape) > self.cfg.close_gate_last_steps)
+        actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds, gated=gated)
         if self.cfg.hold_check_threshold > 0:
             actions, q = self._hold_check(ctx, gripper_open, actions, q)
         if self.epsilon > 0:

@@ -132,7 +132,7 @@ class Decision:
 
 
 class EpisodeCore:
-    def __init__(self, cfg: CoreConfig, planner_act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+    def __init__(self, cfg: CoreConfig, planner_act: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, float]],
                  image_inputs: str, image_size: int, center_crop: float = 1.0, yaw_state: bool = False):
         self.cfg = cfg
         self.yaw_state = yaw_state  # the planner also reads the gripper's yaw (QNetConfig.yaw_state)
@@ -260,7 +260,7 @@ class EpisodeCore:
             if self.step == 0:
                 self._start_yaw = yaw
             state = with_yaw(state, math.remainder(yaw - self._start_yaw, 2 * math.pi))
-        action, q = self.act(images, state)
+        action, q = self.act(images, state, self.cfg.max_steps - self.step)
         cmd = decode_action(action, self.cfg.bounds)
         self.step += 1
         self.last_action, self.last_q = np.asarray(action, dtype=np.float32), float(q)

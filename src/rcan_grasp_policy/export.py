@@ -143,14 +143,15 @@ def _card_md(card: dict) -> str:
              f"- parity: max |q_torch - q_ort| = {p['q_max_abs_diff']:.2e}; CEM picks the same actions: "
              f"{p['cem_same_actions']}", "", "## Evaluation (unseen test objects)", ""]
     if card["evaluations"]:
-        lines += ["| domain | policy | CEM close gate | hold check | episodes | success | 95% Wilson |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| domain | policy | " + " | ".join(f"CEM {name}" for name in ACTING_OPTIONS.values())
+                  + " | episodes | success | 95% Wilson |", "|---" * (5 + len(ACTING_OPTIONS)) + "|"]
         for e in card["evaluations"]:
             # cards written before an option have none: it was off
-            gate, hold = (e.get(name, 0.0) for name in ACTING_OPTIONS)
-            lines.append(f"| {e['domain']} | {e['policy']} | {f'{gate:g}' if gate else 'off'} | "
-                         f"{f'{hold:g}' if hold else 'off'} | {e['episodes']} | "
-                         f"{e['success_rate']:.3f} | {e['wilson95'][0]:.3f}-{e['wilson95'][1]:.3f} |")
+            acting = (e.get(name, 0.0) for name in ACTING_OPTIONS)
+            lines.append(f"| {e['domain']} | {e['policy']} | "
+                         + "".join(f"{f'{value:g}' if value else 'off'} | " for value in acting)
+                         + f"{e['episodes']} | {e['success_rate']:.3f} | "
+                           f"{e['wilson95'][0]:.3f}-{e['wilson95'][1]:.3f} |")
     else:
         lines.append("No evaluation reports were attached.")
     if card["notes"]:

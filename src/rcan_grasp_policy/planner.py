@@ -46,7 +46,8 @@ def apply_action(pos: np.ndarray, quat: np.ndarray, translation: np.ndarray, dth
 
 
 class Planner(NamedTuple):
-    act: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (H,W,C) uint8, (2,) or (4,) -> action, Q
+    act: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, float]]  # (H,W,C) uint8, (2,) or (4,), steps left
+    # (this one included) -> action, Q
     in_channels: int
     image_size: int
     meta: dict
@@ -66,8 +67,8 @@ def load_planner(model_path: str | Path, runtime, cem_cfg, bounds: ActionBounds,
     channels, size = int(meta["qnet"]["in_channels"]), int(meta["qnet"]["image_size"])
     policy = CEMPolicy(qf, cem_cfg, bounds, seed=seed)
 
-    def act(images: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
-        actions, q = policy.act(images[None], np.asarray(state, dtype=np.float32)[None])
+    def act(images: np.ndarray, state: np.ndarray, steps_left: int) -> tuple[np.ndarray, float]:
+        actions, q = policy.act(images[None], np.asarray(state, dtype=np.float32)[None], steps_left)
         return actions[0], float(q[0])
 
     return Planner(act, channels, size, meta, qf.provider, qf.contract, qf.state_dim == YAW_STATE_DIM)

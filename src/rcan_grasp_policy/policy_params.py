@@ -32,6 +32,9 @@ class PolicyNodeParams:
     cem_close_threshold: float = 0.0
     """CEMConfig.close_threshold (NOT in the paper; 0: off): the value the policy's card names, e.g. 0.55 for
     policy_canonical_128; the shipped RCAN policies use 0."""
+    cem_close_gate_last_steps: int = 0
+    """CEMConfig.close_gate_last_steps (NOT in the paper; 0: the gate holds to the end): the close gate stands down
+    in an episode's last this many steps (of max_steps); the card names the value, e.g. 6 for policy_canonical_128."""
     cem_hold_check_threshold: float = 0.0
     """CEMConfig.hold_check_threshold (NOT in the paper; 0: off): lift a closed gripper 5 cm before terminating and
     reopen it if the network then gives terminating a Q below this; the card names the value, e.g. 0.1 for
@@ -85,6 +88,7 @@ class PolicyNodeParams:
     def cem_config(self) -> CEMConfig:
         return CEMConfig(samples=self.cem_samples, elites=self.cem_elites, iterations=self.cem_iterations,
                          close_threshold=self.cem_close_threshold,
+                         close_gate_last_steps=self.cem_close_gate_last_steps,
                          hold_check_threshold=self.cem_hold_check_threshold)
 
     def bounds(self) -> ActionBounds:
