@@ -350,12 +350,12 @@ class CEMPolicy:
         d = getattr(self.qf, "state_dim", STATE_DIM)
         if state.shape != (images.shape[0], d):
             raise ValueError(f"state must have shape ({images.shape[0]}, {d}), got {state.shape}")
+        if self.cfg.close_gate_last_steps > 0 and steps_left is None:
+            raise ValueError("CEMConfig.close_gate_last_steps needs the episode's steps left (act's steps_left)")
         ctx = self.qf.embed(images, state)
         gripper_open = state[:, GRIPPER_OPEN_STATE] > 0.5
         gated = gripper_open
         if self.cfg.close_gate_last_steps > 0:
-            if steps_left is None:
-                raise ValueError("CEMConfig.close_gate_last_steps needs the episode's steps left (act's steps_left)")
             gated = gripper_open & (np.broadcast_to(steps_left, gripper_open.shape) > self.cfg.close_gate_last_steps)
         actions, q = cem_search(self.qf, ctx, images.shape[0], self.rng, self.cfg, self.bounds, gated=gated)
         if self.cfg.hold_check_threshold > 0:
