@@ -102,7 +102,7 @@ class CEMConfig:
     """NOT in the paper (0: the gate holds to the end).  The close gate stands down in an episode's last this many
     steps (the current one included): the paper's state has no clock, so the network's Q of a close is the same
     at step 3 and step 19, but a doubtful close late beats searching on until the step limit lifts an open
-    gripper.  Needs the steps left (CEMPolicy.act's `steps_left`); docs/policy.md, "The close gate"."""
+    gripper.  Needs the steps left (CEMPolicy.act's `steps_left`); docs/policy.md, "Ungated last steps"."""
     hold_check_threshold: float = 0.0
     """Hold check (NOT in the paper; 0: off).  A pick that terminates with the gripper closed becomes a lift of
     HOLD_CHECK_LIFT instead (a pick that closes and terminates at once loses its terminate: close first); on the

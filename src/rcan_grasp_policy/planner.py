@@ -46,8 +46,8 @@ def apply_action(pos: np.ndarray, quat: np.ndarray, translation: np.ndarray, dth
 
 
 class Planner(NamedTuple):
-    act: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, float]]  # (H,W,C) uint8, (2,) or (4,), steps left
-    # (this one included) -> action, Q
+    # (H,W,C) uint8 image, (2,) or (4,) state, the episode's steps left (this one included) -> action, Q
+    act: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, float]]
     in_channels: int
     image_size: int
     meta: dict
