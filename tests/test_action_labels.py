@@ -891,45 +891,55 @@ def test_rcan_behaviour_sees_its_own_inputs(tmp_path, monkeypatch):
     try:
         world.reset(7)
         obs = world.step(make_action([0.01, 0.0, -0.02]))[0]
-        act = L._behaviour_policy(str(policy), world)
+        act = L._behaviour_policy(str(policy), world, CEMConfig())
         qf, _ = load_qfunction(policy, threads=1)
         randomized = world.world.render("randomized", randomization_seed=world.steps, labels=False).rgb
         expected = CEMPolicy(qf, seed=0).act(InputEncoder("rcan", gen)({"image": randomized})[None],
                                              state_vector(obs)[None])[0][0]
         np.testing.assert_array_equal(act(obs, world), expected)
-        # --behaviour-close-threshold: the behaviour's CEM carries the card's close gate (a tiny network need not
-        # close here, so the search's config is recorded as well as its decision compared).
+        # --behaviour-close-threshold, -hold-check-threshold, -close-gate-last-steps: the behaviour's CEM carries the
+        # card's acting options (a tiny network need not close here, so the search's config is recorded as well as
+        # its decision compared), and is told the steps left, which the last-steps option refuses to act without.
         import rcan_grasp_policy.cem as cem
 
-        thresholds = []
+        options = []
 
         class RecordingCEMPolicy(CEMPolicy):
             def __init__(self, qf, cfg=CEMConfig(), *args, **kwargs):
-                thresholds.append((cfg.close_threshold, cfg.hold_check_threshold))
+                options.append((cfg.close_threshold, cfg.hold_check_threshold, cfg.close_gate_last_steps))
                 super().__init__(qf, cfg, *args, **kwargs)
 
+        def behaviour_cem(**options):
+            return L.LabelConfig(behaviour=str(policy), **options).behaviour_cem()
+
         monkeypatch.setattr(cem, "CEMPolicy", RecordingCEMPolicy)
-        gated = L._behaviour_policy(str(policy), world, close_threshold=0.5)
-        L._behaviour_policy(str(policy), world, close_threshold=0.5, hold_check_threshold=0.1)
+        gated = L._behaviour_policy(str(policy), world, behaviour_cem(behaviour_close_threshold=0.5))
+        last = L._behaviour_policy(str(policy), world, behaviour_cem(
+            behaviour_close_threshold=0.5, behaviour_hold_check_threshold=0.1, behaviour_close_gate_last_steps=2))
         monkeypatch.undo()
-        assert thresholds == [(0.5, 0.0), (0.5, 0.1)]
-        expected = CEMPolicy(qf, CEMConfig(close_threshold=0.5), seed=0).act(
-            InputEncoder("rcan", gen)({"image": randomized})[None], state_vector(obs)[None])[0][0]
+        assert options == [(0.5, 0.0, 0), (0.5, 0.1, 2)]
+        images = InputEncoder("rcan", gen)({"image": randomized})[None]
+        expected = CEMPolicy(qf, CEMConfig(close_threshold=0.5), seed=0).act(images, state_vector(obs)[None])[0][0]
         np.testing.assert_array_equal(gated(obs, world), expected)
+        expected = CEMPolicy(qf, CEMConfig(close_threshold=0.5, hold_check_threshold=0.1, close_gate_last_steps=2),
+                             seed=0).act(images, state_vector(obs)[None], steps_left=2)[0][0]  # 3 steps, 1 taken
+        np.testing.assert_array_equal(last(obs, world), expected)
         with pytest.raises(ConfigError, match="behaviour_close_threshold"):
             L.LabelConfig(behaviour_close_threshold=0.5)  # the scripted behaviour has no CEM
         with pytest.raises(ConfigError, match="behaviour_hold_check_threshold"):
             L.LabelConfig(behaviour_hold_check_threshold=0.1)
+        with pytest.raises(ConfigError, match="behaviour_close_gate_last_steps"):
+            L.LabelConfig(behaviour_close_gate_last_steps=6)
         meta = json.loads(policy.with_suffix(".json").read_text())
         policy.with_suffix(".json").write_text(json.dumps({**meta, "generator": str(tmp_path / "gone.onnx")}))
         with pytest.raises(ConfigError, match="gone.onnx"):
-            L._behaviour_policy(str(policy), world)
+            L._behaviour_policy(str(policy), world, CEMConfig())
         # A policy of another resolution is refused, not fed an image of the wrong size.
         finer = tmp_path / "canonical128.safetensors"
         save_policy(finer, QNetwork(QNetConfig(in_channels=3, image_size=128, width=4, fc_width=8)).eval(),
                     {"variant": "canonical"})
         with pytest.raises(ConfigError, match="--image-size 128"):
-            L._behaviour_policy(str(finer), world)
+            L._behaviour_policy(str(finer), world, CEMConfig())
     finally:
         world.close()
 

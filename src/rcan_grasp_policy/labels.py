@@ -86,6 +86,9 @@ class LabelConfig:
     """The hold check of a learned behaviour's CEM (CEMConfig.hold_check_threshold, NOT in the paper; 0: off), e.g.
     the value its card names: the behaviour lifts before it terminates and reopens what it judges empty, so the
     lifted closed states it is judged on are visited (and, with `regrasp`, all labelled)."""
+    behaviour_close_gate_last_steps: int = 0
+    """The ungated last steps of a learned behaviour's CEM (CEMConfig.close_gate_last_steps, NOT in the paper; 0:
+    off), e.g. the value its card names: its close gate stands down in the episode's last N steps."""
     aim_offset: float = 0.03
     """Behaviour policy aims up to this far (m) from the object's centre (near-miss states)."""
     jitter_translation: float = 0.01
@@ -156,6 +159,9 @@ class LabelConfig:
                 "must be in [0, 1]")
         require(self.behaviour_hold_check_threshold == 0 or self.behaviour != "scripted",
                 "behaviour_hold_check_threshold", "is a learned behaviour's CEM setting; the scripted behaviour has none")
+        require(self.behaviour_close_gate_last_steps >= 0, "behaviour_close_gate_last_steps", "must be >= 0")
+        require(self.behaviour_close_gate_last_steps == 0 or self.behaviour != "scripted",
+                "behaviour_close_gate_last_steps", "is a learned behaviour's CEM setting; the scripted behaviour has none")
         require(self.aim_offset >= 0, "aim_offset", "must be >= 0")
         require(self.jitter_translation >= 0 and self.jitter_rotation >= 0, "jitter_translation", "must be >= 0")
         require(self.completion in COMPLETIONS, "completion",
@@ -170,6 +176,14 @@ class LabelConfig:
     @property
     def tasks(self) -> int:
         return math.ceil(self.scenes / self.scenes_per_task)
+
+    def behaviour_cem(self):
+        """The learned behaviour's CEMConfig: the paper's search with the acting options given here."""
+        from rcan_grasp_policy.cem import CEMConfig
+
+        return CEMConfig(close_threshold=self.behaviour_close_threshold,
+                         hold_check_threshold=self.behaviour_hold_check_threshold,
+                         close_gate_last_steps=self.behaviour_close_gate_last_steps)
 
 
 def shard_path(out_dir: Path, task: int) -> Path:
@@ -304,13 +318,13 @@ def labelling_env(cfg: LabelConfig):
                               max_steps=cfg.max_steps))
 
 
-def _behaviour_policy(path: str, env, close_threshold: float = 0.0, hold_check_threshold: float = 0.0):
+def _behaviour_policy(path: str, env, cem):
     """A learned policy as `policy(obs, env) -> action`: greedy CEM on its Q-function, fed what it was trained
     on.  A policy of another domain than the labelling env's (rcan: the randomized domain, through the
     generator named in its metadata) or of a narrower view sees its own render of the same state, as
     `rcan eval-policy` gives it; the stored images stay the labelling domain's."""
     from rcan_grasp_policy.backends import load_qfunction
-    from rcan_grasp_policy.cem import CEMConfig, CEMPolicy
+    from rcan_grasp_policy.cem import CEMPolicy
     from rcan_grasp_policy.inputs import InputEncoder, state_vector, training_domain
 
     qf, meta = load_qfunction(path, threads=1)
@@ -322,17 +336,19 @@ def _behaviour_policy(path: str, env, close_threshold: float = 0.0, hold_check_t
     if size != env_size:  # an image resized to the policy's size is not the render it was trained on
         raise ConfigError(f"behaviour policy {path} takes {size} px images and the labelling env renders "
                           f"{env_size} px; label with --image-size {size}")
-    policy = CEMPolicy(qf, CEMConfig(close_threshold=close_threshold, hold_check_threshold=hold_check_threshold), seed=0)
+    policy = CEMPolicy(qf, cem, seed=0)
     domain, fov = training_domain(variant), qf.contract.view_fov_deg()
     yaw_state = qf.state_dim == YAW_STATE_DIM
     if domain == env.cfg.domain and not fov:
-        return lambda obs, env: policy.act(obs["image"][None], state_vector(obs, yaw_state)[None])[0][0]
+        return lambda obs, env: policy.act(obs["image"][None], state_vector(obs, yaw_state)[None],
+                                           steps_left=env.cfg.max_steps - env.steps)[0][0]
     encoder = InputEncoder(variant, generator)
     view = {"fov_deg": fov} if fov else {}
 
     def act(obs, env):
         image = env.world.render(domain, randomization_seed=env.steps, labels=False, **view).rgb
-        return policy.act(encoder({"image": image})[None], state_vector(obs, yaw_state)[None])[0][0]
+        return policy.act(encoder({"image": image})[None], state_vector(obs, yaw_state)[None],
+                          steps_left=env.cfg.max_steps - env.steps)[0][0]
     return act
 
 
@@ -390,8 +406,7 @@ def _label_task(cfg: LabelConfig, task: int, env) -> dict[str, Any]:
     t0 = time.perf_counter()
     completion = ScriptedGraspPolicy() if cfg.completion == "scripted" else DescendGraspPolicy()
     learned = (None if cfg.behaviour == "scripted"
-               else _behaviour_policy(cfg.behaviour, env, cfg.behaviour_close_threshold,
-                                      cfg.behaviour_hold_check_threshold))
+               else _behaviour_policy(cfg.behaviour, env, cfg.behaviour_cem()))
     teacher = TeacherLabeller(cfg.teacher, env) if cfg.teacher else None
     drawn = cfg.candidates - cfg.aimed_candidates - bool(teacher)  # behaviour, close, terminate and CEM draws
     rows: dict[str, list] = {f: [] for f in ("seed", "step", "object_ids", "object_poses", "joints", "gripper_open",
