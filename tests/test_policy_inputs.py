@@ -68,3 +68,46 @@ def test_oracle_input_is_the_sim_pair_of_the_observed_state():
         assert np.array_equal(x, np.concatenate([pair.randomized_rgb, pair.canonical_rgb], axis=2))
     finally:
         env.close()
+
+
+def test_view_through_keeps_only_the_detail_of_a_smaller_image():
+    """--view-through N (diagnostic): a canonical policy's image passes through N px, as G(x) does at the contract's
+    size, so one-pixel detail is gone and smooth content stays; other variants refuse it."""
+    from rcan_grasp_policy.inputs import through_size
+
+    board = np.indices((8, 8)).sum(axis=0) % 2 * 254
+    obs = {"image": np.repeat(board[..., None], 3, axis=2).astype(np.uint8)}
+    seen = InputEncoder("canonical", view_through=4)(obs)
+    assert seen.shape == (8, 8, 3) and seen.dtype == np.uint8 and (seen == 127).all()
+    np.testing.assert_array_equal(seen, through_size(obs["image"], 4))
+    flat = {"image": np.full((8, 8, 3), 90, np.uint8)}
+    np.testing.assert_array_equal(InputEncoder("canonical", view_through=4)(flat), flat["image"])
+    with pytest.raises(ValueError, match="view_through"):
+        InputEncoder("rcan", adapter=lambda rgb: rgb, view_through=4)
+    with pytest.raises(ValueError, match="view_through"):
+        InputEncoder("canonical", view_through=-1)
+
+
+def test_evaluation_passes_the_view_through_to_its_workers_and_refuses_other_policies(tmp_path):
+    from pathlib import Path
+
+    import torch
+
+    from rcan_common.config import ConfigError
+    from rcan_grasp_policy import collect, evaluate
+    from rcan_grasp_policy.backends import save_policy
+    from rcan_grasp_policy.qnet import QNetConfig, QNetwork
+
+    torch.manual_seed(0)
+    policy = tmp_path / "canonical.safetensors"
+    save_policy(policy, QNetwork(QNetConfig(in_channels=3, image_size=32, width=4, fc_width=8)).eval(),
+                {"variant": "canonical"})
+    args = ["--policy", str(policy), "--episodes", "1", "--max-steps", "2", "--seed", "40"]
+    result = evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, args + ["--view-through", "8"]))
+    assert result["config"]["view_through"] == 8 and result["episodes"] == 1
+    encoders = [v for k, v in collect._CACHE.items() if k[0] == "encoder" and k[-1] == 8]
+    assert encoders and encoders[0].view_through == 8
+    rcan = str(Path(__file__).resolve().parents[1] / "models" / "policy_rcan_128.onnx")
+    for other in (rcan, "scripted"):
+        with pytest.raises(ConfigError, match="view_through"):
+            evaluate.evaluate(evaluate.parse_cli(evaluate.EvalConfig, ["--policy", other, "--view-through", "64"]))

@@ -77,6 +77,8 @@ class CollectTask:
     hold_checks: int = 0
     """Up to this many privileged hold checks per episode (grasp_review.hold_checked_step; they change the
     episode), their findings added to each episode record; evaluation only."""
+    view_through: int = 0
+    """Diagnostic (InputEncoder.view_through; 0: off): a canonical policy's image passes through this many pixels."""
 
 
 @dataclass
@@ -104,9 +106,9 @@ def _env(task: CollectTask):
 
 
 def _encoder(task: CollectTask) -> InputEncoder:
-    key = ("encoder", task.variant, task.generator)
+    key = ("encoder", task.variant, task.generator, task.view_through)
     if key not in _CACHE:
-        _CACHE[key] = InputEncoder(task.variant, task.generator, threads=task.threads)
+        _CACHE[key] = InputEncoder(task.variant, task.generator, threads=task.threads, view_through=task.view_through)
     return _CACHE[key]
 
 

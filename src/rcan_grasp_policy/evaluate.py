@@ -78,12 +78,17 @@ class EvalConfig:
     a terminate that leaves the gripper closed is held back, the gripper lifted 5 cm, and if the simulator finds
     nothing held it reopens and the policy goes on.  What regrasping would win with a perfect detector and this
     policy's own regrasps.  It changes the episodes: never for a reported success rate."""
+    view_through: int = 0
+    """Diagnostic, NOT in the paper (0: off; a canonical policy only): its image is shrunk to this many pixels and
+    enlarged back before it reads it, which is what a perfect generator of that size would give it.  How much the
+    generator's size alone costs a policy that reads G(x) (docs/policy.md); never for a reported success rate."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", "must be >= 1")
         require(self.seed >= 0, "seed", "must be >= 0")
         require(self.search_seed >= 0, "search_seed", "must be >= 0")
         require(self.hold_checks >= 0, "hold_checks", "must be >= 0")
+        require(self.view_through >= 0, "view_through", "must be >= 0 (0: off)")
         require(1 <= self.max_steps <= 1000, "max_steps", "must be in 1..1000")
         require(self.workers >= 1, "workers", "must be >= 1")
         require(self.threads >= 1, "threads", "must be >= 1")
@@ -139,6 +144,10 @@ def episode_search_seed(seed: int, episode: int, search_seed: int = 0) -> int:
 
 def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
     pol = resolve_policy(cfg)
+    if cfg.view_through and (pol["variant"] != "canonical" or pol["kind"] in PRIVILEGED):
+        raise ConfigError(f"invalid config field 'view_through': it is for a learned canonical policy's image, "
+                          f"and {cfg.policy} is " + ("a privileged baseline" if pol["kind"] in PRIVILEGED
+                                                     else f"a {pol['variant']!r} policy"))
     weights = qnet = onnx_path = None
     if pol["kind"] == "safetensors":
         weights, qnet = pol["path"].read_bytes(), pol["meta"]["qnet"]
@@ -151,7 +160,7 @@ def evaluate(cfg: EvalConfig, progress: bool = False) -> dict:
                          weights=weights, qnet=qnet, onnx_path=onnx_path, cem=cfg.cem,
                          cem_seed=episode_search_seed(cfg.seed, i, cfg.search_seed),
                          record=False, threads=cfg.threads, fresh_world=True, review_closes=cfg.review_closes,
-                         hold_checks=cfg.hold_checks)
+                         hold_checks=cfg.hold_checks, view_through=cfg.view_through)
              for i in range(cfg.episodes)]
     t0 = time.perf_counter()
     records, env_steps = [], 0

@@ -108,13 +108,31 @@ class OnnxAdapter:
         return postprocess(c, outputs, output_size=tuple(rgb.shape[1:3])).canonical
 
 
+def through_size(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` (S, S, C) uint8 shrunk to `size` px by area and enlarged back to S by linear interpolation: the
+    detail an image made at `size` px keeps, as the policy contract enlarges G(x) (InputEncoder.view_through)."""
+    import cv2
+
+    side = image.shape[0]
+    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (side, side), interpolation=cv2.INTER_LINEAR)
+
+
 class InputEncoder:
-    """Turns sim observations into the policy's uint8 (H, W, C) image for one variant."""
+    """Turns sim observations into the policy's uint8 (H, W, C) image for one variant.
+
+    `view_through` (diagnostic, NOT in the paper; 0: off; variant canonical only): the canonical image passes
+    through that many pixels first (`through_size`), which is what a perfect generator of that size would give
+    a canonical policy (the shipped generator is 64 px; docs/policy.md, "How much the generator's size costs")."""
 
     def __init__(self, variant: str, generator: str | Path | None = None, threads: int = 1,
-                 adapter: Adapter | None = None):
+                 adapter: Adapter | None = None, view_through: int = 0):
         _check(variant)
-        self.variant = variant
+        if view_through and variant != "canonical":
+            raise ValueError(f"view_through is for a canonical policy's image, not variant {variant!r}")
+        if view_through < 0:
+            raise ValueError(f"view_through must be >= 0 (0: off), got {view_through}")
+        self.variant, self.view_through = variant, view_through
         self.oracle = variant == "rcan" and str(generator) == ORACLE
         self.adapter = adapter
         if variant == "rcan" and not self.oracle and adapter is None:
@@ -133,7 +151,8 @@ class InputEncoder:
         x = obs["image"]
         # The sim renders at the policy's size, so the contract's resize is a no-op here.
         if self.variant != "rcan":
-            return PolicyContract(inputs="source", image_size=x.shape[0]).prepare(x, None)
+            image = PolicyContract(inputs="source", image_size=x.shape[0]).prepare(x, None)
+            return through_size(image, self.view_through) if self.view_through else image
         if self.oracle:
             # obs["image"] already is the pair's source half: only the canonical half is rendered.
             canonical = x if env.cfg.domain == "canonical" else env.render_pair(source=False).canonical_rgb
