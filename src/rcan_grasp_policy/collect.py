@@ -162,7 +162,7 @@ def collect_episodes(task: CollectTask) -> CollectResult:
         yaw_state = getattr(policy.qf, "state_dim", STATE_DIM) == YAW_STATE_DIM
         # The replay keeps the paper's state; a network with QNetConfig.yaw_state also reads the gripper's yaw.
         act = lambda obs, image, state: policy.act(image[None], state_vector(obs, yaw_state)[None],  # noqa: E731
-                                                   steps_left=env.cfg.max_steps - env.steps)[0][0]
+                                                   steps_left=env.steps_left)[0][0]
     source = SOURCES.index("scripted" if task.policy in PRIVILEGED else "policy")
     parts: list[dict[str, list]] = []
     episodes, env_steps = [], 0

@@ -109,13 +109,11 @@ class OnnxAdapter:
 
 
 def through_size(image: np.ndarray, size: int) -> np.ndarray:
-    """`image` (S, S, C) uint8 shrunk to `size` px by area and enlarged back to S by linear interpolation: the
-    detail an image made at `size` px keeps, as the policy contract enlarges G(x) (InputEncoder.view_through)."""
-    import cv2
-
-    side = image.shape[0]
-    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (side, side), interpolation=cv2.INTER_LINEAR)
+    """`image` (S, S, C) uint8 shrunk to `size` px and enlarged back to S by the policy image's own resize rule
+    (area down, linear up, as the generator contract shrinks x and enlarges G(x)): the detail an image made at
+    `size` px keeps (InputEncoder.view_through)."""
+    small = build_policy_images(image, None, "source", size=size)
+    return build_policy_images(small, None, "source", size=image.shape[0])
 
 
 class InputEncoder:

@@ -341,14 +341,14 @@ def _behaviour_policy(path: str, env, cem):
     yaw_state = qf.state_dim == YAW_STATE_DIM
     if domain == env.cfg.domain and not fov:
         return lambda obs, env: policy.act(obs["image"][None], state_vector(obs, yaw_state)[None],
-                                           steps_left=env.cfg.max_steps - env.steps)[0][0]
+                                           steps_left=env.steps_left)[0][0]
     encoder = InputEncoder(variant, generator)
     view = {"fov_deg": fov} if fov else {}
 
     def act(obs, env):
         image = env.world.render(domain, randomization_seed=env.steps, labels=False, **view).rgb
         return policy.act(encoder({"image": image})[None], state_vector(obs, yaw_state)[None],
-                          steps_left=env.cfg.max_steps - env.steps)[0][0]
+                          steps_left=env.steps_left)[0][0]
     return act
 
 

@@ -106,6 +106,11 @@ class GraspEnv:
     def steps(self) -> int:
         return self._steps
 
+    @property
+    def steps_left(self) -> int:
+        """Steps the episode has left, the next one included (what CEMPolicy.act's `steps_left` takes)."""
+        return self.cfg.max_steps - self._steps
+
     def reset(self, seed: int, object_ids: list[int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         self.world.reset(seed, object_ids)
         self._steps = 0
