@@ -86,10 +86,19 @@ def call_resending(client, request, wait: Callable[[Any, float], None], timeout:
     request is sent again at that interval: wait_for_service() says the server reads requests, not that its answers
     reach this client yet, so the first answer after discovery can be lost."""
     deadline, futures = time.monotonic() + timeout, []
-    while (left := deadline - time.monotonic()) > 0:
-        futures.append(client.call_async(request))
-        wait(futures[-1], min(left, resend_after) if resend_after else left)
-        answered = next((f for f in futures if f.done()), None)  # a late answer to an earlier send counts too
-        if answered is not None:
-            return answered.result()
-    return None
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            futures.append(client.call_async(request))
+            wait(futures[-1], min(left, resend_after) if resend_after else left)
+            answered = next((f for f in futures if f.done()), None)  # a late answer to an earlier send counts too
+            if answered is not None:
+                return answered.result()
+        return None
+    finally:
+        # The client keeps every send's future until its answer's done-callback runs on a later spin; the sends not
+        # answered by now never will be read, so a long-lived client (the probe's, a node's) would otherwise keep one
+        # per resend.  Removing an answered one early is harmless.
+        for future in futures:
+            client.remove_pending_request(future)
+            if not future.done():
+                future.cancel()
