@@ -205,3 +205,19 @@ def test_cli_trains_from_shards(tmp_path, capsys):
     assert [(d["role"], d["frames"], d["episodes"]) for d in used] == [("train", 24, 6)]  # as read, before the split
     assert used[0]["config"]["image_size"] == 32
     assert main(["--data", str(tmp_path / "missing"), "--runs-dir", str(tmp_path / "runs")]) == 2
+
+
+def test_cpu_bf16_trains_in_bfloat16_keeps_float32_weights_and_may_switch_on_resume(tmp_path):
+    def first_losses(name):
+        rows = (tmp_path / "runs" / name / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        return dict(zip(header, map(float, rows[1].split(","))))
+
+    fp32 = train(cfg(tmp_path, "fp32", 2))
+    bf16 = train(cfg(tmp_path, "bf16", 2, cpu_bf16=True))
+    assert bf16.amp and not fp32.amp
+    assert all(p.dtype == torch.float32 for p in [*bf16.G.parameters(), *bf16.D.parameters()])
+    a, b = first_losses("fp32")["loss_g"], first_losses("bf16")["loss_g"]
+    assert a != b and abs(a - b) < 0.05 * abs(a)  # the same step in coarser arithmetic
+    resumed = train(cfg(tmp_path, "bf16", 4, cpu_bf16=False, resume=True))
+    assert resumed.step == 4 and not resumed.amp
