@@ -1056,6 +1056,8 @@ def test_a_new_generator_reuses_the_randomized_renders_of_another_generators_cac
     """Changing G re-runs G only: the x half comes from the other cache, and equals a fresh render."""
     from pathlib import Path
 
+    from rcan_common.provenance import file_sha256
+
     from tiny_models import export_tiny_generator
 
     shipped = Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx"
@@ -1073,6 +1075,9 @@ def test_a_new_generator_reuses_the_randomized_renders_of_another_generators_cac
     monkeypatch.setattr(L, "_render_inputs", None)  # a render now would fail
     reused = L.policy_images(tmp_path / "lab", data, "rcan", str(tiny))
     np.testing.assert_array_equal(reused, rendered)
+    for made in (tmp_path / "lab").glob(f"images-rcan-32-{file_sha256(tiny)[:12]}-*.npy"):
+        made.unlink()  # once more, G in two processes
+    np.testing.assert_array_equal(L.policy_images(tmp_path / "lab", data, "rcan", str(tiny), workers=2), rendered)
     np.testing.assert_array_equal(reused[..., :3], first[..., :3])
     assert not np.array_equal(reused[..., 3:], first[..., 3:])
     # a narrower view's cache is another set of renders: it is not lent to the full view, nor taken from it

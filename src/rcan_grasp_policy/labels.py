@@ -607,14 +607,26 @@ def _render_inputs(spec: dict[str, Any], records: dict[str, np.ndarray],
         env.close()
 
 
-def _rendered_sources(cache: Path) -> np.ndarray | None:
-    """The randomized renders (the x half) of an rcan cache of the same states, size and view made with another
-    generator, if there is one: `cache` is images-rcan-<size>[-fov<f>]-<generator sha>-<records key>.npy."""
+def _through_generator(sources: str, generator: str, bounds: tuple[int, int]) -> tuple[int, np.ndarray]:
+    """Policy inputs of states start..stop from the randomized renders (the x half) of the rcan cache `sources`,
+    with `generator` run on them (a worker task; one image at a time, as the episodes run G)."""
+    from rcan_grasp_policy.inputs import InputEncoder
+
+    start, stop = bounds
+    renders = np.load(sources, mmap_mode="r")
+    encoder = InputEncoder("rcan", generator)
+    return start, np.stack([encoder({"image": np.asarray(renders[i, ..., :3])}) for i in range(start, stop)])
+
+
+def _rendered_sources(cache: Path) -> Path | None:
+    """An rcan cache of the same states, size and view made with another generator, whose randomized renders
+    (the x half) can be lent, if there is one: `cache` is images-rcan-<size>[-fov<f>]-<generator sha>-<records
+    key>.npy."""
     stem, _, key = cache.stem.rsplit("-", 2)
     for other in sorted(cache.parent.glob(f"{stem}-*-{key}.npy")):
         other_stem, other_sha, _ = other.stem.rsplit("-", 2)
         if other_stem == stem and re.fullmatch(r"[0-9a-f]{12}", other_sha) and other != cache:
-            return np.load(other, mmap_mode="r")[..., :3]
+            return other
     return None
 
 
@@ -628,8 +640,9 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     not hold the stored images (load_labels(images=False)): they are rendered only if they are the input.
     `workers` > 1 renders in that many processes (each state is rendered from its stored scene state alone,
     so the cache is the same whatever the number of workers).  An rcan cache of the same states made with
-    another generator lends its randomized renders, so a new G costs only G's own runs."""
-    from rcan_grasp_policy.inputs import InputEncoder, training_domain
+    another generator lends its randomized renders, so a new G costs only G's own runs (in `workers` processes
+    too)."""
+    from rcan_grasp_policy.inputs import training_domain, variant_channels
 
     settings = label_settings(root)
     stored_size = int(settings["image_size"])
@@ -646,10 +659,9 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
         return np.load(cache)
     sources = _rendered_sources(cache) if variant == "rcan" else None
     if sources is not None:  # the same states through another generator: only G runs again
-        encoder = InputEncoder(variant, generator)
-        out = np.stack([encoder({"image": x}) for x in sources])
-        atomic_write_bytes(cache, _file_bytes(np.save, out))
-        return out
+        return _chunked_cache(cache, partial(_through_generator, str(sources), str(generator)),
+                              (len(data["seed"]), size, size, variant_channels(variant)), workers,
+                              progress and f"running G on the {variant} inputs")
     spec = {"size": size, "split": settings["split"], "fov": camera_fov_deg, "domain": domain, "variant": variant,
             "generator": str(generator) if generator else None}
     return _rendered_cache(cache, spec, data, workers, progress)
@@ -665,17 +677,24 @@ def _rendered_cache(cache: Path, spec: dict[str, Any], data: dict[str, np.ndarra
         return np.load(cache)
     size, variant = spec["size"], spec["variant"]
     records = {k: data[k] for k in _RECORD_KEYS}
-    out = np.zeros((len(data["seed"]), size, size, variant_channels(variant)), np.uint8)
+    return _chunked_cache(cache, partial(_render_inputs, spec, records),
+                          (len(data["seed"]), size, size, variant_channels(variant)), workers,
+                          progress and f"rendering {variant} inputs")
+
+
+def _chunked_cache(cache: Path, task, shape: tuple[int, ...], workers: int, progress: str | bool) -> np.ndarray:
+    """The uint8 array `shape` whose rows `task((start, stop))` returns as (start, rows), computed in chunks by
+    `workers` processes and written to `cache`; `progress` is the printed name of the work (False: quiet)."""
+    out = np.zeros(shape, np.uint8)
     executor = make_executor(workers)
     try:
         done = 0
-        for _, (start, chunk) in executor.map_unordered(partial(_render_inputs, spec, records),
-                                                        [(a, min(a + _RENDER_CHUNK, len(out)))
-                                                         for a in range(0, len(out), _RENDER_CHUNK)]):
+        for _, (start, chunk) in executor.map_unordered(task, [(a, min(a + _RENDER_CHUNK, len(out)))
+                                                              for a in range(0, len(out), _RENDER_CHUNK)]):
             out[start:start + len(chunk)] = chunk
             done += len(chunk)
             if progress:
-                print(f"[labels] rendering {variant} inputs: {done}/{len(out)}", flush=True)
+                print(f"[labels] {progress}: {done}/{len(out)}", flush=True)
     finally:
         executor.close()
     atomic_write_bytes(cache, _file_bytes(np.save, out))
