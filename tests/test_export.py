@@ -146,3 +146,28 @@ def test_export_cli_writes_model_contract_card(tmp_path, monkeypatch, capsys):
     assert main([str(tmp_path / "runs/r"), "--out", str(bad)]) == 1
     assert not bad.exists() and "parity check failed" in capsys.readouterr().err
     assert main([str(tmp_path / "nothing"), "--out", str(bad)]) == 2
+
+
+def test_the_card_of_a_fine_tune_names_the_runs_it_started_from_and_their_commands(tmp_path):
+    from rcan_perception.model import Generator, save_generator
+
+    save_generator(Generator(TINY), tmp_path / "base.safetensors")
+
+    def run(name, init_from):
+        cfg = TrainConfig(data=tmp_path / "gone", runs_dir=tmp_path / "runs", name=name, steps=2, batch_size=4,
+                          generator=TINY, threads=1, progress=False, sample_every=0, eval_every=0,
+                          init_from=init_from)
+        Trainer(cfg, synthetic_frames(8, 32), synthetic_frames(4, 32, seed=1), command=f"train {name}").run()
+
+    run("first", tmp_path / "base.safetensors")
+    run("second", tmp_path / "runs/first")
+    run("third", tmp_path / "runs/second/checkpoints/step-000002.json")
+    assert main([str(tmp_path / "runs/third"), "--out", str(tmp_path / "g.onnx"), "--parity-frames", "2"]) == 0
+    card = json.loads((tmp_path / "g.card.json").read_text())
+    assert card["init_chain"] == [
+        {"generator": str(tmp_path / "base.safetensors")},
+        {"run": str(tmp_path / "runs/first"), "step": 2, "wall_s": card["init_chain"][1]["wall_s"], "commands": ["train first"]},
+        {"run": str(tmp_path / "runs/second"), "step": 2, "wall_s": card["init_chain"][2]["wall_s"], "commands": ["train second"]}]
+    assert card["commands"]["train"] == ["train first", "train second", "train third"]
+    markdown = (tmp_path / "g.md").read_text()
+    assert "Started from" in markdown and f"run `{tmp_path / 'runs/second'}` at step 2" in markdown

@@ -166,6 +166,32 @@ def datagen_commands(run_cfg: dict, train_info: dict) -> list[str]:
     return [c for d in dirs if d and (c := datagen_command(d, read_manifest(d)))]
 
 
+def init_chain(run: Path) -> list[dict]:
+    """The runs `run` was started from with --init-from, earliest first: {"run", "step", "wall_s", "commands"} for a
+    run directory (its command.txt), {"generator": path} for an exported generator, {"checkpoint": path, "step"} for
+    a checkpoint whose run is gone.  Paths are as the runs recorded them (relative to where they were started)."""
+    chain: list[dict] = []
+    seen = {run.resolve()}
+    info_path = run / "init_from.json"
+    while info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if "generator" in info:
+            chain.insert(0, {"generator": info["generator"]})
+            break
+        source = Path(info["checkpoint"])
+        source_run = source if (source / "config.json").is_file() else (
+            source.parent if source.is_dir() else source.parent.parent)  # <run>/checkpoints[/step-*.json]
+        if source_run.resolve() in seen or not (source_run / "config.json").is_file():
+            chain.insert(0, {"checkpoint": str(source), "step": info.get("step")})
+            break
+        seen.add(source_run.resolve())
+        commands = (source_run / "command.txt").read_text().splitlines() if (source_run / "command.txt").is_file() else []
+        chain.insert(0, {"run": str(source_run), "step": info.get("step"), "wall_s": info.get("wall_s"),
+                         "commands": commands})
+        info_path = source_run / "init_from.json"
+    return chain
+
+
 def parity_frames(run_cfg: dict, contract: GeneratorContract, n: int):
     """Held-out frames of the run (a Frames) or, if its data is gone, (seeded random uint8 NHWC images, None)."""
     from rcan_perception.data import DataError, concat_frames, load_frames, split_by_episode
@@ -224,7 +250,12 @@ def _markdown(card: dict) -> str:
         f"on {hw.get('gpu') or hw.get('cpu', 'unknown')} ({hw.get('device', '?')})",
         f"- Data: {', '.join('`%s`' % d for d in card['train_config']['data'])} ({t.get('train_frames')} frames), held-out: "
         f"{card['train_config'].get('eval_data') or 'last episodes of the training data'} ({m.get('frames')} frames)",
-        *([f"- Data note: {t['datasets_note']}"] if t.get("datasets_note") else []), "",
+        *([f"- Data note: {t['datasets_note']}"] if t.get("datasets_note") else []),
+        *(["- Started from (`--init-from`, earliest first): " + "; then ".join(
+            f"exported generator `{c['generator']}`" if "generator" in c else
+            f"run `{c['run']}` at step {c['step']} ({fmt(c.get('wall_s'), '.0f')} s)" if "run" in c else
+            f"checkpoint `{c['checkpoint']}` (step {c['step']}; its run is gone)" for c in card["init_chain"])]
+          if card.get("init_chain") else []), "",
         "| metric | held-out frames | test split (unseen objects, textures, lights) |", "|---|---|---|",
         *(f"| {label} | {fmt(m.get(key), f)} | {fmt(ts.get(key), f)} |" for label, key, f in (
             ("PSNR canonical RGB (dB)", "psnr_db", ".2f"), ("SSIM canonical RGB", "ssim", ".3f"),
@@ -276,7 +307,9 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
 
     from rcan_perception.data import read_manifest
 
-    train_cmds = (run / "command.txt").read_text().splitlines() if (run / "command.txt").is_file() else []
+    chain = init_chain(run)
+    train_cmds = [*(cmd for c in chain for cmd in c.get("commands", [])),
+                  *((run / "command.txt").read_text().splitlines() if (run / "command.txt").is_file() else [])]
     card = {
         "name": cfg.out.stem,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -295,6 +328,7 @@ def export_run(cfg: ExportConfig, command: str = "") -> dict:
         "eval_dataset_manifest": _summarise(read_manifest(run_cfg["eval_data"])) if run_cfg.get("eval_data") else None,
         "test_dataset_manifest": _summarise(read_manifest(run_cfg["test_data"])) if run_cfg.get("test_data") else None,
         "training": read_json("train_info.json"),
+        "init_chain": chain,
         "held_out_metrics": read_json("metrics.json"),
         "parity": parity,
         "commands": {"datagen": datagen_commands(run_cfg, read_json("train_info.json") or {}),
