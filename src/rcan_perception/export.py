@@ -178,10 +178,9 @@ def init_chain(run: Path) -> list[dict]:
         if "generator" in info:
             chain.insert(0, {"generator": info["generator"]})
             break
-        source = Path(info["checkpoint"])
-        source_run = source if (source / "config.json").is_file() else (
-            source.parent if source.is_dir() else source.parent.parent)  # <run>/checkpoints[/step-*.json]
-        if source_run.resolve() in seen or not (source_run / "config.json").is_file():
+        source = Path(info["checkpoint"])  # <run>, <run>/checkpoints or <run>/checkpoints/step-*.json
+        source_run = next((p for p in (source, *source.parents[:2]) if (p / "config.json").is_file()), None)
+        if source_run is None or source_run.resolve() in seen:
             chain.insert(0, {"checkpoint": str(source), "step": info.get("step")})
             break
         seen.add(source_run.resolve())
@@ -233,6 +232,16 @@ def deployed_sample_grid(onnx_path: Path, contract: GeneratorContract, frames) -
     return np.concatenate([np.concatenate(row, axis=1) for row in zip(*cols)], axis=0)
 
 
+def _chain_link(link: dict) -> str:
+    """One entry of init_chain, as the card's markdown names it."""
+    if "generator" in link:
+        return f"exported generator `{link['generator']}`"
+    if "run" in link:
+        wall = "n/a" if link.get("wall_s") is None else f"{link['wall_s']:.0f}"
+        return f"run `{link['run']}` at step {link['step']} ({wall} s)"
+    return f"checkpoint `{link['checkpoint']}` (step {link['step']}; its run is gone)"
+
+
 def _markdown(card: dict) -> str:
     m = card.get("held_out_metrics") or {}
     ts = m.get("test_split") or {}
@@ -251,10 +260,7 @@ def _markdown(card: dict) -> str:
         f"- Data: {', '.join('`%s`' % d for d in card['train_config']['data'])} ({t.get('train_frames')} frames), held-out: "
         f"{card['train_config'].get('eval_data') or 'last episodes of the training data'} ({m.get('frames')} frames)",
         *([f"- Data note: {t['datasets_note']}"] if t.get("datasets_note") else []),
-        *(["- Started from (`--init-from`, earliest first): " + "; then ".join(
-            f"exported generator `{c['generator']}`" if "generator" in c else
-            f"run `{c['run']}` at step {c['step']} ({fmt(c.get('wall_s'), '.0f')} s)" if "run" in c else
-            f"checkpoint `{c['checkpoint']}` (step {c['step']}; its run is gone)" for c in card["init_chain"])]
+        *([f"- Started from (`--init-from`, earliest first): {'; then '.join(map(_chain_link, card['init_chain']))}"]
           if card.get("init_chain") else []), "",
         "| metric | held-out frames | test split (unseen objects, textures, lights) |", "|---|---|---|",
         *(f"| {label} | {fmt(m.get(key), f)} | {fmt(ts.get(key), f)} |" for label, key, f in (
