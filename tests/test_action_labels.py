@@ -629,6 +629,31 @@ def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
     assert len(list(tmp_path.glob("images-canonical-32-fov24-*.npy"))) == 1
 
 
+def test_oracle_inputs_pair_each_randomized_render_with_its_canonical_render(tmp_path):
+    """`--generator oracle` (a perfect G, sim only): the second half is the simulator's paired canonical render of
+    the same randomization, jitter included, and its cache is never lent to a real generator's."""
+    from pathlib import Path
+
+    L.run(L.LabelConfig(out_dir=tmp_path, scenes=1, scenes_per_task=1, split="test", image_size=32, candidates=3,
+                        max_steps=2), progress=False)
+    data = L.load_labels(tmp_path)
+    images = L.policy_images(tmp_path, data, "rcan", "oracle")
+    assert images.shape == data["image"].shape[:3] + (6,)
+    assert len(list(tmp_path.glob("images-rcan-32-oracle-*.npy"))) == 1
+    env = GraspEnv(EnvConfig(world=WorldConfig(image_size=32, split="test"), domain="randomized"))
+    try:
+        last = len(images) - 1
+        np.testing.assert_array_equal(images[last, :, :, :3], L.render_record(env, data, last))
+        pair = env.world.render_pair(int(data["step"][last]), domain="randomized")
+        np.testing.assert_array_equal(images[last, :, :, 3:], pair.canonical_rgb)
+    finally:
+        env.close()
+    gen = Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx"
+    cache = tmp_path / f"images-rcan-32-{L.file_sha256(gen)[:12]}-{L._records_key(data)}.npy"
+    assert L._rendered_sources(cache) is None  # the oracle's canonical half is not G's input
+    with pytest.raises(FileNotFoundError, match="oracle"):
+        L.policy_images(tmp_path, data, "rcan", str(tmp_path / "missing.onnx"))
+
 def test_policy_inputs_rendered_by_several_workers_equal_one_workers(tmp_path, monkeypatch):
     """Each state is rendered from its stored scene state alone: a pool of fresh envs gives the same cache."""
     from pathlib import Path

@@ -69,7 +69,8 @@ class LabelTrainConfig:
     """Input variant (canonical, rcan, dr-*); inputs in another domain than the stored images are rendered from
     the stored scene states once and cached beside the labels."""
     generator: str = "models/generator_64.onnx"
-    """Generator ONNX of variant rcan ([x_randomized, G(x_randomized)])."""
+    """Generator ONNX of variant rcan ([x_randomized, G(x_randomized)]); 'oracle' (a diagnostic, sim only): the
+    simulator's paired canonical render in place of G(x), what a perfect generator would give (not deployable)."""
     run_name: str = "labels-canonical-64"
     """Run directory name under out_dir."""
     out_dir: Path = Path("runs/policy")

@@ -44,6 +44,7 @@ from rcan_common.config import ConfigError, parse_cli, require, to_dict
 from rcan_common.executor import make_executor
 from rcan_common.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from rcan_common.provenance import file_sha256
+from rcan_grasp_policy.inputs import ORACLE
 
 FORMAT = "rcan-action-labels"
 FORMAT_VERSION = 1
@@ -601,10 +602,23 @@ def _render_inputs(spec: dict[str, Any], records: dict[str, np.ndarray],
     start, stop = bounds
     env = GraspEnv(EnvConfig(world=view_config(spec["size"], spec["split"], spec["fov"]), domain=spec["domain"]))
     try:
+        if spec["generator"] == ORACLE:
+            return start, np.stack([_oracle_input(env, records, i) for i in range(start, stop)])
         encoder = InputEncoder(spec["variant"], spec["generator"])
         return start, np.stack([encoder({"image": render_record(env, records, i)}) for i in range(start, stop)])
     finally:
         env.close()
+
+
+def _oracle_input(env, records: dict[str, np.ndarray], i: int) -> np.ndarray:
+    """The rcan input of stored state i with the simulator's paired canonical render in place of G(x): both halves
+    of one `render_pair`, so they share the randomization and the pose jitter (what a perfect generator gives)."""
+    from rcan_grasp_policy.contract import PolicyContract
+
+    place_record(env, records, i)
+    pair = env.world.render_pair(int(records["step"][i]), domain=env.cfg.domain)
+    return PolicyContract(inputs="source+canonical", image_size=pair.randomized_rgb.shape[0]).prepare(
+        pair.randomized_rgb, pair.canonical_rgb)
 
 
 def _through_generator(sources: str, generator: str, bounds: tuple[int, int]) -> tuple[int, np.ndarray]:
@@ -641,7 +655,7 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     `workers` > 1 renders in that many processes (each state is rendered from its stored scene state alone,
     so the cache is the same whatever the number of workers).  An rcan cache of the same states made with
     another generator lends its randomized renders, so a new G costs only G's own runs (in `workers` processes
-    too)."""
+    too).  `generator` 'oracle' pairs each randomized render with the simulator's canonical render instead of G's."""
     from rcan_grasp_policy.inputs import training_domain, variant_channels
 
     settings = label_settings(root)
@@ -650,14 +664,15 @@ def policy_images(root: str | Path, data: dict[str, np.ndarray], variant: str, g
     if variant != "rcan" and domain == settings["domain"] and not camera_fov_deg and size == stored_size:
         return stored_images(root, data, workers, progress)
     tag = f"{variant}-{size}" + (f"-fov{camera_fov_deg:g}" if camera_fov_deg else "")
+    oracle = variant == "rcan" and str(generator) == ORACLE
     if variant == "rcan":
-        if not generator or not Path(generator).is_file():
-            raise FileNotFoundError(f"variant rcan needs the generator ONNX, got {generator!r}")
-        tag += "-" + file_sha256(generator)[:12]
+        if not oracle and not (generator and Path(generator).is_file()):
+            raise FileNotFoundError(f"variant rcan needs the generator ONNX (or '{ORACLE}'), got {generator!r}")
+        tag += "-" + (ORACLE if oracle else file_sha256(generator)[:12])
     cache = Path(root) / f"images-{tag}-{_records_key(data)}.npy"
     if cache.exists():
         return np.load(cache)
-    sources = _rendered_sources(cache) if variant == "rcan" else None
+    sources = _rendered_sources(cache) if variant == "rcan" and not oracle else None
     if sources is not None:  # the same states through another generator: only G runs again
         return _chunked_cache(cache, partial(_through_generator, str(sources), str(generator)),
                               (len(data["seed"]), size, size, variant_channels(variant)), workers,
