@@ -631,7 +631,7 @@ def test_rcan_inputs_are_rendered_from_the_scene_states_and_cached(tmp_path):
 
 def test_oracle_inputs_pair_each_randomized_render_with_its_canonical_render(tmp_path):
     """`--generator oracle` (a perfect G, sim only): the second half is the simulator's paired canonical render of
-    the same randomization, jitter included, and its cache is never lent to a real generator's."""
+    the same randomization, jitter included; a real generator then borrows its randomized renders."""
     from pathlib import Path
 
     L.run(L.LabelConfig(out_dir=tmp_path, scenes=1, scenes_per_task=1, split="test", image_size=32, candidates=3,
@@ -650,7 +650,10 @@ def test_oracle_inputs_pair_each_randomized_render_with_its_canonical_render(tmp
         env.close()
     gen = Path(__file__).resolve().parents[1] / "models" / "generator_64.onnx"
     cache = tmp_path / f"images-rcan-32-{L.file_sha256(gen)[:12]}-{L._records_key(data)}.npy"
-    assert L._rendered_sources(cache) is None  # the oracle's canonical half is not G's input
+    assert L._rendered_sources(cache) == next(tmp_path.glob("images-rcan-32-oracle-*.npy"))
+    through_g = L.policy_images(tmp_path, data, "rcan", str(gen))
+    np.testing.assert_array_equal(through_g[..., :3], images[..., :3])
+    assert not np.array_equal(through_g[..., 3:], images[..., 3:])
     with pytest.raises(FileNotFoundError, match="oracle"):
         L.policy_images(tmp_path, data, "rcan", str(tmp_path / "missing.onnx"))
 

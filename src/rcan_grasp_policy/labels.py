@@ -633,13 +633,13 @@ def _through_generator(sources: str, generator: str, bounds: tuple[int, int]) ->
 
 
 def _rendered_sources(cache: Path) -> Path | None:
-    """An rcan cache of the same states, size and view made with another generator, whose randomized renders
-    (the x half) can be lent, if there is one: `cache` is images-rcan-<size>[-fov<f>]-<generator sha>-<records
-    key>.npy."""
+    """An rcan cache of the same states, size and view made with another generator (the oracle's included), whose
+    randomized renders (the x half) can be lent, if there is one: `cache` is images-rcan-<size>[-fov<f>]-<generator
+    sha or 'oracle'>-<records key>.npy."""
     stem, _, key = cache.stem.rsplit("-", 2)
     for other in sorted(cache.parent.glob(f"{stem}-*-{key}.npy")):
         other_stem, other_sha, _ = other.stem.rsplit("-", 2)
-        if other_stem == stem and re.fullmatch(r"[0-9a-f]{12}", other_sha) and other != cache:
+        if other_stem == stem and re.fullmatch(rf"[0-9a-f]{{12}}|{ORACLE}", other_sha) and other != cache:
             return other
     return None
 
