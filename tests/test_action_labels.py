@@ -1008,7 +1008,7 @@ def test_feature_teacher_pulls_the_rcan_trunk_towards_the_canonical_one(tmp_path
     """--feature-teacher: the student's trunk features on [x, G(x)] are regressed onto the frozen canonical
     network's features on the canonical render of the same (shifted alike) state; the loss is what the trainer
     reports, it falls with training, the teacher stays untouched and is no part of the saved policy; a teacher
-    of another shape or a non-rcan student is refused by name."""
+    of another shape or a canonical student is refused by name (a domain-randomized one is a student too)."""
     import dataclasses
     from pathlib import Path
 
@@ -1078,6 +1078,7 @@ def test_feature_teacher_pulls_the_rcan_trunk_towards_the_canonical_one(tmp_path
         label_train.LabelTrainer(dataclasses.replace(cfg, feature_teacher=wide))
     with pytest.raises(ConfigError, match="feature_teacher"):
         label_train.LabelTrainConfig(variant="canonical", feature_teacher=teacher)
+    label_train.LabelTrainConfig(variant="dr-heavy", feature_teacher=teacher)
 
 
 def test_a_new_generator_reuses_the_randomized_renders_of_another_generators_cache(tmp_path, monkeypatch):

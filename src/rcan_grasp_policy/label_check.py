@@ -144,9 +144,9 @@ def _feature_nets(cfg: LabelCheckConfig, qf, meta: dict, path: Path):
         raise ConfigError(f"invalid config field 'policy': feature_teacher needs the policy's torch weights "
                           f"(.safetensors or a run directory), got {path}")
     net = qf.net
-    if meta.get("variant") != "rcan":
-        raise ConfigError(f"invalid config field 'feature_teacher': the policy is a {meta.get('variant')!r} network; "
-                          "the trunk-feature error is measured for rcan students")
+    if meta.get("variant") == "canonical":
+        raise ConfigError(f"invalid config field 'feature_teacher': the policy is a canonical network; "
+                          "the trunk-feature error is measured for students on other images (rcan, dr-*)")
     return net, feature_teacher(Path(cfg.feature_teacher), net.cfg)
 
 

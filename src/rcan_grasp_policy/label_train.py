@@ -169,9 +169,9 @@ class LabelTrainConfig:
     the gripper to the nearest object (from the pooled trunk output).  The heads are dropped at export: the
     deployed network is the paper's."""
     feature_teacher: Path | None = None
-    """NOT in the paper (unset = off; variant rcan, training only): a canonical policy (.safetensors + JSON, the
-    student's network on 3 channels, e.g. the one --init-from started it from) whose trunk features on each
-    state's canonical render the student's trunk features on [x, G(x)] of the same state are pulled towards
+    """NOT in the paper (unset = off; variant rcan or dr-*, training only): a canonical policy (.safetensors + JSON,
+    the student's network on 3 channels, e.g. the one --init-from started it from) whose trunk features on each
+    state's canonical render the student's trunk features on [x, G(x)] (dr-*: x) of the same state are pulled towards
     (mean squared error, weight `feature_weight`).  The simulator renders both views of every stored state, so
     the student gets dense supervision of what the canonical network sees, instead of only the few labels per
     state.  The teacher is not part of the exported policy."""
@@ -223,8 +223,9 @@ class LabelTrainConfig:
                 f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         require(self.camera_fov_deg == 0 or 5 <= self.camera_fov_deg <= 120, "camera_fov_deg", "must be 0 or in [5, 120]")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        require(self.feature_teacher is None or self.variant == "rcan", "feature_teacher",
-                f"needs variant rcan (a student on other images than the canonical teacher's), got {self.variant!r}")
+        require(self.feature_teacher is None or self.variant != "canonical", "feature_teacher",
+                "needs a student on other images than the canonical teacher's (variant rcan or dr-*), got "
+                f"{self.variant!r}")
         require(self.feature_weight >= 0, "feature_weight", f"must be >= 0, got {self.feature_weight}")
         require(self.rank_weight >= 0, "rank_weight", f"must be >= 0, got {self.rank_weight}")
         require(self.aim_weight >= 0, "aim_weight", f"must be >= 0, got {self.aim_weight}")
