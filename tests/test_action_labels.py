@@ -837,8 +837,12 @@ def test_rcan_network_starts_as_the_canonical_one_on_g_of_x(tmp_path):
     wide.train()
     wide(torch.cat([x, g], 1), state, actions).sum().backward()
     assert wide.trunk[-4].weight.grad[:, 4:].abs().sum() > 0  # the zeroed links into the old channels get gradient
+    # a domain-randomized student (the DR baseline) starts as the canonical network itself, on its own images
+    dr = start_weights(tmp_path / "c.safetensors", "dr-heavy", cfg3)
+    assert all(torch.equal(dr[k], v) for k, v in canonical.state_dict().items())
+    save_policy(tmp_path / "r.safetensors", rcan, {"variant": "rcan"})
     with pytest.raises(ConfigError, match="init_from"):
-        start_weights(tmp_path / "c.safetensors", "dr-randomized", cfg3)
+        start_weights(tmp_path / "r.safetensors", "dr-heavy", cfg3)
     # a canonical network starts a wider canonical one the same way
     wide3 = QNetwork(dataclasses.replace(cfg3, trunk_width=7))
     wide3.load_state_dict(start_weights(tmp_path / "c.safetensors", "canonical", wide3.cfg))

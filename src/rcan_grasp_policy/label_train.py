@@ -473,8 +473,9 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
 
     Same variant and network config: the weights as they are.  A canonical network for an rcan network of the
     same shape: [x, G(x)] starts as that network on G(x); its first convolution reads the G(x) channels and the
-    x channels start at zero, so the network computes exactly canonical(G(x)) before its first update.  Either
-    may also start a wider network (`width`, `trunk_width`: never narrower) or one with the yaw state (`yaw_state`),
+    x channels start at zero, so the network computes exactly canonical(G(x)) before its first update.  A canonical
+    network for a domain-randomized one (dr-*) of the same shape: its weights as they are, on randomized images.
+    Either may also start a wider network (`width`, `trunk_width`: never narrower) or one with the yaw state (`yaw_state`),
     which computes the same until it trains."""
     start, meta = load_policy_net(path)
     weights, start_cfg = start.state_dict(), start.cfg
@@ -482,7 +483,7 @@ def start_weights(path: Path, variant: str, qnet: QNetConfig) -> dict[str, torch
         first = weights["trunk.0.weight"]  # input channels: the image's 3, then any coordinate channels
         weights["trunk.0.weight"] = torch.cat([torch.zeros_like(first[:, :3]), first], dim=1)
         start_cfg = dataclasses.replace(start_cfg, in_channels=6)
-    elif meta.get("variant") != variant:
+    elif meta.get("variant") != variant and not (meta.get("variant") == "canonical" and variant.startswith("dr-")):
         raise ConfigError(f"invalid config field 'init_from': {path} is a {meta.get('variant')!r} network, "
                           f"this run trains a {variant!r} one")
     if qnet.yaw_state and not start_cfg.yaw_state:  # the yaw's two state numbers start with zero weight
