@@ -657,6 +657,7 @@ def test_oracle_inputs_pair_each_randomized_render_with_its_canonical_render(tmp
     with pytest.raises(FileNotFoundError, match="oracle"):
         L.policy_images(tmp_path, data, "rcan", str(tmp_path / "missing.onnx"))
 
+
 def test_policy_inputs_rendered_by_several_workers_equal_one_workers(tmp_path, monkeypatch):
     """Each state is rendered from its stored scene state alone: a pool of fresh envs gives the same cache."""
     from pathlib import Path
